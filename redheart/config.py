@@ -1,0 +1,204 @@
+"""Configuration as data: one dataclass per concern, named presets, and overrides from file or CLI.
+
+A run is fully described by a `RunConfig`; it is written to `runs/NAME/config.yaml` by the first phase
+and read back by every later one, so a phase run alone sees the same settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+# Parameter budgets of the full model (SPEC section 2). The documents give the four heads 153.1M in
+# all; each head takes its share in the proportions of the listed head sizes (17.3 : 13.9 : 19.9 : 12.0).
+_HEAD_SHARES = {"emotion_head": 17.3, "bentham_head": 13.9, "regret_head": 19.9, "surd_head": 12.0}
+FULL_BUDGETS: dict[str, int] = {
+    "backbone": 90_600_000,
+    **{name: round(153_100_000 * share / sum(_HEAD_SHARES.values())) for name, share in _HEAD_SHARES.items()},
+    "neural_emotion": 122_600_000,
+    "neural_bentham": 78_300_000,
+    "neural_regret": 153_900_000,
+    "neural_surd": 13_500_000,
+    "advanced_emotion": 63_000_000,
+    "advanced_regret": 44_200_000,
+    "advanced_bentham": 2_500_000,
+    "advanced_surd": 2_200_000,
+    "dsp": 2_300_000,
+    "kalman": 700,
+    "phase0_calibrator": 2_000_000,
+    "phase1_empathy": 200_000,
+    "phase2_community": 2_100_000,
+}
+FULL_TOTAL = 730_466_848
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dedup_threshold: float = 92.0  # rapidfuzz fuzz.ratio, 0-100
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 13
+    length_bins: int = 4  # text-length quantile bins crossed with the label when stratifying
+    emotion_sum_tolerance: float = 0.05
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    name: str = "minilm"  # "minilm" (all-MiniLM-L6-v2) or "hashing" (no model; tests and quick runs)
+    dim: int = 384  # fixed by MiniLM; free for the hashing encoder
+    window_tokens: int = 128  # each segment vector is the mean-pooled MiniLM states of one window
+    max_segments: int = 4  # 4 x 128 tokens covers the ~1,500 characters the LLM labels were given
+    batch_size: int = 64
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    budgets: dict[str, int] = field(default_factory=lambda: dict(FULL_BUDGETS))
+    backbone_layers: int = 8
+    backbone_heads: int = 8
+    dropout: float = 0.1
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 60
+    checkpoint_every: int = 2
+    micro_batch: int = 4
+    accumulation: int = 16
+    lr: float | None = None  # None: the sweep's choice, else default_lr
+    default_lr: float = 1e-4
+    weight_decay: float = 0.01
+    warmup_epochs: float = 0.5
+    restart_epochs: int = 10  # cosine warm restarts: T_0 in epochs, counted in optimizer steps
+    restart_mult: int = 2
+    min_lr: float = 1e-6
+    amp: bool = True  # bf16/fp16 autocast where the device supports it
+    clip_norm: float = 1.0  # 0 disables
+    label_smoothing: float = 0.1  # 0 disables
+    rdrop_alpha: float = 1.0  # 0 disables R-Drop
+    ema_decay: float = 0.999  # 0 disables EMA
+    layer_decay: float = 0.85  # layer-wise lr decay per backbone layer; 1 disables
+    seed: int = 13
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    lrs: tuple[float, ...] = (1e-5, 5e-5, 1e-4, 2e-4, 5e-4)
+    epochs: int = 5
+    reseed_top: int = 2  # the best candidates re-run with extra seeds; the choice uses the mean
+    extra_seeds: int = 2
+    weights: tuple[float, float, float, float] = (0.4, 0.2, 0.2, 0.2)  # val loss, stability, efficiency, gap
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    preset: str = "full"
+    data: DataConfig = field(default_factory=DataConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
+
+
+def _scaled(budgets: dict[str, int], scale: float, floor: int) -> dict[str, int]:
+    return {name: size if name == "kalman" else max(floor, round(size * scale)) for name, size in budgets.items()}
+
+
+PRESETS: dict[str, RunConfig] = {
+    "full": RunConfig(preset="full"),
+    "small": RunConfig(
+        preset="small",
+        model=ModelConfig(budgets=_scaled(FULL_BUDGETS, 1 / 400, 20_000), backbone_layers=2, backbone_heads=4),
+        # CPU: one micro-batch of 64 gives the strategy's effective batch without accumulation.
+        train=TrainConfig(micro_batch=64, accumulation=1),
+    ),
+    "tiny": RunConfig(
+        preset="tiny",
+        encoder=EncoderConfig(name="hashing", dim=32, max_segments=4),
+        model=ModelConfig(budgets=_scaled(FULL_BUDGETS, 1 / 20_000, 2_000), backbone_layers=2, backbone_heads=2),
+        train=TrainConfig(epochs=4, micro_batch=8, accumulation=2, warmup_epochs=0.2, restart_epochs=2),
+        sweep=SweepConfig(lrs=(1e-4, 1e-3), epochs=2, reseed_top=2, extra_seeds=1),
+    ),
+}
+
+
+def preset(name: str) -> RunConfig:
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}")
+    return PRESETS[name]
+
+
+def with_overrides(config: RunConfig, overrides: dict[str, Any] | list[str]) -> RunConfig:
+    """Apply overrides such as {"train.lr": 1e-4} or ["train.lr=1e-4"] (values parsed as YAML)."""
+    if isinstance(overrides, list):
+        pairs = {}
+        for item in overrides:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"override {item!r} is not of the form section.field=value")
+            pairs[key.strip()] = _parse_value(value)
+        overrides = pairs
+    tree = to_dict(config)
+    for dotted, value in overrides.items():
+        node = tree
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            if not isinstance(node.get(part), dict):
+                raise ValueError(f"unknown config section {dotted!r}")
+            node = node[part]
+        if leaf not in node:
+            raise ValueError(f"unknown config field {dotted!r}")
+        node[leaf] = value
+    return from_dict(tree)
+
+
+def _parse_value(text: str) -> Any:
+    value = yaml.safe_load(text)
+    # YAML 1.1 reads "2e-4" (no dot) as a string; a learning rate is the usual victim.
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
+
+
+def to_dict(config: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(config)
+
+
+def from_dict(tree: dict[str, Any]) -> RunConfig:
+    kinds = {"data": DataConfig, "encoder": EncoderConfig, "model": ModelConfig, "train": TrainConfig, "sweep": SweepConfig}
+    unknown = set(tree) - {f.name for f in dataclasses.fields(RunConfig)}
+    if unknown:
+        raise ValueError(f"unknown config sections {sorted(unknown)}")
+    built: dict[str, Any] = {}
+    for name, value in tree.items():
+        if name not in kinds:
+            built[name] = value
+            continue
+        cls = kinds[name]
+        names = {f.name for f in dataclasses.fields(cls)}
+        extra = set(value) - names
+        if extra:
+            raise ValueError(f"unknown fields in config section {name!r}: {sorted(extra)}")
+        # YAML has no tuples; restore them where the dataclass default is one.
+        fixed = {k: tuple(v) if isinstance(v, list) else v for k, v in value.items()}
+        built[name] = cls(**fixed)
+    return RunConfig(**built)
+
+
+def save_config(config: RunConfig, path: Path) -> None:
+    from redheart.atomic import atomic_open
+
+    with atomic_open(path) as handle:
+        yaml.safe_dump(to_dict(config), handle, sort_keys=False)
+
+
+def load_config(path: Path) -> RunConfig:
+    with open(path, encoding="utf-8") as handle:
+        return from_dict(yaml.safe_load(handle))

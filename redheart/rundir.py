@@ -1,0 +1,95 @@
+"""The layout of one run folder: every phase reads and writes its artifacts through these names."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RunDir:
+    root: Path
+
+    def __init__(self, root: str | Path) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def clean_records(self) -> Path:
+        """Validated, de-duplicated records as JSON Lines, in the input's order."""
+        return self.data / "clean.jsonl"
+
+    @property
+    def rejected_records(self) -> Path:
+        """Every record that failed validation, with its reasons."""
+        return self.data / "rejected.jsonl"
+
+    @property
+    def duplicates(self) -> Path:
+        return self.data / "duplicates.json"
+
+    @property
+    def split_manifest(self) -> Path:
+        """Ids per split; every later phase reads the split from here and only here."""
+        return self.data / "split.json"
+
+    @property
+    def data_stats(self) -> Path:
+        return self.data / "stats.json"
+
+    @property
+    def embeddings(self) -> Path:
+        return self.root / "embeddings"
+
+    @property
+    def sweep(self) -> Path:
+        return self.root / "sweep"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    def checkpoint(self, epoch: int) -> Path:
+        return self.checkpoints / f"epoch_{epoch:03d}"
+
+    @property
+    def resume(self) -> Path:
+        return self.root / "resume"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
+    @property
+    def metrics_log(self) -> Path:
+        """One JSON object per epoch, appended as training goes."""
+        return self.root / "metrics.jsonl"
+
+    @property
+    def baselines(self) -> Path:
+        return self.root / "baselines.json"
+
+    @property
+    def analysis(self) -> Path:
+        return self.root / "analysis"
+
+    @property
+    def crossover(self) -> Path:
+        return self.root / "crossover"
+
+    @property
+    def calibration(self) -> Path:
+        return self.root / "calibration"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
+    @property
+    def final_model(self) -> Path:
+        return self.root / "final_model"
