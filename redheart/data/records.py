@@ -1,0 +1,482 @@
+"""Load a user's data file (SPEC section 3) into clean records, rejecting bad ones with their reasons.
+
+Input: a JSON array or JSON Lines file, optionally gzip-compressed (detected from its first bytes). The
+file is streamed: JSON Lines line by line, a JSON array element by element with `raw_decode` over a
+sliding text buffer, so the raw text is held at most once. A bad record is rejected on its own with
+every problem found in it (record index, id, field, message), and the rest of the file goes on.
+
+Output: clean records in the normalized format of the project (emotions, bentham and SURD as lists in
+the order of `schema`); a target absent from the input becomes None, never a made-up value.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import math
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from redheart.config import DataConfig
+from redheart.data.schema import BENTHAM_KEYS, EMOTIONS, SURD_KEYS, VERDICTS
+
+KNOWN_FIELDS = ("id", "title", "text", "action", "label", "label_scores", "emotions", "regret_factor",
+                "bentham_scores", "surd_metrics")
+_CHUNK_CHARS = 1 << 20
+_STRICT_LISTED = 100  # problems spelled out in a strict-mode error; the rest are counted
+
+
+class DataError(ValueError):
+    """The input cannot be used: a fatal format error, or any problem at all in strict mode."""
+
+
+@dataclass(frozen=True)
+class Problem:
+    field: str
+    reason: str  # short category, used for the counts per reason
+    message: str
+
+
+@dataclass
+class LoadResult:
+    records: list[dict[str, Any]]
+    rejected: list[dict[str, Any]]  # rows of rejected.jsonl: index, line, id, problems, raw
+    records_read: int
+    rejected_by_reason: Counter  # "field: reason" -> number of rejected records with that problem
+    ignored_fields: Counter  # unknown top-level field name -> number of records that had it
+
+
+class _Object(dict):
+    """A parsed JSON object that remembers keys given more than once (json keeps only the last)."""
+
+    duplicate_keys: tuple[str, ...] = ()
+
+
+def _object_from_pairs(pairs: list[tuple[str, Any]]) -> _Object:
+    obj = _Object(pairs)
+    if len(obj) != len(pairs):
+        counts = Counter(key for key, _ in pairs)
+        obj.duplicate_keys = tuple(key for key, n in counts.items() if n > 1)
+    return obj
+
+
+# json accepts NaN/Infinity literals; they parse to floats here and validation rejects them by field.
+_DECODER = json.JSONDecoder(object_pairs_hook=_object_from_pairs)
+
+
+def load_records(path: str | Path, config: DataConfig, strict: bool = False) -> LoadResult:
+    """Read and validate every record of `path`; bad records go to `rejected` (or raise when `strict`)."""
+    result = LoadResult([], [], 0, Counter(), Counter())
+    seen_ids: dict[str, int] = {}
+    with _open_binary(Path(path)) as handle:
+        for index, (line, raw, value, problems) in enumerate(_iter_raw(handle)):
+            result.records_read += 1
+            record = None
+            if not problems:
+                record, problems = normalize_record(value, config)
+            if record is not None and record["id"] in seen_ids:
+                problems = [_duplicate_id(record, seen_ids[record["id"]])]
+            if problems:
+                _reject(result, index, line, value, raw, problems)
+                continue
+            seen_ids[record["id"]] = index
+            result.records.append(record)
+            result.ignored_fields.update(key for key in value if key not in KNOWN_FIELDS)
+    if result.records_read == 0:
+        raise DataError(f"{path}: no records found")
+    if strict and result.rejected:
+        raise DataError(_strict_message(path, result.rejected))
+    return result
+
+
+def normalize_record(value: Any, config: DataConfig) -> tuple[dict[str, Any] | None, list[Problem]]:
+    """Validate one parsed record; return the clean record, or None and every problem found."""
+    if not isinstance(value, dict):
+        return None, [Problem("<record>", "wrong_type", f"expected a JSON object, got {_kind(value)}")]
+    problems = [Problem(name, "duplicate_key", f"key {key!r} appears more than once in one JSON object")
+                for name, key in _duplicate_keys(value)]
+    check = _Checker(problems)
+    record = {
+        "id": check.optional_str(value, "id"),
+        "title": check.optional_str(value, "title") or "",
+        "text": check.text(value),
+        "action": check.optional_str(value, "action"),
+        "label": check.label(value),
+        "label_scores": check.label_scores(value),
+        "emotions": check.vector(value, "emotions", EMOTIONS, distribution=config.emotion_sum_tolerance),
+        "regret_factor": check.score(value.get("regret_factor"), "regret_factor"),
+        "bentham_scores": check.vector(value, "bentham_scores", BENTHAM_KEYS),
+        "surd_metrics": check.vector(value, "surd_metrics", SURD_KEYS),
+    }
+    if problems:
+        return None, problems
+    if record["id"] is None:
+        record["id"] = content_id(record)
+    return record, []
+
+
+def content_id(record: dict[str, Any]) -> str:
+    """A deterministic id for a record that has none: a hash of everything else in it.
+
+    Two id-less records with identical content get the same id, so the second is rejected as a
+    duplicate id (it is an exact copy) rather than kept twice.
+    """
+    content = {key: value for key, value in record.items() if key != "id"}
+    digest = hashlib.sha256(json.dumps(content, sort_keys=True, ensure_ascii=False).encode("utf-8"))
+    return "auto-" + digest.hexdigest()[:20]
+
+
+class _Checker:
+    """Field validators: each returns the normalized value (or None) and appends problems it finds."""
+
+    def __init__(self, problems: list[Problem]) -> None:
+        self.problems = problems
+
+    def add(self, field_name: str, reason: str, message: str) -> None:
+        self.problems.append(Problem(field_name, reason, message))
+
+    def optional_str(self, value: dict, name: str) -> str | None:
+        item = value.get(name)
+        if item is None:
+            return None
+        if not isinstance(item, str):
+            self.add(name, "wrong_type", f"expected a string, got {_kind(item)}")
+            return None
+        if not _is_valid_unicode(item):
+            self.add(name, "non_utf8", "contains bytes that are not valid UTF-8 (or a lone surrogate escape)")
+        if name == "id" and not item.strip():
+            self.add(name, "empty", "id is an empty string")
+        return item
+
+    def text(self, value: dict) -> str | None:
+        if "text" not in value or value["text"] is None:
+            self.add("text", "missing_text", "the record has no text")
+            return None
+        text = self.optional_str(value, "text")
+        if text is not None and not text.strip():
+            self.add("text", "empty_text", "text is empty or only whitespace")
+        return text
+
+    def label(self, value: dict) -> str | None:
+        label = value.get("label")
+        if label is not None and label not in VERDICTS:
+            self.add("label", "unknown_label", f"{_short(label)} is not one of {', '.join(VERDICTS)}")
+            return None
+        return label
+
+    def label_scores(self, value: dict) -> dict[str, int] | None:
+        scores = value.get("label_scores")
+        if scores is None:
+            return None
+        if not isinstance(scores, dict):
+            self.add("label_scores", "wrong_type", f"expected an object of vote counts, got {_kind(scores)}")
+            return None
+        before = len(self.problems)
+        for key, count in scores.items():
+            where = f"label_scores.{key}"
+            if key not in VERDICTS:
+                self.add(where, "unknown_key", f"{key!r} is not one of {', '.join(VERDICTS)}")
+            elif not _is_number(count) or not math.isfinite(count) or count != int(count):
+                self.add(where, "bad_count", f"vote count must be a whole number, got {_short(count)}")
+            elif count < 0:
+                self.add(where, "bad_count", f"vote count must not be negative, got {count}")
+        if len(self.problems) > before:
+            return None
+        if sum(scores.values()) == 0:
+            self.add("label_scores", "no_votes", "every vote count is 0, so there is no verdict distribution")
+            return None
+        # A verdict missing from the counts received no votes; the vote distribution needs all five.
+        return {verdict: int(scores.get(verdict, 0)) for verdict in VERDICTS}
+
+    def score(self, item: Any, where: str) -> float | None:
+        if item is None:
+            return None
+        if not _is_number(item):
+            self.add(where, "wrong_type", f"expected a number, got {_kind(item)}")
+        elif not math.isfinite(item):
+            self.add(where, "not_finite", f"{item} is not a finite number")
+        elif not 0.0 <= item <= 1.0:
+            self.add(where, "out_of_range", f"{item} is outside [0, 1]")
+        else:
+            return float(item)
+        return None
+
+    def vector(self, value: dict, name: str, keys: tuple[str, ...], distribution: float | None = None):
+        """A list in `keys` order or an object keyed by `keys`; scores in [0,1], or a distribution."""
+        item = value.get(name)
+        if item is None:
+            return None
+        before = len(self.problems)
+        if isinstance(item, dict):
+            for key in item.keys() - set(keys):
+                self.add(f"{name}.{key}", "unknown_key", f"{key!r} is not one of {', '.join(keys)}")
+            for key in (k for k in keys if k not in item):
+                self.add(f"{name}.{key}", "missing_key", f"{key!r} is missing")
+            pairs = [(f"{name}.{key}", item.get(key)) for key in keys if key in item]
+        elif isinstance(item, list):
+            if len(item) != len(keys):
+                self.add(name, "wrong_length", f"expected {len(keys)} values ({', '.join(keys)}), got {len(item)}")
+            pairs = [(f"{name}[{i}]", v) for i, v in enumerate(item)]
+        else:
+            self.add(name, "wrong_type", f"expected a list or an object, got {_kind(item)}")
+            return None
+        if distribution is None:
+            values = [self.score(v, where) for where, v in pairs]
+        else:
+            values = [self._probability(v, where) for where, v in pairs]
+        if len(self.problems) > before:
+            return None
+        if distribution is not None and abs(sum(values) - 1.0) > distribution:
+            self.add(name, "sum_not_1", f"values sum to {sum(values):.4g}, not 1 (tolerance {distribution})")
+            return None
+        return values
+
+    def _probability(self, item: Any, where: str) -> float | None:
+        if not _is_number(item):
+            self.add(where, "wrong_type", f"expected a number, got {_kind(item)}")
+        elif not math.isfinite(item):
+            self.add(where, "not_finite", f"{item} is not a finite number")
+        elif item < 0:
+            self.add(where, "negative", f"{item} is negative")
+        else:
+            return float(item)
+        return None
+
+
+def _duplicate_keys(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
+    """(field path, key) for every key repeated inside any object of the record."""
+    if isinstance(value, _Object):
+        for key in value.duplicate_keys:
+            yield (f"{path}.{key}" if path else key), key
+        for key, item in value.items():
+            yield from _duplicate_keys(item, f"{path}.{key}" if path else key)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _duplicate_keys(item, f"{path}[{i}]")
+
+
+def _is_number(item: Any) -> bool:
+    return isinstance(item, (int, float)) and not isinstance(item, bool)
+
+
+def _is_valid_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _kind(item: Any) -> str:
+    for kind, name in ((bool, "a boolean"), (dict, "an object"), (list, "a list"), (str, "a string"),
+                       (int, "an integer"), (float, "a number")):
+        if isinstance(item, kind):
+            return name
+    return "null" if item is None else type(item).__name__
+
+
+def _short(item: Any, limit: int = 60) -> str:
+    text = repr(item)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _safe_text(text: str) -> str:
+    """Text that can be written as UTF-8: undecodable bytes and lone surrogates become escapes."""
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _display_id(value: Any) -> str | int | None:
+    item = value.get("id") if isinstance(value, dict) else None
+    if isinstance(item, str):
+        return _safe_text(item)
+    return item if _is_number(item) and math.isfinite(item) else None
+
+
+def _duplicate_id(record: dict[str, Any], first: int) -> Problem:
+    origin = "generated from identical content" if record["id"].startswith("auto-") else "given"
+    return Problem("id", "duplicate_id", f"id {record['id']!r} ({origin}) is already used by the record at index {first}")
+
+
+def _reject(result: LoadResult, index: int, line: int, value: Any, raw: str, problems: list[Problem]) -> None:
+    result.rejected.append({
+        "index": index,
+        "line": line,
+        "id": _display_id(value),
+        "problems": [{"field": p.field, "reason": p.reason, "message": p.message} for p in problems],
+        "raw": _safe_text(raw),
+    })
+    result.rejected_by_reason.update({f"{p.field.split('.')[0].split('[')[0]}: {p.reason}" for p in problems})
+
+
+def _strict_message(path: str | Path, rejected: list[dict[str, Any]]) -> str:
+    lines = [f"{path}: {len(rejected)} invalid record(s):"]
+    for row in rejected:
+        for problem in row["problems"]:
+            lines.append(f"  record {row['index']} (id {row['id']!r}, line {row['line']}): "
+                         f"{problem['field']}: {problem['message']}")
+    if len(lines) > _STRICT_LISTED + 1:
+        lines = lines[: _STRICT_LISTED + 1] + [f"  ... and {len(lines) - _STRICT_LISTED - 1} more problem(s)"]
+    return "\n".join(lines)
+
+
+# ---- reading -------------------------------------------------------------------------------------
+
+RawItem = tuple[int, str, Any, list[Problem]]  # line, raw text, parsed value (or None), parse problems
+
+
+def _open_binary(path: Path) -> IO[bytes]:
+    with open(path, "rb") as probe:
+        compressed = probe.read(2) == b"\x1f\x8b"
+    return gzip.open(path, "rb") if compressed else open(path, "rb")
+
+
+def _iter_raw(handle: IO[bytes]) -> Iterator[RawItem]:
+    """Yield each record of a JSON array or JSON Lines stream, told apart by the first character."""
+    peek = handle.peek(4096)[:4096]
+    first = peek.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
+    if first == b"[":
+        text = io.TextIOWrapper(handle, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        yield from _ArrayReader(text).items()
+    elif first == b"{" or not first:
+        yield from _iter_lines(handle)
+    else:
+        raise DataError(f"expected a JSON array ('[') or JSON Lines ('{{'), found {first!r} at the start of the file")
+
+
+def _iter_lines(handle: IO[bytes]) -> Iterator[RawItem]:
+    for number, raw_bytes in enumerate(handle, start=1):
+        if number == 1:
+            raw_bytes = raw_bytes.removeprefix(b"\xef\xbb\xbf")
+        if not raw_bytes.strip():
+            continue
+        try:
+            raw = raw_bytes.decode("utf-8")
+        except UnicodeDecodeError as error:
+            text = raw_bytes.decode("utf-8", "backslashreplace").rstrip("\r\n")
+            yield number, text, None, [Problem("<line>", "non_utf8", f"line {number}: byte {error.start} is not valid UTF-8")]
+            continue
+        raw = raw.rstrip("\r\n")
+        try:
+            yield number, raw, _DECODER.decode(raw), []
+        except json.JSONDecodeError as error:
+            yield number, raw, None, [Problem("<line>", "malformed_json",
+                                              f"line {number} column {error.colno}: {error.msg}")]
+
+
+class _ArrayReader:
+    """Element-by-element reader of a JSON array held in a sliding buffer, with line/column tracking.
+
+    A malformed element is reported with its line and column, then reading resumes at the next '{'
+    that follows a ',' and parses as a whole element; the text in between is kept as the raw record.
+    """
+
+    def __init__(self, handle: IO[str]) -> None:
+        self.handle = handle
+        self.buf = ""
+        self.eof = False
+        self.mark, self.line, self.col = 0, 1, 0  # buffer offset whose (1-based line, 0-based column) we know
+
+    def items(self) -> Iterator[RawItem]:
+        pos = self._skip_ws(0)
+        if not self.buf.startswith("[", pos):
+            raise DataError(f"line {self.line}: expected '[' at the start of a JSON array")
+        pos = self._skip_ws(pos + 1)
+        while not self.buf.startswith("]", pos):
+            if pos >= len(self.buf):
+                line, col = self._where(pos)
+                raise DataError(f"line {line} column {col}: the file ends before the JSON array is closed with ']'")
+            item, pos = self._element(pos)
+            yield item
+            pos = self._skip_ws(pos)
+            if self.buf.startswith(",", pos):
+                pos = self._skip_ws(pos + 1)
+        tail = self._skip_ws(pos + 1)
+        if tail < len(self.buf):
+            line, col = self._where(tail)
+            raise DataError(f"line {line} column {col}: unexpected text after the end of the JSON array")
+
+    def _element(self, pos: int) -> tuple[RawItem, int]:
+        """Parse the element at `pos`, reading more input until it is whole or the input ends."""
+        pos = self._compact(pos)
+        while True:
+            try:
+                value, end = _DECODER.raw_decode(self.buf, pos)
+                if end < len(self.buf) or self.eof:
+                    after = self._skip_ws(end)
+                    if after < len(self.buf) and self.buf[after] not in ",]":
+                        raise json.JSONDecodeError("expected ',' or ']' after an element", self.buf, after)
+                    line, _ = self._advance(pos)
+                    return (line, self.buf[pos:end], value, []), end
+            except json.JSONDecodeError as error:
+                if self.eof:
+                    return self._recover(pos, error)
+            self._fill()
+
+    def _recover(self, pos: int, error: json.JSONDecodeError) -> tuple[RawItem, int]:
+        """Report the malformed element and skip to the next place where a whole element parses."""
+        line, _ = self._advance(pos)
+        err_line, err_col = self._where(error.pos)
+        resume = self.buf.find("{", max(error.pos, pos + 1))
+        while resume != -1 and not self._starts_element(resume):
+            resume = self.buf.find("{", resume + 1)
+        if resume == -1:
+            closing = self.buf.rstrip().rfind("]")
+            resume = closing if closing > pos else len(self.buf)
+        raw = self.buf[pos:resume].rstrip().removesuffix(",").rstrip()
+        problem = Problem("<record>", "malformed_json", f"line {err_line} column {err_col}: {error.msg}")
+        return (line, raw, None, [problem]), resume
+
+    def _starts_element(self, pos: int) -> bool:
+        # An element follows a ',' (or a '}' when the comma itself is what is missing).
+        before = pos - 1
+        while before >= 0 and self.buf[before] in " \t\r\n":
+            before -= 1
+        if before < 0 or self.buf[before] not in ",}":
+            return False
+        try:
+            _, end = _DECODER.raw_decode(self.buf, pos)
+        except json.JSONDecodeError:
+            return False
+        after = self._skip_ws(end)
+        return after >= len(self.buf) or self.buf[after] in ",]"
+
+    def _skip_ws(self, pos: int) -> int:
+        while True:
+            while pos < len(self.buf) and self.buf[pos] in " \t\r\n":
+                pos += 1
+            if pos < len(self.buf) or self.eof:
+                return pos
+            self._fill()
+
+    def _fill(self) -> None:
+        chunk = self.handle.read(_CHUNK_CHARS)
+        self.eof = not chunk
+        self.buf += chunk
+
+    def _compact(self, pos: int) -> int:
+        """Drop the consumed text before `pos` so the buffer holds only unread input."""
+        if pos < _CHUNK_CHARS:
+            return pos
+        self._advance(pos)
+        self.buf, self.mark = self.buf[pos:], 0
+        return 0
+
+    def _where(self, pos: int) -> tuple[int, int]:
+        """(line, 1-based column) of buffer offset `pos` >= self.mark, without moving the mark."""
+        newlines = self.buf.count("\n", self.mark, pos)
+        if not newlines:
+            return self.line, self.col + pos - self.mark + 1
+        return self.line + newlines, pos - self.buf.rfind("\n", self.mark, pos)
+
+    def _advance(self, pos: int) -> tuple[int, int]:
+        self.line, column = self._where(pos)
+        self.col, self.mark = column - 1, pos
+        return self.line, column
