@@ -1,0 +1,160 @@
+"""Per-split training tensors built from a run folder, and the seeded data order.
+
+Everything lives in memory (the full set is ~10k x 4 x 384 floats), so a batch is a gather by index
+and the data position of a run is just (epoch, micro-step): the order of an epoch is a permutation
+seeded from (seed, epoch), which is what makes resume exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from redheart.atomic import read_json
+from redheart.data.schema import TARGET_DIMS, VERDICTS
+from redheart.rundir import RunDir
+
+SPLITS = ("train", "val", "test")
+DISTRIBUTION_TARGETS = ("emotions", "verdict")
+
+
+@dataclass(frozen=True)
+class SplitTensors:
+    """One split in memory: "x", "mask", every target of TARGET_DIMS and its "<name>_present" flag."""
+
+    name: str
+    ids: tuple[str, ...]
+    tensors: dict[str, torch.Tensor]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def input_dim(self) -> int:
+        return int(self.tensors["x"].shape[2])
+
+    @property
+    def max_segments(self) -> int:
+        return int(self.tensors["x"].shape[1])
+
+    def batch(self, index: torch.Tensor, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        return {key: value[index].to(device, non_blocking=True) for key, value in self.tensors.items()}
+
+
+def load_split(run: RunDir, name: str) -> SplitTensors:
+    """Tensors of one split; only that split's records are read (the test split only when asked for)."""
+    if name not in SPLITS:
+        raise ValueError(f"unknown split {name!r}; choose one of {SPLITS}")
+    manifest = read_json(run.split_manifest)
+    if name not in manifest:
+        raise ValueError(f"{run.split_manifest}: the split manifest has no {name!r} list")
+    ids = tuple(manifest[name])
+    wanted = set(ids)
+    records = _read_records(run, wanted)
+    missing = [record_id for record_id in ids if record_id not in records]
+    if missing:
+        raise ValueError(f"{run.clean_records}: {len(missing)} ids of split {name!r} are not clean records, e.g. {missing[:3]}")
+
+    from redheart.data.encode import load_embeddings
+
+    emb_ids, vectors, mask = load_embeddings(run)
+    row_of = {record_id: row for row, record_id in enumerate(emb_ids)}
+    absent = [record_id for record_id in ids if record_id not in row_of]
+    if absent:
+        raise ValueError(f"{run.embeddings}: {len(absent)} ids of split {name!r} have no embedding, e.g. {absent[:3]}")
+    rows = torch.as_tensor([row_of[record_id] for record_id in ids], dtype=torch.long)
+    tensors: dict[str, torch.Tensor] = {
+        "x": torch.as_tensor(vectors, dtype=torch.float32)[rows].contiguous(),
+        "mask": torch.as_tensor(mask, dtype=torch.bool)[rows].contiguous(),
+    }
+    tensors.update(targets_tensors([records[record_id] for record_id in ids]))
+    return SplitTensors(name=name, ids=ids, tensors=tensors)
+
+
+def split_hash(run: RunDir) -> str:
+    """Identity of the split (ids of every split, in order), so a resume on another split is refused."""
+    manifest = read_json(run.split_manifest)
+    lists = {name: manifest.get(name, []) for name in SPLITS}
+    return hashlib.sha256(json.dumps(lists, sort_keys=True).encode()).hexdigest()
+
+
+def targets_tensors(records: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+    """Targets of clean records as (N, k) float tensors plus (N,) "<name>_present" masks."""
+    out: dict[str, torch.Tensor] = {}
+    for name, width in TARGET_DIMS.items():
+        values = torch.zeros(len(records), width, dtype=torch.float32)
+        present = torch.zeros(len(records), dtype=torch.bool)
+        for row, record in enumerate(records):
+            target = record_target(record, name)
+            if target is not None:
+                values[row] = torch.as_tensor(target, dtype=torch.float32)
+                present[row] = True
+        out[name] = values
+        out[f"{name}_present"] = present
+    return out
+
+
+def record_target(record: dict[str, Any], name: str) -> list[float] | None:
+    """One target of a clean record as a list of TARGET_DIMS[name] floats, or None when absent."""
+    if name == "verdict":
+        return _verdict(record)
+    value = record.get(name)
+    if value is None:
+        return None
+    values = [value] if isinstance(value, (int, float)) else value
+    if not isinstance(values, list) or len(values) != TARGET_DIMS[name]:
+        raise ValueError(f"record {record.get('id')!r}: field {name!r} must hold {TARGET_DIMS[name]} floats, got {value!r}")
+    if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+        raise ValueError(f"record {record.get('id')!r}: field {name!r} holds a non-finite or non-numeric value: {value!r}")
+    return [float(v) for v in values]
+
+
+def _verdict(record: dict[str, Any]) -> list[float] | None:
+    scores = record.get("label_scores")
+    if scores:
+        unknown = set(scores) - set(VERDICTS)
+        if unknown:
+            raise ValueError(f"record {record.get('id')!r}: field 'label_scores' has unknown verdicts {sorted(unknown)}")
+        votes = [float(scores.get(verdict, 0)) for verdict in VERDICTS]
+        if any(v < 0 for v in votes):
+            raise ValueError(f"record {record.get('id')!r}: field 'label_scores' has negative votes: {scores!r}")
+        total = sum(votes)
+        if total > 0:
+            return [v / total for v in votes]
+    label = record.get("label")
+    if label is None:
+        return None
+    if label not in VERDICTS:
+        raise ValueError(f"record {record.get('id')!r}: field 'label' is {label!r}, not one of {VERDICTS}")
+    return [1.0 if verdict == label else 0.0 for verdict in VERDICTS]
+
+
+def _read_records(run: RunDir, wanted: set[str]) -> dict[str, dict[str, Any]]:
+    records: dict[str, dict[str, Any]] = {}
+    with open(run.clean_records, encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{run.clean_records}:{line_no}: not valid JSON ({error})") from None
+            if record.get("id") in wanted:
+                records[record["id"]] = record
+    return records
+
+
+def epoch_order(size: int, seed: int, epoch: int) -> torch.Tensor:
+    """The permutation of epoch `epoch`: a function of (seed, epoch) only, so any position can be recomputed."""
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(size, generator=generator)
+
+
+def micro_batches(size: int, micro_batch: int, seed: int, epoch: int) -> list[torch.Tensor]:
+    """Index tensors of the micro-batches of one epoch, in order (the last one may be smaller)."""
+    return list(torch.split(epoch_order(size, seed, epoch), micro_batch))

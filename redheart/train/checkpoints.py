@@ -1,0 +1,114 @@
+"""Modular checkpoints: one safetensors file per module group, metrics.json, and a checksum manifest.
+
+A checkpoint folder is complete only when manifest.json exists (it is written last); loading checks
+every checksum and loads strictly, and nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from redheart.atomic import read_json, write_json, write_with
+from redheart.model.groups import GROUPS, group_state_dict, load_group_state_dict
+from redheart.rundir import RunDir
+
+MANIFEST = "manifest.json"
+METRICS = "metrics.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is incomplete, tampered with, or made for another model."""
+
+
+def group_states(model: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
+    """The model's state_dict cut by group, as CPU copies; a key in no group is an error, never left out."""
+    states = {group: group_state_dict(model, group) for group in GROUPS}
+    covered = {key for state in states.values() for key in state}
+    orphans = sorted(set(model.state_dict()) - covered)
+    if orphans:
+        raise CheckpointError(f"state_dict keys in no group of GROUPS would not be saved: {orphans[:5]}")
+    # A copy per tensor: safetensors refuses tensors that share storage (views, tied weights).
+    return {
+        group: {key: value.detach().to("cpu", copy=True).contiguous() for key, value in state.items()}
+        for group, state in states.items()
+    }
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def save_checkpoint(model: nn.Module, folder: Path, metrics: dict[str, Any], preset: str) -> None:
+    """Write <group>.safetensors for every group, then metrics.json, then the manifest of their sha256."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MANIFEST).unlink(missing_ok=True)  # an overwritten checkpoint is incomplete until re-sealed
+    files = []
+    for group, state in group_states(model).items():
+        name = f"{group}.safetensors"
+        write_with(folder / name, lambda tmp, s=state, g=group: save_file(s, str(tmp), metadata={"group": g, "preset": preset}))
+        files.append(name)
+    write_json(folder / METRICS, metrics)
+    files.append(METRICS)
+    write_json(folder / MANIFEST, {"preset": preset, "files": {name: sha256(folder / name) for name in files}})
+
+
+def verify_checkpoint(folder: Path) -> dict[str, Any]:
+    """The manifest, after checking that every file it lists exists and matches its sha256."""
+    folder = Path(folder)
+    if not (folder / MANIFEST).exists():
+        raise CheckpointError(f"{folder}: no {MANIFEST}; the checkpoint is incomplete (interrupted while saving?)")
+    manifest = read_json(folder / MANIFEST)
+    for name, expected in manifest["files"].items():
+        path = folder / name
+        if not path.exists():
+            raise CheckpointError(f"{path}: listed in the manifest but missing")
+        if sha256(path) != expected:
+            raise CheckpointError(f"{path}: sha256 does not match the manifest; the file is corrupt or was modified")
+    return manifest
+
+
+def load_group(model: nn.Module, folder: Path, group: str) -> None:
+    """Load one group's weights strictly from a verified checkpoint folder."""
+    folder = Path(folder)
+    manifest = verify_checkpoint(folder)
+    name = f"{group}.safetensors"
+    if name not in manifest["files"]:
+        raise CheckpointError(f"{folder}: has no group {group!r} (groups: {sorted(manifest['files'])})")
+    try:
+        load_group_state_dict(model, group, load_file(str(folder / name)))
+    except ValueError as error:
+        raise CheckpointError(
+            f"{folder / name}: does not fit this model ({error}); the checkpoint was made with preset "
+            f"{manifest.get('preset')!r}"
+        ) from None
+
+
+def load_checkpoint(model: nn.Module, folder: Path) -> None:
+    """Load every group of one checkpoint."""
+    for group in GROUPS:
+        load_group(model, folder, group)
+
+
+def load_groups(model: nn.Module, epochs: dict[str, int], run: RunDir) -> nn.Module:
+    """Assemble a model whose groups come from their own epochs ({group: epoch}); every group must be named."""
+    unknown = set(epochs) - set(GROUPS)
+    if unknown:
+        raise CheckpointError(f"unknown groups {sorted(unknown)}; GROUPS are {sorted(GROUPS)}")
+    left = set(GROUPS) - set(epochs)
+    if left:
+        raise CheckpointError(f"no epoch given for groups {sorted(left)}; a crossover model needs every group")
+    for group, epoch in epochs.items():
+        load_group(model, run.checkpoint(epoch), group)
+    return model
+

@@ -1,0 +1,54 @@
+"""AdamW with layer-wise learning-rate decay over the backbone and no decay on biases, norms, embeddings."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from redheart.config import TrainConfig
+
+
+def parameter_groups(model: nn.Module, lr: float, config: TrainConfig) -> list[dict]:
+    """One group per (rate, decay) pair; backbone depth d gets lr * layer_decay ** (num_depths - 1 - d)."""
+    depths = model.num_backbone_depths
+    no_decay_ids = _no_decay_ids(model)
+    groups: dict[tuple[int | None, bool], dict] = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        depth = model.backbone_depth(name)
+        decay = id(param) not in no_decay_ids
+        key = (depth, decay)
+        if key not in groups:
+            scale = 1.0 if depth is None else config.layer_decay ** (depths - 1 - depth)
+            groups[key] = {
+                "params": [],
+                "names": [],
+                "lr": lr * scale,
+                "weight_decay": config.weight_decay if decay else 0.0,
+                "depth": -1 if depth is None else depth,
+            }
+        groups[key]["params"].append(param)
+        groups[key]["names"].append(name)
+    # A fixed group order keeps the optimizer state_dict layout identical across runs (resume).
+    return [groups[key] for key in sorted(groups, key=lambda k: (-1 if k[0] is None else k[0], k[1]))]
+
+
+def build_optimizer(model: nn.Module, lr: float, config: TrainConfig) -> torch.optim.AdamW:
+    groups = parameter_groups(model, lr, config)
+    for group in groups:
+        del group["names"]  # strings in the state_dict would be saved with every resume state
+    # The fused kernel exists on CUDA only; foreach is the fast CPU path.
+    fused = all(p.is_cuda for g in groups for p in g["params"])
+    return torch.optim.AdamW(groups, lr=lr, weight_decay=config.weight_decay, fused=fused or None)
+
+
+def _no_decay_ids(model: nn.Module) -> set[int]:
+    """Biases, normalization weights and embedding tables: decaying them only shrinks scale/offset terms."""
+    skip: set[int] = set()
+    norm_types = (nn.LayerNorm, nn.GroupNorm, nn.BatchNorm1d, nn.BatchNorm2d, nn.RMSNorm, nn.Embedding)
+    for module in model.modules():
+        for name, param in module.named_parameters(recurse=False):
+            if isinstance(module, norm_types) or name.endswith("bias") or param.ndim < 2:
+                skip.add(id(param))
+    return skip

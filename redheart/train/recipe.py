@@ -1,0 +1,162 @@
+"""Phase 2, the main training run, read top to bottom: data, baselines, model, optimizer, epochs."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.tensorboard import SummaryWriter
+from tqdm.auto import tqdm
+
+from redheart.atomic import read_json, write_json
+from redheart.config import RunConfig, to_dict
+from redheart.data.dataset import SplitTensors, load_split, micro_batches, split_hash
+from redheart.evaluate.baselines import compute_baselines
+from redheart.evaluate.metrics import headline
+from redheart.model.model import RedHeartModel
+from redheart.rundir import RunDir
+from redheart.train.checkpoints import save_checkpoint
+from redheart.train.ema import build_ema
+from redheart.train.evaluation import evaluate, metrics_of, predict, split_targets
+from redheart.train.loop import EpochTally, Trainer
+from redheart.train.optim import build_optimizer
+from redheart.train.precision import choose_precision, resolve_device
+from redheart.train.resume import has_resume, load_resume, save_resume
+from redheart.train.schedule import build_scheduler, steps_per_epoch
+from redheart.train.telemetry import append_metrics, log_scalars, peak_memory_bytes, read_metrics
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    lr: float
+    lr_source: str  # "argument", "config", "sweep" or "default"
+    epochs: int
+    seed: int
+    final: dict[str, Any]  # the last epoch's record (train losses, val metrics, EMA headline)
+    output: RunDir
+
+
+def train(
+    run: RunDir,
+    config: RunConfig,
+    lr: float | None = None,
+    epochs: int | None = None,
+    seed: int | None = None,
+    log_dir: Path | None = None,
+    save_checkpoints: bool = True,
+    progress: bool = True,
+) -> TrainResult:
+    """Train on `run`'s data; outputs go to `log_dir` (a run-folder layout; a sweep trial) or to `run`.
+
+    A resume state in the output folder is continued from; one from another config or split is refused.
+    """
+    tc = config.train
+    out = RunDir(log_dir) if log_dir is not None else run
+    lr, lr_source = resolve_lr(run, config, lr)
+    epochs = tc.epochs if epochs is None else epochs
+    seed = tc.seed if seed is None else seed
+    device = resolve_device(tc.device)
+    precision = choose_precision(device, tc.amp)
+
+    train_split, val_split = load_split(run, "train"), load_split(run, "val")
+    if not run.baselines.exists():
+        write_json(run.baselines, run_baselines(train_split, val_split))
+
+    torch.manual_seed(seed)
+    model = RedHeartModel(config.model, input_dim=train_split.input_dim, max_segments=train_split.max_segments).to(device)
+    optimizer = build_optimizer(model, lr, tc)
+    scheduler = build_scheduler(optimizer, tc, steps_per_epoch(len(train_split), tc.micro_batch, tc.accumulation))
+    trainer = Trainer(model, optimizer, scheduler, build_ema(model, tc.ema_decay), precision, tc)
+
+    identity = {"config_hash": config_hash(config, lr, seed), "split_hash": split_hash(run)}
+    start_epoch, start_micro, tally = 0, 0, EpochTally()
+    if has_resume(out.resume):
+        info = load_resume(out.resume, trainer, identity)
+        start_epoch, start_micro, tally = info["epoch"], info["micro_step"], EpochTally.from_json(info["tally"])
+
+    def save_state(epoch: int, micro_step: int, state: EpochTally) -> None:
+        info = {**identity, "epoch": epoch, "micro_step": micro_step, "tally": state.to_json(), "lr": lr, "lr_source": lr_source, "seed": seed}
+        save_resume(out.resume, trainer, info)
+
+    per_epoch_micro = len(micro_batches(len(train_split), tc.micro_batch, seed, 0))
+    writer = SummaryWriter(str(out.tensorboard))
+    bar = tqdm(total=epochs * per_epoch_micro, initial=start_epoch * per_epoch_micro + start_micro, unit="micro-step", disable=not progress)
+    done = read_metrics(out.metrics_log)
+    record: dict[str, Any] = done[-1] if done and start_epoch >= epochs else {}
+    try:
+        for epoch in range(start_epoch, epochs):
+            bar.set_description(f"epoch {epoch + 1}/{epochs}")
+            started = time.perf_counter()
+            samples_before = tally.samples
+            tally = trainer.run_epoch(train_split, epoch, seed, start_micro, tally, lambda micro, t: bar.update(1))
+            seconds = time.perf_counter() - started
+            record = epoch_record(epoch + 1, trainer, tally, val_split, tc.label_smoothing)
+            record.update(seconds=seconds, samples_per_second=(tally.samples - samples_before) / seconds, lr_source=lr_source)
+            record["peak_memory_bytes"] = peak_memory_bytes(device)
+            bar.set_postfix(loss=f"{record['train_loss']['total']:.4f}", val=f"{sum(record['val']['loss'].values()):.4f}")
+            append_metrics(out.metrics_log, record)
+            log_scalars(writer, record)
+            if save_checkpoints and (epoch + 1) % tc.checkpoint_every == 0:
+                save_checkpoint(model, out.checkpoint(epoch + 1), record, config.preset)
+            start_micro, tally = 0, EpochTally()
+            save_state(epoch + 1, 0, tally)
+    finally:
+        bar.close()
+        writer.close()
+    if trainer.ema is not None and save_checkpoints and record:
+        save_checkpoint(trainer.ema.module, out.checkpoints / "ema", record, config.preset)
+    return TrainResult(lr=lr, lr_source=lr_source, epochs=epochs, seed=seed, final=record, output=out)
+
+
+def resolve_lr(run: RunDir, config: RunConfig, lr: float | None) -> tuple[float, str]:
+    """The argument, else config.train.lr, else the sweep's choice, else config.train.default_lr."""
+    if lr is not None:
+        return float(lr), "argument"
+    if config.train.lr is not None:
+        return float(config.train.lr), "config"
+    choice = run.sweep / "choice.json"
+    if choice.exists():
+        return float(read_json(choice)["lr"]), "sweep"
+    return float(config.train.default_lr), "default"
+
+
+def config_hash(config: RunConfig, lr: float, seed: int) -> str:
+    """Identity of the recipe; the epoch count and device are left out, so a run can be extended or moved."""
+    train = dataclasses.replace(config.train, lr=lr, seed=seed, epochs=0, device="any")
+    tree = to_dict(dataclasses.replace(config, train=train))
+    return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def epoch_record(epoch: int, trainer: Trainer, tally: EpochTally, val: SplitTensors, label_smoothing: float) -> dict[str, Any]:
+    """Train losses, validation with the raw weights, and the EMA weights' fused headline."""
+    record: dict[str, Any] = {
+        "epoch": epoch,
+        "lr": max(group["lr"] for group in trainer.optimizer.param_groups),
+        "train_loss": tally.means(),
+        "grad_norm": tally.grad_norm_stats(),
+        "val": evaluate(trainer.model, val, label_smoothing=label_smoothing),
+    }
+    if trainer.ema is not None:
+        record["ema_headline"] = headline(metrics_of(predict(trainer.ema.module, val), val)["fused"])
+    return record
+
+
+def pooled_features(split: SplitTensors) -> np.ndarray:
+    """Masked mean of the segment vectors: the features of the linear-probe baseline."""
+    mask = split.tensors["mask"].unsqueeze(-1).float()
+    return ((split.tensors["x"] * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy()
+
+
+def run_baselines(train_split: SplitTensors, val_split: SplitTensors) -> dict[str, Any]:
+    train_targets, train_present = split_targets(train_split)
+    val_targets, val_present = split_targets(val_split)
+    return compute_baselines(
+        pooled_features(train_split), train_targets, train_present, pooled_features(val_split), val_targets, val_present
+    )

@@ -1,0 +1,55 @@
+"""A tiny run folder built in code, shared by the dataset, training and checkpoint tests.
+
+Each record belongs to one of five classes; its words, verdict, dominant emotion and scores all follow
+the class, so a model can learn the set from hashed-word features in a few epochs.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from redheart.atomic import write_json, write_jsonl
+from redheart.config import PRESETS, RunConfig, with_overrides
+from redheart.data.encode import encode_run
+from redheart.data.schema import EMOTIONS, VERDICTS
+from redheart.rundir import RunDir
+
+CLASS_WORDS = ("apple", "brick", "cloud", "delta", "ember")
+FILLER = ("the", "a", "and", "my", "friend", "today", "said", "went", "home", "so")
+
+
+def synthetic_record(index: int, rng: random.Random) -> dict:
+    c = index % 5
+    words = [CLASS_WORDS[c]] * 3 + rng.choices(FILLER, k=6)
+    rng.shuffle(words)
+    emotions = [0.05] * len(EMOTIONS)
+    emotions[c] = 1.0 - 0.05 * (len(EMOTIONS) - 1)
+    votes = {verdict: 0 for verdict in VERDICTS}
+    votes[VERDICTS[c]] = 3 + rng.randrange(3)
+    votes[VERDICTS[(c + 1) % 5]] = 1
+    score = (c + 0.5) / 5
+    return {
+        "id": f"r{index:04d}", "title": "", "text": " ".join(words), "action": None,
+        "label": VERDICTS[c], "label_scores": votes, "emotions": emotions, "regret_factor": score,
+        "bentham_scores": [score] * 4, "surd_metrics": [1 - score] * 4,
+    }
+
+
+def make_run(root: Path, n: int = 80, seed: int = 0, records: list[dict] | None = None) -> RunDir:
+    """clean.jsonl, split.json (60/20/20 %) and hashing embeddings of `n` synthetic records."""
+    run = RunDir(root)
+    rng = random.Random(seed)
+    records = records if records is not None else [synthetic_record(i, rng) for i in range(n)]
+    write_jsonl(run.clean_records, records)
+    ids = [r["id"] for r in records]
+    a, b = int(len(ids) * 0.6), int(len(ids) * 0.8)
+    write_json(run.split_manifest, {"train": ids[:a], "val": ids[a:b], "test": ids[b:]})
+    encode_run(run, tiny_config().encoder, cache_dir=root / "cache", progress=False)
+    return run
+
+
+def tiny_config(**overrides) -> RunConfig:
+    """The tiny preset on CPU with a short warm-up; `overrides` as {"train.lr": 1e-3}."""
+    base = {"train.device": "cpu", "train.checkpoint_every": 1}
+    return with_overrides(PRESETS["tiny"], {**base, **overrides})
