@@ -4,27 +4,39 @@ Both sides run the same model, batches, precision, R-Drop concat forward, clippi
 same parameter groups) and EMA; the plain side has none of redheart's bookkeeping (loss tallies,
 share-weighted accumulation, scheduler). Prints samples/s of each and the ratio (target >= 0.9).
 
-    python bench/train_step.py [--presets tiny small] [--samples 256] [--rounds 3]
+The telemetry part times redheart's loop on a checkpoint epoch with telemetry on (gradient probe on the
+last step, per-epoch block, module_stats.json, TensorBoard scalars, progress report) against the same
+epoch with it off, in the same process, and prints the ratio (target >= 0.95) and the fixed cost per
+checkpoint. Validation and the checkpoint's weights are left out: they cost the same either way.
+
+    python bench/train_step.py [--presets tiny small] [--samples 256] [--rounds 3] [--parts loop telemetry]
 """
 
 from __future__ import annotations
 
 import argparse
 import random
+import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
+from torch.utils.tensorboard import SummaryWriter
 
+from redheart.atomic import write_json
 from redheart.config import PRESETS, RunConfig
 from redheart.data.dataset import SplitTensors, micro_batches, targets_tensors
 from redheart.data.schema import EMOTIONS, VERDICTS
 from redheart.model.losses import split_halves
 from redheart.model.model import RedHeartModel
 from redheart.train.ema import build_ema
-from redheart.train.loop import Trainer
+from redheart.rundir import RunDir
+from redheart.train.loop import EpochTally, Trainer
 from redheart.train.optim import build_optimizer
 from redheart.train.precision import choose_precision, resolve_device
 from redheart.train.schedule import build_scheduler, steps_per_epoch
+from redheart.train.telemetry import RunTelemetry, append_metrics
 
 
 def synthetic_split(n: int, dim: int, segments: int) -> SplitTensors:
@@ -54,7 +66,7 @@ def redheart_epoch(config: RunConfig, split: SplitTensors, device: torch.device)
     model, optimizer, ema = build(config, split, device)
     scheduler = build_scheduler(optimizer, config.train, steps_per_epoch(len(split), config.train.micro_batch, config.train.accumulation))
     trainer = Trainer(model, optimizer, scheduler, ema, choose_precision(device, config.train.amp), config.train)
-    trainer.run_epoch(split, epoch=0, seed=0, start_micro=0)  # warm-up epoch (allocator, lazy init)
+    trainer.run_epoch(split, epoch=0, seed=0)  # warm-up epoch (allocator, lazy init)
     _sync(device)
     started = time.perf_counter()
     trainer.run_epoch(split, epoch=1, seed=0).means()
@@ -96,6 +108,41 @@ def plain_epoch(config: RunConfig, split: SplitTensors, device: torch.device) ->
     return len(split) / (time.perf_counter() - started)
 
 
+def telemetry_epochs(config: RunConfig, split: SplitTensors, device: torch.device, rounds: int) -> list[tuple[float, float, float]]:
+    """(seconds with telemetry, seconds without, seconds of telemetry after the last step) of checkpoint epochs
+    run back to back on one trainer, on and off in turn, so both see the same load and the same weights' age."""
+    model, optimizer, ema = build(config, split, device)
+    scheduler = build_scheduler(optimizer, config.train, steps_per_epoch(len(split), config.train.micro_batch, config.train.accumulation))
+    trainer = Trainer(model, optimizer, scheduler, ema, choose_precision(device, config.train.amp), config.train)
+    trainer.run_epoch(split, epoch=0, seed=0)  # warm-up epoch (allocator, lazy init)
+    pairs = []
+    with tempfile.TemporaryDirectory() as folder, SummaryWriter(folder) as writer:
+        out = RunDir(folder)
+        for index in range(rounds):
+            times = []
+            for enabled in (True, False):
+                telemetry = RunTelemetry(out, trainer, writer, epochs_total=2 * rounds + 1, enabled=enabled)
+                epoch = 1 + 2 * index + (not enabled)
+                _sync(device)
+                started = time.perf_counter()
+                tally = EpochTally()
+                telemetry.start_epoch(tally, checkpoint=True)
+                tally = trainer.run_epoch(split, epoch=epoch, seed=0, tally=tally)
+                _sync(device)
+                after_steps = time.perf_counter()
+                # Training losses stand in for the validation losses, which the real run computes either way.
+                record = {"epoch": epoch, "seconds": after_steps - started, "train_loss": tally.means(), "val": {"loss": tally.means()}}
+                telemetry.finish_epoch(record, tally)
+                append_metrics(out.metrics_log, record)
+                for name, obj in telemetry.checkpoint_files(epoch).items():
+                    write_json(out.root / name, obj)
+                telemetry.report_progress()
+                _sync(device)
+                times.append((time.perf_counter() - started, time.perf_counter() - after_steps))
+            pairs.append((times[0][0], times[1][0], times[0][1]))
+    return pairs
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -105,22 +152,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["tiny", "small"])
     parser.add_argument("--samples", type=int, default=256)
-    parser.add_argument("--rounds", type=int, default=3, help="alternating measurements per side; the best counts")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating measurements per side (loop: the best counts; telemetry: the median pair)")
+    parser.add_argument("--parts", nargs="+", choices=("loop", "telemetry"), default=["loop", "telemetry"])
     args = parser.parse_args()
     device = resolve_device("auto")
     print(f"device {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
     for name in args.presets:
         config = PRESETS[name]
         split = synthetic_split(args.samples, config.encoder.dim, config.encoder.max_segments)
-        ours, plain = [], []
-        for _ in range(args.rounds):  # alternating, so load from other processes hits both sides alike
-            ours.append(redheart_epoch(config, split, device))
-            plain.append(plain_epoch(config, split, device))
-        best_ours, best_plain = max(ours), max(plain)
-        print(
-            f"{name:6s} micro_batch {config.train.micro_batch} x accumulation {config.train.accumulation}: "
-            f"redheart {best_ours:8.1f} samples/s, plain {best_plain:8.1f} samples/s, ratio {best_ours / best_plain:.3f}"
-        )
+        shape = f"{name:6s} micro_batch {config.train.micro_batch} x accumulation {config.train.accumulation}"
+        if "loop" in args.parts:
+            ours, plain = [], []
+            for _ in range(args.rounds):  # alternating, so load from other processes hits both sides alike
+                ours.append(redheart_epoch(config, split, device))
+                plain.append(plain_epoch(config, split, device))
+            best_ours, best_plain = max(ours), max(plain)
+            print(f"{shape}: redheart {best_ours:8.1f} samples/s, plain {best_plain:8.1f} samples/s, ratio {best_ours / best_plain:.3f}")
+        if "telemetry" in args.parts:
+            pairs = telemetry_epochs(config, split, device, args.rounds)
+            ratio = statistics.median(off / on for on, off, _ in pairs)
+            on, off = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
+            steps = steps_per_epoch(len(split), config.train.micro_batch, config.train.accumulation)
+            print(
+                f"{shape}: checkpoint epoch of {steps} optimizer steps, median of {len(pairs)} pairs: telemetry on "
+                f"{len(split) / on:8.1f} samples/s, off {len(split) / off:8.1f} samples/s, ratio {ratio:.3f} (target >= 0.95); "
+                f"telemetry after the last step {statistics.median(p[2] for p in pairs) * 1e3:.1f} ms per checkpoint"
+            )
 
 
 if __name__ == "__main__":

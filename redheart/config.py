@@ -83,6 +83,7 @@ class TrainConfig:
     layer_decay: float = 0.85  # layer-wise lr decay per backbone layer; 1 disables
     seed: int = 13
     device: str = "auto"
+    telemetry: bool = True  # module_stats.json per checkpoint, progress reports, per-epoch "telemetry" block
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,22 @@ class SweepConfig:
 
 
 @dataclass(frozen=True)
+class SelectConfig:
+    """Phases 3-4: sweet-spot analysis, parameter crossover and the candidates it is compared with."""
+
+    smoothing: str = "moving_average"  # centred; or "ema", "none": over checkpoints, so one noisy epoch does not decide
+    smoothing_window: int = 3  # moving-average width, or EMA span (alpha = 2 / (window + 1))
+    onset_run: int = 3  # over-fitting onset: the train-val gap widening this many checkpoints in a row
+    shifts: tuple[int, ...] = (-4, -2, 0, 2, 4)  # epochs added to every sweet spot for the ensemble variants
+    refine_rounds: int = 2  # greedy passes moving one group's epoch to a neighbouring checkpoint; 0 disables
+    average_last: int = 5  # k of the uniform weight average of the last k checkpoints
+    fusion_steps: int = 50  # LBFGS iterations of the fusion re-fit on validation
+    batch_size: int = 512
+    bootstrap_samples: int = 1000
+    bootstrap_seed: int = 0
+
+
+@dataclass(frozen=True)
 class RunConfig:
     preset: str = "full"
     data: DataConfig = field(default_factory=DataConfig)
@@ -102,6 +119,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    select: SelectConfig = field(default_factory=SelectConfig)
 
 
 def _scaled(budgets: dict[str, int], scale: float, floor: int) -> dict[str, int]:
@@ -172,7 +190,7 @@ def to_dict(config: RunConfig) -> dict[str, Any]:
 
 
 def from_dict(tree: dict[str, Any]) -> RunConfig:
-    kinds = {"data": DataConfig, "encoder": EncoderConfig, "model": ModelConfig, "train": TrainConfig, "sweep": SweepConfig}
+    kinds = {"data": DataConfig, "encoder": EncoderConfig, "model": ModelConfig, "train": TrainConfig, "sweep": SweepConfig, "select": SelectConfig}
     unknown = set(tree) - {f.name for f in dataclasses.fields(RunConfig)}
     if unknown:
         raise ValueError(f"unknown config sections {sorted(unknown)}")

@@ -66,6 +66,11 @@ class RunDir:
         return self.root / "tensorboard"
 
     @property
+    def progress(self) -> Path:
+        """Progress reports: epoch_NNN.json at every checkpoint, and latest.json."""
+        return self.root / "progress"
+
+    @property
     def metrics_log(self) -> Path:
         """One JSON object per epoch, appended as training goes."""
         return self.root / "metrics.jsonl"

@@ -29,6 +29,8 @@ KNOWN_FIELDS = ("id", "title", "text", "action", "label", "label_scores", "emoti
                 "bentham_scores", "surd_metrics")
 _CHUNK_CHARS = 1 << 20
 _STRICT_LISTED = 100  # problems spelled out in a strict-mode error; the rest are counted
+# json's parser recurses once per nesting level; a record nested past the recursion limit is rejected.
+_TOO_DEEP = "JSON nested too deeply (past Python's recursion limit); a record is a flat object"
 
 
 class DataError(ValueError):
@@ -369,6 +371,8 @@ def _iter_lines(handle: IO[bytes]) -> Iterator[RawItem]:
         except json.JSONDecodeError as error:
             yield number, raw, None, [Problem("<line>", "malformed_json",
                                               f"line {number} column {error.colno}: {error.msg}")]
+        except RecursionError:
+            yield number, raw, None, [Problem("<line>", "too_deep", f"line {number}: {_TOO_DEEP}")]
 
 
 class _ArrayReader:
@@ -418,6 +422,9 @@ class _ArrayReader:
             except json.JSONDecodeError as error:
                 if self.eof:
                     return self._recover(pos, error)
+            except RecursionError:
+                if self.eof:
+                    return self._recover(pos, json.JSONDecodeError(_TOO_DEEP, self.buf, pos))
             self._fill()
 
     def _recover(self, pos: int, error: json.JSONDecodeError) -> tuple[RawItem, int]:

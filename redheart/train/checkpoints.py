@@ -7,16 +7,19 @@ every checksum and loads strictly, and nothing is ever unpickled.
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from redheart.atomic import read_json, write_json, write_with
+from redheart.atomic import read_json
 from redheart.model.groups import GROUPS, group_state_dict, load_group_state_dict
 from redheart.rundir import RunDir
+from redheart.train.faults import NO_FAULTS, Faults, write_state_file
 
 MANIFEST = "manifest.json"
 METRICS = "metrics.json"
@@ -48,19 +51,39 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def save_checkpoint(model: nn.Module, folder: Path, metrics: dict[str, Any], preset: str) -> None:
-    """Write <group>.safetensors for every group, then metrics.json, then the manifest of their sha256."""
+def _write_json(path: Path, obj: Any, faults: Faults) -> None:
+    text = json.dumps(obj, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    write_state_file(path, lambda tmp: tmp.write_text(text, encoding="utf-8"), faults)
+
+
+def save_checkpoint(
+    model: nn.Module,
+    folder: Path,
+    metrics: dict[str, Any],
+    preset: str,
+    extra: dict[str, Any] | None = None,
+    faults: Faults = NO_FAULTS,
+) -> None:
+    """Write <group>.safetensors for every group, metrics.json, the `extra` JSON files ({file name: object}),
+    then the manifest of their sha256.
+
+    A failure part-way (a kill, a full disk) leaves this folder without a manifest: incomplete, never
+    mistaken for a checkpoint, and every other checkpoint folder untouched.
+    """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / MANIFEST).unlink(missing_ok=True)  # an overwritten checkpoint is incomplete until re-sealed
     files = []
     for group, state in group_states(model).items():
         name = f"{group}.safetensors"
-        write_with(folder / name, lambda tmp, s=state, g=group: save_file(s, str(tmp), metadata={"group": g, "preset": preset}))
+        write_state_file(folder / name, lambda tmp, s=state, g=group: save_file(s, str(tmp), metadata={"group": g, "preset": preset}), faults)
         files.append(name)
-    write_json(folder / METRICS, metrics)
+    _write_json(folder / METRICS, metrics, faults)
     files.append(METRICS)
-    write_json(folder / MANIFEST, {"preset": preset, "files": {name: sha256(folder / name) for name in files}})
+    for name, obj in (extra or {}).items():
+        _write_json(folder / name, obj, faults)
+        files.append(name)
+    _write_json(folder / MANIFEST, {"preset": preset, "files": {name: sha256(folder / name) for name in files}}, faults)
 
 
 def verify_checkpoint(folder: Path) -> dict[str, Any]:
@@ -86,7 +109,11 @@ def load_group(model: nn.Module, folder: Path, group: str) -> None:
     if name not in manifest["files"]:
         raise CheckpointError(f"{folder}: has no group {group!r} (groups: {sorted(manifest['files'])})")
     try:
-        load_group_state_dict(model, group, load_file(str(folder / name)))
+        state = load_file(str(folder / name))
+    except SafetensorError as error:
+        raise CheckpointError(f"{folder / name}: not a readable safetensors file ({error})") from None
+    try:
+        load_group_state_dict(model, group, state)
     except ValueError as error:
         raise CheckpointError(
             f"{folder / name}: does not fit this model ({error}); the checkpoint was made with preset "

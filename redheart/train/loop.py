@@ -6,29 +6,43 @@ ema_decay 0, amp False, accumulation 1, label_smoothing 0).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
+from torch.utils.checkpoint import checkpoint
 
 from redheart.config import TrainConfig
-from redheart.data.dataset import SplitTensors, micro_batches
+from redheart.data.dataset import SplitTensors, epoch_order
 from redheart.model.losses import split_halves
+from redheart.train.faults import NO_FAULTS, Faults
+from redheart.train.oom import BatchPlan, release_memory
 from redheart.train.precision import Precision
 
 Batch = dict[str, torch.Tensor]
 
 
-def forward_losses(model: nn.Module, batch: Batch, config: TrainConfig) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The scalar to minimise and its parts (task loss per module, plus "consistency" under R-Drop)."""
+def forward_losses(
+    model: nn.Module, batch: Batch, config: TrainConfig, memory_saving: bool = False
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The scalar to minimise and its parts (task loss per module, plus "consistency" under R-Drop).
+
+    `memory_saving` recomputes activations in the backward pass (activation checkpointing) and runs
+    the two R-Drop passes one after the other, so the peak holds one pass of one micro-batch.
+    """
     x, mask = batch["x"], batch["mask"]
+    forward = (lambda *args: checkpoint(model, *args, use_reentrant=False)) if memory_saving else model
     if config.rdrop_alpha <= 0:
-        parts = model.losses(model(x, mask), batch, config.label_smoothing)
+        parts = model.losses(forward(x, mask), batch, config.label_smoothing)
         return sum(parts.values()), parts
-    # One forward over [x; x]: dropout draws independent masks per row, so the halves are the two passes.
-    out_a, out_b = split_halves(model(torch.cat([x, x]), torch.cat([mask, mask])))
+    if memory_saving:
+        out_a, out_b = forward(x, mask), forward(x, mask)
+    else:
+        # One forward over [x; x]: dropout draws independent masks per row, so the halves are the two passes.
+        out_a, out_b = split_halves(model(torch.cat([x, x]), torch.cat([mask, mask])))
     losses_a = model.losses(out_a, batch, config.label_smoothing)
     losses_b = model.losses(out_b, batch, config.label_smoothing)
     parts = {name: (losses_a[name] + losses_b[name]) / 2 for name in losses_a}
@@ -67,6 +81,9 @@ class EpochTally:
             "grad_norms": [float(n) for n in self.grad_norms],
         }
 
+    def copy(self) -> "EpochTally":
+        return copy.deepcopy(self)
+
     @classmethod
     def from_json(cls, data: dict) -> "EpochTally":
         return cls(samples=data["samples"], loss_sums=dict(data["loss_sums"]), grad_norms=list(data["grad_norms"]))
@@ -83,10 +100,16 @@ class Trainer:
         ema: AveragedModel | None,
         precision: Precision,
         config: TrainConfig,
+        faults: Faults = NO_FAULTS,
     ) -> None:
         self.model, self.optimizer, self.scheduler, self.ema = model, optimizer, scheduler, ema
-        self.precision, self.config = precision, config
+        self.precision, self.config, self.faults = precision, config, faults
         self.scaler = precision.scaler()
+        # Called with the model right before the epoch's last zero_grad (telemetry's gradient statistics).
+        self.grad_probe: Callable[[nn.Module], None] | None = None
+        self.plan = BatchPlan(window=config.micro_batch * config.accumulation, micro_batch=config.micro_batch)
+        # The tally as the current window began: restored when an out-of-memory error redoes the window.
+        self.window_tally: EpochTally | None = None
 
     def micro_step(self, batch: Batch, share: float) -> dict[str, torch.Tensor]:
         """Forward and backward of one micro-batch whose samples are `share` of its accumulation window.
@@ -95,12 +118,15 @@ class Trainer:
         gradient that of the whole window's mean, also for a short last window.
         """
         self.model.train()
+        size = len(batch["x"])
+        self.faults.at_step("forward", size)
         with self.precision.autocast():
-            total, parts = forward_losses(self.model, batch, self.config)
+            total, parts = forward_losses(self.model, batch, self.config, self.plan.memory_saving)
+        self.faults.at_step("backward", size)
         self.scaler.scale(total * share).backward()
         return {**{k: v.detach() for k, v in parts.items()}, "total": total.detach()}
 
-    def optimizer_step(self) -> torch.Tensor:
+    def optimizer_step(self, last_of_epoch: bool = False) -> torch.Tensor:
         """Clip, step the optimizer, the schedule and the EMA; returns the gradient norm before clipping."""
         self.scaler.unscale_(self.optimizer)
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -108,6 +134,8 @@ class Trainer:
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        if last_of_epoch and self.grad_probe is not None:
+            self.grad_probe(self.model)
         self.optimizer.zero_grad(set_to_none=True)
         self.scheduler.step()
         if self.ema is not None:
@@ -119,22 +147,57 @@ class Trainer:
         split: SplitTensors,
         epoch: int,
         seed: int,
-        start_micro: int = 0,
+        start_sample: int = 0,
         tally: EpochTally | None = None,
         after_micro_step: Callable[[int, EpochTally], None] | None = None,
     ) -> EpochTally:
-        """Train on epoch `epoch` from micro-batch `start_micro` on; the order depends on (seed, epoch) only."""
+        """Train on epoch `epoch` from sample `start_sample` of its order; the order depends on (seed, epoch) only.
+
+        `after_micro_step(samples_done, tally)` runs after every micro-step; state saved there resumes exactly.
+        """
         tally = tally or EpochTally()
-        batches = micro_batches(len(split), self.config.micro_batch, seed, epoch)
-        accumulation = self.config.accumulation
-        for micro in range(start_micro, len(batches)):
-            window_start = micro - micro % accumulation
-            window = batches[window_start : window_start + accumulation]
-            share = len(batches[micro]) / sum(len(index) for index in window)
-            parts = self.micro_step(split.batch(batches[micro], self.precision.device), share)
-            tally.add(parts, len(batches[micro]))
-            if micro == window_start + len(window) - 1:
-                tally.grad_norms.append(self.optimizer_step())
+        order = epoch_order(len(split), seed, epoch)
+        size = self.plan.window
+        for window_start in range(start_sample - start_sample % size, len(split), size):
+            done = max(0, start_sample - window_start)  # samples already in the gradients (a resumed window)
+            window = order[window_start : window_start + size]
+            tally = self._run_window(split, epoch, window, window_start, done, tally, after_micro_step)
+        return tally
+
+    def _run_window(
+        self,
+        split: SplitTensors,
+        epoch: int,
+        window: torch.Tensor,
+        window_start: int,
+        done: int,
+        tally: EpochTally,
+        after_micro_step: Callable[[int, EpochTally], None] | None,
+    ) -> EpochTally:
+        """One accumulation window and its optimizer step; on out-of-memory, redone smaller from its start."""
+        if done == 0 or self.window_tally is None:
+            self.window_tally = tally.copy()
+        offset = done
+        while offset < len(window):
+            index = window[offset : offset + self.plan.micro_batch]
+            failure = None
+            try:
+                parts = self.micro_step(split.batch(index, self.precision.device), len(index) / len(window))
+            except torch.OutOfMemoryError as error:
+                # Only the message is kept: the traceback holds the failed step's activations.
+                failure = str(error) or "torch.OutOfMemoryError"
+            if failure is not None:
+                # The window's gradients so far go with the failed step's tensors; the whole window is
+                # then redone smaller, so no sample is skipped or counted twice.
+                self.optimizer.zero_grad(set_to_none=True)
+                release_memory(self.precision.device)
+                self.plan.shrink(failure, {"epoch": epoch, "sample": window_start})
+                tally, offset = self.window_tally.copy(), 0
+                continue
+            tally.add(parts, len(index))
+            offset += len(index)
+            if offset == len(window):
+                tally.grad_norms.append(self.optimizer_step(last_of_epoch=window_start + offset == len(split)))
             if after_micro_step is not None:
-                after_micro_step(micro + 1, tally)
+                after_micro_step(window_start + offset, tally)
         return tally

@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shlex
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,12 +27,14 @@ from redheart.rundir import RunDir
 from redheart.train.checkpoints import save_checkpoint
 from redheart.train.ema import build_ema
 from redheart.train.evaluation import evaluate, metrics_of, predict, split_targets
+from redheart.train.faults import NO_FAULTS, Faults
 from redheart.train.loop import EpochTally, Trainer
 from redheart.train.optim import build_optimizer
 from redheart.train.precision import choose_precision, resolve_device
 from redheart.train.resume import has_resume, load_resume, save_resume
 from redheart.train.schedule import build_scheduler, steps_per_epoch
-from redheart.train.telemetry import append_metrics, log_scalars, peak_memory_bytes, read_metrics
+from redheart.train.signals import interruption, stop_on_signals
+from redheart.train.telemetry import RunTelemetry, append_metrics, log_scalars, peak_memory_bytes, read_metrics
 
 
 @dataclass(frozen=True)
@@ -52,10 +56,14 @@ def train(
     log_dir: Path | None = None,
     save_checkpoints: bool = True,
     progress: bool = True,
+    resume_every: int = 0,
+    faults: Faults = NO_FAULTS,
 ) -> TrainResult:
     """Train on `run`'s data; outputs go to `log_dir` (a run-folder layout; a sweep trial) or to `run`.
 
     A resume state in the output folder is continued from; one from another config or split is refused.
+    The state is saved at every epoch end and, with `resume_every` N > 0, every N micro-steps. SIGINT
+    or SIGTERM stops after the current micro-step with the state saved (exit code 130 or 143).
     """
     tc = config.train
     out = RunDir(log_dir) if log_dir is not None else run
@@ -73,20 +81,38 @@ def train(
     model = RedHeartModel(config.model, input_dim=train_split.input_dim, max_segments=train_split.max_segments).to(device)
     optimizer = build_optimizer(model, lr, tc)
     scheduler = build_scheduler(optimizer, tc, steps_per_epoch(len(train_split), tc.micro_batch, tc.accumulation))
-    trainer = Trainer(model, optimizer, scheduler, build_ema(model, tc.ema_decay), precision, tc)
+    trainer = Trainer(model, optimizer, scheduler, build_ema(model, tc.ema_decay), precision, tc, faults)
 
     identity = {"config_hash": config_hash(config, lr, seed), "split_hash": split_hash(run)}
-    start_epoch, start_micro, tally = 0, 0, EpochTally()
+    start_epoch, start_sample, start_micro, tally = 0, 0, 0, EpochTally()
     if has_resume(out.resume):
         info = load_resume(out.resume, trainer, identity)
         start_epoch, start_micro, tally = info["epoch"], info["micro_step"], EpochTally.from_json(info["tally"])
+        start_sample = info.get("sample", 0)
 
-    def save_state(epoch: int, micro_step: int, state: EpochTally) -> None:
-        info = {**identity, "epoch": epoch, "micro_step": micro_step, "tally": state.to_json(), "lr": lr, "lr_source": lr_source, "seed": seed}
-        save_resume(out.resume, trainer, info)
+    def save_state(epoch: int, sample: int, micro_step: int, state: EpochTally) -> None:
+        info = {**identity, "epoch": epoch, "sample": sample, "micro_step": micro_step, "tally": state.to_json(),
+                "lr": lr, "lr_source": lr_source, "seed": seed}
+        save_resume(out.resume, trainer, info, faults)
+
+    command = f"redheart train --run {shlex.quote(str(run.root))}" if log_dir is None else "the same command again"
+    signals = ExitStack()
+    stop = signals.enter_context(stop_on_signals())
+    micro_done = start_micro
+
+    def after_micro_step(epoch: int, sample: int, state: EpochTally) -> None:
+        """Progress, the periodic resume state, and a clean stop on SIGINT/SIGTERM."""
+        nonlocal micro_done
+        micro_done += 1
+        bar.update(1)
+        if stop.requested or (resume_every > 0 and micro_done % resume_every == 0):
+            save_state(epoch, sample, micro_done, state)
+        if stop.requested:
+            raise interruption(stop, out.resume, command)
 
     per_epoch_micro = len(micro_batches(len(train_split), tc.micro_batch, seed, 0))
     writer = SummaryWriter(str(out.tensorboard))
+    telemetry = RunTelemetry(out, trainer, writer, epochs, enabled=tc.telemetry)
     bar = tqdm(total=epochs * per_epoch_micro, initial=start_epoch * per_epoch_micro + start_micro, unit="micro-step", disable=not progress)
     done = read_metrics(out.metrics_log)
     record: dict[str, Any] = done[-1] if done and start_epoch >= epochs else {}
@@ -95,19 +121,23 @@ def train(
             bar.set_description(f"epoch {epoch + 1}/{epochs}")
             started = time.perf_counter()
             samples_before = tally.samples
-            tally = trainer.run_epoch(train_split, epoch, seed, start_micro, tally, lambda micro, t: bar.update(1))
+            telemetry.start_epoch(tally, checkpoint=save_checkpoints and (epoch + 1) % tc.checkpoint_every == 0)
+            tally = trainer.run_epoch(train_split, epoch, seed, start_sample, tally, lambda s, t: after_micro_step(epoch, s, t))
             seconds = time.perf_counter() - started
             record = epoch_record(epoch + 1, trainer, tally, val_split, tc.label_smoothing)
             record.update(seconds=seconds, samples_per_second=(tally.samples - samples_before) / seconds, lr_source=lr_source)
             record["peak_memory_bytes"] = peak_memory_bytes(device)
+            telemetry.finish_epoch(record, tally)
             bar.set_postfix(loss=f"{record['train_loss']['total']:.4f}", val=f"{sum(record['val']['loss'].values()):.4f}")
             append_metrics(out.metrics_log, record)
             log_scalars(writer, record)
             if save_checkpoints and (epoch + 1) % tc.checkpoint_every == 0:
-                save_checkpoint(model, out.checkpoint(epoch + 1), record, config.preset)
-            start_micro, tally = 0, EpochTally()
-            save_state(epoch + 1, 0, tally)
+                save_checkpoint(model, out.checkpoint(epoch + 1), record, config.preset, telemetry.checkpoint_files(epoch + 1), faults)
+                telemetry.report_progress()
+            start_sample, micro_done, tally = 0, 0, EpochTally()
+            save_state(epoch + 1, 0, 0, tally)
     finally:
+        signals.close()
         bar.close()
         writer.close()
     if trainer.ema is not None and save_checkpoints and record:
@@ -128,9 +158,12 @@ def resolve_lr(run: RunDir, config: RunConfig, lr: float | None) -> tuple[float,
 
 
 def config_hash(config: RunConfig, lr: float, seed: int) -> str:
-    """Identity of the recipe; the epoch count and device are left out, so a run can be extended or moved."""
-    train = dataclasses.replace(config.train, lr=lr, seed=seed, epochs=0, device="any")
-    tree = to_dict(dataclasses.replace(config, train=train))
+    """Identity of the recipe: encoder, model and training settings. The epoch count, device and telemetry
+    switch are left out, so a run can be extended or moved; the data settings are covered by the split hash,
+    and sweep and selection settings do not change what training computes."""
+    train = dataclasses.replace(config.train, lr=lr, seed=seed, epochs=0, device="any", telemetry=True)
+    full = to_dict(dataclasses.replace(config, train=train))
+    tree = {section: full[section] for section in ("encoder", "model", "train")}
     return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()
 
 

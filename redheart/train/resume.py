@@ -1,26 +1,38 @@
 """The one rolling resume state of a run: everything needed to continue at micro-step granularity.
 
 Layout: resume/current.json names the live slot (slot_0 or slot_1). A save fills the other slot
-(every file written atomically and fsynced), then switches current.json atomically; a kill at any
-moment leaves the previous state intact and pointed to. Weights are safetensors; optimizer,
+(every file written atomically and fsynced), writes state.json with the sha256 of every file last,
+then switches current.json atomically; a kill at any moment leaves the previous state intact and
+pointed to. Loading checks the checksums and the run's identity; a slot that fails is reported by
+file and reason, and the other slot is used when it is good. Weights are safetensors; optimizer,
 scheduler, scaler and RNG states load with torch.load(weights_only=True), so nothing is unpickled.
 """
 
 from __future__ import annotations
 
+import json
+import pickle
 import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from redheart.atomic import read_json, write_json, write_with
-from redheart.train.loop import Trainer
+from redheart.atomic import read_json, write_json
+from redheart.train.checkpoints import sha256
+from redheart.train.faults import NO_FAULTS, Faults, write_state_file
+from redheart.train.loop import EpochTally, Trainer
+from redheart.train.oom import BatchPlan
 
 POINTER = "current.json"
 SLOTS = ("slot_0", "slot_1")
+STATE = "state.json"
+# What a damaged or hostile file raises from the loaders; each becomes a ResumeError naming the file.
+_LOAD_ERRORS = (OSError, RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError, SafetensorError)
 
 
 class ResumeError(RuntimeError):
@@ -28,15 +40,12 @@ class ResumeError(RuntimeError):
 
 
 def has_resume(folder: Path) -> bool:
-    return (Path(folder) / POINTER).exists()
+    folder = Path(folder)
+    return (folder / POINTER).exists() or any((folder / slot / STATE).exists() for slot in SLOTS)
 
 
 def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {key: value.detach().to("cpu", copy=True).contiguous() for key, value in state.items()}
-
-
-def _save_tensors(path: Path, state: dict[str, torch.Tensor]) -> None:
-    write_with(path, lambda tmp: save_file(_tensors(state), str(tmp)))
 
 
 def _grads(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -44,17 +53,26 @@ def _grads(model: nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
 
 
-def save_resume(folder: Path, trainer: Trainer, info: dict[str, Any]) -> Path:
-    """Write the full training state plus `info` (JSON: epoch, micro_step, hashes, tallies); returns the slot."""
+def _live_slot(folder: Path) -> str | None:
+    try:
+        slot = read_json(folder / POINTER)["slot"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return slot if slot in SLOTS else None
+
+
+def save_resume(folder: Path, trainer: Trainer, info: dict[str, Any], faults: Faults = NO_FAULTS) -> Path:
+    """Write the full training state plus `info` (JSON: epoch, sample, hashes, tallies); returns the slot."""
     folder = Path(folder)
-    live = read_json(folder / POINTER)["slot"] if has_resume(folder) else None
+    live = _live_slot(folder)
     slot = folder / (SLOTS[1] if live == SLOTS[0] else SLOTS[0])
     shutil.rmtree(slot, ignore_errors=True)
     slot.mkdir(parents=True)
-    _save_tensors(slot / "model.safetensors", trainer.model.state_dict())
+    tensors = {"model.safetensors": trainer.model.state_dict(), "grads.safetensors": _grads(trainer.model)}
     if trainer.ema is not None:
-        _save_tensors(slot / "ema.safetensors", trainer.ema.state_dict())
-    _save_tensors(slot / "grads.safetensors", _grads(trainer.model))
+        tensors["ema.safetensors"] = trainer.ema.state_dict()
+    for name, state in tensors.items():
+        write_state_file(slot / name, lambda tmp, s=state: save_file(_tensors(s), str(tmp)), faults)
     training = {
         "optimizer": trainer.optimizer.state_dict(),
         "scheduler": trainer.scheduler.state_dict(),
@@ -62,40 +80,112 @@ def save_resume(folder: Path, trainer: Trainer, info: dict[str, Any]) -> Path:
         "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
-    write_with(slot / "training.pt", lambda tmp: torch.save(training, tmp))
-    write_json(slot / "state.json", info)
+    write_state_file(slot / "training.pt", lambda tmp: torch.save(training, tmp), faults)
+    names = [*tensors, "training.pt"]
+    previous = read_resume_info(folder).get("sequence", 0) if live else 0
+    state = {
+        **info,
+        "sequence": previous + 1,
+        "batch_plan": trainer.plan.to_json(),
+        "window_tally": trainer.window_tally.to_json() if trainer.window_tally is not None else None,
+        "files": {name: sha256(slot / name) for name in names},
+    }
+    write_state_file(slot / STATE, lambda tmp: tmp.write_text(json.dumps(state, indent=2) + "\n"), faults)
     write_json(folder / POINTER, {"slot": slot.name})
     return slot
 
 
 def read_resume_info(folder: Path) -> dict[str, Any]:
     folder = Path(folder)
-    return read_json(folder / read_json(folder / POINTER)["slot"] / "state.json")
+    return read_json(folder / read_json(folder / POINTER)["slot"] / STATE)
 
 
 def load_resume(folder: Path, trainer: Trainer, identity: dict[str, str]) -> dict[str, Any]:
-    """Restore the trainer from the live slot after checking `identity` (config_hash, split_hash) matches."""
+    """Restore the trainer from the newest good slot after checking `identity` (config_hash, split_hash).
+
+    A slot that fails (damaged file, checksum, foreign run) is reported on stderr and the other slot
+    is tried; the pointer is moved to the slot actually used, so the next save never overwrites it.
+    """
     folder = Path(folder)
-    slot = folder / read_json(folder / POINTER)["slot"]
-    info = read_json(slot / "state.json")
+    problems = []
+    for slot in _candidates(folder):
+        try:
+            info = _load_slot(folder / slot, trainer, identity)
+        except ResumeError as error:
+            problems.append(str(error))
+            print(f"warning: {error}", file=sys.stderr)
+            continue
+        if _live_slot(folder) != slot:
+            print(f"warning: resuming from the previous good state {folder / slot}", file=sys.stderr)
+            write_json(folder / POINTER, {"slot": slot})
+        return info
+    raise ResumeError("no usable resume state:\n" + "\n".join(f"  {problem}" for problem in problems))
+
+
+def _candidates(folder: Path) -> list[str]:
+    """Slots with a state file, the live one first (or the newest, when the pointer is unreadable)."""
+    live = _live_slot(folder)
+    present = [slot for slot in SLOTS if (folder / slot / STATE).exists()]
+
+    def newest_first(slot: str) -> tuple[bool, int]:
+        try:
+            sequence = int(read_json(folder / slot / STATE).get("sequence", 0))
+        except (OSError, ValueError, AttributeError, TypeError):
+            sequence = -1
+        return slot == live, sequence
+
+    return sorted(present, key=newest_first, reverse=True)
+
+
+def _load_slot(slot: Path, trainer: Trainer, identity: dict[str, str]) -> dict[str, Any]:
+    info = _verified_info(slot, identity)
+    path = slot / STATE
+    try:
+        path = slot / "model.safetensors"
+        trainer.model.load_state_dict(load_file(str(path)), strict=True)
+        if trainer.ema is not None:
+            path = slot / "ema.safetensors"
+            trainer.ema.load_state_dict(load_file(str(path)), strict=True)
+        path = slot / "grads.safetensors"
+        grads = load_file(str(path))
+        for name, param in trainer.model.named_parameters():
+            param.grad = grads[name].to(param.device) if name in grads else None
+        path = slot / "training.pt"
+        training = torch.load(path, weights_only=True, map_location="cpu")
+        trainer.optimizer.load_state_dict(training["optimizer"])
+        trainer.scheduler.load_state_dict(training["scheduler"])
+        trainer.scaler.load_state_dict(training["scaler"])
+        torch.set_rng_state(training["rng_cpu"])
+        if training["rng_cuda"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(training["rng_cuda"])
+        path = slot / STATE
+        if info.get("batch_plan"):
+            trainer.plan = BatchPlan.from_json(info["batch_plan"])
+        trainer.window_tally = EpochTally.from_json(info["window_tally"]) if info.get("window_tally") else None
+    except _LOAD_ERRORS as error:
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise ResumeError(f"{path}: cannot be loaded ({type(error).__name__}: {first_line})") from None
+    return info
+
+
+def _verified_info(slot: Path, identity: dict[str, str]) -> dict[str, Any]:
+    """state.json of `slot` after checking every file's sha256 and the run identity."""
+    path = slot / STATE
+    try:
+        info = read_json(path)
+        files = info["files"]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise ResumeError(f"{path}: unreadable or incomplete ({type(error).__name__}: {error})") from None
+    for name, expected in files.items():
+        if not (slot / name).exists():
+            raise ResumeError(f"{slot / name}: listed in {path} but missing")
+        if sha256(slot / name) != expected:
+            raise ResumeError(f"{slot / name}: sha256 does not match {path}; the file is truncated, corrupt or was replaced")
     for key, expected in identity.items():
         if info.get(key) != expected:
             raise ResumeError(
-                f"{folder}: the resume state has {key} {info.get(key)!r} but this run has {expected!r}; "
+                f"{path}: the resume state has {key} {info.get(key)!r} but this run has {expected!r}; "
                 f"it was saved by a run with another {key.removesuffix('_hash')}. Use another output folder, "
-                f"or delete {folder} to start over."
+                f"or delete {slot.parent} to start over."
             )
-    trainer.model.load_state_dict(load_file(str(slot / "model.safetensors")), strict=True)
-    if trainer.ema is not None:
-        trainer.ema.load_state_dict(load_file(str(slot / "ema.safetensors")), strict=True)
-    grads = load_file(str(slot / "grads.safetensors"))
-    for name, param in trainer.model.named_parameters():
-        param.grad = grads[name].to(param.device) if name in grads else None
-    training = torch.load(slot / "training.pt", weights_only=True, map_location="cpu")
-    trainer.optimizer.load_state_dict(training["optimizer"])
-    trainer.scheduler.load_state_dict(training["scheduler"])
-    trainer.scaler.load_state_dict(training["scaler"])
-    torch.set_rng_state(training["rng_cpu"])
-    if training["rng_cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(training["rng_cuda"])
     return info
