@@ -50,7 +50,7 @@ def _training_rows(
     return mask, values
 
 
-def _constant_predictions(
+def constant_predictions(
     targets: Mapping[str, np.ndarray], present: Mapping[str, np.ndarray], n_eval: int
 ) -> dict[str, np.ndarray]:
     preds = {}
@@ -81,7 +81,7 @@ def _class_probabilities(model: Pipeline, features: np.ndarray, n_classes: int) 
     return probs
 
 
-def _probe_predictions(
+def probe_predictions(
     train_features: np.ndarray,
     targets: Mapping[str, np.ndarray],
     present: Mapping[str, np.ndarray],
@@ -132,12 +132,12 @@ def compute_baselines(
             f"features: train has {train_features.shape[1]} dimensions, eval has {eval_features.shape[1]}"
         )
     constant = evaluate_predictions(
-        _constant_predictions(train_targets, train_present, len(eval_features)), eval_targets, eval_present
+        constant_predictions(train_targets, train_present, len(eval_features)), eval_targets, eval_present
     )
     # These fits are small: with more BLAS/OpenMP threads they gain little alone and, beside a busy process
     # (an encoder, a training run), spin-wait 4-7x slower (measured on 2 cores). One thread is always quick.
     with threadpool_limits(limits=1):
-        probe = _probe_predictions(train_features, train_targets, train_present, eval_features)
+        probe = probe_predictions(train_features, train_targets, train_present, eval_features)
     return {
         "class_prior": constant,
         "mean_predictor": copy.deepcopy(constant),

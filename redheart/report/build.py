@@ -1,0 +1,286 @@
+"""`redheart report --run`: the run's results as one self-contained folder, RunDir.report/.
+
+    index.html, report.md   every section: its tables, its plots (copied into img/) and its source files
+    tables/*.tex            LaTeX tables (data statistics, architecture, sweet spots, training results, calibration)
+    parameters.json         the parameter table, computed from the run's config on the meta device
+
+Every number is read from a file of the run (each section names its sources) and formatted by `fmt`; a
+section whose inputs are missing says so instead of failing, so a partial run still gets a report.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from redheart.atomic import read_json, write_json, write_with
+from redheart.data.schema import VERDICTS
+from redheart.rundir import RunDir
+
+HEADLINE = {"emotion_accuracy": "emotion acc.", "emotion_macro_f1": "emotion F1", "verdict_accuracy": "verdict acc.",
+            "verdict_macro_f1": "verdict F1", "regression_mae": "regression MAE"}
+
+
+@dataclass
+class Table:
+    caption: str
+    columns: list[str]
+    rows: list[list[str]]
+    latex_name: str | None = None  # also written as tables/<latex_name>.tex
+
+
+@dataclass
+class Section:
+    title: str
+    sources: list[str]  # files of the run, relative to its root
+    paragraphs: list[str] = field(default_factory=list)
+    tables: list[Table] = field(default_factory=list)
+    images: list[tuple[str, str]] = field(default_factory=list)  # (path relative to the report folder, caption)
+    missing: list[str] = field(default_factory=list)  # what could not be shown, and why
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    """The one number format of every table: ints with separators, floats with `digits` decimals, None as a dash."""
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}" if abs(value) >= 1e-3 or value == 0 else f"{value:.2e}"
+    return str(value)
+
+
+def fmt_lr(value: float | None) -> str:
+    return "—" if value is None else f"{value:.2e}"
+
+
+def fmt_ci(value: float | None, interval: list | None) -> str:
+    lo, hi = interval or (None, None)
+    return fmt(value) if lo is None else f"{fmt(value)} [{fmt(lo, 3)}, {fmt(hi, 3)}]"
+
+
+class _Context:
+    """The run, the report folder and the images copied into it."""
+
+    def __init__(self, run: RunDir) -> None:
+        self.run = run
+        self.out = run.report
+        (self.out / "img").mkdir(parents=True, exist_ok=True)
+
+    def rel(self, path: Path) -> str:
+        return str(Path(path).relative_to(self.run.root))
+
+    def image(self, section: Section, path: Path, name: str, caption: str) -> None:
+        if not path.exists():
+            section.missing.append(f"{self.rel(path)} not found")
+            return
+        target = self.out / "img" / name
+        write_with(target, lambda tmp: shutil.copyfile(path, tmp))
+        section.images.append((f"img/{name}", caption))
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, dict):
+        return "; ".join(f"{k}: {v}" for k, v in value.items())
+    return fmt(value)
+
+
+def _data(ctx: _Context) -> Section:
+    run = ctx.run
+    section = Section("Data", [ctx.rel(run.data_stats)])
+    stats = read_json(run.data_stats)
+    section.paragraphs.append(
+        f"{fmt(stats['records_read'])} records read, {fmt(stats['rejected'])} rejected, {fmt(stats['duplicates_removed'])} near-duplicates "
+        f"removed, {fmt(stats['clean_records'])} clean records; near-duplicates of training texts in validation/test (leakage): {fmt(stats['leaks'])}. "
+        f"Split stratified by {_describe(stats.get('stratified_by'))}."
+    )
+    labels = [v for v in (*VERDICTS, "none") if any(v in counts for counts in stats["label_distribution"].values())]
+    rows = []
+    for split, size in stats["split_sizes"].items():
+        counts, length, emotion = stats["label_distribution"].get(split, {}), stats["text_length"].get(split, {}), stats["emotion_argmax"].get(split, {})
+        rows.append([split, fmt(size), *(fmt(counts.get(v, 0)) for v in labels), fmt(length.get("mean"), 1), fmt(length.get("median"), 1),
+                     f"{emotion.get('majority') or '—'} {fmt(emotion.get('majority_share'), 3)}"])
+    section.tables.append(Table("Records per split: verdict counts, text length (characters) and the majority emotion's share (the baseline of emotion accuracy)",
+                                ["split", "records", *labels, "mean length", "median length", "majority emotion"], rows, "data_statistics"))
+    return section
+
+
+def _model(ctx: _Context) -> Section:
+    from redheart.config import load_config
+    from redheart.model.model import parameter_table
+
+    run = ctx.run
+    if run.config.exists():
+        config = load_config(run.config)
+        model, dim, segments, source = config.model, config.encoder.dim, config.encoder.max_segments, run.config
+    else:
+        from redheart.config import ModelConfig
+
+        info = read_json(run.final_model / "config.json")
+        model, dim, segments, source = ModelConfig(**info["model"]), info["input_dim"], info["max_segments"], run.final_model / "config.json"
+    rows = parameter_table(model, dim, segments)
+    write_json(ctx.out / "parameters.json", {"source": ctx.rel(source), "input_dim": dim, "max_segments": segments, "modules": rows,
+                                             "total": sum(r["parameters"] for r in rows), "budget": sum(r["budget"] for r in rows)})
+    section = Section("Model", [ctx.rel(source), "report/parameters.json"])
+    section.paragraphs.append(f"Parameters counted on the meta device from the model config in {ctx.rel(source)} (no weights allocated).")
+    body = [[r["module"], r["group"], fmt(r["width"]), fmt(r["parameters"]), fmt(r["budget"]), fmt(r["ratio"], 3)] for r in rows]
+    total, budget = sum(r["parameters"] for r in rows), sum(r["budget"] for r in rows)
+    body.append(["total", "", "", fmt(total), fmt(budget), fmt(total / budget, 3)])
+    section.tables.append(Table("Parameters per module against the documents' budget", ["module", "group", "width", "parameters", "budget", "ratio"], body, "architecture"))
+    return section
+
+
+def _sweep(ctx: _Context) -> Section:
+    run = ctx.run
+    results = read_json(run.sweep / "results.json")
+    section = Section("Learning-rate sweep", [ctx.rel(run.sweep / "results.json")])
+    section.paragraphs.append(f"Chosen rate {fmt_lr(results['choice']['lr'])}: {results['choice']['reason']}")
+    rows = [[fmt_lr(c["lr"]), fmt(c["trials"]), fmt(c["diverged"]), *(fmt(c["components"].get(k)) for k in ("val_loss", "instability", "inefficiency", "overfit_gap")),
+             fmt(c["total"], 3)] for c in results["candidates"]]
+    weights = ", ".join(f"{k} {fmt(v, 2)}" for k, v in results["weights"].items())
+    section.tables.append(Table(f"Sweep candidates (weights: {weights}; lower score is better)",
+                                ["lr", "trials", "diverged", "val loss", "instability", "inefficiency", "overfit gap", "score"], rows))
+    ctx.image(section, run.sweep / "curves.png", "sweep_curves.png", "training and validation loss per epoch of every trial")
+    return section
+
+
+def _training(ctx: _Context) -> Section:
+    from redheart.report.training_plot import plot_training
+    from redheart.train.telemetry import read_metrics
+
+    run = ctx.run
+    records = read_metrics(run.metrics_log)
+    if not records:
+        raise FileNotFoundError(f"{ctx.rel(run.metrics_log)} not found or empty")
+    section = Section("Training and sweet spots", [ctx.rel(run.metrics_log)])
+    rows = []
+    for r in records:
+        head = r["val"].get("headline", {})
+        rows.append([fmt(r["epoch"]), fmt_lr(r["lr"]), fmt(r["train_loss"].get("total")), fmt(sum(r["val"]["loss"].values())),
+                     *(fmt(head.get(k)) for k in HEADLINE)])
+    section.tables.append(Table("Per epoch: training objective, summed validation loss and the fused validation headline",
+                                ["epoch", "lr", "train objective", "val loss", *HEADLINE.values()], rows))
+    analysis_json = run.analysis / "analysis.json"
+    if analysis_json.exists():
+        section.sources.append(ctx.rel(analysis_json))
+        analysis = read_json(analysis_json)
+        spots = [[g, fmt(s["sweet_spot"]), fmt(s["onset"]), s["reason"]] for g, s in analysis["groups"].items()]
+        section.tables.append(Table(f"Sweet spot per module group (smoothing {analysis['smoothing']}, window {analysis['window']}; onset: {analysis['onset_run']} widenings in a row)",
+                                    ["group", "sweet spot", "onset", "reason"], spots, "sweet_spots"))
+        ctx.image(section, run.analysis / "curves.png", "analysis_curves.png", "train/validation loss per group, sweet spot (star) and over-fitting onset (dashed)")
+    else:
+        section.missing.append(f"{ctx.rel(analysis_json)} not found: no sweet-spot analysis yet")
+        plot_training(records, ctx.out / "img" / "training_curves.png")
+        section.images.append(("img/training_curves.png", f"losses and validation headline per epoch, drawn from {ctx.rel(run.metrics_log)}"))
+    return section
+
+
+def _results(ctx: _Context) -> Section:
+    run = ctx.run
+    test_path, candidates_path = run.root / "test_results.json", run.crossover / "candidates.json"
+    if test_path.exists():
+        results = read_json(test_path)
+        section = Section("Crossover and test results", [ctx.rel(test_path)])
+        named = dict(results["baselines"])
+        # The training mean is both the class prior (distributions) and the mean predictor (regression).
+        if named.get("class_prior", {}).get("headline") == named.get("mean_predictor", {}).get("headline"):
+            named = {"class_prior / mean_predictor": named.pop("class_prior"), **named}
+            named.pop("mean_predictor")
+        baselines = [(f"baseline: {n.replace('_', ' ')}", e, None) for n, e in named.items()]
+        final = results["final_model"]
+        models = [(n + (" (final model)" if n == final else ""), e, e.get("val", {}).get("loss")) for n, e in results["models"].items()]
+        rows = [[name, fmt(val_loss), *(fmt_ci(e["headline"].get(k), e.get("intervals", {}).get(k)) for k in HEADLINE)] for name, e, val_loss in baselines + models]
+        section.tables.append(Table(f"Test split (n = {fmt(results['n'])}, read once), {fmt(100 * results['bootstrap']['level'], 0)}% bootstrap intervals "
+                                    f"({fmt(results['bootstrap']['samples'])} resamples); every choice made on validation",
+                                    ["model", "val loss", *HEADLINE.values()], rows, "training_results"))
+        section.paragraphs += [f"Final model (best single network on validation): {results['final_model']}.",
+                               results["validation_conclusion"], results["test_conclusion"]]
+        return section
+    plan = read_json(candidates_path)
+    section = Section("Crossover (validation only)", [ctx.rel(candidates_path)])
+    section.missing.append(f"{ctx.rel(test_path)} not found: the test split has not been evaluated; validation numbers only")
+    rows = [[c["name"], fmt(c["val"]["loss"]), *(fmt(c["val"]["headline"].get(k)) for k in HEADLINE)] for c in plan["candidates"]]
+    section.tables.append(Table("Candidates on validation", ["model", "val loss", *HEADLINE.values()], rows, "training_results"))
+    section.paragraphs += [f"Final model: {plan['final_model']}.", plan["conclusion"]]
+    return section
+
+
+def _calibration(ctx: _Context) -> Section:
+    from redheart.report.calibration import CALIBRATORS_FILE, TEST_REPORT_FILE
+
+    run = ctx.run
+    fitted = read_json(run.calibration / CALIBRATORS_FILE)
+    section = Section("Calibration", [ctx.rel(run.calibration / CALIBRATORS_FILE)])
+    for name, entry in fitted["targets"].items():
+        cv = ", ".join(f"{m} {fmt(v)}" for m, v in entry["cv_nll"].items())
+        section.paragraphs.append(f"{name}: {entry['method']} chosen on validation ({entry['reason']}). Cross-validated NLL: {cv or '—'}.")
+    test_report = run.calibration / TEST_REPORT_FILE
+    if test_report.exists():
+        report, split = read_json(test_report), "test"
+        section.sources.append(ctx.rel(test_report))
+    else:
+        section.missing.append(f"{ctx.rel(test_report)} not found: validation (out-of-fold) numbers shown instead of test")
+        report = {"targets": {n: {"n": e["n"], "method": e["method"], "methods": e["validation"]} for n, e in fitted["targets"].items() if e["validation"]}}
+        split = "validation (out-of-fold)"
+    rows = []
+    for name, entry in report["targets"].items():
+        if not entry.get("n"):
+            continue
+        methods = entry.get("methods") or {"none": entry["before"], entry["method"]: entry["after"]}
+        for method, m in methods.items():
+            label = ("uncalibrated" if method == "none" else method) + (" (default)" if method == entry["method"] else "")
+            rows.append([name, label, split, fmt(m["n"]), *(fmt(m[k]) for k in ("ece", "mce", "nll", "brier", "accuracy"))])
+    section.tables.append(Table(f"Calibration of every method, {fitted['n_bins']}-bin top-label ECE (default: chosen on validation)",
+                                ["target", "method", "split", "n", "ECE", "MCE", "NLL", "Brier", "accuracy"], rows, "calibration"))
+    prefix = "reliability_test" if test_report.exists() else "reliability_val"
+    for name in report["targets"]:
+        if report["targets"][name].get("n"):
+            ctx.image(section, run.calibration / f"{prefix}_{name}.png", f"{prefix}_{name}.png", f"reliability diagram of {name}, {split}")
+    return section
+
+
+SECTIONS: list[tuple[str, Callable[[_Context], Section], str]] = [
+    ("Data", _data, "redheart prepare"),
+    ("Model", _model, "a run config (config.yaml) or a final model"),
+    ("Learning-rate sweep", _sweep, "redheart sweep"),
+    ("Training and sweet spots", _training, "redheart train"),
+    ("Crossover and test results", _results, "redheart evaluate"),
+    ("Calibration", _calibration, "the calibration phase"),
+]
+
+
+def collect_sections(run: RunDir) -> list[Section]:
+    """Every section; one whose inputs are missing or unreadable carries the reason instead of its content."""
+    ctx = _Context(run)
+    sections = []
+    for title, build, producer in SECTIONS:
+        try:
+            sections.append(build(ctx))
+        except FileNotFoundError as error:
+            name = Path(error.filename).relative_to(run.root) if error.filename else error
+            sections.append(Section(title, [], missing=[f"not available: {name} not found (made by {producer})"]))
+        except (KeyError, TypeError, ValueError, json.JSONDecodeError) as error:
+            sections.append(Section(title, [], missing=[f"not available: its input could not be read ({type(error).__name__}: {error})"]))
+    return sections
+
+
+def build_report(run: RunDir) -> Path:
+    """Write index.html, report.md and tables/*.tex into RunDir.report; return the HTML page's path."""
+    from redheart.atomic import atomic_open
+    from redheart.report.html import render_html, render_markdown
+    from redheart.report.latex import write_latex_tables
+
+    sections = collect_sections(run)
+    title = f"Red Heart run report: {run.root.resolve().name}"
+    with atomic_open(run.report / "index.html") as handle:
+        handle.write(render_html(title, sections))
+    with atomic_open(run.report / "report.md") as handle:
+        handle.write(render_markdown(title, sections))
+    write_latex_tables(sections, run.report / "tables")
+    return run.report / "index.html"

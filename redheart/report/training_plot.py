@@ -1,0 +1,30 @@
+"""training_curves.png from metrics.jsonl alone: losses and the fused validation headline per epoch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from redheart.atomic import write_with
+
+
+def plot_training(records: list[dict[str, Any]], path: Path) -> None:
+    """Left: training objective and summed validation loss; right: validation emotion accuracy, verdict F1, MAE."""
+    figure = Figure(figsize=(11, 4.2), layout="constrained")
+    FigureCanvasAgg(figure)
+    losses, scores = figure.subplots(1, 2)
+    epochs = [r["epoch"] for r in records]
+    losses.plot(epochs, [r["train_loss"].get("total") for r in records], marker=".", label="training objective")
+    losses.plot(epochs, [sum(r["val"]["loss"].values()) for r in records], marker=".", label="validation loss (sum over modules)")
+    losses.set_title("losses")
+    for key, label in (("emotion_accuracy", "emotion accuracy"), ("verdict_macro_f1", "verdict macro-F1"), ("regression_mae", "regression MAE")):
+        scores.plot(epochs, [r["val"].get("headline", {}).get(key) for r in records], marker=".", label=label)
+    scores.set_title("validation headline (fused)")
+    for ax in (losses, scores):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    write_with(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110))

@@ -1,0 +1,91 @@
+"""The final model as a self-contained directory that `redheart predict` can load without the run folder.
+
+    config.json               model config, input_dim, max_segments, encoder config, preset, what was chosen
+    <group>.safetensors       one per module group; group_c holds the fusion re-fitted on validation
+    README.md                 one line saying what this is
+    manifest.json             sha256 of every file above (written last)
+
+Loading verifies every checksum first and loads every group strictly; nothing is unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from redheart.atomic import atomic_open, read_json, write_json, write_with
+from redheart.config import EncoderConfig, ModelConfig, RunConfig, to_dict
+from redheart.model.groups import GROUPS, load_group_state_dict
+from redheart.model.model import RedHeartModel
+from redheart.rundir import RunDir
+from redheart.select.candidates import Candidate
+from redheart.select.outputs import average_state
+from redheart.train.checkpoints import (
+    MANIFEST, CheckpointError, group_states, load_checkpoint, load_groups, sha256, verify_checkpoint,
+)
+
+CONFIG = "config.json"
+README = "README.md"
+
+
+def build_candidate_model(candidate: Candidate, run: RunDir, model: RedHeartModel) -> RedHeartModel:
+    """Load a single-network candidate's weights and its fitted fusion into `model`."""
+    if candidate.kind == "groups":
+        load_groups(model, candidate.epochs, run)
+    elif candidate.kind == "folder":
+        load_checkpoint(model, run.root / candidate.folder)
+    elif candidate.kind == "average":
+        model.load_state_dict(average_state([run.checkpoint(e) for e in candidate.average]), strict=True)
+    else:
+        raise ValueError(f"candidate {candidate.name!r} ({candidate.kind}) is not one network and cannot be saved as one")
+    if candidate.fusion is None:
+        raise ValueError(f"candidate {candidate.name!r} has no fitted fusion")
+    model.kalman.load_state_dict(candidate.fusion.state_dict(), strict=True)
+    return model
+
+
+def save_final_model(model: RedHeartModel, path: Path, config: RunConfig, input_dim: int, max_segments: int, info: dict[str, Any]) -> None:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    (path / MANIFEST).unlink(missing_ok=True)  # incomplete until the manifest is written again
+    files = []
+    for group, state in group_states(model).items():
+        name = f"{group}.safetensors"
+        write_with(path / name, lambda tmp, s=state, g=group: save_file(s, str(tmp), metadata={"group": g, "preset": config.preset}))
+        files.append(name)
+    write_json(path / CONFIG, {
+        "preset": config.preset, "model": to_dict(config)["model"], "encoder": to_dict(config)["encoder"],
+        "input_dim": input_dim, "max_segments": max_segments, "info": info,
+    })
+    name = info.get("candidate", {}).get("name", "a trained model")
+    with atomic_open(path / README) as handle:
+        handle.write(f"Red Heart model ({config.preset} preset): {name}, chosen on validation. Load with redheart.select.final_model.load_final_model.\n")
+    files += [CONFIG, README]
+    write_json(path / MANIFEST, {"preset": config.preset, "files": {f: sha256(path / f) for f in files}})
+
+
+def load_final_model(path: Path) -> tuple[nn.Module, dict[str, Any]]:
+    """(the model in eval mode, config.json) of a final-model directory; CheckpointError if anything is off."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"{path}: no final-model directory here")
+    manifest = verify_checkpoint(path)
+    missing = [f for f in (CONFIG, *(f"{g}.safetensors" for g in GROUPS)) if f not in manifest["files"]]
+    if missing:
+        raise CheckpointError(f"{path}: the manifest lists no {missing}; not a final-model directory")
+    try:
+        info = read_json(path / CONFIG)
+        model = RedHeartModel(ModelConfig(**info["model"]), input_dim=int(info["input_dim"]), max_segments=int(info["max_segments"]))
+        EncoderConfig(**info["encoder"])
+    except (KeyError, TypeError, ValueError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"{path / CONFIG}: not a valid final-model config ({error})") from None
+    for group in GROUPS:
+        try:
+            load_group_state_dict(model, group, load_file(str(path / f"{group}.safetensors")))
+        except ValueError as error:
+            raise CheckpointError(f"{path / f'{group}.safetensors'}: does not fit the model of {CONFIG} ({error})") from None
+    return model.eval(), info

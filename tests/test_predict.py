@@ -1,0 +1,100 @@
+"""`redheart predict` on a tiny final model saved in code (weights untrained: only the plumbing is tested)."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from redheart.atomic import read_json
+from redheart.data.schema import BENTHAM_KEYS, EMOTIONS, SURD_KEYS, VERDICTS
+from redheart.infer import Predictor, predict_records, predict_texts, read_inputs
+from redheart.model.model import RedHeartModel
+from redheart.report.calibration import CALIBRATORS_FILE, CalibrationOptions, fit_calibrators
+from redheart.select.final_model import save_final_model
+from redheart.train.checkpoints import CheckpointError
+from test_train_fixtures import make_run, tiny_config
+
+
+@pytest.fixture(scope="module")
+def final_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    run = make_run(root, n=60)
+    config = tiny_config()
+    torch.manual_seed(0)
+    model = RedHeartModel(config.model, input_dim=config.encoder.dim, max_segments=config.encoder.max_segments)
+    save_final_model(model, run.final_model, config, config.encoder.dim, config.encoder.max_segments, {"candidate": {"name": "untrained"}})
+    fit_calibrators(run, config, CalibrationOptions(folds=3))
+    return run
+
+
+def test_predict_gives_every_named_output_as_valid_json(final_run, tmp_path):
+    texts = ["my friend said apple apple apple", "ember went home"]
+    results = predict_texts(final_run.final_model, texts, cache_dir=tmp_path / "cache")
+    assert len(results) == 2
+    for result in json.loads(json.dumps(results)):
+        assert list(result["emotions"]) == list(EMOTIONS) and list(result["verdict"]) == list(VERDICTS)
+        assert list(result["bentham_scores"]) == list(BENTHAM_KEYS) and list(result["surd_metrics"]) == list(SURD_KEYS)
+        for dist in ("emotions", "verdict"):
+            assert sum(result[dist].values()) == pytest.approx(1.0, abs=1e-6)
+            assert all(0.0 <= p <= 1.0 for p in result[dist].values())
+        scores = [*result["bentham_scores"].values(), *result["surd_metrics"].values(), result["regret_factor"]]
+        assert all(0.0 <= s <= 1.0 for s in scores)
+        chosen = read_json(final_run.calibration / CALIBRATORS_FILE)["targets"]
+        assert result["calibration"] == {t: chosen[t]["method"] for t in ("emotions", "verdict")}
+
+
+def test_calibrated_and_raw_outputs_differ_only_by_the_calibrator(final_run, tmp_path):
+    predictor = Predictor(final_run.final_model, calibrated=True, cache_dir=tmp_path)
+    raw = Predictor(final_run.final_model, calibrated=False, cache_dir=tmp_path)
+    texts = ["cloud cloud cloud and delta"]
+    calibrated, uncalibrated = predictor.fused(texts), raw.fused(texts)
+    np.testing.assert_allclose(calibrated["bentham_scores"], uncalibrated["bentham_scores"])
+    expected = predictor.calibrators.apply("emotions", uncalibrated["emotions"])
+    np.testing.assert_allclose(calibrated["emotions"], expected)
+
+
+def test_inputs_from_json_lines_plain_lines_and_batches(final_run, tmp_path):
+    jsonl = tmp_path / "in.jsonl"
+    jsonl.write_text('{"id": "a", "title": "Brick", "text": "brick brick"}\n\n{"text": "ember"}\n')
+    plain = tmp_path / "in.txt"
+    plain.write_text("first text\nsecond text\nthird text\n")
+    assert read_inputs(jsonl) == [{"id": "a", "title": "Brick", "text": "brick brick"}, {"text": "ember"}]
+    assert [r["text"] for r in read_inputs(plain)] == ["first text", "second text", "third text"]
+    predictor = Predictor(final_run.final_model, cache_dir=tmp_path)
+    one_batch = list(predict_records(predictor, read_inputs(plain), batch_size=64))
+    small_batches = list(predict_records(predictor, read_inputs(plain), batch_size=2))
+    # Batching changes float rounding only.
+    for a, b in zip(one_batch, small_batches, strict=True):
+        for target in EMOTIONS:
+            assert a["emotions"][target] == pytest.approx(b["emotions"][target], abs=1e-5)
+    assert list(predict_records(predictor, read_inputs(jsonl)))[0]["id"] == "a"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": 3}\n')
+    with pytest.raises(ValueError, match="bad.jsonl:1: field 'text' must be a string"):
+        read_inputs(bad)
+
+
+def test_a_corrupted_or_mismatched_model_dir_fails_clearly(final_run, tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for path in final_run.final_model.iterdir():
+        (broken / path.name).write_bytes(path.read_bytes())
+    data = bytearray((broken / "group_a.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (broken / "group_a.safetensors").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="group_a.safetensors: sha256 does not match"):
+        predict_texts(broken, ["x"], cache_dir=tmp_path)
+    (broken / "group_a.safetensors").write_bytes((final_run.final_model / "group_a.safetensors").read_bytes())
+    # Calibrators of another model: the manifest fingerprint no longer matches.
+    calibrators = read_json(broken / CALIBRATORS_FILE)
+    calibrators["model_sha256"] = "0" * 64
+    (broken / CALIBRATORS_FILE).write_text(json.dumps(calibrators))
+    with pytest.raises(CheckpointError, match="fitted for another model"):
+        predict_texts(broken, ["x"], cache_dir=tmp_path)
+    assert predict_texts(broken, ["x"], calibrated=False, cache_dir=tmp_path)[0]["calibration"] == {"emotions": "none", "verdict": "none"}
+    (broken / CALIBRATORS_FILE).unlink()
+    with pytest.raises(FileNotFoundError, match="has no calibrators"):
+        predict_texts(broken, ["x"], cache_dir=tmp_path)
+    with pytest.raises(CheckpointError, match="no final-model directory"):
+        predict_texts(tmp_path / "absent", ["x"])
