@@ -33,38 +33,34 @@ def _probabilities(out: dict[str, dict[str, torch.Tensor]]) -> dict[str, dict[st
 
 
 @torch.no_grad()
-def predict(model: nn.Module, split: SplitTensors, batch_size: int = 256, precision: Precision | None = None) -> Predictions:
-    """Per module, per target: probabilities (distribution targets) or values, as (N, k) numpy arrays."""
+def _forward_split(
+    model: nn.Module, split: SplitTensors, batch_size: int, precision: Precision | None, label_smoothing: float | None
+) -> tuple[Predictions, dict[str, float]]:
+    """One pass in eval mode: predictions, and the mean loss per module when `label_smoothing` is given."""
     was_training = model.training
     model.eval()
     device = _device(model)
     chunks: dict[str, dict[str, list[np.ndarray]]] = {}
+    sums: dict[str, float] = {}
     try:
         for batch in _batches(split, batch_size, device):
             with precision.autocast() if precision else torch.autocast(device.type, enabled=False):
-                out = _probabilities(model(batch["x"], batch["mask"]))
-            for module, targets in out.items():
+                raw = model(batch["x"], batch["mask"])
+            if label_smoothing is not None:
+                for name, value in model.losses(raw, batch, label_smoothing).items():
+                    sums[name] = sums.get(name, 0.0) + float(value) * len(batch["x"])
+            for module, targets in _probabilities(raw).items():
                 for target, value in targets.items():
                     chunks.setdefault(module, {}).setdefault(target, []).append(value.cpu().numpy())
     finally:
         model.train(was_training)
-    return {module: {t: np.concatenate(parts) for t, parts in targets.items()} for module, targets in chunks.items()}
+    predictions = {module: {t: np.concatenate(parts) for t, parts in targets.items()} for module, targets in chunks.items()}
+    return predictions, {name: total / len(split) for name, total in sums.items()}
 
 
-@torch.no_grad()
-def mean_losses(model: nn.Module, split: SplitTensors, batch_size: int = 256, label_smoothing: float = 0.0) -> dict[str, float]:
-    """The split's mean loss per module (weighted by batch size), as model.losses defines it."""
-    was_training = model.training
-    model.eval()
-    sums: dict[str, float] = {}
-    try:
-        for batch in _batches(split, batch_size, _device(model)):
-            losses = model.losses(model(batch["x"], batch["mask"]), batch, label_smoothing)
-            for name, value in losses.items():
-                sums[name] = sums.get(name, 0.0) + float(value) * len(batch["x"])
-    finally:
-        model.train(was_training)
-    return {name: total / len(split) for name, total in sums.items()}
+def predict(model: nn.Module, split: SplitTensors, batch_size: int = 256, precision: Precision | None = None) -> Predictions:
+    """Per module, per target: probabilities (distribution targets) or values, as (N, k) numpy arrays."""
+    return _forward_split(model, split, batch_size, precision, label_smoothing=None)[0]
 
 
 def split_targets(split: SplitTensors) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
@@ -85,10 +81,11 @@ def metrics_of(predictions: Predictions, split: SplitTensors) -> dict[str, dict]
 
 def evaluate(model: nn.Module, split: SplitTensors, batch_size: int = 256, label_smoothing: float = 0.0) -> dict:
     """{"modules": metrics per module, "fused": fused metrics, "headline": fused headline, "loss": per module}."""
-    per_module = metrics_of(predict(model, split, batch_size), split)
+    predictions, losses = _forward_split(model, split, batch_size, None, label_smoothing)
+    per_module = metrics_of(predictions, split)
     return {
         "modules": {name: m for name, m in per_module.items() if name != "fused"},
         "fused": per_module["fused"],
         "headline": headline(per_module["fused"]),
-        "loss": mean_losses(model, split, batch_size, label_smoothing),
+        "loss": losses,
     }

@@ -1,0 +1,252 @@
+"""The `redheart` command: parses arguments and calls one phase. No logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from redheart.config import RunConfig, load_config, preset, save_config, with_overrides
+from redheart.rundir import RunDir
+
+
+def _run_config(run: RunDir, args: argparse.Namespace) -> RunConfig:
+    """The run's config: the saved one if the run has it, else the preset; then --config/--set overrides.
+
+    The result is saved back, so the run folder always records the settings its phases ran with.
+    """
+    if run.config.exists():
+        config = load_config(run.config)
+        if args.preset and args.preset != config.preset:
+            raise SystemExit(
+                f"error: {run.root} was set up with preset {config.preset!r}; use a new --run for {args.preset!r}"
+            )
+    else:
+        config = preset(args.preset or "small")
+    if args.config:
+        config = with_overrides(config, _flatten(load_config_file(Path(args.config))))
+    if args.set:
+        config = with_overrides(config, args.set)
+    save_config(config, run.config)
+    return config
+
+
+def load_config_file(path: Path) -> dict:
+    import yaml
+
+    with open(path, encoding="utf-8") as handle:
+        return yaml.safe_load(handle) or {}
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat: dict = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict) and key != "budgets":
+            flat.update(_flatten(value, name + "."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _data_path(given: str | None) -> Path:
+    from redheart.data.schema import bundled_data_path
+
+    return Path(given) if given else bundled_data_path()
+
+
+def _cmd_prepare(args: argparse.Namespace) -> None:
+    from redheart.data.prepare import format_summary, prepare
+
+    run = RunDir(args.run)
+    config = _run_config(run, args)
+    summary = prepare(_data_path(args.data), run, config.data, strict=args.strict)
+    print(format_summary(summary))
+
+
+def _cmd_encode(args: argparse.Namespace) -> None:
+    from redheart.data.encode import encode_run, format_encode_summary
+
+    run = RunDir(args.run)
+    config = _run_config(run, args)
+    print(format_encode_summary(encode_run(run, config.encoder, cache_dir=args.cache)))
+
+
+def _cmd_model(args: argparse.Namespace) -> None:
+    from redheart.model.table import format_parameter_table
+
+    config = preset(args.preset or "full")
+    if args.set:
+        config = with_overrides(config, args.set)
+    print(format_parameter_table(config))
+
+
+def _cmd_sweep(args: argparse.Namespace) -> None:
+    from redheart.train.sweep import collect, format_choice, run_sweep, run_trial, trial_count
+
+    run = RunDir(args.run)
+    config = _run_config(run, args)
+    if args.trial is not None:
+        trial = run_trial(run, config, args.trial)
+        print(f"trial {trial.index} of {trial_count(config)} done: {trial.folder(run)}")
+    else:
+        print(format_choice(collect(run, config) if args.collect else run_sweep(run, config)))
+
+
+def _cmd_train(args: argparse.Namespace) -> None:
+    from redheart.train.recipe import train
+
+    run = RunDir(args.run)
+    config = _run_config(run, args)
+    train(run, config, lr=args.lr)
+
+
+def _cmd_analyze(args: argparse.Namespace) -> None:
+    from redheart.select.sweet_spots import analyze, format_analysis
+
+    run = RunDir(args.run)
+    print(format_analysis(analyze(run, _run_config(run, args))))
+
+
+def _cmd_crossover(args: argparse.Namespace) -> None:
+    from redheart.select.crossover import crossover, format_crossover
+
+    run = RunDir(args.run)
+    print(format_crossover(crossover(run, _run_config(run, args))))
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> None:
+    from redheart.report.calibration import fit_calibrators
+
+    run = RunDir(args.run)
+    fit_calibrators(run, _run_config(run, args))
+    print(f"calibrators fitted on validation: {run.calibration / 'calibrators.json'}")
+
+
+def _cmd_report(args: argparse.Namespace) -> None:
+    from redheart.report.build import build_report
+
+    print(build_report(RunDir(args.run)))
+
+
+def _cmd_predict(args: argparse.Namespace) -> None:
+    from redheart.infer import read_inputs, write_predictions
+
+    source = None if args.text is not None else (args.input or "-")
+    write_predictions(
+        args.model, read_inputs(source, args.text), sys.stdout, calibrated=not args.uncalibrated,
+        batch_size=args.batch_size, cache_dir=args.cache, progress=source not in (None, "-"),
+    )
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> None:
+    from redheart.evaluate.final import evaluate_test, format_results
+
+    run = RunDir(args.run)
+    config = _run_config(run, args)
+    print(format_results(evaluate_test(run, config)))
+
+
+def _cmd_pipeline(args: argparse.Namespace) -> None:
+    from redheart.pipeline import run_pipeline
+
+    run = RunDir(args.run)
+    config = _run_config(run, args)
+    run_pipeline(run, config, data=_data_path(args.data), cache_dir=args.cache)
+
+
+def _add_run_options(parser: argparse.ArgumentParser, default_run: str | None = None) -> None:
+    parser.add_argument("--run", required=default_run is None, default=default_run, help="run folder, e.g. runs/NAME")
+    parser.add_argument("--preset", help="tiny | small | full (default: the run's, else small)")
+    parser.add_argument("--config", help="YAML file of overrides, same shape as the run's config.yaml")
+    parser.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override one setting")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="redheart", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    prepare = commands.add_parser("prepare", help="validate, de-duplicate and split a data set into a run folder")
+    _add_run_options(prepare)
+    prepare.add_argument("--data", help="JSON array or JSON Lines file (default: the bundled Red Heart set)")
+    prepare.add_argument("--strict", action="store_true", help="fail on the first invalid record instead of rejecting it")
+    prepare.set_defaults(func=_cmd_prepare)
+
+    encode = commands.add_parser("encode", help="embed the run's texts (cached on disk)")
+    _add_run_options(encode)
+    encode.add_argument("--cache", type=Path, help="embedding cache folder (default: $REDHEART_CACHE or ~/.cache/redheart)")
+    encode.set_defaults(func=_cmd_encode)
+
+    model = commands.add_parser("model", help="print the per-module parameter table (no weights allocated)")
+    model.add_argument("--preset", default="full")
+    model.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE")
+    model.set_defaults(func=_cmd_model)
+
+    sweep = commands.add_parser("sweep", help="learning-rate sweep; train uses its choice when no rate is given")
+    _add_run_options(sweep)
+    mode = sweep.add_mutually_exclusive_group()
+    mode.add_argument("--trial", type=int, metavar="K", help="run trial K only (first stage 0..n-1, then the reseeds)")
+    mode.add_argument("--collect", action="store_true", help="score the finished trials and choose; trains nothing")
+    sweep.set_defaults(func=_cmd_sweep)
+
+    train = commands.add_parser("train", help="train (resumes by itself when the run has a resume state)")
+    _add_run_options(train)
+    train.add_argument("--lr", type=float, help="learning rate (default: the sweep's choice, else the config's)")
+    train.set_defaults(func=_cmd_train)
+
+    analyze = commands.add_parser("analyze", help="per-group sweet spots and over-fitting onsets (validation)")
+    _add_run_options(analyze)
+    analyze.set_defaults(func=_cmd_analyze)
+
+    crossover = commands.add_parser("crossover", help="assemble groups from their sweet spots; every candidate on validation")
+    _add_run_options(crossover)
+    crossover.set_defaults(func=_cmd_crossover)
+
+    calibrate = commands.add_parser("calibrate", help="fit temperature, vector and isotonic calibration on validation")
+    _add_run_options(calibrate)
+    calibrate.set_defaults(func=_cmd_calibrate)
+
+    report = commands.add_parser("report", help="HTML + Markdown report and LaTeX tables from the run's files")
+    report.add_argument("--run", required=True)
+    report.set_defaults(func=_cmd_report)
+
+    predict = commands.add_parser("predict", help="predict for a text, a file of texts (JSON Lines or lines) or stdin")
+    predict.add_argument("text", nargs="?", help="one text; omit to read --input or stdin")
+    predict.add_argument("--model", default="runs/main/final_model", help="a final model folder")
+    predict.add_argument("--input", help="JSON Lines with a 'text' field, or plain lines; '-' for stdin")
+    predict.add_argument("--uncalibrated", action="store_true", help="the raw model distributions")
+    predict.add_argument("--batch-size", type=int, default=64)
+    predict.add_argument("--cache", type=Path, help="embedding cache folder")
+    predict.set_defaults(func=_cmd_predict)
+
+    evaluate = commands.add_parser("evaluate", help="the final test evaluation beside the baselines (reads the test split)")
+    _add_run_options(evaluate)
+    evaluate.set_defaults(func=_cmd_evaluate)
+
+    pipeline = commands.add_parser("pipeline", help="every phase in order on one run folder (the main job)")
+    _add_run_options(pipeline, default_run="runs/main")
+    pipeline.add_argument("--data", help="input data (default: the bundled Red Heart set)")
+    pipeline.add_argument("--cache", type=Path, help="embedding cache folder")
+    pipeline.set_defaults(func=_cmd_pipeline)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    from redheart.train.checkpoints import CheckpointError
+    from redheart.train.faults import DiskFullError
+    from redheart.train.oom import OutOfMemory
+    from redheart.train.resume import ResumeError
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ValueError, FileNotFoundError) as error:  # bad input or a missing artifact
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except (ResumeError, CheckpointError, DiskFullError, OutOfMemory) as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""The main job end to end on the tiny preset: every phase runs from the CLI, and the test split is read
+once, after training, by the final evaluation only."""
+
+import json
+import random
+
+import pytest
+
+import redheart.data.dataset as dataset
+import redheart.train.recipe as recipe
+from redheart.atomic import read_json
+from redheart.cli import main
+from redheart.rundir import RunDir
+from test_train_fixtures import synthetic_record
+
+
+@pytest.fixture(scope="module")
+def data_file(tmp_path_factory):
+    rng = random.Random(1)
+    path = tmp_path_factory.mktemp("data") / "records.jsonl"
+    records = [synthetic_record(i, rng) for i in range(120)]
+    for record in records:  # distinct texts, so none is a near-duplicate of another
+        record["text"] += f" story number {record['id']} " + " ".join(rng.choices(["x", "y", "z", "w"], k=40))
+    path.write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+    return path
+
+
+def test_pipeline_runs_every_phase_and_reads_the_test_split_once_after_training(data_file, tmp_path, monkeypatch, capsys):
+    run = RunDir(tmp_path / "run")
+    events: list[str] = []
+    test_ids: set[str] = set()
+
+    read_records, train = dataset._read_records, recipe.train
+
+    def logged_read(run_dir, wanted):
+        if not test_ids:
+            test_ids.update(read_json(run_dir.split_manifest)["test"])
+        events.append("read test" if wanted & test_ids else "read other")
+        return read_records(run_dir, wanted)
+
+    def logged_train(*args, **kwargs):
+        result = train(*args, **kwargs)
+        events.append("trained")
+        return result
+
+    monkeypatch.setattr(dataset, "_read_records", logged_read)
+    monkeypatch.setattr(recipe, "train", logged_train)
+    main(["pipeline", "--run", str(run.root), "--preset", "tiny", "--data", str(data_file), "--cache", str(tmp_path / "cache")])
+    printed = capsys.readouterr().out
+
+    assert events.count("read test") == 1
+    assert events.index("read test") > events.index("trained")
+    for line in ("records read: 120", "baseline: linear probe", "best on validation", "EMA weights"):
+        assert line in printed
+    results = read_json(run.root / "test_results.json")
+    assert results["n"] == len(read_json(run.split_manifest)["test"])
+    assert set(results["baselines"]) == {"class_prior", "mean_predictor", "linear_probe"}
+
+    main(["evaluate", "--run", str(run.root)])  # printed again from disk, the test split not read again
+    assert events.count("read test") == 1
+    assert "best on validation" in capsys.readouterr().out
