@@ -162,49 +162,43 @@ def _add_run_options(parser: argparse.ArgumentParser, default_run: str | None = 
     parser.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override one setting")
 
 
+def _phase_command(commands: argparse._SubParsersAction, name: str, func, help: str) -> argparse.ArgumentParser:
+    """A command that works on one run folder: the run options, and the function it calls."""
+    parser = commands.add_parser(name, help=help)
+    _add_run_options(parser)
+    parser.set_defaults(func=func)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="redheart", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    prepare = commands.add_parser("prepare", help="validate, de-duplicate and split a data set into a run folder")
-    _add_run_options(prepare)
+    prepare = _phase_command(commands, "prepare", _cmd_prepare, "validate, de-duplicate and split a data set into a run folder")
     prepare.add_argument("--data", help="JSON array or JSON Lines file (default: the bundled Red Heart set)")
     prepare.add_argument("--strict", action="store_true", help="fail on the first invalid record instead of rejecting it")
-    prepare.set_defaults(func=_cmd_prepare)
 
-    encode = commands.add_parser("encode", help="embed the run's texts (cached on disk)")
-    _add_run_options(encode)
+    encode = _phase_command(commands, "encode", _cmd_encode, "embed the run's texts (cached on disk)")
     encode.add_argument("--cache", type=Path, help="embedding cache folder (default: $REDHEART_CACHE or ~/.cache/redheart)")
-    encode.set_defaults(func=_cmd_encode)
 
     model = commands.add_parser("model", help="print the per-module parameter table (no weights allocated)")
     model.add_argument("--preset", default="full")
     model.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE")
     model.set_defaults(func=_cmd_model)
 
-    sweep = commands.add_parser("sweep", help="learning-rate sweep; train uses its choice when no rate is given")
-    _add_run_options(sweep)
+    sweep = _phase_command(commands, "sweep", _cmd_sweep, "learning-rate sweep; train uses its choice when no rate is given")
     mode = sweep.add_mutually_exclusive_group()
     mode.add_argument("--trial", type=int, metavar="K", help="run trial K only (first stage 0..n-1, then the reseeds)")
     mode.add_argument("--collect", action="store_true", help="score the finished trials and choose; trains nothing")
-    sweep.set_defaults(func=_cmd_sweep)
 
-    train = commands.add_parser("train", help="train (resumes by itself when the run has a resume state)")
-    _add_run_options(train)
+    train = _phase_command(commands, "train", _cmd_train, "train (resumes by itself when the run has a resume state)")
     train.add_argument("--lr", type=float, help="learning rate (default: the sweep's choice, else the config's)")
-    train.set_defaults(func=_cmd_train)
 
-    analyze = commands.add_parser("analyze", help="per-group sweet spots and over-fitting onsets (validation)")
-    _add_run_options(analyze)
-    analyze.set_defaults(func=_cmd_analyze)
+    _phase_command(commands, "analyze", _cmd_analyze, "per-group sweet spots and over-fitting onsets (validation)")
 
-    crossover = commands.add_parser("crossover", help="assemble groups from their sweet spots; every candidate on validation")
-    _add_run_options(crossover)
-    crossover.set_defaults(func=_cmd_crossover)
+    _phase_command(commands, "crossover", _cmd_crossover, "assemble groups from their sweet spots; every candidate on validation")
 
-    calibrate = commands.add_parser("calibrate", help="fit temperature, vector and isotonic calibration on validation")
-    _add_run_options(calibrate)
-    calibrate.set_defaults(func=_cmd_calibrate)
+    _phase_command(commands, "calibrate", _cmd_calibrate, "fit temperature, vector and isotonic calibration on validation")
 
     report = commands.add_parser("report", help="HTML + Markdown report and LaTeX tables from the run's files")
     report.add_argument("--run", required=True)
@@ -219,9 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--cache", type=Path, help="embedding cache folder")
     predict.set_defaults(func=_cmd_predict)
 
-    evaluate = commands.add_parser("evaluate", help="the final test evaluation beside the baselines (reads the test split)")
-    _add_run_options(evaluate)
-    evaluate.set_defaults(func=_cmd_evaluate)
+    _phase_command(commands, "evaluate", _cmd_evaluate, "the final test evaluation beside the baselines (reads the test split)")
 
     pipeline = commands.add_parser("pipeline", help="every phase in order on one run folder (the main job)")
     _add_run_options(pipeline, default_run="runs/main")
@@ -232,12 +224,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)  # before the imports below, so --help answers at once
+
     from redheart.train.checkpoints import CheckpointError
     from redheart.train.faults import DiskFullError
     from redheart.train.oom import OutOfMemory
     from redheart.train.resume import ResumeError
 
-    args = build_parser().parse_args(argv)
     try:
         args.func(args)
     except (ValueError, FileNotFoundError) as error:  # bad input or a missing artifact

@@ -5,6 +5,17 @@ import os
 
 os.environ["OMP_NUM_THREADS"] = "1"
 
+import pytest  # noqa: E402
 import torch  # noqa: E402  (after the variable, so the thread pool reads it)
 
+from tiny_run import make_run  # noqa: E402
+
 torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def data(tmp_path_factory):
+    """A tiny run folder of 40 synthetic records (tests/tiny_run.py), shared by the training tests.
+
+    Tests train into their own folders (log_dir); the shared folder only gains its baselines file."""
+    return make_run(tmp_path_factory.mktemp("data"), n=40)

@@ -20,7 +20,7 @@ from redheart.train.faults import DiskFullError, Faults
 from redheart.train.recipe import train
 from redheart.train.resume import ResumeError, read_resume_info
 from test_resume_kill import assert_identical, live_state
-from test_train_fixtures import make_run, tiny_config
+from tiny_run import tiny_config
 
 LR = 3e-3
 
@@ -33,11 +33,6 @@ class Payload:
 
     def __reduce__(self):
         return (open, (str(self.marker), "w"))
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_run(tmp_path_factory.mktemp("data"), n=40)
 
 
 @pytest.fixture(scope="module")

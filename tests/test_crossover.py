@@ -22,7 +22,7 @@ from redheart.select.outputs import SplitOutputs
 from redheart.select.pins import pinned_epochs
 from redheart.train.checkpoints import CheckpointError, load_groups
 from redheart.train.recipe import train
-from test_train_fixtures import make_run, tiny_config
+from tiny_run import make_run, tiny_config
 
 EPOCHS = 6
 

@@ -5,7 +5,7 @@ import torch
 
 from redheart.data.dataset import epoch_order, load_split, micro_batches, record_target, split_hash
 from redheart.data.schema import VERDICTS
-from test_train_fixtures import make_run, synthetic_record
+from tiny_run import make_run, synthetic_record
 
 
 def records_with_gaps() -> list[dict]:

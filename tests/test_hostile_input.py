@@ -19,7 +19,7 @@ from redheart.data.encoders import build_encoder, document_text
 from redheart.data.prepare import prepare
 from redheart.data.records import DataError, load_records
 from redheart.rundir import RunDir
-from test_train_fixtures import synthetic_record
+from tiny_run import synthetic_record
 
 ODD_TEXTS = {
     "rtl": "قلت لصديقي إنني لن أحضر الحفل \u202eodd\u202c and שלום",

@@ -16,7 +16,7 @@ from redheart.train.oom import BatchPlan, OutOfMemory
 from redheart.train.recipe import train
 from redheart.train.resume import read_resume_info
 from redheart.train.telemetry import read_metrics
-from test_train_fixtures import make_run, tiny_config
+from tiny_run import tiny_config
 
 LR = 3e-3
 CONFIG = {"model.dropout": 0.0}
@@ -47,11 +47,6 @@ def assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None
     # after a few steps; a skipped or doubled micro-batch moves weights by ~lr (3e-3) per step.
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=1e-3, atol=3e-4, msg=key)
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_run(tmp_path_factory.mktemp("data"), n=40)
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import redheart.train.recipe as recipe
 from redheart.atomic import read_json
 from redheart.cli import main
 from redheart.rundir import RunDir
-from test_train_fixtures import synthetic_record
+from tiny_run import synthetic_record
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ from redheart.model.model import RedHeartModel
 from redheart.report.calibration import CALIBRATORS_FILE, CalibrationOptions, fit_calibrators
 from redheart.select.final_model import save_final_model
 from redheart.train.checkpoints import CheckpointError
-from test_train_fixtures import make_run, tiny_config
+from tiny_run import make_run, tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -98,3 +98,14 @@ def test_a_corrupted_or_mismatched_model_dir_fails_clearly(final_run, tmp_path):
         predict_texts(broken, ["x"], cache_dir=tmp_path)
     with pytest.raises(CheckpointError, match="no final-model directory"):
         predict_texts(tmp_path / "absent", ["x"])
+
+
+def test_odd_texts_each_get_a_complete_prediction(final_run, tmp_path):
+    odd = ["", "tab\tbell\x07 nul\x00 escape\x1b", "שלום, זה טקסט מימין לשמאל", "🙂🔥 emoji only 👍🏽",
+           "나는 동생에게 다시는 돈을 빌려주지 않겠다고 말했다.", "word " * 400_000]
+    results = predict_texts(final_run.final_model, odd, cache_dir=tmp_path / "cache")
+    assert len(results) == len(odd)
+    for result in results:
+        assert sum(result["emotions"].values()) == pytest.approx(1.0, abs=1e-6)
+        assert sum(result["verdict"].values()) == pytest.approx(1.0, abs=1e-6)
+        json.dumps(result, allow_nan=False)

@@ -22,7 +22,7 @@ from redheart.select.final_model import load_final_model
 from redheart.train.evaluation import predict, split_targets
 from redheart.train.recipe import train
 from redheart.train.sweep import run_sweep
-from test_train_fixtures import synthetic_record, tiny_config
+from tiny_run import synthetic_record, tiny_config
 
 SECTIONS = ("Data", "Model", "Learning-rate sweep", "Training and sweet spots", "Crossover and test results", "Calibration")
 

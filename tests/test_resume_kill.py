@@ -23,7 +23,7 @@ from redheart.atomic import read_json
 from redheart.train.checkpoints import CheckpointError, verify_checkpoint
 from redheart.train.recipe import train
 from redheart.train.resume import read_resume_info
-from test_train_fixtures import make_run, tiny_config
+from tiny_run import tiny_config
 
 TESTS = Path(__file__).parent
 LR, EPOCHS = 3e-3, 2
@@ -34,7 +34,7 @@ from pathlib import Path
 from redheart.rundir import RunDir
 from redheart.train.faults import Faults
 from redheart.train.recipe import train
-from test_train_fixtures import tiny_config
+from tiny_run import tiny_config
 
 args = json.loads(sys.argv[1])
 saves = 0
@@ -100,11 +100,6 @@ def assert_identical(a: dict[str, dict[str, torch.Tensor]], b: dict[str, dict[st
         assert a[part].keys() == b[part].keys()
         for key in a[part]:
             assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs"
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_run(tmp_path_factory.mktemp("data"), n=40)
 
 
 @pytest.fixture(scope="module")

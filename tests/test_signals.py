@@ -10,12 +10,7 @@ import pytest
 from redheart.train.recipe import train
 from redheart.train.resume import read_resume_info
 from test_resume_kill import EPOCHS, LR, assert_identical, live_state, start_driver, wait_for
-from test_train_fixtures import make_run, tiny_config
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_run(tmp_path_factory.mktemp("data"), n=40)
+from tiny_run import tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ from redheart.atomic import read_json
 from redheart.data.dataset import SplitTensors
 from redheart.train.sweep import collect, run_sweep, run_trial, trial_count
 from redheart.train.sweep_score import Curve, choose, components, explain, format_lr, rank
-from test_train_fixtures import make_run, tiny_config
+from tiny_run import make_run, tiny_config
 
 DOCUMENTED = (0.4, 0.2, 0.2, 0.2)
 
@@ -65,7 +65,7 @@ def test_the_reason_names_the_chosen_rate_and_its_runner_up_with_numbers():
     assert reason.startswith("1e-4 chosen")
     assert "for 5e-4, the runner-up" in reason
     assert "Mean validation loss over epochs 3-5 0.757 vs 0.717" in reason
-    assert "better on instability, overfit gap, worse on val loss, inefficiency" in reason
+    assert "better on stability, over-fitting gap, worse on validation loss, learning efficiency" in reason
 
 
 def test_bad_input_is_refused_clearly():

@@ -18,7 +18,7 @@ from redheart.train.progress_report import progress_report
 from redheart.train.recipe import train
 from redheart.train.schedule import build_scheduler
 from redheart.train.telemetry import read_metrics
-from test_train_fixtures import make_run, tiny_config
+from tiny_run import make_run, tiny_config
 
 
 class Toy(nn.Module):

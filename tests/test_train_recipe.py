@@ -6,12 +6,7 @@ from redheart.atomic import read_json
 from redheart.train.recipe import resolve_lr, train
 from redheart.train.resume import ResumeError, read_resume_info
 from redheart.train.telemetry import read_metrics
-from test_train_fixtures import make_run, tiny_config
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return make_run(tmp_path_factory.mktemp("run"), n=40)
+from tiny_run import tiny_config
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from redheart.train.loop import Trainer
 from redheart.train.optim import parameter_groups
 from redheart.train.precision import choose_precision
 from redheart.train.schedule import build_scheduler, restart_steps
-from test_train_fixtures import synthetic_record, tiny_config
+from tiny_run import synthetic_record, tiny_config
 
 
 def small_split(n: int) -> SplitTensors:

@@ -7,6 +7,7 @@ consecutive windows, each window gets its own vector, and windows past the end a
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import re
 from importlib import resources
@@ -18,6 +19,8 @@ import torch
 from tqdm.auto import tqdm
 
 from redheart.config import EncoderConfig
+
+_CHARS_PER_TOKEN_BOUND = 64  # English WordPiece averages about 4 characters per token
 
 
 def document_text(record: Mapping[str, Any]) -> str:
@@ -87,8 +90,12 @@ class MiniLMEncoder:
     def _windows(self, texts: list[str]) -> list[list[int]]:
         """Token ids of every window, text after text; the text index of each is kept by the caller."""
         body = self.window_tokens - 2
+        # Only the first body * max_segments tokens are kept; cutting the text first bounds the tokenizer's
+        # work on a huge input (a 100 MB text) and changes nothing for text under 64 characters per token.
+        limit = body * self.max_segments * _CHARS_PER_TOKEN_BOUND
         tokens = self._tokenizer(
-            texts, add_special_tokens=False, truncation=True, max_length=body * self.max_segments, verbose=False
+            [text[:limit] for text in texts], add_special_tokens=False, truncation=True,
+            max_length=body * self.max_segments, verbose=False,
         )["input_ids"]
         cls, sep = self._tokenizer.cls_token_id, self._tokenizer.sep_token_id
         # An empty text still gets one window ([CLS][SEP]), as sentence-transformers would encode it.
@@ -168,7 +175,9 @@ class HashingEncoder:
         vectors = np.zeros((len(texts), self.max_segments, self.dim), dtype=np.float32)
         mask = np.zeros((len(texts), self.max_segments), dtype=bool)
         for row, text in enumerate(tqdm(texts, desc=self.key, unit="text", disable=not progress)):
-            words = _WORD.findall(text.lower())[: self.chunk_words * self.max_segments]
+            # Lazily, so a huge text costs only the words that are kept.
+            found = itertools.islice(_WORD.finditer(text), self.chunk_words * self.max_segments)
+            words = [match.group().lower() for match in found]
             for seg, start in enumerate(range(0, max(len(words), 1), self.chunk_words)):
                 vectors[row, seg] = self._segment(words[start : start + self.chunk_words])
                 mask[row, seg] = True

@@ -39,6 +39,9 @@ class PrepareSummary:
     label_distribution: dict[str, dict[str, int]]  # split -> verdict (or "none") -> count
     leaks: int
     seconds: dict[str, float] = field(default_factory=dict)  # step -> wall time
+    rejected_path: str = ""
+    rejected_lines: list[str] = field(default_factory=list)  # the first few rejections, one line each
+
 
 
 def prepare(data_path: str | Path, run: RunDir, config: DataConfig, strict: bool = False) -> PrepareSummary:
@@ -96,6 +99,8 @@ def prepare(data_path: str | Path, run: RunDir, config: DataConfig, strict: bool
         label_distribution=stats["label_distribution"],
         leaks=leaks,
         seconds=seconds,
+        rejected_path=str(run.rejected_records),
+        rejected_lines=[_rejection_line(row) for row in loaded.rejected[:_SHOWN_REJECTIONS]],
     )
 
 
@@ -104,6 +109,10 @@ def format_summary(summary: PrepareSummary) -> str:
     lines = [f"data: {summary.data_path}", f"records read: {summary.records_read}",
              f"rejected: {summary.rejected}"]
     lines += [f"  {reason}: {count}" for reason, count in summary.rejected_by_reason.items()]
+    if summary.rejected:
+        lines += [f"    {line}" for line in summary.rejected_lines]
+        more = summary.rejected - len(summary.rejected_lines)
+        lines.append(f"    {'... ' + str(more) + ' more; ' if more > 0 else ''}all with reasons and raw text: {summary.rejected_path}")
     lines.append(f"near-duplicates removed: {summary.duplicates_removed}")
     lines.append("split: " + ", ".join(f"{name} {size}" for name, size in summary.split_sizes.items()))
     labels = [*VERDICTS, NO_LABEL]
@@ -116,6 +125,14 @@ def format_summary(summary: PrepareSummary) -> str:
     lines.append(f"leakage (val/test near-duplicates of train): {summary.leaks}")
     lines.append("time: " + ", ".join(f"{step} {sec:.1f}s" for step, sec in summary.seconds.items()))
     return "\n".join(lines)
+
+
+_SHOWN_REJECTIONS = 20
+
+
+def _rejection_line(row: dict[str, Any]) -> str:
+    where = f"record {row['index']} (id {row['id']!r}, line {row['line']})"
+    return where + ": " + "; ".join(f"{p['field']}: {p['message']}" for p in row["problems"])
 
 
 def _lap(start: float) -> float:

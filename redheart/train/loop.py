@@ -68,11 +68,15 @@ class EpochTally:
     def means(self) -> dict[str, float]:
         return {name: float(total) / max(1, self.samples) for name, total in self.loss_sums.items()}
 
-    def grad_norm_stats(self) -> dict[str, float | None]:
-        norms = [float(n) for n in self.grad_norms]
-        if not norms:
-            return {"mean": None, "max": None}
-        return {"mean": sum(norms) / len(norms), "max": max(norms)}
+    def grad_norm_stats(self) -> dict[str, float | int | None]:
+        """Mean, std (population), min and max of the pre-clipping gradient norm over the optimizer steps."""
+        if not self.grad_norms:
+            return {"steps": 0, "mean": None, "std": None, "min": None, "max": None}
+        norms = torch.stack([torch.as_tensor(n, dtype=torch.float64).cpu() for n in self.grad_norms])
+        return {
+            "steps": len(norms), "mean": float(norms.mean()), "std": float(norms.std(correction=0)),
+            "min": float(norms.min()), "max": float(norms.max()),
+        }
 
     def to_json(self) -> dict:
         return {

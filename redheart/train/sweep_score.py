@@ -37,6 +37,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 COMPONENTS = ("val_loss", "instability", "inefficiency", "overfit_gap")
+READABLE = {"val_loss": "validation loss", "instability": "stability", "inefficiency": "learning efficiency", "overfit_gap": "over-fitting gap"}
 DESCRIPTIONS = {
     "val_loss": "Mean validation loss over {window}",
     "instability": "validation-loss rise (instability)",
@@ -131,7 +132,7 @@ def explain(chosen: Score, table: Sequence[Score], epochs: int, window: int = 3)
     for name in COMPONENTS:
         mine, theirs = chosen.raw[name], rival.raw[name]
         parts.append(f"{DESCRIPTIONS[name].format(window=span)} {mine:.3f} vs {theirs:.3f}")
-        label = name.replace("_", " ")
+        label = READABLE[name]
         (better if mine < theirs else worse if mine > theirs else []).append(label)
     verdict = f"better on {', '.join(better) or 'nothing'}" + (f", worse on {', '.join(worse)}" if worse else "")
     return f"{head} vs {rival.total:.3f} for {format_lr(rival.lr)}, the runner-up. " + "; ".join(parts) + f". It is {verdict}" + tail

@@ -89,12 +89,13 @@ class RunTelemetry:
 
     def start_epoch(self, tally: EpochTally, checkpoint: bool) -> None:
         """Reset the device's peak memory; arm the gradient probe when the epoch ends in a checkpoint."""
+        # Armed only when enabled and a checkpoint ends the epoch; disarmed otherwise, also by a disabled instance.
+        self.trainer.grad_probe = self.probe if self.enabled and checkpoint else None
         if not self.enabled:
             return
         device = self.trainer.precision.device
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
-        self.trainer.grad_probe = self.probe if checkpoint else None
         self._started = time.perf_counter()
         self._steps_before = len(tally.grad_norms)
 
