@@ -110,7 +110,6 @@ class MiniLMEncoder:
         if not texts:
             return vectors, mask
         self._load()
-        torch.set_num_threads(os.cpu_count() or 1)
         windows = [(row, seg, ids) for row, per_text in enumerate(self._windows(texts)) for seg, ids in enumerate(per_text)]
         # Longest first, so batches hold windows of similar length (little padding) and memory peaks early.
         windows.sort(key=lambda item: -len(item[2]))
