@@ -106,7 +106,9 @@ def _data(ctx: _Context) -> Section:
         counts, length, emotion = stats["label_distribution"].get(split, {}), stats["text_length"].get(split, {}), stats["emotion_argmax"].get(split, {})
         rows.append([split, fmt(size), *(fmt(counts.get(v, 0)) for v in labels), fmt(length.get("mean"), 1), fmt(length.get("median"), 1),
                      f"{emotion.get('majority') or '—'} {fmt(emotion.get('majority_share'), 3)}"])
-    section.tables.append(Table("Records per split: verdict counts, text length (characters) and the majority emotion's share (the baseline of emotion accuracy)",
+    section.tables.append(Table("Records per split: verdict counts, text length (characters) and the most frequent first-maximum emotion's share "
+                                "(targets can tie for the top emotion and accuracy counts any tied class, so the class-prior "
+                                "accuracy in the results table is higher than this share)",
                                 ["split", "records", *labels, "mean length", "median length", "majority emotion"], rows, "data_statistics"))
     return section
 
