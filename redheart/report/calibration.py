@@ -302,15 +302,3 @@ def write_calibration_report(run: RunDir, report: dict[str, Any], split: str = "
     for name, entry in report["targets"].items():
         if entry.get("n"):
             plot_reliability(run.calibration / f"reliability_{split}_{name}.png", entry["before"]["bins"], entry["after"]["bins"], f"{name}, {split}", entry["method"])
-
-
-def format_calibration(report: dict[str, Any]) -> str:
-    """Before/after table of a calibration report, as the CLI prints it."""
-    lines = [f"{'target':<9} {'method':<12} {'n':>6} {'ECE':>7} {'MCE':>7} {'NLL':>7} {'Brier':>7}"]
-    for name, entry in report["targets"].items():
-        if not entry.get("n"):
-            lines.append(f"{name:<9} no rows")
-            continue
-        for label, metrics in (("before", entry["before"]), (entry["method"], entry["after"])):
-            lines.append(f"{name:<9} {label:<12} {metrics['n']:>6} {metrics['ece']:>7.4f} {metrics['mce']:>7.4f} {metrics['nll']:>7.4f} {metrics['brier']:>7.4f}")
-    return "\n".join(lines)
