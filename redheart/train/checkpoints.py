@@ -30,17 +30,27 @@ class CheckpointError(RuntimeError):
 
 
 def group_states(model: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
-    """The model's state_dict cut by group, as CPU copies; a key in no group is an error, never left out."""
+    """The model's state_dict cut by group, on the host; a key in no group is an error, never left out."""
     states = {group: group_state_dict(model, group) for group in GROUPS}
     covered = {key for state in states.values() for key in state}
     orphans = sorted(set(model.state_dict()) - covered)
     if orphans:
         raise CheckpointError(f"state_dict keys in no group of GROUPS would not be saved: {orphans[:5]}")
-    # A copy per tensor: safetensors refuses tensors that share storage (views, tied weights).
-    return {
-        group: {key: value.detach().to("cpu", copy=True).contiguous() for key, value in state.items()}
-        for group, state in states.items()
-    }
+    return {group: host_tensors(state) for group, state in states.items()}
+
+
+def host_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` on the host, ready for safetensors, which refuses tensors that share storage (views, tied
+    weights): those are copied; a host tensor owning its storage is used as it is, so saving the 730M
+    model does not hold a second host copy of it."""
+    out, seen = {}, set()
+    for key, value in state.items():
+        value = value.detach()
+        storage = value.untyped_storage()
+        shared = storage.data_ptr() in seen or storage.nbytes() != value.nbytes or not value.is_contiguous()
+        seen.add(storage.data_ptr())
+        out[key] = value.to("cpu", copy=True).contiguous() if shared else value.to("cpu")
+    return out
 
 
 def sha256(path: Path) -> str:

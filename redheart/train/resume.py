@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from redheart.atomic import read_json, write_json
-from redheart.train.checkpoints import sha256
+from redheart.train.checkpoints import host_tensors, sha256
 from redheart.train.faults import NO_FAULTS, Faults, write_state_file
 from redheart.train.loop import EpochTally, Trainer
 from redheart.train.oom import BatchPlan
@@ -42,10 +42,6 @@ class ResumeError(RuntimeError):
 def has_resume(folder: Path) -> bool:
     folder = Path(folder)
     return (folder / POINTER).exists() or any((folder / slot / STATE).exists() for slot in SLOTS)
-
-
-def _tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {key: value.detach().to("cpu", copy=True).contiguous() for key, value in state.items()}
 
 
 def _grads(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -72,7 +68,7 @@ def save_resume(folder: Path, trainer: Trainer, info: dict[str, Any], faults: Fa
     if trainer.ema is not None:
         tensors["ema.safetensors"] = trainer.ema.state_dict()
     for name, state in tensors.items():
-        write_state_file(slot / name, lambda tmp, s=state: save_file(_tensors(s), str(tmp)), faults)
+        write_state_file(slot / name, lambda tmp, s=state: save_file(host_tensors(s), str(tmp)), faults)
     training = {
         "optimizer": trainer.optimizer.state_dict(),
         "scheduler": trainer.scheduler.state_dict(),
