@@ -81,6 +81,16 @@ def _cmd_model(args: argparse.Namespace) -> None:
     print(format_parameter_table(config))
 
 
+def _cmd_memory(args: argparse.Namespace) -> None:
+    from redheart.train.memory_plan import parse_bytes, plan_for_config
+    from redheart.train.memory_report import format_memory_plan
+
+    config = preset(args.preset)
+    if args.set:
+        config = with_overrides(config, args.set)
+    print(format_memory_plan(plan_for_config(config, parse_bytes(args.vram), parse_bytes(args.reserve))))
+
+
 def _cmd_sweep(args: argparse.Namespace) -> None:
     from redheart.train.sweep import collect, format_choice, run_sweep, run_trial, trial_count
 
@@ -185,6 +195,13 @@ def build_parser() -> argparse.ArgumentParser:
     model.add_argument("--preset", default="full")
     model.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE")
     model.set_defaults(func=_cmd_model)
+
+    memory = commands.add_parser("memory", help="bytes per strategy on a device of --vram, and the strategy chosen")
+    memory.add_argument("--preset", default="full")
+    memory.add_argument("--vram", default="8GiB", help="device memory, e.g. 8GiB (default), 24GB")
+    memory.add_argument("--reserve", default="0.5GiB", help="kept free for the CUDA context and fragmentation")
+    memory.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE")
+    memory.set_defaults(func=_cmd_memory)
 
     sweep = _phase_command(commands, "sweep", _cmd_sweep, "learning-rate sweep; train uses its choice when no rate is given")
     mode = sweep.add_mutually_exclusive_group()

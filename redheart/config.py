@@ -83,6 +83,7 @@ class TrainConfig:
     layer_decay: float = 0.85  # layer-wise lr decay per backbone layer; 1 disables
     seed: int = 13
     device: str = "auto"
+    memory: str = "auto"  # "standard", "saving", "swap" (train/memory_strategy.py), or the memory plan's choice
     telemetry: bool = True  # module_stats.json per checkpoint, progress reports, per-epoch "telemetry" block
 
 

@@ -34,10 +34,17 @@ def parameter_groups(model: nn.Module, lr: float, config: TrainConfig) -> list[d
     return [groups[key] for key in sorted(groups, key=lambda k: (-1 if k[0] is None else k[0], k[1]))]
 
 
-def build_optimizer(model: nn.Module, lr: float, config: TrainConfig) -> torch.optim.AdamW:
+def build_optimizer(model: nn.Module, lr: float, config: TrainConfig, kind: str = "adamw") -> torch.optim.Optimizer:
+    """AdamW with fp32 moments ("adamw") or bitsandbytes' block-wise 8-bit moments ("adamw8bit")."""
     groups = parameter_groups(model, lr, config)
     for group in groups:
         del group["names"]  # strings in the state_dict would be saved with every resume state
+    if kind == "adamw8bit":
+        from bitsandbytes.optim import AdamW8bit
+
+        return AdamW8bit(groups, lr=lr, weight_decay=config.weight_decay)
+    if kind != "adamw":
+        raise ValueError(f"unknown optimizer {kind!r}; expected 'adamw' or 'adamw8bit'")
     # The fused kernel runs on CPU and CUDA alike and is the fastest on both (small preset on CPU:
     # 2.3 ms per step against 8.6 ms for foreach and 14.4 ms for the per-tensor loop).
     return torch.optim.AdamW(groups, lr=lr, weight_decay=config.weight_decay, fused=True)

@@ -1,0 +1,109 @@
+"""The memory plan: optimizer bytes against the optimizers' real state, measured activations, the choice."""
+
+import pytest
+import torch
+
+from redheart.cli import main
+from redheart.config import preset
+from redheart.model.model import RedHeartModel
+from redheart.train.activation_bytes import empty_model, measure_activation_bytes
+from redheart.train.memory_plan import GiB, footprints, optimizer_state_bytes, parse_bytes, plan_memory
+from redheart.train.optim import build_optimizer
+from tiny_run import tiny_config
+
+
+def state_bytes(optimizer: torch.optim.Optimizer) -> int:
+    """Bytes of the optimizer's state tensors, each storage once (bitsandbytes shares its quantisation maps)."""
+    storages = {}
+    for state in optimizer.state.values():
+        for value in state.values():
+            if torch.is_tensor(value):
+                storages[value.untyped_storage().data_ptr()] = value.untyped_storage().nbytes()
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("kind", ["adamw", "adamw8bit"])
+def test_planned_optimizer_bytes_equal_the_real_state_after_a_step(kind):
+    config = preset("small")  # tensors above and below bitsandbytes' 4,096-value 8-bit threshold
+    model = RedHeartModel(config.model, input_dim=32, max_segments=4)
+    optimizer = build_optimizer(model, 1e-3, config.train, kind)
+    for param in model.parameters():
+        param.grad = torch.ones_like(param)
+    optimizer.step()
+    assert state_bytes(optimizer) == optimizer_state_bytes(list(model.parameters()), kind)
+
+
+def test_activation_bytes_exclude_weights_and_count_bf16_weight_copies():
+    config = preset("small")
+    model = empty_model(config, 384, 4)
+    fp32 = measure_activation_bytes(model, rows=2, bf16=False)
+    bf16 = measure_activation_bytes(model, rows=2, bf16=True)
+    matrices = sum(p.numel() for p in model.parameters() if p.ndim >= 2)
+    weights = sum(p.numel() * 4 for p in model.parameters())
+    assert 0 < fp32.total < weights / 10  # two rows of activations are far smaller than the weights
+    assert bf16.total >= 2 * matrices * 0.9  # autocast keeps a bf16 copy of (nearly) every weight matrix
+    assert fp32.checkpointed < fp32.total and bf16.checkpointed < bf16.total
+    assert measure_activation_bytes(model, rows=8, bf16=False).total > 3 * fp32.total  # grows with the rows
+
+
+def test_measuring_does_not_move_the_random_stream():
+    model = empty_model(tiny_config(), 32, 4)
+    before = torch.get_rng_state()
+    measure_activation_bytes(model, rows=4, bf16=False)
+    assert torch.equal(before, torch.get_rng_state())
+
+
+@pytest.fixture(scope="module")
+def full_plan_parts():
+    """The full 730M model (uninitialised host memory, about 3 GB) and its measured activations."""
+    config = preset("full")
+    model = empty_model(config, 384, 4)
+    # train.amp is on in the full preset, so every strategy plans with the bf16 measurement.
+    activations = {True: measure_activation_bytes(model, rows=8, bf16=True)}
+    return model, config, activations
+
+
+def chosen(prints, budget_gib: float) -> str | None:
+    return next((f.strategy.name for f in prints if f.device_total <= budget_gib * GiB), None)
+
+
+def test_full_preset_needs_the_saving_strategy_on_8_gib(full_plan_parts):
+    model, config, activations = full_plan_parts
+    prints = {f.strategy.name: f for f in footprints(model, config, activations)}
+    weights = sum(p.numel() for p in model.parameters()) * 4
+    assert prints["standard"].device["weights"] >= weights and prints["standard"].device["optimizer"] >= 2 * weights
+    saving = prints["saving"]
+    assert saving.device["ema"] == 0 and saving.host["ema"] >= weights
+    # 8-bit moments: a quarter of fp32 AdamW's, plus one fp32 scale per 256 values.
+    assert saving.device["optimizer"] < 0.26 * prints["standard"].device["optimizer"]
+    assert saving.device_total < 7.5 * GiB < prints["standard"].device_total
+    assert prints["swap"].device_total < saving.device_total and prints["swap"].host_total > 3 * weights
+    ordered = list(prints.values())
+    assert chosen(ordered, 7.5) == "saving"
+    assert chosen(ordered, 16) == "standard"
+    assert chosen(ordered, 6.5) == "swap"
+    assert chosen(ordered, 2) is None
+
+
+def test_plan_of_the_tiny_preset_chooses_standard():
+    config = tiny_config()
+    plan = plan_memory(empty_model(config, 32, 4), config, vram=parse_bytes("1GiB"), reserve=parse_bytes("0.5GiB"))
+    assert plan.chosen == "standard" and plan.rows == 2 * config.train.micro_batch
+    assert plan.parameters == sum(p.numel() for p in empty_model(config, 32, 4).parameters())
+
+
+def test_memory_command_prints_the_table_and_choice(capsys):
+    main(["memory", "--preset", "small", "--vram", "8GiB"])
+    out = capsys.readouterr().out
+    assert "standard" in out and "saving" in out and "swap" in out
+    assert "chosen: standard" in out
+
+
+@pytest.mark.parametrize("text,size", [("8GiB", 8 * 2**30), ("8 GB", 8 * 10**9), ("7.5G", int(7.5 * 2**30)), ("1024", 1024)])
+def test_parse_bytes(text, size):
+    assert parse_bytes(text) == size
+
+
+def test_parse_bytes_rejects_nonsense():
+    with pytest.raises(ValueError, match="memory size"):
+        parse_bytes("eight gigs")
