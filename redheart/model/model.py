@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from redheart.config import ModelConfig
 from redheart.data.schema import TARGET_DIMS
@@ -109,6 +110,9 @@ class RedHeartModel(nn.Module):
             self.add_module(name, self._sized(name, build))
         self.kalman = KalmanFusion(TARGET_DIMS)
         self.solved["kalman"] = Solved(width=0, parameters=count_parameters(self.kalman), floored=False)
+        # Set by the memory strategy: each top-level module recomputes its activations in the backward pass,
+        # so the peak holds one module's activations (and bf16 weight copies) instead of all of them.
+        self.activation_checkpointing = False
 
     def _sized(self, name: str, build: Callable[[int], nn.Module], step: int = 1) -> nn.Module:
         solved = solve_width(build, self.config.budgets[name], step=step)
@@ -128,14 +132,20 @@ class RedHeartModel(nn.Module):
         mask = mask.to(torch.bool)
         _check_mask(x, mask)
         x = self.input_dropout(x)
-        pooled = self.backbone(x, mask)
+        pooled = self._call(self.backbone, x, mask)
         out: Outputs = {}
         for name, target in MODULE_TARGETS.items():
             module = getattr(self, name)
-            raw = module(pooled) if name in HEADS else module(x, mask)
+            raw = self._call(module, pooled) if name in HEADS else self._call(module, x, mask)
             out[name] = {target: raw if target in loss_fns.DISTRIBUTION_TARGETS else torch.sigmoid(raw)}
         out["fused"] = self.kalman(out)
         return out
+
+    def _call(self, module: nn.Module, *args: Tensor) -> Tensor:
+        if self.activation_checkpointing and torch.is_grad_enabled():
+            # Non-reentrant checkpointing restores the RNG state, so the recomputed dropout masks are the same.
+            return checkpoint(module, *args, use_reentrant=False)
+        return module(*args)
 
     def losses(self, out: Outputs, batch: dict[str, Tensor], label_smoothing: float) -> dict[str, Tensor]:
         """One scalar loss per predicting module plus "kalman"; the training total is their sum."""

@@ -16,11 +16,14 @@ import torch
 class Precision:
     device: torch.device
     dtype: torch.dtype | None  # None: full fp32
+    # Autocast caches the low-precision copy of every weight until the context exits: 1.35 GiB for the
+    # full model, held through the whole forward even when activation checkpointing frees the rest.
+    cache_weight_casts: bool = True
 
     def autocast(self) -> AbstractContextManager:
         if self.dtype is None:
             return nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+        return torch.autocast(device_type=self.device.type, dtype=self.dtype, cache_enabled=self.cache_weight_casts)
 
     def scaler(self) -> torch.amp.GradScaler:
         # fp16 gradients underflow without loss scaling; bf16 has fp32's range and needs none.
@@ -33,7 +36,11 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def choose_precision(device: torch.device, amp: bool) -> Precision:
-    if not amp or device.type != "cuda":
+def choose_precision(
+    device: torch.device, amp: bool, force_autocast: bool = False, cache_weight_casts: bool = True
+) -> Precision:
+    """`force_autocast` (a memory strategy's demand) turns autocast on, on CPU too."""
+    if not force_autocast and (not amp or device.type != "cuda"):
         return Precision(device, None)
-    return Precision(device, torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16)
+    bf16 = device.type != "cuda" or torch.cuda.is_bf16_supported()
+    return Precision(device, torch.bfloat16 if bf16 else torch.float16, cache_weight_casts)

@@ -28,7 +28,9 @@ from redheart.train.checkpoints import save_checkpoint
 from redheart.train.ema import build_ema
 from redheart.train.evaluation import evaluate, metrics_of, predict, split_targets
 from redheart.train.faults import NO_FAULTS, Faults
+from redheart.train.group_swap import GroupSwapTrainer
 from redheart.train.loop import EpochTally, Trainer
+from redheart.train.memory_plan import resolve_strategy
 from redheart.train.optim import build_optimizer
 from redheart.train.precision import choose_precision, resolve_device
 from redheart.train.resume import has_resume, load_resume, save_resume
@@ -71,19 +73,26 @@ def train(
     epochs = tc.epochs if epochs is None else epochs
     seed = tc.seed if seed is None else seed
     device = resolve_device(tc.device)
-    precision = choose_precision(device, tc.amp)
 
     train_split, val_split = load_split(run, "train"), load_split(run, "val")
     if not run.baselines.exists():
         write_json(run.baselines, run_baselines(train_split, val_split))
 
     torch.manual_seed(seed)
-    model = RedHeartModel(config.model, input_dim=train_split.input_dim, max_segments=train_split.max_segments).to(device)
-    optimizer = build_optimizer(model, lr, tc)
+    model = RedHeartModel(config.model, input_dim=train_split.input_dim, max_segments=train_split.max_segments)
+    memory = resolve_strategy(model, config, device)
+    precision = choose_precision(device, tc.amp, memory.bf16 is True, cache_weight_casts=not memory.activation_checkpointing)
+    model.activation_checkpointing = memory.activation_checkpointing
+    # The EMA copy is made while the model is still on the host, so a host-side EMA never touches the device.
+    ema = build_ema(model, tc.ema_decay, torch.device("cpu") if memory.ema_on_host else device)
+    if not memory.group_swap:  # the swap trainer moves one group at a time itself
+        model.to(device)
+    optimizer = build_optimizer(model, lr, tc, memory.optimizer)
     scheduler = build_scheduler(optimizer, tc, steps_per_epoch(len(train_split), tc.micro_batch, tc.accumulation))
-    trainer = Trainer(model, optimizer, scheduler, build_ema(model, tc.ema_decay), precision, tc, faults)
+    trainer = (GroupSwapTrainer if memory.group_swap else Trainer)(model, optimizer, scheduler, ema, precision, tc, faults)
 
-    identity = {"config_hash": config_hash(config, lr, seed), "split_hash": split_hash(run)}
+    # The strategy is part of the identity: its optimizer state and numerics differ (8-bit moments, bf16).
+    identity = {"config_hash": config_hash(config, lr, seed), "split_hash": split_hash(run), "memory": memory.name}
     start_epoch, start_sample, start_micro, tally = 0, 0, 0, EpochTally()
     if has_resume(out.resume):
         info = load_resume(out.resume, trainer, identity)
@@ -159,9 +168,10 @@ def resolve_lr(run: RunDir, config: RunConfig, lr: float | None) -> tuple[float,
 
 def config_hash(config: RunConfig, lr: float, seed: int) -> str:
     """Identity of the recipe: encoder, model and training settings. The epoch count, device and telemetry
-    switch are left out, so a run can be extended or moved; the data settings are covered by the split hash,
-    and sweep and selection settings do not change what training computes."""
-    train = dataclasses.replace(config.train, lr=lr, seed=seed, epochs=0, device="any", telemetry=True)
+    switch are left out, so a run can be extended or moved; the memory strategy enters the identity resolved
+    (train() adds it); the data settings are covered by the split hash, and sweep and selection settings do
+    not change what training computes."""
+    train = dataclasses.replace(config.train, lr=lr, seed=seed, epochs=0, device="any", telemetry=True, memory="any")
     full = to_dict(dataclasses.replace(config, train=train))
     tree = {section: full[section] for section in ("encoder", "model", "train")}
     return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()

@@ -1,0 +1,105 @@
+"""The memory-saving strategy in training: checkpointing changes no gradient; 8-bit AdamW runs, resumes, and
+is part of the run's identity."""
+
+import pytest
+import torch
+from bitsandbytes.optim import AdamW8bit
+
+from redheart.data.dataset import load_split
+from redheart.model.model import RedHeartModel
+from redheart.train.loop import forward_losses
+from redheart.train.recipe import train
+from redheart.train.resume import ResumeError
+from redheart.train.telemetry import read_metrics
+from test_train_recipe import live_weights
+from tiny_run import tiny_config
+
+SAVING = {"train.memory": "saving"}
+
+
+def gradients(data, checkpointing: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Loss and gradients of one micro-batch with R-Drop and dropout on."""
+    config = tiny_config()
+    torch.manual_seed(0)
+    split = load_split(data, "train")
+    model = RedHeartModel(config.model, split.input_dim, split.max_segments)
+    model.activation_checkpointing = checkpointing
+    torch.manual_seed(1)  # the same dropout draws for both runs
+    total, _ = forward_losses(model, split.batch(torch.arange(8)), config.train)
+    total.backward()
+    return total.detach(), {name: p.grad for name, p in model.named_parameters()}
+
+
+def test_per_module_checkpointing_gives_the_same_loss_and_gradients(data, monkeypatch):
+    import redheart.model.model as model_file
+
+    calls = []
+    real = model_file.checkpoint
+
+    def counted(module, *args, **kwargs):
+        calls.append(module)
+        return real(module, *args, **kwargs)
+
+    monkeypatch.setattr(model_file, "checkpoint", counted)
+    loss, plain = gradients(data, checkpointing=False)
+    assert not calls
+    loss_ckpt, checkpointed = gradients(data, checkpointing=True)
+    assert len(calls) == 17  # every top-level module but the fusion; R-Drop is one concatenated forward
+    assert torch.equal(loss, loss_ckpt)
+    for name, grad in plain.items():
+        torch.testing.assert_close(checkpointed[name], grad, rtol=1e-6, atol=1e-7, msg=name)
+
+
+@pytest.fixture(scope="module")
+def saving_run(data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("saving")
+    return train(data, tiny_config(**SAVING), lr=3e-3, epochs=2, log_dir=out, progress=False)
+
+
+def test_saving_strategy_trains_and_learns(saving_run):
+    rows = read_metrics(saving_run.output.metrics_log)
+    assert [row["epoch"] for row in rows] == [1, 2]
+    assert rows[1]["train_loss"]["total"] < rows[0]["train_loss"]["total"]
+    assert sum(rows[1]["val"]["loss"].values()) < sum(rows[0]["val"]["loss"].values())
+
+
+def test_saving_strategy_resumes_its_8bit_state_exactly(data, saving_run, tmp_path):
+    train(data, tiny_config(**SAVING), lr=3e-3, epochs=1, log_dir=tmp_path, progress=False)
+    resumed = train(data, tiny_config(**SAVING), lr=3e-3, epochs=2, log_dir=tmp_path, progress=False)
+    reference, continued = live_weights(saving_run), live_weights(resumed)
+    for key in reference:
+        assert torch.equal(reference[key], continued[key]), key
+
+
+def test_the_strategy_builds_the_8bit_optimizer(data, tmp_path, monkeypatch):
+    built = []
+    import redheart.train.recipe as recipe
+
+    real = recipe.build_optimizer
+
+    def recorded(*args):
+        built.append(real(*args))
+        return built[-1]
+
+    monkeypatch.setattr(recipe, "build_optimizer", recorded)
+    train(data, tiny_config(**SAVING), lr=3e-3, epochs=1, log_dir=tmp_path, progress=False, save_checkpoints=False)
+    assert isinstance(built[0], AdamW8bit)
+
+
+def test_resuming_with_another_strategy_is_refused(data, saving_run):
+    with pytest.raises(ResumeError, match="memory"):
+        train(data, tiny_config(**{"train.memory": "standard"}), lr=3e-3, epochs=3, log_dir=saving_run.output.root, progress=False)
+
+
+def test_swap_strategy_trains_like_the_standard_one(data, tmp_path):
+    """Without dropout (whose draws come in another order when groups run one at a time) the runs agree."""
+    no_dropout = {"model.dropout": 0.0}
+    runs = {
+        name: train(data, tiny_config(**no_dropout, **{"train.memory": name}), lr=3e-3, epochs=1,
+                    log_dir=tmp_path / name, progress=False, save_checkpoints=False)
+        for name in ("standard", "swap")
+    }
+    standard, swap = live_weights(runs["standard"]), live_weights(runs["swap"])
+    for key in standard:
+        torch.testing.assert_close(swap[key], standard[key], rtol=1e-4, atol=1e-4, msg=key)
+    assert runs["swap"].final["train_loss"]["total"] == pytest.approx(runs["standard"].final["train_loss"]["total"], rel=1e-5)
