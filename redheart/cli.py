@@ -104,11 +104,13 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
+    from redheart.train.distributed import join_job
     from redheart.train.recipe import train
 
     run = RunDir(args.run)
     config = _run_config(run, args)
-    train(run, config, lr=args.lr)
+    with join_job(config.train.device) as distributed:  # one process unless started by torchrun
+        train(run, config, lr=args.lr, distributed=distributed)
 
 
 def _cmd_analyze(args: argparse.Namespace) -> None:

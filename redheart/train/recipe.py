@@ -25,6 +25,7 @@ from redheart.evaluate.metrics import headline
 from redheart.model.model import RedHeartModel
 from redheart.rundir import RunDir
 from redheart.train.checkpoints import save_checkpoint
+from redheart.train.distributed import Distributed
 from redheart.train.ema import build_ema
 from redheart.train.evaluation import evaluate, metrics_of, predict, split_targets
 from redheart.train.faults import NO_FAULTS, Faults
@@ -35,7 +36,8 @@ from redheart.train.optim import build_optimizer
 from redheart.train.precision import choose_precision, resolve_device
 from redheart.train.resume import has_resume, load_resume, save_resume
 from redheart.train.schedule import build_scheduler, steps_per_epoch
-from redheart.train.signals import interruption, stop_on_signals
+from redheart.train.shared_window import run_shared_epoch
+from redheart.train.signals import TrainingInterrupted, interruption, stop_on_signals
 from redheart.train.telemetry import RunTelemetry, append_metrics, log_scalars, peak_memory_bytes, read_metrics
 
 
@@ -60,22 +62,28 @@ def train(
     progress: bool = True,
     resume_every: int = 0,
     faults: Faults = NO_FAULTS,
+    distributed: Distributed | None = None,
 ) -> TrainResult:
     """Train on `run`'s data; outputs go to `log_dir` (a run-folder layout; a sweep trial) or to `run`.
 
     A resume state in the output folder is continued from; one from another config or split is refused.
     The state is saved at every epoch end and, with `resume_every` N > 0, every N micro-steps. SIGINT
     or SIGTERM stops after the current micro-step with the state saved (exit code 130 or 143).
+
+    With `distributed` (a torchrun job, distributed.py) every rank calls this; each trains its share of
+    every window (shared_window.py), and rank 0 alone writes files and shows progress. The state is then
+    saved, and a signal obeyed, only at window ends, so it loads with any number of processes.
     """
     tc = config.train
     out = RunDir(log_dir) if log_dir is not None else run
     lr, lr_source = resolve_lr(run, config, lr)
     epochs = tc.epochs if epochs is None else epochs
     seed = tc.seed if seed is None else seed
-    device = resolve_device(tc.device)
+    distributed = distributed or Distributed.single(resolve_device(tc.device))
+    device, main = distributed.device, distributed.is_main
 
     train_split, val_split = load_split(run, "train"), load_split(run, "val")
-    if not run.baselines.exists():
+    if main and not run.baselines.exists():
         write_json(run.baselines, run_baselines(train_split, val_split))
 
     torch.manual_seed(seed)
@@ -90,6 +98,9 @@ def train(
     optimizer = build_optimizer(model, lr, tc, memory.optimizer)
     scheduler = build_scheduler(optimizer, tc, steps_per_epoch(len(train_split), tc.micro_batch, tc.accumulation))
     trainer = (GroupSwapTrainer if memory.group_swap else Trainer)(model, optimizer, scheduler, ema, precision, tc, faults)
+    if memory.group_swap and distributed.world_size > 1:
+        raise ValueError(f"memory strategy {memory.name!r} trains in one process only; with torchrun set train.memory to "
+                         "'standard' or 'saving', or train in one process")
 
     # The strategy is part of the identity: its optimizer state and numerics differ (8-bit moments, bf16).
     identity = {"config_hash": config_hash(config, lr, seed), "split_hash": split_hash(run), "memory": memory.name}
@@ -98,8 +109,12 @@ def train(
         info = load_resume(out.resume, trainer, identity)
         start_epoch, start_micro, tally = info["epoch"], info["micro_step"], EpochTally.from_json(info["tally"])
         start_sample = info.get("sample", 0)
+        if not main:  # a window begun by one process: its gradients so far must be counted once, by rank 0
+            model.zero_grad(set_to_none=True)
 
     def save_state(epoch: int, sample: int, micro_step: int, state: EpochTally) -> None:
+        if not main:
+            return
         info = {**identity, "epoch": epoch, "sample": sample, "micro_step": micro_step, "tally": state.to_json(),
                 "lr": lr, "lr_source": lr_source, "seed": seed}
         save_resume(out.resume, trainer, info, faults)
@@ -109,20 +124,30 @@ def train(
     stop = signals.enter_context(stop_on_signals())
     micro_done = start_micro
 
-    def after_micro_step(epoch: int, sample: int, state: EpochTally) -> None:
-        """Progress, the periodic resume state, and a clean stop on SIGINT/SIGTERM."""
+    def after_steps(epoch: int, sample: int, state: EpochTally, steps: int) -> None:
+        """Progress, the periodic resume state, and a clean stop on SIGINT/SIGTERM, after `steps` micro-steps."""
         nonlocal micro_done
-        micro_done += 1
-        bar.update(1)
-        if stop.requested or (resume_every > 0 and micro_done % resume_every == 0):
+        periodic = resume_every > 0 and (micro_done + steps) // resume_every > micro_done // resume_every
+        micro_done += steps
+        bar.update(steps)
+        distributed.agree_on_stop(stop)
+        if stop.requested or periodic:
             save_state(epoch, sample, micro_done, state)
         if stop.requested:
-            raise interruption(stop, out.resume, command)
+            distributed.barrier()  # torchrun ends every rank once one exits: not before rank 0 has saved
+            raise interruption(stop, out.resume, command) if main else TrainingInterrupted(stop, "")
+
+    def run_epoch(epoch: int, start_sample: int, tally: EpochTally) -> EpochTally:
+        if distributed.world_size == 1:
+            return trainer.run_epoch(train_split, epoch, seed, start_sample, tally, lambda s, t: after_steps(epoch, s, t, 1))
+        return run_shared_epoch(trainer, distributed, train_split, epoch, seed, start_sample, tally,
+                                lambda s, t, n: after_steps(epoch, s, t, n))
 
     per_epoch_micro = len(micro_batches(len(train_split), tc.micro_batch, seed, 0))
-    writer = SummaryWriter(str(out.tensorboard))
-    telemetry = RunTelemetry(out, trainer, writer, epochs, enabled=tc.telemetry)
-    bar = tqdm(total=epochs * per_epoch_micro, initial=start_epoch * per_epoch_micro + start_micro, unit="micro-step", disable=not progress)
+    writer = SummaryWriter(str(out.tensorboard)) if main else None
+    telemetry = RunTelemetry(out, trainer, writer, epochs, enabled=tc.telemetry and main)
+    bar = tqdm(total=epochs * per_epoch_micro, initial=start_epoch * per_epoch_micro + start_micro, unit="micro-step",
+               disable=not (progress and main))
     done = read_metrics(out.metrics_log)
     record: dict[str, Any] = done[-1] if done and start_epoch >= epochs else {}
     try:
@@ -131,16 +156,17 @@ def train(
             started = time.perf_counter()
             samples_before = tally.samples
             telemetry.start_epoch(tally, checkpoint=save_checkpoints and (epoch + 1) % tc.checkpoint_every == 0)
-            tally = trainer.run_epoch(train_split, epoch, seed, start_sample, tally, lambda s, t: after_micro_step(epoch, s, t))
+            tally = run_epoch(epoch, start_sample, tally)
             seconds = time.perf_counter() - started
             record = epoch_record(epoch + 1, trainer, tally, val_split, tc.label_smoothing)
             record.update(seconds=seconds, samples_per_second=(tally.samples - samples_before) / seconds, lr_source=lr_source)
             record["peak_memory_bytes"] = peak_memory_bytes(device)
             telemetry.finish_epoch(record, tally)
             bar.set_postfix(loss=f"{record['train_loss']['total']:.4f}", val=f"{sum(record['val']['loss'].values()):.4f}")
-            append_metrics(out.metrics_log, record)
-            log_scalars(writer, record)
-            if save_checkpoints and (epoch + 1) % tc.checkpoint_every == 0:
+            if main:
+                append_metrics(out.metrics_log, record)
+                log_scalars(writer, record)
+            if main and save_checkpoints and (epoch + 1) % tc.checkpoint_every == 0:
                 save_checkpoint(model, out.checkpoint(epoch + 1), record, config.preset, telemetry.checkpoint_files(epoch + 1), faults)
                 telemetry.report_progress()
             start_sample, micro_done, tally = 0, 0, EpochTally()
@@ -148,9 +174,11 @@ def train(
     finally:
         signals.close()
         bar.close()
-        writer.close()
-    if trainer.ema is not None and save_checkpoints and record:
+        if writer is not None:
+            writer.close()
+    if main and trainer.ema is not None and save_checkpoints and record:
         save_checkpoint(trainer.ema.module, out.checkpoints / "ema", record, config.preset)
+    distributed.barrier()  # every rank returns once the outputs are complete
     return TrainResult(lr=lr, lr_source=lr_source, epochs=epochs, seed=seed, final=record, output=out)
 
 
