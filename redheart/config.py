@@ -39,6 +39,10 @@ FULL_TOTAL = 730_466_848
 @dataclass(frozen=True)
 class DataConfig:
     dedup_threshold: float = 92.0  # rapidfuzz fuzz.ratio, 0-100
+    # "exact" (all pairs, bounded), "minhash" (LSH proposes, fuzz.ratio decides), or "auto": minhash above
+    # minhash_above records, where the exact method's time and memory grow with the square of the set.
+    dedup_method: str = "auto"
+    minhash_above: int = 20_000
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seed: int = 13
     length_bins: int = 4  # text-length quantile bins crossed with the label when stratifying

@@ -65,3 +65,18 @@ def test_prepare_strict_raises_and_writes_nothing(tmp_path, data_file):
     with pytest.raises(DataError, match="id 'bad'"):
         prepare(data_file, run, DataConfig(), strict=True)
     assert not run.data.exists()
+
+
+@pytest.mark.parametrize("settings", [{"dedup_method": "minhash"}, {"minhash_above": 10}])
+def test_minhash_dedup_in_prepare_finds_what_the_exact_method_finds(tmp_path, data_file, settings):
+    exact = prepare(data_file, RunDir(tmp_path / "exact"), DataConfig(dedup_method="exact"))
+    lsh = prepare(data_file, RunDir(tmp_path / "lsh"), DataConfig(**settings))
+    assert lsh.duplicates_removed == exact.duplicates_removed == 1
+    assert read_json(RunDir(tmp_path / "lsh").duplicates) == read_json(RunDir(tmp_path / "exact").duplicates)
+    assert read_json(RunDir(tmp_path / "lsh").data_stats)["dedup_method"] == "minhash"
+    assert read_json(RunDir(tmp_path / "exact").data_stats)["dedup_method"] == "exact"
+
+
+def test_unknown_dedup_method_is_refused(tmp_path, data_file):
+    with pytest.raises(ValueError, match="dedup_method"):
+        prepare(data_file, RunDir(tmp_path / "run"), DataConfig(dedup_method="fuzzy"))

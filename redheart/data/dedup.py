@@ -85,7 +85,7 @@ def near_duplicates(texts: Sequence[str], threshold: float, progress: bool = Fal
 
 def similar_pairs(texts: Sequence[str], threshold: float, progress: bool = False) -> list[tuple[int, int, float]]:
     """Every unordered pair (i, j, score) of `texts` with fuzz.ratio >= threshold, each pair once."""
-    _check_threshold(threshold)
+    check_threshold(threshold)
     order = sorted(range(len(texts)), key=lambda k: len(texts[k]))
     ordered = [texts[k] for k in order]
     lengths = [len(t) for t in ordered]
@@ -105,7 +105,7 @@ def similar_pairs(texts: Sequence[str], threshold: float, progress: bool = False
 def cross_pairs(queries: Sequence[str], choices: Sequence[str], threshold: float,
                 progress: bool = False) -> list[tuple[int, int, float]]:
     """Every (query index, choice index, score) with fuzz.ratio >= threshold between two sets of texts."""
-    _check_threshold(threshold)
+    check_threshold(threshold)
     order = sorted(range(len(choices)), key=lambda k: len(choices[k]))
     ordered = [choices[k] for k in order]
     lengths = [len(t) for t in ordered]
@@ -198,7 +198,7 @@ def _shortest_match(length: int, threshold: float) -> float:
     return length * threshold / (200.0 - threshold) - 1
 
 
-def _check_threshold(threshold: float) -> None:
+def check_threshold(threshold: float) -> None:
     # At 0 every pair matches, and cdist reports scores under the cutoff as 0, so 0 is not usable.
     if not 0 < threshold <= 100:
         raise ValueError(f"dedup threshold must be in (0, 100] on the fuzz.ratio scale, got {threshold}")

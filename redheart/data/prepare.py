@@ -19,6 +19,7 @@ from scipy.stats import ks_2samp
 from redheart.atomic import write_json, write_jsonl
 from redheart.config import DataConfig
 from redheart.data.dedup import DedupResult, near_duplicates
+from redheart.data.minhash_dedup import minhash_near_duplicates
 from redheart.data.records import load_records
 from redheart.data.schema import EMOTIONS, VERDICTS
 from redheart.data.split import NO_LABEL, Split, check_leakage, split_records
@@ -52,7 +53,7 @@ def prepare(data_path: str | Path, run: RunDir, config: DataConfig, strict: bool
     seconds["load"] = _lap(clock)
 
     clock = time.perf_counter()
-    dedup = near_duplicates([record["text"] for record in loaded.records], config.dedup_threshold, progress=True)
+    dedup = remove_near_duplicates([record["text"] for record in loaded.records], config)
     records = [loaded.records[i] for i in dedup.kept]
     seconds["dedup"] = _lap(clock)
 
@@ -71,6 +72,7 @@ def prepare(data_path: str | Path, run: RunDir, config: DataConfig, strict: bool
         "rejected_by_reason": dict(sorted(loaded.rejected_by_reason.items())),
         "ignored_fields": dict(loaded.ignored_fields),
         "duplicates_removed": len(dedup.removed),
+        "dedup_method": dedup_method(len(loaded.records), config),
         "clean_records": len(records),
         "split_sizes": split.sizes(),
         "stratified_by": split.stratified_by,
@@ -174,6 +176,22 @@ def _emotion_argmax(rows: list[dict[str, Any]]) -> dict[str, Any]:
     majority = counts.most_common(1)[0] if counts else (None, 0)
     return {"counts": {name: counts[name] for name in EMOTIONS}, "labelled": total,
             "majority": majority[0], "majority_share": majority[1] / total if total else None}
+
+
+def dedup_method(count: int, config: DataConfig) -> str:
+    """config.dedup_method with "auto" resolved for a set of `count` records."""
+    if config.dedup_method == "auto":
+        return "minhash" if count > config.minhash_above else "exact"
+    if config.dedup_method not in ("exact", "minhash"):
+        raise ValueError(f"unknown data.dedup_method {config.dedup_method!r}; choose 'exact', 'minhash' or 'auto'")
+    return config.dedup_method
+
+
+def remove_near_duplicates(texts: Sequence[str], config: DataConfig) -> DedupResult:
+    """The keep-first result by the configured method; both decide every pair by fuzz.ratio."""
+    if dedup_method(len(texts), config) == "minhash":
+        return minhash_near_duplicates(texts, config.dedup_threshold, progress=True)
+    return near_duplicates(texts, config.dedup_threshold, progress=True)
 
 
 def _duplicates_report(records: Sequence[dict[str, Any]], dedup: DedupResult, threshold: float) -> dict[str, Any]:
