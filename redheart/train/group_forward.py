@@ -16,6 +16,7 @@ from redheart.config import TrainConfig
 from redheart.model.groups import GROUPS
 from redheart.model.losses import DISTRIBUTION_TARGETS, Outputs, split_halves
 from redheart.model.model import HEADS, MODULE_TARGETS, RedHeartModel
+from redheart.train.loop import rdrop_losses
 
 # The group holding the Kalman fusion, which reads every other group's predictions: it goes last.
 FUSION_GROUP = "group_c"
@@ -70,12 +71,7 @@ def group_loss(
         parts = model.losses(outs[0], batch, config.label_smoothing)
         return sum(parts.values()), parts
     out_a, out_b = split_halves(outs[0]) if len(outs) == 1 else outs
-    losses_a = model.losses(out_a, batch, config.label_smoothing)
-    losses_b = model.losses(out_b, batch, config.label_smoothing)
-    parts = {name: (losses_a[name] + losses_b[name]) / 2 for name in losses_a}
-    consistency = sum(model.consistency(out_a, out_b).values())
-    total = sum(parts.values()) + config.rdrop_alpha * consistency
-    return total, {**parts, "consistency": consistency.detach()}
+    return rdrop_losses(model, out_a, out_b, batch, config)
 
 
 def detached(out: Outputs) -> Outputs:

@@ -17,7 +17,7 @@ from torch.utils.checkpoint import checkpoint
 
 from redheart.config import TrainConfig
 from redheart.data.dataset import SplitTensors, epoch_order
-from redheart.model.losses import split_halves
+from redheart.model.losses import Outputs, split_halves
 from redheart.train.faults import NO_FAULTS, Faults
 from redheart.train.oom import BatchPlan, release_memory
 from redheart.train.precision import Precision
@@ -43,6 +43,13 @@ def forward_losses(
     else:
         # One forward over [x; x]: dropout draws independent masks per row, so the halves are the two passes.
         out_a, out_b = split_halves(model(torch.cat([x, x]), torch.cat([mask, mask])))
+    return rdrop_losses(model, out_a, out_b, batch, config)
+
+
+def rdrop_losses(
+    model: nn.Module, out_a: Outputs, out_b: Outputs, batch: Batch, config: TrainConfig
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """R-Drop's objective from the two passes: the mean task loss per module plus alpha times their consistency."""
     losses_a = model.losses(out_a, batch, config.label_smoothing)
     losses_b = model.losses(out_b, batch, config.label_smoothing)
     parts = {name: (losses_a[name] + losses_b[name]) / 2 for name in losses_a}
