@@ -88,6 +88,7 @@ class TrainConfig:
     seed: int = 13
     device: str = "auto"
     memory: str = "auto"  # "standard", "saving", "swap" (train/memory_strategy.py), or the memory plan's choice
+    distributed: str = "auto"  # under torchrun: "ddp", "fsdp" (train/sharding.py), or "auto": fsdp for the full preset
     telemetry: bool = True  # module_stats.json per checkpoint, progress reports, per-epoch "telemetry" block
 
 

@@ -11,6 +11,9 @@ Checkpoints are compared by what they compute (predictions on validation), not w
 texts are one segment each, so the attention's query and key weights (and its key bias, always) get no
 gradient in exact arithmetic, and AdamW turns the rounding noise they do get into full-size steps that
 depend on the order of additions and change no output.
+
+With train.distributed=fsdp each rank holds half of every weight (redheart/train/sharding.py); the
+training, and what is saved, is the same.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ import numpy as np
 import pytest
 import torch
 
-from redheart.config import load_config
+from redheart.config import PRESETS, RunConfig, load_config
 from redheart.data.dataset import load_split
 from redheart.model.model import RedHeartModel
 from redheart.rundir import RunDir
@@ -34,8 +37,10 @@ from redheart.train.checkpoints import load_checkpoint
 from redheart.train.distributed import join_job
 from redheart.train.evaluation import predict
 from redheart.train.faults import Faults
+from redheart.train.memory_plan import resolve_strategy
 from redheart.train.recipe import train
 from redheart.train.resume import read_resume_info
+from redheart.train.sharding import uses_fsdp
 from redheart.train.telemetry import read_metrics
 from tiny_run import tiny_config
 
@@ -66,18 +71,18 @@ def torchrun_train(run: Path, epochs: int) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
 
 
-def train_in_two_processes(data: RunDir, out: Path) -> None:
+def train_in_two_processes(data: RunDir, out: Path, config: RunConfig = CONFIG, epochs: int = EPOCHS) -> None:
     """Two ranks forked from this process (no second start-up), each joining the group as torchrun's workers do."""
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    torch.multiprocessing.start_processes(_rank, args=(data.root, out, port), nprocs=2, start_method="fork")
+    torch.multiprocessing.start_processes(_rank, args=(data.root, out, port, config, epochs), nprocs=2, start_method="fork")
 
 
-def _rank(rank: int, data_root: Path, out: Path, port: int) -> None:
+def _rank(rank: int, data_root: Path, out: Path, port: int, config: RunConfig, epochs: int) -> None:
     os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     with join_job("cpu") as distributed:
-        train(RunDir(data_root), CONFIG, lr=LR, epochs=EPOCHS, log_dir=out, progress=False, distributed=distributed)
+        train(RunDir(data_root), config, lr=LR, epochs=epochs, log_dir=out, progress=False, distributed=distributed)
 
 
 def assert_same_training(out: RunDir, reference: RunDir, data: RunDir) -> None:
@@ -134,3 +139,31 @@ def test_a_window_begun_by_one_process_is_finished_by_two(data, reference, tmp_p
     assert (info["epoch"], info["sample"]) == (0, 8)  # 2 of the window's 5 micro-batches, their gradients saved
     train_in_two_processes(data, tmp_path)
     assert_same_training(RunDir(tmp_path), reference, data)
+
+
+FSDP = tiny_config(**OVERRIDES, **{"train.distributed": "fsdp"})
+
+
+def test_fsdp_two_processes_match_one_and_one_process_resumes_their_state(data, reference, tmp_path):
+    """Each rank holds half of every weight; what is saved is whole, so one process takes over."""
+    train_in_two_processes(data, tmp_path, FSDP, epochs=1)
+    assert read_resume_info(tmp_path / "resume")["epoch"] == 1
+    train(data, CONFIG, lr=LR, epochs=EPOCHS, log_dir=tmp_path, progress=False)  # the second epoch in one process
+    assert_same_training(RunDir(tmp_path), reference, data)
+
+
+def test_fsdp_finishes_a_window_begun_by_one_process(data, reference, tmp_path):
+    """The saved gradients of 2 of the window's 5 micro-batches are split between the ranks' shards."""
+    with pytest.raises(Stop):
+        train(data, CONFIG, lr=LR, epochs=EPOCHS, log_dir=tmp_path, progress=False, resume_every=1, faults=stop_at_forward(3))
+    train_in_two_processes(data, tmp_path, FSDP)
+    assert_same_training(RunDir(tmp_path), reference, data)
+
+
+def test_fsdp_is_the_full_presets_choice_and_trains_with_the_standard_memory_strategy_only():
+    assert uses_fsdp(PRESETS["full"], world_size=2) and not uses_fsdp(PRESETS["full"], world_size=1)
+    assert uses_fsdp(FSDP, world_size=2) and not uses_fsdp(CONFIG, world_size=2)
+    model = RedHeartModel(CONFIG.model, input_dim=32, max_segments=4)
+    assert resolve_strategy(model, FSDP, torch.device("cpu"), sharded=True).name == "standard"
+    with pytest.raises(ValueError, match="'saving' cannot be combined with FSDP"):
+        resolve_strategy(model, tiny_config(**{"train.memory": "saving"}), torch.device("cpu"), sharded=True)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.distributed.tensor import DTensor
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.checkpoint import checkpoint
 
@@ -143,6 +144,8 @@ class Trainer:
         params = [p for group in self.optimizer.param_groups for p in group["params"]]
         max_norm = self.config.clip_norm if self.config.clip_norm > 0 else float("inf")
         norm = torch.nn.utils.clip_grad_norm_(params, max_norm)
+        if isinstance(norm, DTensor):  # FSDP: the norm over every rank's shards
+            norm = norm.full_tensor()
         self.scaler.step(self.optimizer)
         self.scaler.update()
         if last_of_epoch and self.grad_probe is not None:

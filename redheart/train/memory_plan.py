@@ -152,12 +152,18 @@ def device_memory(device: torch.device) -> int | None:
     return torch.cuda.get_device_properties(device).total_memory
 
 
-def resolve_strategy(model: nn.Module, config: RunConfig, device: torch.device) -> MemoryStrategy:
-    """config.train.memory, or for "auto" the plan's choice for `device` (standard off CUDA: host memory is not planned)."""
+def resolve_strategy(model: nn.Module, config: RunConfig, device: torch.device, sharded: bool = False) -> MemoryStrategy:
+    """config.train.memory, or for "auto" the plan's choice for `device` (standard off CUDA: host memory is not planned).
+
+    `sharded` (FSDP, sharding.py): only "standard"; sharding is the saving, and the plan counts whole tensors.
+    """
+    if sharded and config.train.memory not in ("auto", "standard"):
+        raise ValueError(f"memory strategy {config.train.memory!r} cannot be combined with FSDP (train.distributed); "
+                         "set train.memory to 'standard' or 'auto', or train.distributed to 'ddp'")
     if config.train.memory != "auto":
         return strategy(config.train.memory)
     vram = device_memory(device)
-    if vram is None:
+    if vram is None or sharded:
         return STRATEGIES["standard"]
     plan = plan_memory(model, config, vram, DEFAULT_RESERVE)
     if plan.chosen is None:

@@ -24,19 +24,16 @@ from redheart.evaluate.baselines import compute_baselines
 from redheart.evaluate.metrics import headline
 from redheart.model.model import RedHeartModel
 from redheart.rundir import RunDir
+from redheart.train.build_trainer import build_trainer
 from redheart.train.checkpoints import save_checkpoint
 from redheart.train.distributed import Distributed
-from redheart.train.ema import build_ema
 from redheart.train.evaluation import evaluate, metrics_of, predict, split_targets
 from redheart.train.faults import NO_FAULTS, Faults
-from redheart.train.group_swap import GroupSwapTrainer
 from redheart.train.loop import EpochTally, Trainer
-from redheart.train.memory_plan import resolve_strategy
-from redheart.train.optim import build_optimizer
-from redheart.train.precision import choose_precision, resolve_device
-from redheart.train.resume import has_resume, load_resume, save_resume
-from redheart.train.schedule import build_scheduler, steps_per_epoch
+from redheart.train.precision import resolve_device
+from redheart.train.resume import has_resume, load_resume, resume_tensors, save_resume
 from redheart.train.shared_window import run_shared_epoch
+from redheart.train.sharding import drop_summed_grads, host_view, is_sharded
 from redheart.train.signals import TrainingInterrupted, interruption, stop_on_signals
 from redheart.train.telemetry import RunTelemetry, append_metrics, log_scalars, peak_memory_bytes, read_metrics
 
@@ -72,7 +69,8 @@ def train(
 
     With `distributed` (a torchrun job, distributed.py) every rank calls this; each trains its share of
     every window (shared_window.py), and rank 0 alone writes files and shows progress. The state is then
-    saved, and a signal obeyed, only at window ends, so it loads with any number of processes.
+    saved, and a signal obeyed, only at window ends, so it loads with any number of processes. Under FSDP
+    (sharding.py) each rank holds a shard of the model; checkpoints and the state are gathered whole.
     """
     tc = config.train
     out = RunDir(log_dir) if log_dir is not None else run
@@ -88,19 +86,7 @@ def train(
 
     torch.manual_seed(seed)
     model = RedHeartModel(config.model, input_dim=train_split.input_dim, max_segments=train_split.max_segments)
-    memory = resolve_strategy(model, config, device)
-    precision = choose_precision(device, tc.amp, memory.bf16 is True, cache_weight_casts=not memory.activation_checkpointing)
-    model.activation_checkpointing = memory.activation_checkpointing
-    # The EMA copy is made while the model is still on the host, so a host-side EMA never touches the device.
-    ema = build_ema(model, tc.ema_decay, torch.device("cpu") if memory.ema_on_host else device)
-    if not memory.group_swap:  # the swap trainer moves one group at a time itself
-        model.to(device)
-    optimizer = build_optimizer(model, lr, tc, memory.optimizer)
-    scheduler = build_scheduler(optimizer, tc, steps_per_epoch(len(train_split), tc.micro_batch, tc.accumulation))
-    trainer = (GroupSwapTrainer if memory.group_swap else Trainer)(model, optimizer, scheduler, ema, precision, tc, faults)
-    if memory.group_swap and distributed.world_size > 1:
-        raise ValueError(f"memory strategy {memory.name!r} trains in one process only; with torchrun set train.memory to "
-                         "'standard' or 'saving', or train in one process")
+    trainer, memory = build_trainer(model, config, lr, len(train_split), distributed, faults)
 
     # The strategy is part of the identity: its optimizer state and numerics differ (8-bit moments, bf16).
     identity = {"config_hash": config_hash(config, lr, seed), "split_hash": split_hash(run), "memory": memory.name}
@@ -109,15 +95,15 @@ def train(
         info = load_resume(out.resume, trainer, identity)
         start_epoch, start_micro, tally = info["epoch"], info["micro_step"], EpochTally.from_json(info["tally"])
         start_sample = info.get("sample", 0)
-        if not main:  # a window begun by one process: its gradients so far must be counted once, by rank 0
-            model.zero_grad(set_to_none=True)
+        if not main:  # a window begun by one process: its gradients count once (FSDP shards already split them)
+            drop_summed_grads(model)
 
     def save_state(epoch: int, sample: int, micro_step: int, state: EpochTally) -> None:
-        if not main:
-            return
-        info = {**identity, "epoch": epoch, "sample": sample, "micro_step": micro_step, "tally": state.to_json(),
-                "lr": lr, "lr_source": lr_source, "seed": seed}
-        save_resume(out.resume, trainer, info, faults)
+        tensors = resume_tensors(trainer)  # on every rank: under FSDP gathering the shards is a collective
+        if main:
+            info = {**identity, "epoch": epoch, "sample": sample, "micro_step": micro_step, "tally": state.to_json(),
+                    "lr": lr, "lr_source": lr_source, "seed": seed}
+            save_resume(out.resume, trainer, info, faults, tensors)
 
     command = f"redheart train --run {shlex.quote(str(run.root))}" if log_dir is None else "the same command again"
     signals = ExitStack()
@@ -145,7 +131,7 @@ def train(
 
     per_epoch_micro = len(micro_batches(len(train_split), tc.micro_batch, seed, 0))
     writer = SummaryWriter(str(out.tensorboard)) if main else None
-    telemetry = RunTelemetry(out, trainer, writer, epochs, enabled=tc.telemetry and main)
+    telemetry = RunTelemetry(out, trainer, writer, epochs, enabled=tc.telemetry and main, gradients=not is_sharded(model))
     bar = tqdm(total=epochs * per_epoch_micro, initial=start_epoch * per_epoch_micro + start_micro, unit="micro-step",
                disable=not (progress and main))
     done = read_metrics(out.metrics_log)
@@ -166,9 +152,12 @@ def train(
             if main:
                 append_metrics(out.metrics_log, record)
                 log_scalars(writer, record)
-            if main and save_checkpoints and (epoch + 1) % tc.checkpoint_every == 0:
-                save_checkpoint(model, out.checkpoint(epoch + 1), record, config.preset, telemetry.checkpoint_files(epoch + 1), faults)
-                telemetry.report_progress()
+            if save_checkpoints and (epoch + 1) % tc.checkpoint_every == 0:
+                weights = host_view(model)  # on every rank: a collective under FSDP; None off rank 0
+                if main:
+                    files = telemetry.checkpoint_files(epoch + 1, weights)
+                    save_checkpoint(weights, out.checkpoint(epoch + 1), record, config.preset, files, faults)
+                    telemetry.report_progress()
             start_sample, micro_done, tally = 0, 0, EpochTally()
             save_state(epoch + 1, 0, 0, tally)
     finally:
@@ -176,8 +165,10 @@ def train(
         bar.close()
         if writer is not None:
             writer.close()
-    if main and trainer.ema is not None and save_checkpoints and record:
-        save_checkpoint(trainer.ema.module, out.checkpoints / "ema", record, config.preset)
+    if trainer.ema is not None and save_checkpoints and record:
+        ema_weights = host_view(trainer.ema.module)
+        if main:
+            save_checkpoint(ema_weights, out.checkpoints / "ema", record, config.preset)
     distributed.barrier()  # every rank returns once the outputs are complete
     return TrainResult(lr=lr, lr_source=lr_source, epochs=epochs, seed=seed, final=record, output=out)
 
@@ -195,11 +186,12 @@ def resolve_lr(run: RunDir, config: RunConfig, lr: float | None) -> tuple[float,
 
 
 def config_hash(config: RunConfig, lr: float, seed: int) -> str:
-    """Identity of the recipe: encoder, model and training settings. The epoch count, device and telemetry
-    switch are left out, so a run can be extended or moved; the memory strategy enters the identity resolved
-    (train() adds it); the data settings are covered by the split hash, and sweep and selection settings do
-    not change what training computes."""
-    train = dataclasses.replace(config.train, lr=lr, seed=seed, epochs=0, device="any", telemetry=True, memory="any")
+    """Identity of the recipe: encoder, model and training settings. The epoch count, device, telemetry
+    switch and distributed mode are left out, so a run can be extended, moved, or resumed by other processes;
+    the memory strategy enters the identity resolved (train() adds it); the data settings are covered by the
+    split hash, and sweep and selection settings do not change what training computes."""
+    train = dataclasses.replace(config.train, lr=lr, seed=seed, epochs=0, device="any", telemetry=True, memory="any",
+                                distributed="any")
     full = to_dict(dataclasses.replace(config, train=train))
     tree = {section: full[section] for section in ("encoder", "model", "train")}
     return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()

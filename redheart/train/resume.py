@@ -20,13 +20,15 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch import nn
 
 from redheart.atomic import read_json, write_json
 from redheart.train.checkpoints import host_tensors, sha256
 from redheart.train.faults import NO_FAULTS, Faults, write_state_file
 from redheart.train.loop import EpochTally, Trainer
 from redheart.train.oom import BatchPlan
+from redheart.train.sharding import (
+    full_grads, full_optimizer_state, full_state, load_full_grads, load_full_optimizer_state, load_full_state,
+)
 
 POINTER = "current.json"
 SLOTS = ("slot_0", "slot_1")
@@ -44,11 +46,6 @@ def has_resume(folder: Path) -> bool:
     return (folder / POINTER).exists() or any((folder / slot / STATE).exists() for slot in SLOTS)
 
 
-def _grads(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Gradients accumulated so far in an unfinished accumulation window (empty at window ends)."""
-    return {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
-
-
 def _live_slot(folder: Path) -> str | None:
     try:
         slot = read_json(folder / POINTER)["slot"]
@@ -57,27 +54,39 @@ def _live_slot(folder: Path) -> str | None:
     return slot if slot in SLOTS else None
 
 
-def save_resume(folder: Path, trainer: Trainer, info: dict[str, Any], faults: Faults = NO_FAULTS) -> Path:
-    """Write the full training state plus `info` (JSON: epoch, sample, hashes, tallies); returns the slot."""
+def resume_tensors(trainer: Trainer) -> dict[str, Any]:
+    """The trainer's weights, gradients (of an unfinished window), EMA and optimizer state, whole: under FSDP
+    a collective, to call on every rank; rank 0 gets the tensors."""
+    tensors = {"model.safetensors": full_state(trainer.model), "grads.safetensors": full_grads(trainer.model)}
+    if trainer.ema is not None:
+        tensors["ema.safetensors"] = full_state(trainer.ema)
+    return {"tensors": tensors, "optimizer": full_optimizer_state(trainer.model, trainer.optimizer)}
+
+
+def save_resume(
+    folder: Path, trainer: Trainer, info: dict[str, Any], faults: Faults = NO_FAULTS, tensors: dict[str, Any] | None = None
+) -> Path:
+    """Write the full training state plus `info` (JSON: epoch, sample, hashes, tallies); returns the slot.
+
+    `tensors`: resume_tensors(trainer), gathered by the caller when other ranks must take part.
+    """
+    gathered = resume_tensors(trainer) if tensors is None else tensors
     folder = Path(folder)
     live = _live_slot(folder)
     slot = folder / (SLOTS[1] if live == SLOTS[0] else SLOTS[0])
     shutil.rmtree(slot, ignore_errors=True)
     slot.mkdir(parents=True)
-    tensors = {"model.safetensors": trainer.model.state_dict(), "grads.safetensors": _grads(trainer.model)}
-    if trainer.ema is not None:
-        tensors["ema.safetensors"] = trainer.ema.state_dict()
-    for name, state in tensors.items():
+    for name, state in gathered["tensors"].items():
         write_state_file(slot / name, lambda tmp, s=state: save_file(host_tensors(s), str(tmp)), faults)
     training = {
-        "optimizer": trainer.optimizer.state_dict(),
+        "optimizer": gathered["optimizer"],
         "scheduler": trainer.scheduler.state_dict(),
         "scaler": trainer.scaler.state_dict(),
         "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
     write_state_file(slot / "training.pt", lambda tmp: torch.save(training, tmp), faults)
-    names = [*tensors, "training.pt"]
+    names = [*gathered["tensors"], "training.pt"]
     previous = read_resume_info(folder).get("sequence", 0) if live else 0
     state = {
         **info,
@@ -138,22 +147,21 @@ def _load_slot(slot: Path, trainer: Trainer, identity: dict[str, str]) -> dict[s
     path = slot / STATE
     try:
         path = slot / "model.safetensors"
-        trainer.model.load_state_dict(load_file(str(path)), strict=True)
+        load_full_state(trainer.model, load_file(str(path)))
         if trainer.ema is not None:
             path = slot / "ema.safetensors"
-            trainer.ema.load_state_dict(load_file(str(path)), strict=True)
-        path = slot / "grads.safetensors"
-        grads = load_file(str(path))
-        for name, param in trainer.model.named_parameters():
-            param.grad = grads[name].to(param.device) if name in grads else None
+            load_full_state(trainer.ema, load_file(str(path)))
         path = slot / "training.pt"
         training = torch.load(path, weights_only=True, map_location="cpu")
-        trainer.optimizer.load_state_dict(training["optimizer"])
+        # Before the gradients: FSDP's loader takes a zero-learning-rate step to lay out an empty state.
+        load_full_optimizer_state(trainer.model, trainer.optimizer, training["optimizer"])
         trainer.scheduler.load_state_dict(training["scheduler"])
         trainer.scaler.load_state_dict(training["scaler"])
         torch.set_rng_state(training["rng_cpu"])
         if training["rng_cuda"] and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(training["rng_cuda"])
+        path = slot / "grads.safetensors"
+        load_full_grads(trainer.model, load_file(str(path)))
         path = slot / STATE
         if info.get("batch_plan"):
             trainer.plan = BatchPlan.from_json(info["batch_plan"])

@@ -17,6 +17,10 @@ different masks and a resumed run draws the masks of an uninterrupted run with t
 with dropout, runs with other rank counts differ. Out of memory on any rank: all ranks learn it from
 one flag, drop the window's gradients, shrink the plan alike and redo the window from its start.
 
+Under FSDP (sharding.py) every forward and backward is a collective: a rank with fewer micro-batches in
+a window runs weight-0 repeats so that all run as many, FSDP sums the sharded gradients itself, and out
+of memory ends the job, as the other ranks are waiting inside a collective that will not complete.
+
 `after_window(samples_done, tally, micro_steps)` runs on every rank after each optimizer step: the one
 moment the state is the same on all ranks with no partial gradients, so the one moment to save it.
 """
@@ -27,11 +31,13 @@ import warnings
 from collections.abc import Callable
 
 import torch
+from torch.distributed.tensor import DTensor
 
 from redheart.data.dataset import SplitTensors, epoch_order
 from redheart.train.distributed import Distributed
 from redheart.train.loop import EpochTally, Trainer
 from redheart.train.oom import release_memory
+from redheart.train.sharding import is_sharded
 
 
 def run_shared_epoch(
@@ -60,6 +66,8 @@ def run_shared_epoch(
     for window_start in range(start_sample - start_sample % size, len(split), size):
         done = max(0, start_sample - window_start)
         window = order[window_start : window_start + size]
+        if done == len(window):  # a state saved after the epoch's last window, before the epoch's record
+            continue
         torch.manual_seed(window_seed(seed, epoch, window_start, distributed.rank))
         tally, micro_steps = _run_shared_window(trainer, distributed, split, epoch, window, window_start, done, tally)
         if after_window is not None:
@@ -89,17 +97,21 @@ def _run_shared_window(
     if done == 0 or trainer.window_tally is None:
         trainer.window_tally = tally.copy()
     params = [p for group in trainer.optimizer.param_groups for p in group["params"]]
+    sharded = is_sharded(trainer.model)
     while True:
         pieces = torch.split(window[done:], trainer.plan.micro_batch)
         local, failure = EpochTally(), None
-        for index in pieces[distributed.rank :: distributed.world_size]:
+        for index, share in _micro_steps(pieces, len(window), distributed, sharded):
             try:
-                parts = trainer.micro_step(split.batch(index, trainer.precision.device), len(index) / len(window))
+                parts = trainer.micro_step(split.batch(index, trainer.precision.device), share)
             except torch.OutOfMemoryError as error:
+                if sharded:  # the other ranks wait inside this micro-step's collectives; torchrun ends the job
+                    raise
                 # Only the message is kept: the traceback holds the failed step's activations.
                 failure = str(error) or "torch.OutOfMemoryError"
                 break
-            local.add(parts, len(index))
+            if share:
+                local.add(parts, len(index))
         # One collective says whether any rank failed and which parameters have a gradient on any rank.
         flags = distributed.max_ints([failure is not None, *(p.grad is not None for p in params)])
         if not flags[0]:
@@ -112,10 +124,24 @@ def _run_shared_window(
     for param, has_grad in zip(params, flags[1:]):
         if has_grad and param.grad is None:
             param.grad = torch.zeros_like(param)
-    distributed.sum_in_place([p.grad for p in params if p.grad is not None])
+    # FSDP sums the gradients of the parameters it shards itself (sharding.py); the rest are summed here.
+    distributed.sum_in_place([p.grad for p in params if p.grad is not None and not isinstance(p, DTensor)])
     tally.grad_norms.append(trainer.optimizer_step(last_of_epoch=window_start + len(window) == len(split)))
     _add_window(tally, local, len(window) - done, distributed)
     return tally, len(pieces)
+
+
+def _micro_steps(
+    pieces: tuple[torch.Tensor, ...], window_size: int, distributed: Distributed, sharded: bool
+) -> list[tuple[torch.Tensor, float]]:
+    """This rank's micro-batches of the window and their shares of it. Sharded, a rank with fewer than the
+    busiest repeats the window's first micro-batch with share 0 (no gradient, no tally), since every
+    forward and backward of an FSDP model is a collective of all ranks."""
+    steps = [(index, len(index) / window_size) for index in pieces[distributed.rank :: distributed.world_size]]
+    if sharded:
+        busiest = -(-len(pieces) // distributed.world_size)
+        steps += [(pieces[0], 0.0)] * (busiest - len(steps))
+    return steps
 
 
 def _add_window(tally: EpochTally, local: EpochTally, samples: int, distributed: Distributed) -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from redheart.atomic import write_jsonl
@@ -80,9 +81,12 @@ def lr_groups(optimizer: torch.optim.Optimizer) -> dict[str, float]:
 class RunTelemetry:
     """What one training run records besides its losses; with enabled=False every method does nothing."""
 
-    def __init__(self, out: RunDir, trainer: Trainer, writer: SummaryWriter, epochs_total: int, enabled: bool = True) -> None:
+    def __init__(
+        self, out: RunDir, trainer: Trainer, writer: SummaryWriter, epochs_total: int, enabled: bool = True, gradients: bool = True
+    ) -> None:
+        """`gradients` False: module statistics without gradients (FSDP: each rank holds a shard of them)."""
         self.out, self.trainer, self.writer = out, trainer, writer
-        self.epochs_total, self.enabled = epochs_total, enabled
+        self.epochs_total, self.enabled, self.gradients = epochs_total, enabled, gradients
         self.probe = GradientProbe()
         self._started = 0.0
         self._steps_before = 0
@@ -90,7 +94,7 @@ class RunTelemetry:
     def start_epoch(self, tally: EpochTally, checkpoint: bool) -> None:
         """Reset the device's peak memory; arm the gradient probe when the epoch ends in a checkpoint."""
         # Armed only when enabled and a checkpoint ends the epoch; disarmed otherwise, also by a disabled instance.
-        self.trainer.grad_probe = self.probe if self.enabled and checkpoint else None
+        self.trainer.grad_probe = self.probe if self.enabled and self.gradients and checkpoint else None
         if not self.enabled:
             return
         device = self.trainer.precision.device
@@ -114,11 +118,13 @@ class RunTelemetry:
             "peak_host_memory_bytes": peak_host_memory_bytes(),
         }
 
-    def checkpoint_files(self, epoch: int) -> dict[str, Any]:
-        """{MODULE_STATS: statistics} to seal into the checkpoint (save_checkpoint's `extra`); logged to TensorBoard."""
+    def checkpoint_files(self, epoch: int, model: nn.Module | None = None) -> dict[str, Any]:
+        """{MODULE_STATS: statistics} to seal into the checkpoint (save_checkpoint's `extra`); logged to TensorBoard.
+
+        `model`: the weights to describe, when not the trainer's model itself (FSDP: the gathered weights)."""
         if not self.enabled:
             return {}
-        stats = module_stats(self.trainer.model, epoch, self.probe)
+        stats = module_stats(self.trainer.model if model is None else model, epoch, self.probe)
         log_module_stats(self.writer, stats)
         return {MODULE_STATS: stats}
 
