@@ -88,7 +88,8 @@ def _cmd_memory(args: argparse.Namespace) -> None:
     config = preset(args.preset)
     if args.set:
         config = with_overrides(config, args.set)
-    print(format_memory_plan(plan_for_config(config, parse_bytes(args.vram), parse_bytes(args.reserve))))
+    plan = plan_for_config(config, parse_bytes(args.vram), parse_bytes(args.reserve), args.processes)
+    print(format_memory_plan(plan))
 
 
 def _cmd_sweep(args: argparse.Namespace) -> None:
@@ -202,6 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
     memory.add_argument("--preset", default="full")
     memory.add_argument("--vram", default="8GiB", help="device memory, e.g. 8GiB (default), 24GB")
     memory.add_argument("--reserve", default="0.5GiB", help="kept free for the CUDA context and fragmentation")
+    memory.add_argument("--processes", type=int, default=1, help="GPUs sharing the model with FSDP (per-process bytes)")
     memory.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE")
     memory.set_defaults(func=_cmd_memory)
 

@@ -7,7 +7,7 @@ from redheart.cli import main
 from redheart.config import preset
 from redheart.model.model import RedHeartModel
 from redheart.train.activation_bytes import empty_model, measure_activation_bytes
-from redheart.train.memory_plan import GiB, footprints, optimizer_state_bytes, parse_bytes, plan_memory
+from redheart.train.memory_plan import GiB, footprints, fsdp_footprint, optimizer_state_bytes, parse_bytes, plan_memory
 from redheart.train.optim import build_optimizer
 from tiny_run import tiny_config
 
@@ -83,6 +83,15 @@ def test_full_preset_needs_the_saving_strategy_on_8_gib(full_plan_parts):
     assert chosen(ordered, 16) == "standard"
     assert chosen(ordered, 6.5) == "swap"
     assert chosen(ordered, 2) is None
+
+
+def test_fsdp_shares_the_full_model_over_processes(full_plan_parts):
+    model, config, activations = full_plan_parts
+    standard = footprints(model, config, activations)[0]
+    two, four = (fsdp_footprint(model, config, activations[True], n) for n in (2, 4))
+    assert four.device["optimizer"] == standard.device["optimizer"] // 4
+    assert standard.device["weights"] / 4 < four.device["weights"] < standard.device["weights"] / 2
+    assert four.device_total < 7.5 * GiB < two.device_total < standard.device_total
 
 
 def test_plan_of_the_tiny_preset_chooses_standard():

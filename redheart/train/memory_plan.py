@@ -19,6 +19,7 @@ from torch import nn
 
 from redheart.config import RunConfig
 from redheart.model.groups import GROUPS
+from redheart.model.model import MODULES
 from redheart.train.activation_bytes import ActivationBytes, empty_model, measure_activation_bytes
 from redheart.train.oom import OutOfMemory
 from redheart.train.memory_strategy import STRATEGIES, MemoryStrategy, strategy
@@ -127,12 +128,30 @@ def footprints(model: nn.Module, config: RunConfig, activations: dict[bool, Acti
     return out
 
 
-def plan_memory(model: nn.Module, config: RunConfig, vram: int, reserve: int) -> MemoryPlan:
-    """The plan for `model` (on the host; uninitialised weights will do) at the config's micro-batch."""
+def fsdp_footprint(model: nn.Module, config: RunConfig, act: ActivationBytes, processes: int) -> Footprint:
+    """Per process under FSDP (sharding.py, the standard strategy): 1/N of the weights, gradients, AdamW
+    state and EMA, plus one module gathered whole (weights, then its unsharded gradients) at a time."""
+    params = list(model.parameters())
+    weights = sum(p.numel() * p.element_size() for p in params)
+    ema = weights if config.train.ema_decay > 0 else 0
+    largest = max(sum(p.numel() * p.element_size() for p in getattr(model, name).parameters()) for name in MODULES)
+    device = {"weights": weights // processes + largest, "gradients": weights // processes + largest,
+              "optimizer": optimizer_state_bytes(params, "adamw") // processes, "ema": ema // processes,
+              "activations": act.total}
+    note = f"FSDP over {processes} processes, per process; the largest module is gathered whole in its turn"
+    return Footprint(STRATEGIES["standard"], device, {name: 0 for name in COMPONENTS}, note)
+
+
+def plan_memory(model: nn.Module, config: RunConfig, vram: int, reserve: int, processes: int = 1) -> MemoryPlan:
+    """The plan for `model` (on the host; uninitialised weights will do) at the config's micro-batch; with
+    `processes` > 1 the FSDP footprint per process (only the standard strategy combines with FSDP)."""
     rows = config.train.micro_batch * (2 if config.train.rdrop_alpha > 0 else 1)
-    precisions = {config.train.amp if s.bf16 is None else s.bf16 for s in STRATEGIES.values()}
-    activations = {bf16: measure_activation_bytes(model, rows, bf16) for bf16 in sorted(precisions)}
-    prints = footprints(model, config, activations)
+    if processes > 1:
+        prints = [fsdp_footprint(model, config, measure_activation_bytes(model, rows, config.train.amp), processes)]
+    else:
+        precisions = {config.train.amp if s.bf16 is None else s.bf16 for s in STRATEGIES.values()}
+        activations = {bf16: measure_activation_bytes(model, rows, bf16) for bf16 in sorted(precisions)}
+        prints = footprints(model, config, activations)
     chosen = next((f.strategy.name for f in prints if f.device_total <= vram - reserve), None)
     return MemoryPlan(
         preset=config.preset, parameters=sum(p.numel() for p in model.parameters()),
@@ -140,9 +159,10 @@ def plan_memory(model: nn.Module, config: RunConfig, vram: int, reserve: int) ->
     )
 
 
-def plan_for_config(config: RunConfig, vram: int, reserve: int) -> MemoryPlan:
+def plan_for_config(config: RunConfig, vram: int, reserve: int, processes: int = 1) -> MemoryPlan:
     """The plan for the model `config` describes, at the encoder's input size; no weights are initialised."""
-    return plan_memory(empty_model(config, config.encoder.dim, config.encoder.max_segments), config, vram, reserve)
+    model = empty_model(config, config.encoder.dim, config.encoder.max_segments)
+    return plan_memory(model, config, vram, reserve, processes)
 
 
 def device_memory(device: torch.device) -> int | None:

@@ -31,7 +31,8 @@ def format_memory_plan(plan: MemoryPlan) -> str:
         smallest = min(plan.footprints, key=lambda f: f.device_total)
         lines.append(
             f"chosen: none fits. The leanest ({smallest.strategy.name}) needs {smallest.device_total / GiB:.2f} GiB "
-            f"against a budget of {plan.budget / GiB:.2f} GiB; lower train.micro_batch or use a smaller preset."
+            f"against a budget of {plan.budget / GiB:.2f} GiB; lower train.micro_batch, share the model over more GPUs "
+            f"(--processes) or use a smaller preset."
         )
     else:
         chosen = plan.footprint(plan.chosen)
