@@ -6,6 +6,7 @@ import dataclasses
 import hashlib
 import json
 import shlex
+import sys
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -87,6 +88,8 @@ def train(
     torch.manual_seed(seed)
     model = RedHeartModel(config.model, input_dim=train_split.input_dim, max_segments=train_split.max_segments)
     trainer, memory = build_trainer(model, config, lr, len(train_split), distributed, faults)
+    if progress and main:
+        print(f"memory strategy {memory.name}: {memory.summary()}", file=sys.stderr)
 
     # The strategy is part of the identity: its optimizer state and numerics differ (8-bit moments, bf16).
     identity = {"config_hash": config_hash(config, lr, seed), "split_hash": split_hash(run), "memory": memory.name}
