@@ -7,12 +7,9 @@ test checks that a group really leaves the device.
 
 from __future__ import annotations
 
-import random
-
 import pytest
 import torch
 
-from redheart.data.dataset import SplitTensors, targets_tensors
 from redheart.model.groups import GROUPS
 from redheart.model.model import RedHeartModel
 from redheart.train.ema import build_ema
@@ -24,20 +21,10 @@ from redheart.train.optim import build_optimizer
 from redheart.train.precision import choose_precision
 from redheart.train.resume import load_resume, save_resume
 from redheart.train.schedule import build_scheduler
-from tiny_run import synthetic_record, tiny_config
+from tiny_run import synthetic_split, tiny_config
 
 TOLERANCE = {"atol": 1e-6, "rtol": 1e-6}
 LR = 1e-3
-
-
-def split_of(n: int) -> SplitTensors:
-    rng = random.Random(1)
-    records = [synthetic_record(i, rng) for i in range(n)]
-    generator = torch.Generator().manual_seed(0)
-    tensors = {"x": torch.randn(n, 4, 32, generator=generator), "mask": torch.ones(n, 4, dtype=torch.bool)}
-    tensors["mask"][::3, 2:] = False
-    tensors.update(targets_tensors(records))
-    return SplitTensors("train", tuple(r["id"] for r in records), tensors)
 
 
 def trainer_of(kind: type[Trainer], device: str = "cpu", memory_saving: bool = False, faults: Faults = Faults(), **overrides) -> Trainer:
@@ -71,7 +58,7 @@ def last_grads(trainer: Trainer) -> dict[str, torch.Tensor]:
 
 
 def assert_same_training(standard: Trainer, swap: Trainer, epochs: int = 1) -> None:
-    split = split_of(44)  # windows of 16, 16 and a short one of 8 + 4 samples
+    split = synthetic_split(44)  # windows of 16, 16 and a short one of 8 + 4 samples
     grads = (last_grads(standard), last_grads(swap))
     for epoch in range(epochs):
         tallies = [trainer.run_epoch(split, epoch=epoch, seed=0) for trainer in (standard, swap)]
@@ -123,7 +110,7 @@ def test_out_of_memory_redoes_the_window_group_by_group_with_smaller_micro_batch
 
 def test_swap_trainer_finishes_a_window_the_standard_trainer_began(tmp_path):
     """A resume state saved mid-window (gradients of the first micro-batch included) continues group-wise."""
-    split = split_of(44)
+    split = synthetic_split(44)
 
     class Stop(Exception):
         pass
@@ -150,7 +137,7 @@ def test_swap_trainer_finishes_a_window_the_standard_trainer_began(tmp_path):
 def test_each_groups_gradient_is_the_gradient_of_its_own_losses():
     trainer = trainer_of(Trainer, **{"train.rdrop_alpha": 0.0})
     model, config = trainer.model, trainer.config
-    batch = split_of(8).batch(torch.arange(8))
+    batch = synthetic_split(8).batch(torch.arange(8))
     x, mask = batch["x"], batch["mask"]
     out = model(x, mask)
     joint = sum(model.losses(out, batch, config.label_smoothing).values())
@@ -163,7 +150,7 @@ def test_each_groups_gradient_is_the_gradient_of_its_own_losses():
 
 
 def test_other_groups_weights_reach_a_group_only_through_the_detached_fusion_inputs():
-    batch = split_of(8).batch(torch.arange(8))
+    batch = synthetic_split(8).batch(torch.arange(8))
 
     def module_grads(model: RedHeartModel) -> dict[str, list[torch.Tensor]]:
         model.zero_grad(set_to_none=True)
@@ -204,7 +191,7 @@ def test_one_group_at_a_time_is_on_the_device():
         for name in names:
             getattr(model, name).register_forward_pre_hook(check)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
-    swap.run_epoch(split_of(16), epoch=0, seed=0)
+    swap.run_epoch(synthetic_split(16), epoch=0, seed=0)
     assert set(seen) == set(GROUPS) and seen[-1] == "group_c"
     assert all(not p.is_cuda for p in model.parameters()) and all(not p.is_cuda for p in swap.ema.parameters())
     assert all(p.is_pinned() for p in model.parameters())

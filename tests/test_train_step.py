@@ -1,28 +1,16 @@
 import math
-import random
 
 import pytest
 import torch
 
 from redheart.config import TrainConfig
-from redheart.data.dataset import SplitTensors, targets_tensors
 from redheart.model.model import RedHeartModel
 from redheart.train.ema import build_ema
 from redheart.train.loop import Trainer
 from redheart.train.optim import parameter_groups
 from redheart.train.precision import choose_precision
 from redheart.train.schedule import build_scheduler, restart_steps
-from tiny_run import synthetic_record, tiny_config
-
-
-def small_split(n: int) -> SplitTensors:
-    rng = random.Random(1)
-    records = [synthetic_record(i, rng) for i in range(n)]
-    generator = torch.Generator().manual_seed(0)
-    tensors = {"x": torch.randn(n, 4, 32, generator=generator), "mask": torch.ones(n, 4, dtype=torch.bool)}
-    tensors["mask"][::3, 2:] = False
-    tensors.update(targets_tensors(records))
-    return SplitTensors("train", tuple(r["id"] for r in records), tensors)
+from tiny_run import synthetic_split, tiny_config
 
 
 def trained_once(n: int, micro_batch: int, accumulation: int) -> RedHeartModel:
@@ -34,7 +22,7 @@ def trained_once(n: int, micro_batch: int, accumulation: int) -> RedHeartModel:
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
     scheduler = build_scheduler(optimizer, config.train, per_epoch=1)
     trainer = Trainer(model, optimizer, scheduler, None, choose_precision(torch.device("cpu"), True), config.train)
-    tally = trainer.run_epoch(small_split(n), epoch=0, seed=0)
+    tally = trainer.run_epoch(synthetic_split(n), epoch=0, seed=0)
     assert len(tally.grad_norms) == 1  # exactly one optimizer step
     return model
 

@@ -9,8 +9,11 @@ from __future__ import annotations
 import random
 from pathlib import Path
 
+import torch
+
 from redheart.atomic import write_json, write_jsonl
 from redheart.config import PRESETS, RunConfig, with_overrides
+from redheart.data.dataset import SplitTensors, targets_tensors
 from redheart.data.encode import encode_run
 from redheart.data.schema import EMOTIONS, VERDICTS
 from redheart.rundir import RunDir
@@ -53,3 +56,14 @@ def tiny_config(**overrides) -> RunConfig:
     """The tiny preset on CPU with a short warm-up; `overrides` as {"train.lr": 1e-3}."""
     base = {"train.device": "cpu", "train.checkpoint_every": 1}
     return with_overrides(PRESETS["tiny"], {**base, **overrides})
+
+
+def synthetic_split(n: int) -> SplitTensors:
+    """A train split in memory (random 32-wide inputs, every third row one segment short): no run folder."""
+    rng = random.Random(1)
+    records = [synthetic_record(i, rng) for i in range(n)]
+    generator = torch.Generator().manual_seed(0)
+    tensors = {"x": torch.randn(n, 4, 32, generator=generator), "mask": torch.ones(n, 4, dtype=torch.bool)}
+    tensors["mask"][::3, 2:] = False
+    tensors.update(targets_tensors(records))
+    return SplitTensors("train", tuple(r["id"] for r in records), tensors)

@@ -87,21 +87,20 @@ class HostParking:
 
     def visit_state(self, optimizer: torch.optim.Optimizer, params: list[nn.Parameter]) -> None:
         """Bring the optimizer state of `params` to the device (state made by the first step is made there)."""
-        if not self.active:
-            return
-        for param in params:
-            state = optimizer.state.get(param, {})
-            for key, value in state.items():
-                if isinstance(value, Tensor):
-                    self._state_homes[(id(param), key)] = value
-                    state[key] = value.to(self.device, non_blocking=True)
+        for state, key, value, home in self._state_tensors(optimizer, params):
+            self._state_homes[home] = value
+            state[key] = value.to(self.device, non_blocking=True)
 
     def leave_state(self, optimizer: torch.optim.Optimizer, params: list[nn.Parameter]) -> None:
+        for state, key, value, home in self._state_tensors(optimizer, params):
+            state[key] = self._state_homes[home] = self._park(value, self._state_homes.get(home))
+
+    def _state_tensors(self, optimizer: torch.optim.Optimizer, params: list[nn.Parameter]):
+        """(state dict, key, tensor, home key) of every state tensor of `params`; none when nothing moves."""
         if not self.active:
             return
         for param in params:
             state = optimizer.state.get(param, {})
-            for key, value in state.items():
+            for key, value in list(state.items()):
                 if isinstance(value, Tensor):
-                    home = self._park(value, self._state_homes.get((id(param), key)))
-                    state[key] = self._state_homes[(id(param), key)] = home
+                    yield state, key, value, (id(param), key)
