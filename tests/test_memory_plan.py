@@ -82,6 +82,7 @@ def test_full_preset_needs_the_saving_strategy_on_8_gib(full_plan_parts):
     assert chosen(ordered, 7.5) == "saving"
     assert chosen(ordered, 16) == "standard"
     assert chosen(ordered, 6.5) == "swap"
+    assert chosen(ordered, 3.5) == "swap"  # a 4 GiB card: group_b's weights and gradients, one module's update
     assert chosen(ordered, 2) is None
 
 

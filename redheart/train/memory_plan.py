@@ -107,18 +107,23 @@ def footprints(model: nn.Module, config: RunConfig, activations: dict[bool, Acti
         act = activations[bf16]
         optimizer = optimizer_state_bytes(params, s.optimizer)
         if s.group_swap:
-            # The device holds one group: its weights, gradients and optimizer state for the update, and
-            # its activations for the backward pass; everything lives in host memory between turns.
-            sizes = {}
+            # The device holds one group's weights, gradients and activations for its forward and backward
+            # passes, then one module's weights, gradients and optimizer state for its update; everything
+            # lives in host memory between turns. The peak is the larger of the two turns.
+            turns = {}
             for group, modules in GROUPS.items():
-                group_params = _params(model, modules)
-                group_weights = sum(p.numel() * p.element_size() for p in group_params)
-                sizes[group] = {"weights": group_weights, "gradients": group_weights,
-                                "optimizer": optimizer_state_bytes(group_params, s.optimizer), "ema": 0,
-                                "activations": act.of(modules) + act.inputs + act.per_module["other"]}
-            largest = max(sizes, key=lambda g: sum(sizes[g].values()))
+                group_weights = sum(p.numel() * p.element_size() for p in _params(model, modules))
+                turns[f"forward and backward of {group}"] = {"weights": group_weights, "gradients": group_weights, "optimizer": 0,
+                                           "ema": 0, "activations": act.of(modules) + act.inputs + act.per_module["other"]}
+                for name in modules:
+                    module_params = _params(model, [name])
+                    module_weights = sum(p.numel() * p.element_size() for p in module_params)
+                    turns[f"update of {name}"] = {"weights": module_weights, "gradients": module_weights, "ema": 0,
+                                                  "optimizer": optimizer_state_bytes(module_params, s.optimizer),
+                                                  "activations": 0}
+            largest = max(turns, key=lambda turn: sum(turns[turn].values()))
             host = {"weights": weights, "gradients": weights, "optimizer": optimizer, "ema": ema, "activations": 0}
-            out.append(Footprint(s, sizes[largest], host, f"largest group: {largest}"))
+            out.append(Footprint(s, turns[largest], host, f"largest turn: {largest}"))
             continue
         activation = act.checkpointed if s.activation_checkpointing else act.total
         device = {"weights": weights + buffers, "gradients": weights, "optimizer": optimizer,
