@@ -134,12 +134,17 @@ class RedHeartModel(nn.Module):
         x = self.input_dropout(x)
         pooled = self._call(self.backbone, x, mask)
         out: Outputs = {}
-        for name, target in MODULE_TARGETS.items():
-            module = getattr(self, name)
-            raw = self._call(module, pooled) if name in HEADS else self._call(module, x, mask)
-            out[name] = {target: raw if target in loss_fns.DISTRIBUTION_TARGETS else torch.sigmoid(raw)}
+        for name in MODULE_TARGETS:
+            out[name] = self.predict_module(name, x, mask, pooled)
         out["fused"] = self.kalman(out)
         return out
+
+    def predict_module(self, name: str, x: Tensor, mask: Tensor, pooled: Tensor | None) -> dict[str, Tensor]:
+        """One predicting module's output from the dropped inputs (heads read the backbone's `pooled`)."""
+        target = MODULE_TARGETS[name]
+        module = getattr(self, name)
+        raw = self._call(module, pooled) if name in HEADS else self._call(module, x, mask)
+        return {target: raw if target in loss_fns.DISTRIBUTION_TARGETS else torch.sigmoid(raw)}
 
     def _call(self, module: nn.Module, *args: Tensor) -> Tensor:
         if self.activation_checkpointing and torch.is_grad_enabled():

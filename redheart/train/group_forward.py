@@ -14,8 +14,8 @@ from torch import Tensor
 
 from redheart.config import TrainConfig
 from redheart.model.groups import GROUPS
-from redheart.model.losses import DISTRIBUTION_TARGETS, Outputs, split_halves
-from redheart.model.model import HEADS, MODULE_TARGETS, RedHeartModel
+from redheart.model.losses import Outputs, split_halves
+from redheart.model.model import MODULE_TARGETS, RedHeartModel
 from redheart.train.loop import rdrop_losses
 
 # The group holding the Kalman fusion, which reads every other group's predictions: it goes last.
@@ -50,11 +50,8 @@ def group_outputs(model: RedHeartModel, group: str, x: Tensor, mask: Tensor, sou
     pooled = model.backbone(x, mask) if "backbone" in modules else None
     out: Outputs = {}
     for name in modules:
-        if name not in MODULE_TARGETS:
-            continue
-        target = MODULE_TARGETS[name]
-        raw = getattr(model, name)(pooled) if name in HEADS else getattr(model, name)(x, mask)
-        out[name] = {target: raw if target in DISTRIBUTION_TARGETS else torch.sigmoid(raw)}
+        if name in MODULE_TARGETS:
+            out[name] = model.predict_module(name, x, mask, pooled)
     if "kalman" in modules:
         out["fused"] = model.kalman({**sources, **out})
     return out
