@@ -30,7 +30,6 @@ from redheart.model.losses import Outputs
 from redheart.train.group_forward import SWAP_ORDER, detached, dropped_passes, group_loss, group_outputs
 from redheart.train.host_parking import HOST, HostParking
 from redheart.train.loop import EpochTally, Trainer
-from redheart.train.oom import release_memory
 
 
 class GroupSwapTrainer(Trainer):
@@ -71,8 +70,7 @@ class GroupSwapTrainer(Trainer):
         after_micro_step: Callable[[int, EpochTally], None] | None,
     ) -> EpochTally:
         """One accumulation window group by group, then its optimizer step; on out-of-memory, redone smaller."""
-        if done == 0 or self.window_tally is None:
-            self.window_tally = tally.copy()
+        self.begin_window(tally, done)
         while True:
             failure = None
             try:
@@ -82,10 +80,7 @@ class GroupSwapTrainer(Trainer):
                 failure = str(error) or "torch.OutOfMemoryError"
             if failure is None:
                 break
-            self._discard_window()
-            release_memory(self.precision.device)
-            self.plan.shrink(failure, {"epoch": epoch, "sample": window_start})
-            tally, done = self.window_tally.copy(), 0
+            tally, done = self.redo_window(failure, {"epoch": epoch, "sample": window_start}), 0
         for size, parts in results:
             tally.add(parts, size)
         end = window_start + len(window)
@@ -131,7 +126,7 @@ class GroupSwapTrainer(Trainer):
             return checkpoint(group_outputs, self.model, group, x, mask, sources, use_reentrant=False)
         return group_outputs(self.model, group, x, mask, sources)
 
-    def _discard_window(self) -> None:
+    def discard_window(self) -> None:
         """Drop the failed window's gradients and bring home the group that was on the device."""
         self.optimizer.zero_grad(set_to_none=True)
         for group in SWAP_ORDER:

@@ -156,6 +156,23 @@ class Trainer:
             self.ema.update_parameters(self.model)
         return norm.detach()
 
+    def begin_window(self, tally: EpochTally, done: int) -> None:
+        """Keep the tally as the window began (the saved one, when resuming inside the window), for a redo."""
+        if done == 0 or self.window_tally is None:
+            self.window_tally = tally.copy()
+
+    def redo_window(self, failure: str, where: dict[str, int]) -> EpochTally:
+        """After out-of-memory: the window's gradients go with the failed step's tensors, and the whole
+        window is redone smaller from its start, so no sample is skipped or counted twice. Returns the
+        tally to redo it from."""
+        self.discard_window()
+        release_memory(self.precision.device)
+        self.plan.shrink(failure, where)
+        return self.window_tally.copy()
+
+    def discard_window(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
     def run_epoch(
         self,
         split: SplitTensors,
@@ -189,8 +206,7 @@ class Trainer:
         after_micro_step: Callable[[int, EpochTally], None] | None,
     ) -> EpochTally:
         """One accumulation window and its optimizer step; on out-of-memory, redone smaller from its start."""
-        if done == 0 or self.window_tally is None:
-            self.window_tally = tally.copy()
+        self.begin_window(tally, done)
         offset = done
         while offset < len(window):
             index = window[offset : offset + self.plan.micro_batch]
@@ -201,12 +217,7 @@ class Trainer:
                 # Only the message is kept: the traceback holds the failed step's activations.
                 failure = str(error) or "torch.OutOfMemoryError"
             if failure is not None:
-                # The window's gradients so far go with the failed step's tensors; the whole window is
-                # then redone smaller, so no sample is skipped or counted twice.
-                self.optimizer.zero_grad(set_to_none=True)
-                release_memory(self.precision.device)
-                self.plan.shrink(failure, {"epoch": epoch, "sample": window_start})
-                tally, offset = self.window_tally.copy(), 0
+                tally, offset = self.redo_window(failure, {"epoch": epoch, "sample": window_start}), 0
                 continue
             tally.add(parts, len(index))
             offset += len(index)

@@ -36,7 +36,6 @@ from torch.distributed.tensor import DTensor
 from redheart.data.dataset import SplitTensors, epoch_order
 from redheart.train.distributed import Distributed
 from redheart.train.loop import EpochTally, Trainer
-from redheart.train.oom import release_memory
 from redheart.train.sharding import is_sharded
 
 
@@ -94,8 +93,7 @@ def _run_shared_window(
 ) -> tuple[EpochTally, int]:
     """This rank's micro-batches of one window, the gradient sum and the optimizer step; returns the
     tally and the number of micro-steps of the window over all ranks."""
-    if done == 0 or trainer.window_tally is None:
-        trainer.window_tally = tally.copy()
+    trainer.begin_window(tally, done)
     params = [p for group in trainer.optimizer.param_groups for p in group["params"]]
     sharded = is_sharded(trainer.model)
     while True:
@@ -116,10 +114,8 @@ def _run_shared_window(
         flags = distributed.max_ints([failure is not None, *(p.grad is not None for p in params)])
         if not flags[0]:
             break
-        trainer.optimizer.zero_grad(set_to_none=True)
-        release_memory(trainer.precision.device)
-        trainer.plan.shrink(failure or "out of memory on another rank", {"epoch": epoch, "sample": window_start})
-        tally, done = trainer.window_tally.copy(), 0
+        failure = failure or "out of memory on another rank"
+        tally, done = trainer.redo_window(failure, {"epoch": epoch, "sample": window_start}), 0
     # A parameter without a gradient anywhere stays without one, as in one process (AdamW skips it).
     for param, has_grad in zip(params, flags[1:]):
         if has_grad and param.grad is None:
