@@ -19,7 +19,6 @@ import random
 import statistics
 import tempfile
 import time
-from pathlib import Path
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
