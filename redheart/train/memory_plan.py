@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -91,6 +92,10 @@ class MemoryPlan:
         return next(f for f in self.footprints if f.strategy.name == name)
 
 
+def _nbytes(tensors: Iterable[torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 def _params(model: nn.Module, modules: list[str]) -> list[nn.Parameter]:
     return [p for name in modules for p in getattr(model, name).parameters()]
 
@@ -98,8 +103,8 @@ def _params(model: nn.Module, modules: list[str]) -> list[nn.Parameter]:
 def footprints(model: nn.Module, config: RunConfig, activations: dict[bool, ActivationBytes]) -> list[Footprint]:
     """Each strategy's bytes; `activations[bf16]` is the measurement under that precision."""
     params = list(model.parameters())
-    weights = sum(p.numel() * p.element_size() for p in params)
-    buffers = sum(b.numel() * b.element_size() for b in model.buffers())
+    weights = _nbytes(params)
+    buffers = _nbytes(model.buffers())
     ema = weights + buffers if config.train.ema_decay > 0 else 0
     out = []
     for s in STRATEGIES.values():
@@ -112,12 +117,12 @@ def footprints(model: nn.Module, config: RunConfig, activations: dict[bool, Acti
             # lives in host memory between turns. The peak is the larger of the two turns.
             turns = {}
             for group, modules in GROUPS.items():
-                group_weights = sum(p.numel() * p.element_size() for p in _params(model, modules))
+                group_weights = _nbytes(_params(model, modules))
                 turns[f"forward and backward of {group}"] = {"weights": group_weights, "gradients": group_weights, "optimizer": 0,
                                            "ema": 0, "activations": act.of(modules) + act.inputs + act.per_module["other"]}
                 for name in modules:
                     module_params = _params(model, [name])
-                    module_weights = sum(p.numel() * p.element_size() for p in module_params)
+                    module_weights = _nbytes(module_params)
                     turns[f"update of {name}"] = {"weights": module_weights, "gradients": module_weights, "ema": 0,
                                                   "optimizer": optimizer_state_bytes(module_params, s.optimizer),
                                                   "activations": 0}
@@ -137,9 +142,9 @@ def fsdp_footprint(model: nn.Module, config: RunConfig, act: ActivationBytes, pr
     """Per process under FSDP (sharding.py, the standard strategy): 1/N of the weights, gradients, AdamW
     state and EMA, plus one module gathered whole (weights, then its unsharded gradients) at a time."""
     params = list(model.parameters())
-    weights = sum(p.numel() * p.element_size() for p in params)
+    weights = _nbytes(params)
     ema = weights if config.train.ema_decay > 0 else 0
-    largest = max(sum(p.numel() * p.element_size() for p in getattr(model, name).parameters()) for name in MODULES)
+    largest = max(_nbytes(_params(model, [name])) for name in MODULES)
     device = {"weights": weights // processes + largest, "gradients": weights // processes + largest,
               "optimizer": optimizer_state_bytes(params, "adamw") // processes, "ema": ema // processes,
               "activations": act.total}
