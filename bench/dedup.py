@@ -16,7 +16,6 @@ few near-duplicates, so the planted copies are what measures recall.
 
 import argparse
 import random
-import resource
 import sys
 import time
 from pathlib import Path
@@ -30,6 +29,7 @@ from redheart.data.dedup import near_duplicates, reference_near_duplicates  # no
 from redheart.data.minhash_dedup import candidate_pairs, keep_first, minhash_near_duplicates, read_texts  # noqa: E402
 from redheart.data.records import load_records  # noqa: E402
 from redheart.data.schema import bundled_data_path  # noqa: E402
+from redheart.host_memory import peak_host_memory_bytes  # noqa: E402
 
 LARGE_SET = Path(__file__).resolve().parent / "data" / "scruples_texts_30k.jsonl.gz"  # shipped, see data/README.md
 LEVELS = (85, 88, 90, 91, 92, 93, 94, 96, 98)  # fuzz.ratio of the planted copies to their source
@@ -43,7 +43,7 @@ def timed(function, *args):
 
 
 def peak_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    return peak_host_memory_bytes() / 2**20
 
 
 def bundled(subset: int, threshold: float) -> None:

@@ -14,7 +14,6 @@ saving strategy's peak as a ratio of standard's, measured in the same command.
 import argparse
 import json
 import random
-import resource
 import subprocess
 import sys
 import tempfile
@@ -30,7 +29,8 @@ from redheart.config import EncoderConfig, preset, with_overrides  # noqa: E402
 from redheart.data.encode import encode_run  # noqa: E402
 from redheart.rundir import RunDir  # noqa: E402
 from redheart.train.memory_plan import GiB, parse_bytes, plan_for_config  # noqa: E402
-from redheart.train.telemetry import read_metrics  # noqa: E402
+from redheart.host_memory import peak_host_memory_bytes  # noqa: E402
+from redheart.train.telemetry import peak_memory_bytes, read_metrics  # noqa: E402
 from tiny_run import synthetic_record  # noqa: E402
 
 
@@ -63,9 +63,8 @@ def child(strategy: str, args: argparse.Namespace) -> None:
         result = train(run, config_for(strategy, args), lr=1e-4, epochs=1, log_dir=Path(folder) / "out",
                        progress=False, save_checkpoints=False)
         speed = read_metrics(result.output.metrics_log)[-1]["samples_per_second"]
-    cuda = torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-    print(json.dumps({"peak_rss": peak, "cuda_max_allocated": cuda, "samples_per_second": speed}))
+    cuda = peak_memory_bytes(torch.device("cuda")) if torch.cuda.is_available() else None
+    print(json.dumps({"peak_rss": peak_host_memory_bytes(), "cuda_max_allocated": cuda, "samples_per_second": speed}))
 
 
 def main() -> None:

@@ -19,7 +19,6 @@ counts validation; peak_host_memory_bytes is the process's peak resident set sin
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from redheart.atomic import write_jsonl
+from redheart.host_memory import peak_host_memory_bytes
 from redheart.rundir import RunDir
 from redheart.train.checkpoints import MANIFEST
 from redheart.train.loop import EpochTally, Trainer
@@ -56,16 +56,6 @@ def read_metrics(path: Path) -> list[dict[str, Any]]:
 
 def peak_memory_bytes(device: torch.device) -> int | None:
     return torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-
-
-def peak_host_memory_bytes() -> int | None:
-    """Peak resident set size of this process; None where the `resource` module is missing (Windows)."""
-    try:
-        import resource
-    except ImportError:
-        return None
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024  # Linux reports KiB, macOS bytes
 
 
 def lr_groups(optimizer: torch.optim.Optimizer) -> dict[str, float]:
