@@ -92,6 +92,27 @@ def _cmd_memory(args: argparse.Namespace) -> None:
     print(format_memory_plan(plan))
 
 
+def _cmd_disk(args: argparse.Namespace) -> None:
+    from redheart.train.disk_plan import format_disk_plan, plan_for_run
+
+    run = RunDir(args.run) if args.run else None
+    if run is not None and run.config.exists():
+        config = load_config(run.config)
+    else:
+        config = preset(args.preset or "small")
+    if args.set:
+        config = with_overrides(config, args.set)
+    scratch = run or RunDir(Path("runs") / "__disk_plan_without_a_run__")
+    plan = plan_for_run(scratch, config, data=Path(args.data) if args.data else None)
+    print(format_disk_plan(plan, run))
+
+
+def _cmd_prune(args: argparse.Namespace) -> None:
+    from redheart.select.prune import format_pruned, prune_checkpoints
+
+    print(format_pruned(prune_checkpoints(RunDir(args.run), dry_run=args.dry_run), args.dry_run))
+
+
 def _cmd_sweep(args: argparse.Namespace) -> None:
     from redheart.train.sweep import collect, format_choice, run_sweep, run_trial, trial_count
 
@@ -206,6 +227,18 @@ def build_parser() -> argparse.ArgumentParser:
     memory.add_argument("--processes", type=int, default=1, help="GPUs sharing the model with FSDP (per-process bytes)")
     memory.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE")
     memory.set_defaults(func=_cmd_memory)
+
+    disk = commands.add_parser("disk", help="bytes a whole pipeline writes, per folder, for a preset or a run's settings")
+    disk.add_argument("--run", help="a run folder: its settings, its prepared data, what it still has to write")
+    disk.add_argument("--preset", help="tiny | small | full, without --run (default small)")
+    disk.add_argument("--data", help="input data, without a prepared run (default: the bundled set)")
+    disk.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE")
+    disk.set_defaults(func=_cmd_disk)
+
+    prune = commands.add_parser("prune", help="delete the checkpoints no pinned sweet spot or candidate uses")
+    prune.add_argument("--run", required=True)
+    prune.add_argument("--dry-run", action="store_true", help="list what would be deleted")
+    prune.set_defaults(func=_cmd_prune)
 
     sweep = _phase_command(commands, "sweep", _cmd_sweep, "learning-rate sweep; train uses its choice when no rate is given")
     mode = sweep.add_mutually_exclusive_group()

@@ -90,6 +90,11 @@ class TrainConfig:
     memory: str = "auto"  # "standard", "saving", "swap" (train/memory_strategy.py), or the memory plan's choice
     distributed: str = "auto"  # under torchrun: "ddp", "fsdp" (train/sharding.py), or "auto": fsdp for the full preset
     telemetry: bool = True  # module_stats.json per checkpoint, progress reports, per-epoch "telemetry" block
+    # Dtype of the epoch checkpoints' and the EMA checkpoint's floating tensors: "float32" or "bfloat16" (half the
+    # disk; selection reads them back into an fp32 model). The resume state always keeps fp32, so a resumed run
+    # continues exactly.
+    checkpoint_dtype: str = "float32"
+    check_disk: bool = True  # train and sweep refuse to start when the disk plan needs more than is free
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,9 @@ class SweepConfig:
     reseed_top: int = 2  # the best candidates re-run with extra seeds; the choice uses the mean
     extra_seeds: int = 2
     weights: tuple[float, float, float, float] = (0.4, 0.2, 0.2, 0.2)  # val loss, stability, efficiency, gap
+    # A finished trial's metrics are all the sweep reads; its resume state (weights, EMA, optimizer) is dropped
+    # unless this is set.
+    keep_trial_resume: bool = False
 
 
 @dataclass(frozen=True)
@@ -133,7 +141,8 @@ def _scaled(budgets: dict[str, int], scale: float, floor: int) -> dict[str, int]
 
 
 PRESETS: dict[str, RunConfig] = {
-    "full": RunConfig(preset="full"),
+    # 31 fp32 checkpoints of the 730M model are 90 GB; bf16 halves them (disk plan: `redheart disk`).
+    "full": RunConfig(preset="full", train=TrainConfig(checkpoint_dtype="bfloat16")),
     "small": RunConfig(
         preset="small",
         model=ModelConfig(budgets=_scaled(FULL_BUDGETS, 1 / 400, 20_000), backbone_layers=2, backbone_heads=4),

@@ -23,6 +23,7 @@ from redheart.train.faults import NO_FAULTS, Faults, write_state_file
 
 MANIFEST = "manifest.json"
 METRICS = "metrics.json"
+CHECKPOINT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 class CheckpointError(RuntimeError):
@@ -53,6 +54,18 @@ def host_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def checkpoint_dtype(name: str) -> torch.dtype:
+    """The torch dtype of train.checkpoint_dtype; ValueError naming the field for anything else."""
+    if name not in CHECKPOINT_DTYPES:
+        raise ValueError(f"train.checkpoint_dtype is {name!r}; choose one of {sorted(CHECKPOINT_DTYPES)}")
+    return CHECKPOINT_DTYPES[name]
+
+
+def stored(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """fp32 tensors cast to `dtype` (loading casts them back into the fp32 model); other dtypes kept as they are."""
+    return {key: value.to(dtype) if value.dtype == torch.float32 else value for key, value in state.items()}
+
+
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:
@@ -73,18 +86,21 @@ def save_checkpoint(
     preset: str,
     extra: dict[str, Any] | None = None,
     faults: Faults = NO_FAULTS,
+    dtype: str = "float32",
 ) -> None:
-    """Write <group>.safetensors for every group, metrics.json, the `extra` JSON files ({file name: object}),
-    then the manifest of their sha256.
+    """Write <group>.safetensors for every group (fp32 tensors stored as `dtype`, a train.checkpoint_dtype name),
+    metrics.json, the `extra` JSON files ({file name: object}), then the manifest of their sha256.
 
     A failure part-way (a kill, a full disk) leaves this folder without a manifest: incomplete, never
     mistaken for a checkpoint, and every other checkpoint folder untouched.
     """
+    torch_dtype = checkpoint_dtype(dtype)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / MANIFEST).unlink(missing_ok=True)  # an overwritten checkpoint is incomplete until re-sealed
     files = []
-    for group, state in group_states(model).items():
+    for group, full in group_states(model).items():
+        state = stored(full, torch_dtype)
         name = f"{group}.safetensors"
         write_state_file(folder / name, lambda tmp, s=state, g=group: save_file(s, str(tmp), metadata={"group": g, "preset": preset}), faults)
         files.append(name)

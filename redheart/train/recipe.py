@@ -27,6 +27,7 @@ from redheart.model.model import RedHeartModel
 from redheart.rundir import RunDir
 from redheart.train.build_trainer import build_trainer
 from redheart.train.checkpoints import save_checkpoint
+from redheart.train.disk_plan import ensure_disk_space
 from redheart.train.distributed import Distributed
 from redheart.train.evaluation import evaluate, metrics_of, predict, split_targets
 from redheart.train.faults import NO_FAULTS, Faults
@@ -90,6 +91,8 @@ def train(
     trainer, memory = build_trainer(model, config, lr, len(train_split), distributed, faults)
     if progress and main:
         print(f"memory strategy {memory.name}: {memory.summary()}", file=sys.stderr)
+    if main and log_dir is None:  # a sweep trial is covered by the sweep's own check
+        ensure_disk_space(run, config, "training", memory.optimizer)
 
     # The strategy is part of the identity: its optimizer state and numerics differ (8-bit moments, bf16).
     identity = {"config_hash": config_hash(config, lr, seed), "split_hash": split_hash(run), "memory": memory.name}
@@ -159,7 +162,8 @@ def train(
                 weights = host_view(model)  # on every rank: a collective under FSDP; None off rank 0
                 if main:
                     files = telemetry.checkpoint_files(epoch + 1, weights)
-                    save_checkpoint(weights, out.checkpoint(epoch + 1), record, config.preset, files, faults)
+                    save_checkpoint(weights, out.checkpoint(epoch + 1), record, config.preset, files, faults,
+                                    dtype=tc.checkpoint_dtype)
                     telemetry.report_progress()
             start_sample, micro_done, tally = 0, 0, EpochTally()
             save_state(epoch + 1, 0, 0, tally)
@@ -171,7 +175,7 @@ def train(
     if trainer.ema is not None and save_checkpoints and record:
         ema_weights = host_view(trainer.ema.module)
         if main:
-            save_checkpoint(ema_weights, out.checkpoints / "ema", record, config.preset)
+            save_checkpoint(ema_weights, out.checkpoints / "ema", record, config.preset, dtype=tc.checkpoint_dtype)
     distributed.barrier()  # every rank returns once the outputs are complete
     return TrainResult(lr=lr, lr_source=lr_source, epochs=epochs, seed=seed, final=record, output=out)
 
@@ -197,6 +201,8 @@ def config_hash(config: RunConfig, lr: float, seed: int) -> str:
                                 distributed="any")
     full = to_dict(dataclasses.replace(config, train=train))
     tree = {section: full[section] for section in ("encoder", "model", "train")}
+    for stored_only in ("checkpoint_dtype", "check_disk"):  # how outputs are stored, not what training computes
+        tree["train"].pop(stored_only)
     return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()
 
 

@@ -9,7 +9,8 @@ score, so a reseed trial needs every first-stage trial finished first.
 Every trial trains from `train.seed`'s initial weights and data order (the recipe seeds both from the
 seed, not the rate), for `sweep.epochs`, into RunDir.sweep/trial_<k>_lr<lr>_seed<s>/ (a run-folder
 layout: metrics.jsonl, resume/, tensorboard/; no checkpoints). A finished trial is not run again, and an
-interrupted one resumes. `collect` runs nothing: it scores the finished trials (redheart.train.sweep_score)
+interrupted one resumes; once finished, its resume state is dropped (its metrics are all the sweep reads)
+unless `sweep.keep_trial_resume` is set. `collect` runs nothing: it scores the finished trials (redheart.train.sweep_score)
 and writes results.json, results.csv, choice.json (read by `train` when no rate is given) and curves.png.
 """
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from typing import Any
 from redheart.atomic import atomic_open, write_json
 from redheart.config import RunConfig
 from redheart.rundir import RunDir
+from redheart.train.disk_plan import ensure_disk_space
 from redheart.train.sweep_score import Curve, Score, choose, components, explain, format_lr, rank
 from redheart.train.telemetry import read_metrics
 
@@ -104,10 +107,13 @@ def run_trial(run: RunDir, config: RunConfig, k: int, progress: bool = True) -> 
 
     trial = trial_of(run, config, k)
     if finished_records(run, trial, config.sweep.epochs) is None:
+        ensure_disk_space(run, config, f"sweep trial {trial.index}")
         train(
             run, config, lr=trial.lr, epochs=config.sweep.epochs, seed=trial.seed,
             log_dir=trial.folder(run), save_checkpoints=False, progress=progress,
         )
+    if not config.sweep.keep_trial_resume:
+        shutil.rmtree(RunDir(trial.folder(run)).resume, ignore_errors=True)
     return trial
 
 

@@ -1,0 +1,256 @@
+"""The disk plan: the bytes a whole pipeline leaves in its run folder, folder by folder, before it starts.
+
+Tensor files are sized from the real model built on the meta device (every tensor's shape and dtype, the
+checkpoint dtype, the safetensors header of every file) and the run's settings: epochs and checkpoint_every
+(epoch checkpoints), the EMA, the resume state's two slots (the live one and the previous one, each with
+the weights, the EMA copy and the optimizer state), the sweep's trials (whose resume states are dropped
+unless sweep.keep_trial_resume is set), the final model and the embeddings (records x segments x dim).
+Logs, reports and the other JSON files do not scale with the model; they are counted with the per-epoch,
+per-checkpoint and per-phase sizes measured on a small-preset run (the constants below).
+
+Nothing a pipeline writes is deleted before the end except the finished trials' resume states, and the
+main resume state only appears after the sweep, so the bytes left at the end are also the peak.
+`ensure_disk_space` refuses to start `train` or `sweep` when the free space is below what is still to
+be written.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from redheart.config import RunConfig
+from redheart.model.groups import GROUPS, group_state_dict
+from redheart.model.model import RedHeartModel
+from redheart.rundir import RunDir
+from redheart.train.checkpoints import checkpoint_dtype
+from redheart.train.faults import DiskFullError
+from redheart.train.memory_strategy import strategy
+
+# Sizes measured on small-preset runs (CPU, telemetry on): files whose size follows the number of modules,
+# epochs and checkpoints, never the parameter count.
+EPOCH_LOG_BYTES = 11_800 + 30_000  # one metrics.jsonl line + the epoch's TensorBoard scalars
+CHECKPOINT_FILE_BYTES = 18_300 + 16_000 + 1_100 + 4_400  # metrics.json, module_stats.json, manifest, progress report
+SWEEP_OUTPUT_BYTES = 150_000  # results.json, results.csv, choice.json, curves.png
+SELECTION_BYTES = {"analysis": 30_000, "crossover": 60_000, "calibration": 60_000, "report": 1_500_000}
+TORCH_SAVE_PER_TENSOR = 280  # torch.save's zip entry and pickle record per tensor (training.pt)
+RNG_AND_SCHEDULER_BYTES = 8_000  # CPU RNG state (5,056 bytes), scheduler and loss-scaler state in training.pt
+_DTYPE_NAMES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.int64: "I64", torch.bool: "BOOL"}
+GB = 10**9
+
+
+@dataclass(frozen=True)
+class DiskLine:
+    folder: str  # relative to the run folder
+    what: str
+    bytes: int
+
+
+@dataclass(frozen=True)
+class DiskPlan:
+    preset: str
+    parameters: int
+    optimizer: str  # "adamw" or "adamw8bit": the layout of the resume state's optimizer state
+    lines: tuple[DiskLine, ...]
+
+    @property
+    def total(self) -> int:
+        return sum(line.bytes for line in self.lines)
+
+    def by_folder(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for line in self.lines:
+            out[line.folder] = out.get(line.folder, 0) + line.bytes
+        return out
+
+
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str] | None = None) -> int:
+    """The size of the safetensors file of `tensors` (meta tensors will do): 8 bytes of header length, the JSON
+    header padded to 8 bytes, then the raw data."""
+    header: dict[str, object] = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    # safetensors lays tensors out by alignment (largest element first), then by name.
+    for name, tensor in sorted(tensors.items(), key=lambda item: (-item[1].element_size(), item[0])):
+        size = tensor.numel() * tensor.element_size()
+        header[name] = {"dtype": _DTYPE_NAMES[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    text = len(json.dumps(header, separators=(",", ":")))
+    return 8 + math.ceil(text / 8) * 8 + offset
+
+
+def _as(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    return {k: v.to(dtype) if v.dtype == torch.float32 else v for k, v in state.items()}
+
+
+def weights_bytes(model: RedHeartModel, preset: str, dtype: torch.dtype) -> int:
+    """One modular checkpoint's safetensors files (one per group), fp32 tensors stored as `dtype`."""
+    return sum(safetensors_bytes(_as(group_state_dict(model, g), dtype), {"group": g, "preset": preset}) for g in GROUPS)
+
+
+def training_state_bytes(model: RedHeartModel, optimizer: str) -> int:
+    """training.pt of a resume slot: the optimizer state (memory_plan's byte count per layout), the scheduler and
+    the RNG states, and torch.save's record per tensor (fp32 AdamW: two moments and a step per parameter;
+    8-bit AdamW: two moments and their two block scales)."""
+    from redheart.train.memory_plan import optimizer_state_bytes
+
+    params = list(model.parameters())
+    per_param = {"adamw": 3, "adamw8bit": 4}[optimizer]
+    return optimizer_state_bytes(params, optimizer) + RNG_AND_SCHEDULER_BYTES + TORCH_SAVE_PER_TENSOR * per_param * len(params)
+
+
+def resume_slot_bytes(model: RedHeartModel, optimizer: str, ema: bool) -> int:
+    """One resume slot at an epoch end: model.safetensors, ema.safetensors, training.pt (no gradients: the
+    window is complete), state.json."""
+    state = model.state_dict()
+    total = safetensors_bytes(state) + 16 + training_state_bytes(model, optimizer) + 2_000  # empty grads file, state.json
+    if ema:  # AveragedModel's state: "module."-prefixed tensors and its n_averaged counter
+        ema_state = {f"module.{k}": v for k, v in state.items()} | {"n_averaged": torch.zeros((), dtype=torch.int64)}
+        total += safetensors_bytes(ema_state)
+    return total
+
+
+def _slots(saves: int) -> int:
+    """Resume slots left after `saves` saves: the live one and, from the second save on, the previous one."""
+    return min(2, saves)
+
+
+def plan_disk(config: RunConfig, records: int, data_bytes: int, optimizer: str | None = None) -> DiskPlan:
+    """The plan for `records` texts whose prepared data take `data_bytes`; `optimizer` None: the layout of
+    config.train.memory, and for "auto" fp32 AdamW (the standard and swap strategies'; saving's 8-bit state is
+    smaller), so the plan is never short."""
+    tc, sweep, enc = config.train, config.sweep, config.encoder
+    if optimizer is None:
+        optimizer = "adamw" if tc.memory == "auto" else strategy(tc.memory).optimizer
+    with torch.device("meta"):
+        model = RedHeartModel(config.model, enc.dim, enc.max_segments)
+    ema = tc.ema_decay > 0
+    store = checkpoint_dtype(tc.checkpoint_dtype)
+    slot = resume_slot_bytes(model, optimizer, ema)
+    ids = 12 * records  # index.json: '"rNNNNNN", ' per record
+    embeddings = records * enc.max_segments * (enc.dim * 4 + 1) + 200 + ids
+    lines = [
+        DiskLine("data", "prepared records, rejections, split (as big as the input)", data_bytes),
+        DiskLine("embeddings", f"{records} records x {enc.max_segments} segments x {enc.dim} fp32 + mask", embeddings),
+    ]
+    if tc.lr is None:  # the pipeline sweeps only when no rate is set
+        from redheart.train.sweep import trial_count
+
+        trials = trial_count(config)
+        logs = trials * sweep.epochs * EPOCH_LOG_BYTES + SWEEP_OUTPUT_BYTES
+        lines.append(DiskLine("sweep", f"{trials} trials x {sweep.epochs} epochs of metrics and logs, results", logs))
+        if sweep.keep_trial_resume:
+            kept = trials * _slots(sweep.epochs) * slot
+            lines.append(DiskLine("sweep", f"{trials} trials' resume states kept (sweep.keep_trial_resume)", kept))
+    saved = tc.epochs // tc.checkpoint_every
+    weights = weights_bytes(model, config.preset, store)
+    lines.append(DiskLine("checkpoints", f"{saved} epoch checkpoints x {weights / GB:.3f} GB ({tc.checkpoint_dtype})",
+                          saved * (weights + CHECKPOINT_FILE_BYTES)))
+    if ema:
+        lines.append(DiskLine("checkpoints", f"EMA checkpoint ({tc.checkpoint_dtype})", weights + CHECKPOINT_FILE_BYTES))
+    lines.append(DiskLine("resume", f"{_slots(tc.epochs)} slots x {slot / GB:.3f} GB (fp32 weights, EMA, {optimizer} state)",
+                          _slots(tc.epochs) * slot))
+    lines.append(DiskLine("logs", f"{tc.epochs} epochs of metrics.jsonl, TensorBoard, progress", tc.epochs * EPOCH_LOG_BYTES))
+    lines.append(DiskLine("final_model", "the chosen model, fp32", weights_bytes(model, config.preset, torch.float32)))
+    for folder, size in SELECTION_BYTES.items():
+        lines.append(DiskLine(folder, "JSON, Markdown, plots", size))
+    parameters = sum(p.numel() for p in model.parameters())
+    return DiskPlan(config.preset, parameters, optimizer, tuple(lines))
+
+
+def input_size(run: RunDir, data: Path | None = None) -> tuple[int, int]:
+    """(records, bytes of the prepared data): measured in the run folder once prepared, else from the input file
+    (a .gz file's uncompressed size); `data` None: the bundled data set."""
+    if run.split_manifest.exists():
+        split = json.loads(run.split_manifest.read_text(encoding="utf-8"))
+        records = sum(len(split[name]) for name in ("train", "val", "test"))
+        return records, folder_bytes(run.data)
+    if data is None:
+        from redheart.data.schema import bundled_data_path
+
+        data = bundled_data_path()
+    opener = gzip.open if str(data).endswith(".gz") else open
+    with opener(data, "rb") as handle:
+        raw = handle.read()
+    text = raw.decode("utf-8").strip()
+    records = len(json.loads(text)) if text.startswith("[") else sum(1 for line in text.splitlines() if line.strip())
+    return records, len(raw)
+
+
+def plan_for_run(run: RunDir, config: RunConfig, optimizer: str | None = None, data: Path | None = None) -> DiskPlan:
+    records, data_bytes = input_size(run, data)
+    return plan_disk(config, records, data_bytes, optimizer)
+
+
+def folder_bytes(path: Path) -> int:
+    """Bytes of the files under `path` (a file: its size; missing: 0), as `du -sb` counts file contents."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    if not path.exists():
+        return 0
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def _present(run: RunDir, folder: str) -> int:
+    if folder == "logs":
+        return sum(folder_bytes(p) for p in (run.tensorboard, run.progress, run.metrics_log))
+    return folder_bytes(run.root / folder)
+
+
+def remaining_bytes(plan: DiskPlan, run: RunDir) -> int:
+    """What the pipeline has still to write: per folder, the plan less what is already there."""
+    return sum(max(0, planned - _present(run, folder)) for folder, planned in plan.by_folder().items())
+
+
+def free_bytes(path: Path) -> int:
+    """Free bytes on the file system that holds `path` (or its nearest existing parent)."""
+    path = Path(path).absolute()
+    while not path.exists():
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+class NotEnoughDisk(DiskFullError):
+    """Free space below what the disk plan says the pipeline still writes; nothing was started."""
+
+
+def ensure_disk_space(run: RunDir, config: RunConfig, phase: str, optimizer: str | None = None) -> DiskPlan:
+    """Raise NotEnoughDisk, naming needed and free bytes and what to change, when the run's file system has less
+    free space than the pipeline still has to write; `config.train.check_disk` False skips the check."""
+    plan = plan_for_run(run, config, optimizer)
+    if not config.train.check_disk:
+        return plan
+    needed, free = remaining_bytes(plan, run), free_bytes(run.root)
+    if free >= needed:
+        return plan
+    folders = ", ".join(f"{folder} {size / GB:.2f} GB" for folder, size in sorted(plan.by_folder().items(), key=lambda kv: -kv[1])[:3])
+    cuts = []
+    if config.train.checkpoint_dtype != "bfloat16":
+        cuts.append("--set train.checkpoint_dtype=bfloat16 (halves the checkpoints)")
+    cuts.append(f"--set train.checkpoint_every={config.train.checkpoint_every * 2} (half as many checkpoints)")
+    if config.sweep.keep_trial_resume:
+        cuts.append("--set sweep.keep_trial_resume=false")
+    raise NotEnoughDisk(
+        f"{phase} not started: the {config.preset} pipeline in {run.root} still needs {needed / GB:.2f} GB "
+        f"(largest: {folders}) but {free / GB:.2f} GB are free there. Free {(needed - free) / GB:.2f} GB, or write "
+        f"less: {'; '.join(cuts)}. `redheart disk --run {run.root}` shows the plan; --set train.check_disk=false "
+        "skips this check."
+    )
+
+
+def format_disk_plan(plan: DiskPlan, run: RunDir | None = None) -> str:
+    lines = [f"disk plan, preset {plan.preset} ({plan.parameters:,} parameters; resume state with {plan.optimizer}):"]
+    width = max(len(line.folder) for line in plan.lines)
+    for line in plan.lines:
+        lines.append(f"  {line.folder:<{width}}  {line.bytes / GB:10.3f} GB  {line.what}")
+    lines.append(f"  {'total':<{width}}  {plan.total / GB:10.3f} GB  left at the end, which is also the peak")
+    if run is not None:
+        needed = remaining_bytes(plan, run)
+        lines.append(f"still to write in {run.root}: {needed / GB:.3f} GB; free there: {free_bytes(run.root) / GB:.3f} GB")
+    return "\n".join(lines)
