@@ -7,8 +7,10 @@ import torch
 import redheart.train.recipe as recipe
 from redheart.atomic import read_json
 from redheart.data.dataset import SplitTensors
+from redheart.rundir import RunDir
 from redheart.train.sweep import collect, run_sweep, run_trial, trial_count
 from redheart.train.sweep_score import Curve, choose, components, explain, format_lr, rank
+from redheart.train.telemetry import read_metrics
 from tiny_run import make_run, tiny_config
 
 DOCUMENTED = (0.4, 0.2, 0.2, 0.2)
@@ -133,6 +135,15 @@ def test_the_sweep_writes_its_choice_curves_and_tables(single):
     assert [(row["trial"], row["epoch"]) for row in rows] == [(str(k), str(e)) for k in range(3) for e in (1, 2)]
     assert (run.sweep / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in run.sweep.glob("trial_*")) == ["trial_0_lr1e-4_seed13", "trial_1_lr1e-3_seed13", f"trial_2_lr{format_lr(result.lr)}_seed14"]
+
+
+def test_finished_trials_keep_their_metrics_and_drop_their_resume_state(single, tmp_path):
+    run, _, _, _ = single
+    for folder in run.sweep.glob("trial_*"):
+        assert len(read_metrics(RunDir(folder).metrics_log)) == 2 and not RunDir(folder).resume.exists()
+    kept = make_run(tmp_path, n=25)
+    trial = run_trial(kept, tiny_config(**{"train.epochs": 1, "sweep.epochs": 1, "sweep.keep_trial_resume": True}), 0, progress=False)
+    assert (RunDir(trial.folder(kept)).resume / "current.json").exists()
 
 
 def test_finished_trials_are_not_trained_again(single, monkeypatch):
