@@ -228,7 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     memory.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE")
     memory.set_defaults(func=_cmd_memory)
 
-    disk = commands.add_parser("disk", help="bytes a whole pipeline writes, per folder, for a preset or a run's settings")
+    disk = commands.add_parser("disk", help="bytes a whole pipeline writes, per folder, for a preset or a run")
     disk.add_argument("--run", help="a run folder: its settings, its prepared data, what it still has to write")
     disk.add_argument("--preset", help="tiny | small | full, without --run (default small)")
     disk.add_argument("--data", help="input data, without a prepared run (default: the bundled set)")

@@ -27,7 +27,11 @@ def resave_in_bf16(run: RunDir, config) -> None:
     for folder in [*sorted(run.checkpoints.glob("epoch_*")), run.checkpoints / "ema"]:
         model = RedHeartModel(config.model, input_dim=config.encoder.dim, max_segments=config.encoder.max_segments)
         load_checkpoint(model, folder)
-        extra = {"module_stats.json": read_json(folder / "module_stats.json")} if (folder / "module_stats.json").exists() else {}
+        extra = (
+            {"module_stats.json": read_json(folder / "module_stats.json")}
+            if (folder / "module_stats.json").exists()
+            else {}
+        )
         save_checkpoint(model, folder, read_json(folder / "metrics.json"), config.preset, extra, dtype="bfloat16")
 
 

@@ -11,7 +11,13 @@ from redheart.cli import main
 from redheart.select.pins import pin_checkpoints
 from redheart.select.prune import prune_checkpoints
 from redheart.train.disk_plan import (
-    NotEnoughDisk, folder_bytes, plan_for_run, remaining_bytes, resume_slot_bytes, safetensors_bytes, weights_bytes,
+    NotEnoughDisk,
+    folder_bytes,
+    plan_for_run,
+    remaining_bytes,
+    resume_slot_bytes,
+    safetensors_bytes,
+    weights_bytes,
 )
 from redheart.train.recipe import train
 from redheart.train.sweep import run_trial
@@ -37,8 +43,11 @@ def safetensors_files(folder):
 
 
 def test_safetensors_size_is_computed_exactly(tmp_path):
-    tensors = {"layer.weight": torch.randn(7, 5), "layer.bias": torch.randn(5).to(torch.bfloat16),
-               "count": torch.zeros((), dtype=torch.int64)}
+    tensors = {
+        "layer.weight": torch.randn(7, 5),
+        "layer.bias": torch.randn(5).to(torch.bfloat16),
+        "count": torch.zeros((), dtype=torch.int64),
+    }
     save_file(tensors, str(tmp_path / "a.safetensors"), metadata={"group": "g", "preset": "tiny"})
     meta = {k: v.to("meta") for k, v in tensors.items()}
     assert safetensors_bytes(meta, {"group": "g", "preset": "tiny"}) == (tmp_path / "a.safetensors").stat().st_size
@@ -83,7 +92,7 @@ def test_training_refuses_to_start_when_the_disk_is_too_small(tmp_path, monkeypa
     with pytest.raises(NotEnoughDisk, match=r"training not started: .* still needs .* GB .* free there") as error:
         train(run, config, lr=1e-3, progress=False)
     assert "train.checkpoint_dtype=bfloat16" in str(error.value) and "redheart disk --run" in str(error.value)
-    assert not run.checkpoints.exists() and not run.resume.exists()
+    assert not run.checkpoints.exists() and not run.resume.exists() and not run.baselines.exists()
     with pytest.raises(NotEnoughDisk, match="sweep trial 0 not started"):
         run_trial(run, config, 0, progress=False)
     # Exactly enough is enough; the switch skips the check altogether.
@@ -106,9 +115,13 @@ def test_the_cli_refuses_with_a_clear_message(tmp_path, monkeypatch, capsys):
 def test_the_full_preset_plan_before_and_after_the_cuts(capsys, tmp_path):
     main(["disk", "--preset", "full"])
     after = capsys.readouterr().out
-    main(["disk", "--preset", "full", "--set", "train.checkpoint_dtype=float32", "--set", "sweep.keep_trial_resume=true"])
+    main(
+        ["disk", "--preset", "full", "--set", "train.checkpoint_dtype=float32", "--set", "sweep.keep_trial_resume=true"]
+    )
     before = capsys.readouterr().out
-    total = lambda text: float(next(line for line in text.splitlines() if line.strip().startswith("total")).split()[1])  # noqa: E731
+    def total(text: str) -> float:
+        return float(next(line for line in text.splitlines() if line.strip().startswith("total")).split()[1])
+
     # 730M parameters: 31 checkpoints at 2 bytes each, two fp32 resume slots of weights, EMA and two moments (16 bytes).
     assert total(after) == pytest.approx((31 * 2 + 2 * 16 + 4) * 730_347_117 / 1e9, rel=0.01)
     assert total(after) <= 100

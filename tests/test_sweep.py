@@ -142,7 +142,8 @@ def test_finished_trials_keep_their_metrics_and_drop_their_resume_state(single, 
     for folder in run.sweep.glob("trial_*"):
         assert len(read_metrics(RunDir(folder).metrics_log)) == 2 and not RunDir(folder).resume.exists()
     kept = make_run(tmp_path, n=25)
-    trial = run_trial(kept, tiny_config(**{"train.epochs": 1, "sweep.epochs": 1, "sweep.keep_trial_resume": True}), 0, progress=False)
+    config = tiny_config(**{"train.epochs": 1, "sweep.epochs": 1, "sweep.keep_trial_resume": True})
+    trial = run_trial(kept, config, 0, progress=False)
     assert (RunDir(trial.folder(kept)).resume / "current.json").exists()
 
 

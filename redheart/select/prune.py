@@ -44,5 +44,7 @@ def prune_checkpoints(run: RunDir, dry_run: bool = False) -> Pruned:
 def format_pruned(pruned: Pruned, dry_run: bool) -> str:
     verb = "would delete" if dry_run else "deleted"
     names = ", ".join(p.name for p in pruned.folders) or "nothing"
-    return (f"{verb} {len(pruned.folders)} checkpoints ({pruned.bytes / 1e9:.3f} GB): {names}\n"
-            f"kept (pinned): {', '.join(p.name for p in pruned.kept) or 'none'}")
+    return (
+        f"{verb} {len(pruned.folders)} checkpoints ({pruned.bytes / 1e9:.3f} GB): {names}\n"
+        f"kept (pinned): {', '.join(p.name for p in pruned.kept) or 'none'}"
+    )

@@ -33,15 +33,27 @@ from redheart.train.checkpoints import checkpoint_dtype
 from redheart.train.faults import DiskFullError
 from redheart.train.memory_strategy import strategy
 
-# Sizes measured on small-preset runs (CPU, telemetry on): files whose size follows the number of modules,
-# epochs and checkpoints, never the parameter count.
-EPOCH_LOG_BYTES = 11_800 + 30_000  # one metrics.jsonl line + the epoch's TensorBoard scalars
-CHECKPOINT_FILE_BYTES = 18_300 + 16_000 + 1_100 + 4_400  # metrics.json, module_stats.json, manifest, progress report
-SWEEP_OUTPUT_BYTES = 150_000  # results.json, results.csv, choice.json, curves.png
-SELECTION_BYTES = {"analysis": 30_000, "crossover": 60_000, "calibration": 60_000, "report": 1_500_000}
+# Files whose size follows the number of modules, epochs and checkpoints, never the parameter count: measured on
+# a small-preset pipeline (CPU, telemetry on, 8 epochs, a checkpoint every 2, a 3-trial sweep of 2 epochs).
+EPOCH_LOG_BYTES = 12_200 + 8_400  # one metrics.jsonl line + the epoch's TensorBoard scalars
+CHECKPOINT_FILE_BYTES = 18_700 + 16_400 + 1_000  # metrics.json, module_stats.json, manifest.json
+CHECKPOINT_LOG_BYTES = 19_300  # the module statistics' TensorBoard scalars
+PROGRESS_BYTES = (2_450, 195)  # a progress report: fixed part, and per epoch of history it covers
+SWEEP_OUTPUT_BYTES = (100_000, 1_800)  # curves.png, choice.json; results.json and .csv per trial epoch
+SELECTION_BYTES = {"analysis": 171_000, "crossover": 93_000, "calibration": 342_000, "report": 399_000}
+RUN_FILES = ("config.yaml", "baselines.json", "test_results.json")
+RUN_FILE_BYTES = 99_000
+FINAL_MODEL_FILE_BYTES = 65_000  # calibrators.json, config.json, manifest.json, README.md
+LOG_FILES = ("tensorboard", "progress", "metrics.jsonl")
 TORCH_SAVE_PER_TENSOR = 280  # torch.save's zip entry and pickle record per tensor (training.pt)
 RNG_AND_SCHEDULER_BYTES = 8_000  # CPU RNG state (5,056 bytes), scheduler and loss-scaler state in training.pt
-_DTYPE_NAMES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.int64: "I64", torch.bool: "BOOL"}
+_DTYPE_NAMES = {
+    torch.float32: "F32",
+    torch.bfloat16: "BF16",
+    torch.float16: "F16",
+    torch.int64: "I64",
+    torch.bool: "BOOL",
+}
 GB = 10**9
 
 
@@ -78,7 +90,11 @@ def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]
     # safetensors lays tensors out by alignment (largest element first), then by name.
     for name, tensor in sorted(tensors.items(), key=lambda item: (-item[1].element_size(), item[0])):
         size = tensor.numel() * tensor.element_size()
-        header[name] = {"dtype": _DTYPE_NAMES[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [offset, offset + size]}
+        header[name] = {
+            "dtype": _DTYPE_NAMES[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + size],
+        }
         offset += size
     text = len(json.dumps(header, separators=(",", ":")))
     return 8 + math.ceil(text / 8) * 8 + offset
@@ -90,7 +106,9 @@ def _as(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.T
 
 def weights_bytes(model: RedHeartModel, preset: str, dtype: torch.dtype) -> int:
     """One modular checkpoint's safetensors files (one per group), fp32 tensors stored as `dtype`."""
-    return sum(safetensors_bytes(_as(group_state_dict(model, g), dtype), {"group": g, "preset": preset}) for g in GROUPS)
+    return sum(
+        safetensors_bytes(_as(group_state_dict(model, g), dtype), {"group": g, "preset": preset}) for g in GROUPS
+    )
 
 
 def training_state_bytes(model: RedHeartModel, optimizer: str) -> int:
@@ -101,14 +119,20 @@ def training_state_bytes(model: RedHeartModel, optimizer: str) -> int:
 
     params = list(model.parameters())
     per_param = {"adamw": 3, "adamw8bit": 4}[optimizer]
-    return optimizer_state_bytes(params, optimizer) + RNG_AND_SCHEDULER_BYTES + TORCH_SAVE_PER_TENSOR * per_param * len(params)
+    return (
+        optimizer_state_bytes(params, optimizer)
+        + RNG_AND_SCHEDULER_BYTES
+        + TORCH_SAVE_PER_TENSOR * per_param * len(params)
+    )
 
 
 def resume_slot_bytes(model: RedHeartModel, optimizer: str, ema: bool) -> int:
     """One resume slot at an epoch end: model.safetensors, ema.safetensors, training.pt (no gradients: the
     window is complete), state.json."""
     state = model.state_dict()
-    total = safetensors_bytes(state) + 16 + training_state_bytes(model, optimizer) + 2_000  # empty grads file, state.json
+    total = (
+        safetensors_bytes(state) + 16 + training_state_bytes(model, optimizer) + 2_000
+    )  # empty grads file, state.json
     if ema:  # AveragedModel's state: "module."-prefixed tensors and its n_averaged counter
         ema_state = {f"module.{k}": v for k, v in state.items()} | {"n_averaged": torch.zeros((), dtype=torch.int64)}
         total += safetensors_bytes(ema_state)
@@ -132,7 +156,7 @@ def plan_disk(config: RunConfig, records: int, data_bytes: int, optimizer: str |
     ema = tc.ema_decay > 0
     store = checkpoint_dtype(tc.checkpoint_dtype)
     slot = resume_slot_bytes(model, optimizer, ema)
-    ids = 12 * records  # index.json: '"rNNNNNN", ' per record
+    ids = 36 * records  # index.json: a quoted 32-character content id per record
     embeddings = records * enc.max_segments * (enc.dim * 4 + 1) + 200 + ids
     lines = [
         DiskLine("data", "prepared records, rejections, split (as big as the input)", data_bytes),
@@ -142,23 +166,32 @@ def plan_disk(config: RunConfig, records: int, data_bytes: int, optimizer: str |
         from redheart.train.sweep import trial_count
 
         trials = trial_count(config)
-        logs = trials * sweep.epochs * EPOCH_LOG_BYTES + SWEEP_OUTPUT_BYTES
+        fixed, per_epoch = SWEEP_OUTPUT_BYTES
+        logs = trials * sweep.epochs * (EPOCH_LOG_BYTES + per_epoch) + fixed
         lines.append(DiskLine("sweep", f"{trials} trials x {sweep.epochs} epochs of metrics and logs, results", logs))
         if sweep.keep_trial_resume:
             kept = trials * _slots(sweep.epochs) * slot
             lines.append(DiskLine("sweep", f"{trials} trials' resume states kept (sweep.keep_trial_resume)", kept))
     saved = tc.epochs // tc.checkpoint_every
     weights = weights_bytes(model, config.preset, store)
-    lines.append(DiskLine("checkpoints", f"{saved} epoch checkpoints x {weights / GB:.3f} GB ({tc.checkpoint_dtype})",
-                          saved * (weights + CHECKPOINT_FILE_BYTES)))
-    if ema:
-        lines.append(DiskLine("checkpoints", f"EMA checkpoint ({tc.checkpoint_dtype})", weights + CHECKPOINT_FILE_BYTES))
-    lines.append(DiskLine("resume", f"{_slots(tc.epochs)} slots x {slot / GB:.3f} GB (fp32 weights, EMA, {optimizer} state)",
-                          _slots(tc.epochs) * slot))
-    lines.append(DiskLine("logs", f"{tc.epochs} epochs of metrics.jsonl, TensorBoard, progress", tc.epochs * EPOCH_LOG_BYTES))
-    lines.append(DiskLine("final_model", "the chosen model, fp32", weights_bytes(model, config.preset, torch.float32)))
+    stored = f"{weights / GB:.3f} GB ({tc.checkpoint_dtype})"
+    checkpoints = saved * (weights + CHECKPOINT_FILE_BYTES)
+    lines.append(DiskLine("checkpoints", f"{saved} epoch checkpoints x {stored}", checkpoints))
+    if ema:  # metrics.json and the manifest, no module statistics
+        lines.append(DiskLine("checkpoints", f"EMA checkpoint, {stored}", weights + 18_700 + 900))
+    slots = _slots(tc.epochs)
+    about = f"{slots} slots x {slot / GB:.3f} GB (fp32 weights, EMA, {optimizer} state)"
+    lines.append(DiskLine("resume", about, slots * slot))
+    fixed, per_epoch = PROGRESS_BYTES
+    at = [tc.checkpoint_every * (k + 1) for k in range(saved)]  # a progress report per checkpoint, and latest.json
+    progress = sum(fixed + per_epoch * epoch for epoch in at) + (fixed + per_epoch * at[-1] if at else 0)
+    logs = tc.epochs * EPOCH_LOG_BYTES + saved * CHECKPOINT_LOG_BYTES + progress
+    lines.append(DiskLine("logs", f"{tc.epochs} epochs of metrics.jsonl, TensorBoard, progress reports", logs))
+    final = weights_bytes(model, config.preset, torch.float32) + FINAL_MODEL_FILE_BYTES
+    lines.append(DiskLine("final_model", "the chosen model, fp32, with its calibrators", final))
     for folder, size in SELECTION_BYTES.items():
         lines.append(DiskLine(folder, "JSON, Markdown, plots", size))
+    lines.append(DiskLine("run files", ", ".join(RUN_FILES), RUN_FILE_BYTES))
     parameters = sum(p.numel() for p in model.parameters())
     return DiskPlan(config.preset, parameters, optimizer, tuple(lines))
 
@@ -197,15 +230,15 @@ def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
-def _present(run: RunDir, folder: str) -> int:
-    if folder == "logs":
-        return sum(folder_bytes(p) for p in (run.tensorboard, run.progress, run.metrics_log))
-    return folder_bytes(run.root / folder)
+def present_bytes(run: RunDir, folder: str) -> int:
+    """Bytes already in one of the plan's folders ("logs" and "run files" gather several entries)."""
+    names = {"logs": LOG_FILES, "run files": RUN_FILES}.get(folder, (folder,))
+    return sum(folder_bytes(run.root / name) for name in names)
 
 
 def remaining_bytes(plan: DiskPlan, run: RunDir) -> int:
     """What the pipeline has still to write: per folder, the plan less what is already there."""
-    return sum(max(0, planned - _present(run, folder)) for folder, planned in plan.by_folder().items())
+    return sum(max(0, planned - present_bytes(run, folder)) for folder, planned in plan.by_folder().items())
 
 
 def free_bytes(path: Path) -> int:
@@ -229,7 +262,9 @@ def ensure_disk_space(run: RunDir, config: RunConfig, phase: str, optimizer: str
     needed, free = remaining_bytes(plan, run), free_bytes(run.root)
     if free >= needed:
         return plan
-    folders = ", ".join(f"{folder} {size / GB:.2f} GB" for folder, size in sorted(plan.by_folder().items(), key=lambda kv: -kv[1])[:3])
+    folders = ", ".join(
+        f"{folder} {size / GB:.2f} GB" for folder, size in sorted(plan.by_folder().items(), key=lambda kv: -kv[1])[:3]
+    )
     cuts = []
     if config.train.checkpoint_dtype != "bfloat16":
         cuts.append("--set train.checkpoint_dtype=bfloat16 (halves the checkpoints)")
@@ -252,5 +287,7 @@ def format_disk_plan(plan: DiskPlan, run: RunDir | None = None) -> str:
     lines.append(f"  {'total':<{width}}  {plan.total / GB:10.3f} GB  left at the end, which is also the peak")
     if run is not None:
         needed = remaining_bytes(plan, run)
-        lines.append(f"still to write in {run.root}: {needed / GB:.3f} GB; free there: {free_bytes(run.root) / GB:.3f} GB")
+        lines.append(
+            f"still to write in {run.root}: {needed / GB:.3f} GB; free there: {free_bytes(run.root) / GB:.3f} GB"
+        )
     return "\n".join(lines)

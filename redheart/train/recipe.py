@@ -83,8 +83,7 @@ def train(
     device, main = distributed.device, distributed.is_main
 
     train_split, val_split = load_split(run, "train"), load_split(run, "val")
-    if main and not run.baselines.exists():
-        write_json(run.baselines, run_baselines(train_split, val_split))
+    baselines = run_baselines(train_split, val_split) if main and not run.baselines.exists() else None
 
     torch.manual_seed(seed)
     model = RedHeartModel(config.model, input_dim=train_split.input_dim, max_segments=train_split.max_segments)
@@ -93,6 +92,8 @@ def train(
         print(f"memory strategy {memory.name}: {memory.summary()}", file=sys.stderr)
     if main and log_dir is None:  # a sweep trial is covered by the sweep's own check
         ensure_disk_space(run, config, "training", memory.optimizer)
+    if baselines is not None:  # written once the disk check has passed: nothing is written before it
+        write_json(run.baselines, baselines)
 
     # The strategy is part of the identity: its optimizer state and numerics differ (8-bit moments, bf16).
     identity = {"config_hash": config_hash(config, lr, seed), "split_hash": split_hash(run), "memory": memory.name}

@@ -10,7 +10,8 @@ Every trial trains from `train.seed`'s initial weights and data order (the recip
 seed, not the rate), for `sweep.epochs`, into RunDir.sweep/trial_<k>_lr<lr>_seed<s>/ (a run-folder
 layout: metrics.jsonl, resume/, tensorboard/; no checkpoints). A finished trial is not run again, and an
 interrupted one resumes; once finished, its resume state is dropped (its metrics are all the sweep reads)
-unless `sweep.keep_trial_resume` is set. `collect` runs nothing: it scores the finished trials (redheart.train.sweep_score)
+unless `sweep.keep_trial_resume` is set.
+`collect` runs nothing: it scores the finished trials (redheart.train.sweep_score)
 and writes results.json, results.csv, choice.json (read by `train` when no rate is given) and curves.png.
 """
 
