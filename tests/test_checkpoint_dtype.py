@@ -13,6 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from redheart.atomic import read_json
+from redheart.config import RunConfig
 from redheart.model.model import RedHeartModel
 from redheart.rundir import RunDir
 from redheart.select.crossover import REFINED, crossover
@@ -23,7 +24,7 @@ from tiny_run import make_run, tiny_config
 EPOCHS = 6
 
 
-def resave_in_bf16(run: RunDir, config) -> None:
+def resave_in_bf16(run: RunDir, config: RunConfig) -> None:
     for folder in [*sorted(run.checkpoints.glob("epoch_*")), run.checkpoints / "ema"]:
         model = RedHeartModel(config.model, input_dim=config.encoder.dim, max_segments=config.encoder.max_segments)
         load_checkpoint(model, folder)

@@ -1,6 +1,7 @@
 """The disk plan against the bytes a real tiny run leaves, the free-space check, and the cuts it plans for."""
 
 from collections import namedtuple
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,6 +9,8 @@ from safetensors.torch import save_file
 
 import redheart.train.disk_plan as disk_plan
 from redheart.cli import main
+from redheart.config import RunConfig
+from redheart.model.model import RedHeartModel
 from redheart.select.pins import pin_checkpoints
 from redheart.select.prune import prune_checkpoints
 from redheart.train.disk_plan import (
@@ -38,7 +41,7 @@ def trained(tmp_path_factory):
     return run, config, out.output
 
 
-def safetensors_files(folder):
+def safetensors_files(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.glob("*.safetensors"))
 
 
@@ -146,8 +149,6 @@ def test_pruning_waits_for_the_crossover_and_keeps_every_pinned_checkpoint(tmp_p
     assert (run.checkpoints / "ema").exists()
 
 
-def empty_meta_model(config):
-    from redheart.model.model import RedHeartModel
-
+def empty_meta_model(config: RunConfig) -> RedHeartModel:
     with torch.device("meta"):
         return RedHeartModel(config.model, config.encoder.dim, config.encoder.max_segments)
