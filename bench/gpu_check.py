@@ -216,15 +216,24 @@ def strategy_child(settings: Settings, strategy: str, capped: bool) -> dict[str,
         "warm_up_samples_per_second": warm_up["samples_per_second"],
         "timed_samples": settings.windows * window,
         "out_of_memory_retries": events,
-        "seconds": seconds,
+        "train_seconds": seconds,
     }
 
 
-def judge(row: dict[str, Any], limit: int) -> dict[str, Any]:
-    """`within_limit`: reserved bytes at most `limit` and no out-of-memory retry; None for an uncapped run."""
-    if not row["capped"]:
-        return {**row, "within_limit": None}
-    return {**row, "within_limit": row["max_memory_reserved"] <= limit and not row["out_of_memory_retries"]}
+def strategy_row(
+    strategy: str, capped: bool, plan_device: int, plan_host: int, outcome: dict[str, Any], limit: int
+) -> dict[str, Any]:
+    """One strategy's line. `within_limit`: reserved bytes at most `limit` and no out-of-memory retry by the
+    trainer; False too when the process died of an out-of-memory error (placing the model, say); None for an
+    uncapped run, or a failure of another kind (reported under "failed")."""
+    row: dict[str, Any] = {"strategy": strategy, "capped": capped, "plan_device_bytes": plan_device,
+                           "plan_host_bytes": plan_host, "ok": outcome["ok"], "seconds": outcome["seconds"]}
+    if "result" not in outcome:
+        died_of_memory = "out of memory" in outcome.get("error", "").lower()
+        return {**row, "within_limit": False if capped and died_of_memory else None, "error": outcome.get("error")}
+    result = outcome["result"]
+    within = result["max_memory_reserved"] <= limit and not result["out_of_memory_retries"] if capped else None
+    return {**row, **result, "within_limit": within}
 
 
 # ---- part 2: the small pipeline, part 3: nccl ------------------------------------------------------------------
@@ -355,26 +364,15 @@ def check(settings: Settings) -> int:
         footprint = plan.footprint(strategy)
         command = me + ["--child", strategy, *(["--capped"] if capped else []), *settings.child_args()]
         outcome = run_part(command, left(SHARES["strategy"]))
-        row = {
-            "strategy": strategy,
-            "capped": capped,
-            "plan_device_bytes": footprint.device_total,
-            "plan_host_bytes": footprint.host_total,
-            "ok": outcome["ok"],
-            "seconds": outcome["seconds"],
-        }
-        if "result" in outcome:
-            row.update(judge(outcome["result"], settings.limit))
-        else:
-            row.update(within_limit=None, error=outcome.get("error"))
+        row = strategy_row(strategy, capped, footprint.device_total, footprint.host_total, outcome, settings.limit)
         rows.append(row)
     report["strategies"] = rows
     if "small" in settings.parts:
         with tempfile.TemporaryDirectory() as folder:
             report["small"] = small_pipeline(settings, Path(folder), left(SHARES["small"]))
     report["wall_seconds"] = time.perf_counter() - started
-    over = [r["strategy"] for r in rows if r["capped"] and r.get("within_limit") is False]
-    failed = [r["strategy"] for r in rows if not r["ok"]] + [
+    over = [r["strategy"] for r in rows if r["within_limit"] is False]
+    failed = [r["strategy"] for r in rows if not r["ok"] and r["within_limit"] is None] + [
         p for p in ("nccl", "small") if not report.get(p, {"ok": True})["ok"]
     ]
     report["over_limit"], report["failed"] = over, failed
@@ -408,7 +406,7 @@ def markdown(report: dict[str, Any]) -> str:
         speed = (
             f"{row['samples_per_second']:.2f}"
             if "samples_per_second" in row
-            else f"failed: {row.get('error', '')[:60]}"
+            else f"failed: {(row.get('error') or '')[-60:]}"
         )
         lines.append(
             f"| {row['strategy']} | {f'{limit:.0f} GiB' if row['capped'] else 'none'} | "

@@ -54,6 +54,18 @@ def test_a_strategy_over_its_cap_fails_the_check(tmp_path):
     assert "Over the cap although the plan says they fit: saving." in (tmp_path / "gpu_check.md").read_text()
 
 
+def test_an_out_of_memory_death_counts_as_over_the_cap_and_other_deaths_as_failures():
+    died = {"ok": False, "seconds": 9.0, "error": "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB"}
+    crashed = {"ok": False, "seconds": 9.0, "error": "ImportError: bitsandbytes"}
+    retried = {"ok": True, "seconds": 9.0,
+               "result": {"max_memory_reserved": GiB, "out_of_memory_retries": [{"epoch": 0, "micro_batch": 2}]}}
+    fine = {"ok": True, "seconds": 9.0, "result": {"max_memory_reserved": 8 * GiB, "out_of_memory_retries": []}}
+    within = {name: gpu_check.strategy_row("saving", True, 1, 0, outcome, 8 * GiB)["within_limit"]
+              for name, outcome in {"died": died, "crashed": crashed, "retried": retried, "fine": fine}.items()}
+    assert within == {"died": False, "crashed": None, "retried": False, "fine": True}
+    assert gpu_check.strategy_row("standard", False, 1, 0, died, 8 * GiB)["within_limit"] is None  # not capped
+
+
 @pytest.mark.parametrize(("card", "expected"), [
     (None, [("saving", True), ("swap", True)]),  # the plan's 8 GiB alone
     (12 * GiB, [("saving", True), ("swap", True)]),  # standard needs about 15 GiB
