@@ -283,7 +283,8 @@ def format_disk_plan(plan: DiskPlan, run: RunDir | None = None) -> str:
     lines = [f"disk plan, preset {plan.preset} ({plan.parameters:,} parameters; resume state with {plan.optimizer}):"]
     width = max(len(line.folder) for line in plan.lines)
     for line in plan.lines:
-        lines.append(f"  {line.folder:<{width}}  {line.bytes / GB:10.3f} GB  {line.what}")
+        size = f"{line.bytes / GB:10.3f} GB" if line.bytes >= GB // 10 else f"{line.bytes / 10**6:10.3f} MB"
+        lines.append(f"  {line.folder:<{width}}  {size}  {line.what}")
     lines.append(f"  {'total':<{width}}  {plan.total / GB:10.3f} GB  left at the end, which is also the peak")
     if run is not None:
         needed = remaining_bytes(plan, run)
