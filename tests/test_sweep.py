@@ -147,6 +147,17 @@ def test_finished_trials_keep_their_metrics_and_drop_their_resume_state(single, 
     assert (RunDir(trial.folder(kept)).resume / "current.json").exists()
 
 
+def test_a_trial_without_its_resume_state_is_extended_by_training_it_again(tmp_path):
+    run = make_run(tmp_path, n=25)
+    one = tiny_config(**{"train.rdrop_alpha": 0.0, "sweep.epochs": 1})
+    trial = run_trial(run, one, 0, progress=False)
+    first = read_metrics(RunDir(trial.folder(run)).metrics_log)
+    run_trial(run, tiny_config(**{"train.rdrop_alpha": 0.0, "sweep.epochs": 2}), 0, progress=False)
+    again = read_metrics(RunDir(trial.folder(run)).metrics_log)
+    assert [r["epoch"] for r in again] == [1, 2]
+    assert again[0]["val"]["loss"] == pytest.approx(first[0]["val"]["loss"], rel=1e-6)
+
+
 def test_finished_trials_are_not_trained_again(single, monkeypatch):
     run, result, _, _ = single
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import csv
 import math
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,13 @@ def run_trial(run: RunDir, config: RunConfig, k: int, progress: bool = True) -> 
     trial = trial_of(run, config, k)
     if finished_records(run, trial, config.sweep.epochs) is None:
         ensure_disk_space(run, config, f"sweep trial {trial.index}")
+        folder = RunDir(trial.folder(run))
+        if folder.metrics_log.exists() and not folder.resume.exists():
+            # Finished for fewer epochs, its resume state dropped: retrained from the start, which gives the same
+            # first epochs again (same seed, same data order), rather than appending to the old records.
+            print(f"sweep trial {trial.index}: no resume state to extend; training it again from the start",
+                  file=sys.stderr)
+            shutil.rmtree(folder.root)
         train(
             run, config, lr=trial.lr, epochs=config.sweep.epochs, seed=trial.seed,
             log_dir=trial.folder(run), save_checkpoints=False, progress=progress,
