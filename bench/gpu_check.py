@@ -1,7 +1,7 @@
 """The full preset on a real GPU in one command: memory per strategy under an 8 GiB cap, speed, a small
 pipeline end to end, and nccl under torchrun. Results go to OUT/gpu_check.json and OUT/gpu_check.md.
 
-    python bench/gpu_check.py OUT            # on a CUDA machine; about 6 minutes on one H200
+    python bench/gpu_check.py OUT            # on a CUDA machine; 8 minutes at most (the parts' time limits)
     python bench/gpu_check.py OUT --dry-run  # the same code path on CPU: tiny preset, no CUDA call
 
 Parts, each in its own process (peak memory is per process, and a crash or a timeout stays in its part):
