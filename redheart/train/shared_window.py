@@ -33,7 +33,7 @@ from collections.abc import Callable
 import torch
 from torch.distributed.tensor import DTensor
 
-from redheart.data.dataset import SplitTensors, epoch_order
+from redheart.data.dataset import SplitTensors, training_order
 from redheart.train.distributed import Distributed
 from redheart.train.loop import EpochTally, Trainer
 from redheart.train.sharding import is_sharded
