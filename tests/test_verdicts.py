@@ -230,3 +230,68 @@ def test_paired_interval_of_a_difference_matches_resampling_by_hand() -> None:
     assert out["verdict_accuracy"][0] > 0  # 60% against 40% right on 200 rows is a clear difference
     same = paired_difference_intervals({**blank, "verdict": a}, {**blank, "verdict": a}, targets, present, 200, 0)
     assert same["verdict_macro_f1"] == (0.0, 0.0) and same["emotion_accuracy"] == (None, None)
+
+
+# ---- the decision rule reads validation only ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def crossed(tmp_path_factory):
+    """A tiny run trained 3 epochs and put through crossover (validation only)."""
+    from redheart.select.crossover import crossover
+    from redheart.train.recipe import train
+    from tiny_run import make_run
+
+    run = make_run(tmp_path_factory.mktemp("rule"), n=40)
+    config = tiny_config(**{"train.epochs": 3, "train.rdrop_alpha": 0.0, "select.refine_rounds": 0})
+    train(run, config, lr=3e-3, progress=False)
+    crossover(run, config)
+    return run, config
+
+
+def guard_test_reads(patch, run, allowed=lambda: False) -> list[set]:
+    """Record every set of records the loader reads; a read of a test record fails unless `allowed()`."""
+    import redheart.data.dataset as dataset
+
+    test_ids = set(read_json(run.split_manifest)["test"])
+    read, seen = dataset._read_records, []
+
+    def guarded(run_dir, wanted):
+        seen.append(set(wanted))
+        assert allowed() or not wanted & test_ids, "a test record was read"
+        return read(run_dir, wanted)
+
+    patch.setattr(dataset, "_read_records", guarded)
+    return seen
+
+
+def test_the_decision_rule_is_fitted_on_validation_only(crossed) -> None:
+    from redheart.evaluate.final import decision_rule_path, fit_decision_rules
+
+    run, config = crossed
+    val_ids = set(read_json(run.split_manifest)["val"])
+    with pytest.MonkeyPatch.context() as patch:
+        seen = guard_test_reads(patch, run)
+        rules = fit_decision_rules(run, config)
+    assert val_ids in seen
+    assert rules == read_json(decision_rule_path(run))
+    assert rules["split"] == "val" and rules["n"] == len(val_ids)
+    for name in ("final_model", "linear_probe"):
+        assert len(rules[name]["weights"]) == len(VERDICTS) and rules[name]["n"] == len(val_ids)
+        assert rules[name]["macro_f1_rule"] >= rules[name]["macro_f1_argmax"]
+
+
+def test_evaluate_fits_the_rule_before_it_reads_the_test_split(crossed) -> None:
+    from redheart.evaluate.final import decision_rule_path, evaluate_test, format_results
+
+    run, config = crossed
+    decision_rule_path(run).unlink(missing_ok=True)
+    with pytest.MonkeyPatch.context() as patch:
+        guard_test_reads(patch, run, allowed=decision_rule_path(run).exists)
+        results = evaluate_test(run, config)
+    rule = results["models"][results["final_model"]]["decision_rule"]
+    assert rule["weights"] == read_json(decision_rule_path(run))["final_model"]["weights"]
+    difference = results["final_vs_probe"]["verdict_macro_f1_rule"]
+    assert difference["final"] == pytest.approx(rule["verdict_macro_f1"])
+    assert difference["difference"] == pytest.approx(difference["final"] - difference["probe"])
+    assert set(results["verdict_sources"]) == set(VERDICT_MODULES)
+    assert "paired bootstrap" in format_results(results) and results["final_vs_probe_conclusion"] in format_results(results)
