@@ -74,7 +74,8 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
 
     run = RunDir(args.run)
     config = _run_config(run, args)
-    summary = prepare(_data_path(args.data), run, config.data, strict=args.strict, extra=_extra_paths(args.extra_verdicts))
+    summary = prepare(_data_path(args.data), run, config.data, strict=args.strict,
+                      extra=_extra_paths(args.extra_verdicts))
     print(format_summary(summary))
 
 

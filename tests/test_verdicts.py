@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import f1_score
+from tiny_run import synthetic_record, synthetic_split, tiny_config
 
 from redheart.atomic import read_json
 from redheart.config import DataConfig
@@ -20,7 +21,6 @@ from redheart.model.model import MODULE_TARGETS, VERDICT_MODULES, RedHeartModel
 from redheart.rundir import RunDir
 from redheart.select.intervals import paired_difference_intervals
 from redheart.train.loop import forward_losses
-from tiny_run import synthetic_record, synthetic_split, tiny_config
 
 EMOTION_MODULES = [name for name, target in MODULE_TARGETS.items() if target == "emotions"]
 
@@ -237,9 +237,10 @@ def test_paired_interval_of_a_difference_matches_resampling_by_hand() -> None:
 @pytest.fixture(scope="module")
 def crossed(tmp_path_factory):
     """A tiny run trained 3 epochs and put through crossover (validation only)."""
+    from tiny_run import make_run
+
     from redheart.select.crossover import crossover
     from redheart.train.recipe import train
-    from tiny_run import make_run
 
     run = make_run(tmp_path_factory.mktemp("rule"), n=40)
     config = tiny_config(**{"train.epochs": 3, "train.rdrop_alpha": 0.0, "select.refine_rounds": 0})
@@ -250,7 +251,7 @@ def crossed(tmp_path_factory):
 
 def guard_test_reads(patch, run, allowed=lambda: False) -> list[set]:
     """Record every set of records the loader reads; a read of a test record fails unless `allowed()`."""
-    import redheart.data.dataset as dataset
+    from redheart.data import dataset
 
     test_ids = set(read_json(run.split_manifest)["test"])
     read, seen = dataset._read_records, []
@@ -294,4 +295,5 @@ def test_evaluate_fits_the_rule_before_it_reads_the_test_split(crossed) -> None:
     assert difference["final"] == pytest.approx(rule["verdict_macro_f1"])
     assert difference["difference"] == pytest.approx(difference["final"] - difference["probe"])
     assert set(results["verdict_sources"]) == set(VERDICT_MODULES)
-    assert "paired bootstrap" in format_results(results) and results["final_vs_probe_conclusion"] in format_results(results)
+    printed = format_results(results)
+    assert "paired bootstrap" in printed and results["final_vs_probe_conclusion"] in printed

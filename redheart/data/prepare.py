@@ -134,7 +134,7 @@ def prepare(data_path: str | Path | Sequence[str | Path], run: RunDir, config: D
 
     by_split = _records_by_split(records, split)
     sources = _source_stats(records, split, loaded.roles)
-    stats = {
+    stats: dict[str, Any] = {
         "data_path": shown_path,
         "sources": sources,
         "records_read": loaded.records_read,

@@ -91,7 +91,8 @@ def fit_probe(
         if name in DISTRIBUTION_TARGETS:
             models[name] = soft_logistic_regression(train_features[mask], values)
         else:
-            models[name] = make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS)).fit(train_features[mask], values)
+            ridge = make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS))
+            models[name] = ridge.fit(train_features[mask], values)
     return models
 
 

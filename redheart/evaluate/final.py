@@ -51,7 +51,8 @@ def decision_rule_path(run: RunDir) -> Path:
 PROBE = "linear_probe"
 # The paired comparison: headline metrics plus the verdict's cross-entropy and its macro-F1 under the rule.
 DIFFERENCE_KEYS = (*HEADLINE_COLUMNS, "verdict_cross_entropy", "verdict_macro_f1_rule")
-DIFFERENCE_LABELS = {**HEADLINE_COLUMNS, "verdict_cross_entropy": "verdict CE", "verdict_macro_f1_rule": "verdict F1 (rule)"}
+DIFFERENCE_LABELS = {**HEADLINE_COLUMNS, "verdict_cross_entropy": "verdict CE",
+                     "verdict_macro_f1_rule": "verdict F1 (rule)"}
 LOWER_IS_BETTER = ("regression_mae", "verdict_cross_entropy")
 
 
@@ -81,7 +82,8 @@ def fit_decision_rules(run: RunDir, config: RunConfig, probe: dict | None = None
     if not rows.any():
         raise ValueError(f"{run.split_manifest}: no validation record has a verdict to fit the decision rule on")
     votes = np.asarray(targets["verdict"])[rows]
-    sources = {"final_model": final_predictions(run, config, val_split), PROBE: probe_predict(probe, pooled_features(val_split))}
+    sources = {"final_model": final_predictions(run, config, val_split),
+               PROBE: probe_predict(probe, pooled_features(val_split))}
     rules = {"split": "val", "n": int(rows.sum()),
              **{name: fit_class_weights(preds["verdict"][rows], votes) for name, preds in sources.items()}}
     write_json(decision_rule_path(run), rules)
@@ -92,13 +94,16 @@ def _with_rule(preds: dict[str, np.ndarray], weights: list[float]) -> dict[str, 
     return {**preds, "verdict": reweighted(preds["verdict"], weights)}
 
 
-def _rule_scores(preds: dict[str, np.ndarray], weights: list[float], split: SplitTensors, n_boot: int, seed: int) -> dict[str, Any]:
+def _rule_scores(
+    preds: dict[str, np.ndarray], weights: list[float], split: SplitTensors, n_boot: int, seed: int
+) -> dict[str, Any]:
     """Verdict accuracy and macro-F1 of the rule's classes, with their bootstrap intervals."""
     targets, present = split_targets(split)
     ruled = _with_rule(preds, weights)
     metrics = evaluate_predictions(ruled, targets, present)["verdict"]
     intervals = headline_intervals(ruled, targets, present, n_boot, seed)
-    return {"weights": weights, "verdict_accuracy": metrics.get("accuracy"), "verdict_macro_f1": metrics.get("macro_f1"),
+    return {"weights": weights, "verdict_accuracy": metrics.get("accuracy"),
+            "verdict_macro_f1": metrics.get("macro_f1"),
             "intervals": {k: intervals[k] for k in ("verdict_accuracy", "verdict_macro_f1")}}
 
 
@@ -110,15 +115,16 @@ def paired_difference(
     bootstrap interval (both models scored on the same resampled rows)."""
     targets, present = split_targets(split)
     values = {}
-    for name, preds, weights in (("final", final, rules["final_model"]["weights"]), ("probe", probe, rules[PROBE]["weights"])):
+    weights_of = {"final": rules["final_model"]["weights"], "probe": rules[PROBE]["weights"]}
+    for name, preds in (("final", final), ("probe", probe)):
+        weights = weights_of[name]
         metrics = evaluate_predictions(preds, targets, present)
         ruled = evaluate_predictions(_with_rule(preds, weights), targets, present)
         values[name] = {**headline(metrics), "verdict_cross_entropy": metrics["verdict"].get("cross_entropy"),
                         "verdict_macro_f1_rule": ruled["verdict"].get("macro_f1")}
     intervals = paired_difference_intervals(final, probe, targets, present, n_boot, seed)
     ruled_intervals = paired_difference_intervals(
-        _with_rule(final, rules["final_model"]["weights"]), _with_rule(probe, rules[PROBE]["weights"]), targets, present,
-        n_boot, seed)
+        _with_rule(final, weights_of["final"]), _with_rule(probe, weights_of["probe"]), targets, present, n_boot, seed)
     intervals["verdict_macro_f1_rule"] = ruled_intervals["verdict_macro_f1"]
     out = {}
     for key in DIFFERENCE_KEYS:
@@ -305,9 +311,10 @@ def format_difference(results: dict[str, Any]) -> list[str]:
     """The decision rule's test numbers and the final - probe table with paired intervals (empty if absent)."""
     if "final_vs_probe" not in results:
         return []
-    lines = ["", f"Verdict decision rule (class weights on the predicted distribution, fitted on validation, "
-                 f"n={results['decision_rule']['n_val']}); test:"]
-    entries = (("final model", results["models"][results["final_model"]]), ("linear probe", results["baselines"][PROBE]))
+    lines = ["", (f"Verdict decision rule (class weights on the predicted distribution, fitted on validation, "
+                  f"n={results['decision_rule']['n_val']}); test:")]
+    final = results["models"][results["final_model"]]
+    entries = (("final model", final), ("linear probe", results["baselines"][PROBE]))
     for name, entry in entries:
         rule = entry.get("decision_rule", {})
         lo, hi = rule.get("intervals", {}).get("verdict_macro_f1", (None, None))

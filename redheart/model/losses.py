@@ -49,7 +49,8 @@ def vote_loss(logits: Tensor, batch: dict[str, Tensor]) -> Tensor:
         raise ValueError(f"the batch has no {VOTES!r} (vote counts), which the Dirichlet-multinomial loss needs")
     present = batch["verdict_present"].to(torch.bool)
     counts = torch.where(present.unsqueeze(-1), batch[VOTES].float(), torch.zeros_like(batch[VOTES].float()))
-    per_row = torch.where(present, dirichlet_multinomial_nll(logits, counts), torch.zeros_like(present, dtype=torch.float))
+    nll = dirichlet_multinomial_nll(logits, counts)
+    per_row = torch.where(present, nll, torch.zeros_like(nll))
     return per_row.sum() / present.sum().clamp_min(1)
 
 

@@ -119,7 +119,7 @@ def _data(ctx: _Context) -> Section:
                "comparable with a run without it." if extra else "."))
         section.tables.append(Table("Records per source (targets a source lacks stay masked, never filled in)",
                                     ["source", "role", "clean records", "train", "val", "test"],
-                                    [[name, e["role"], fmt(e["clean_records"]), fmt(e["train"]), fmt(e["val"]), fmt(e["test"])]
+                                    [[name, e["role"], *(fmt(e[k]) for k in ("clean_records", "train", "val", "test"))]
                                      for name, e in sources.items()], "data_sources"))
     return section
 
@@ -232,16 +232,18 @@ def _difference(section: Section, results: dict[str, Any]) -> None:
     if "final_vs_probe" not in results:
         return
     rows = []
-    for name, entry in (("final model", results["models"][results["final_model"]]), ("linear probe", results["baselines"][PROBE])):
+    final = results["models"][results["final_model"]]
+    for name, entry in (("final model", final), ("linear probe", results["baselines"][PROBE])):
         rule = entry["decision_rule"]
-        rows.append([name, fmt_ci(entry["headline"]["verdict_macro_f1"], entry.get("intervals", {}).get("verdict_macro_f1")),
+        argmax_ci = entry.get("intervals", {}).get("verdict_macro_f1")
+        rows.append([name, fmt_ci(entry["headline"]["verdict_macro_f1"], argmax_ci),
                      fmt_ci(rule["verdict_macro_f1"], rule["intervals"]["verdict_macro_f1"]),
                      fmt_ci(rule["verdict_accuracy"], rule["intervals"]["verdict_accuracy"]),
                      ", ".join(fmt(w, 2) for w in rule["weights"])])
     section.tables.append(Table(
         f"Verdict on test: argmax against the decision rule (class weights {', '.join(VERDICTS)} on the predicted "
-        f"distribution, fitted on validation only, n = {fmt(results['decision_rule']['n_val'])}); the distribution, and so "
-        "cross-entropy and calibration, is unchanged", ["model", "verdict F1 (argmax)", "verdict F1 (rule)",
+        f"distribution, fitted on validation only, n = {fmt(results['decision_rule']['n_val'])}); the distribution, "
+        "and so cross-entropy and calibration, is unchanged", ["model", "verdict F1 (argmax)", "verdict F1 (rule)",
                                                         "verdict acc. (rule)", "class weights"], rows, "decision_rule"))
     rows = [[DIFFERENCE_LABELS[key], fmt(e["final"]), fmt(e["probe"]), fmt(e["difference"]),
              "—" if e["interval"][0] is None else f"[{fmt(e['interval'][0])}, {fmt(e['interval'][1])}]"]

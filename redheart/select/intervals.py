@@ -113,6 +113,8 @@ def paired_difference_intervals(
         if metric_a is None or metric_b is None:
             out[key] = (None, None)
             continue
-        difference = lambda idx, a=metric_a, b=metric_b: a(idx) - b(idx)  # noqa: E731
+        def difference(idx: np.ndarray, a: Metric = metric_a, b: Metric = metric_b) -> np.ndarray:
+            return a(idx) - b(idx)
+
         out[key] = bootstrap_ci(difference, n, n_boot=n_boot, seed=seed, batched=True)
     return out

@@ -55,8 +55,8 @@ def run_shared_epoch(
     samples are in rank 0's parameters (the other ranks must hold none) and the rest is dealt out.
     """
     tally = tally or EpochTally()
-    order = epoch_order(len(split), seed, epoch)
     size = trainer.plan.window
+    order = training_order(split, seed, epoch, size)
     if distributed.is_main and trainer.plan.accumulation < distributed.world_size:
         warnings.warn(
             f"a window has {trainer.plan.accumulation} micro-batch(es) for {distributed.world_size} processes, so "
