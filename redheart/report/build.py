@@ -111,7 +111,7 @@ def _data(ctx: _Context) -> Section:
                                 "accuracy in the results table is higher than this share)",
                                 ["split", "records", *labels, "mean length", "median length", "majority emotion"], rows, "data_statistics"))
     sources = stats.get("sources", {})
-    if sources:
+    if len(sources) > 1:
         extra = [name for name, entry in sources.items() if entry["role"] == "extra"]
         section.paragraphs.append(
             "Validation and test are drawn from the fully labelled source(s) only"
