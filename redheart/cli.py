@@ -49,10 +49,24 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def _data_path(given: str | None) -> Path:
+def _data_path(given: str | list[str] | None) -> Path | list[Path]:
+    """The labelled input file(s): those given (several with --data A --data B), else the bundled set."""
     from redheart.data.schema import bundled_data_path
 
+    if isinstance(given, list):
+        return [Path(p) for p in given] if len(given) > 1 else Path(given[0])
     return Path(given) if given else bundled_data_path()
+
+
+def _extra_paths(given: list[str] | None) -> list[Path]:
+    """The train-only input files; "bundled" names the community verdicts shipped in the package."""
+    from redheart.data.schema import bundled_verdicts_path
+
+    return [bundled_verdicts_path() if item == "bundled" else Path(item) for item in given or [] if item != "none"]
+
+
+_EXTRA_HELP = ("records for the training split only (e.g. verdicts without the other targets), repeatable; "
+               "'bundled' is the 13,362 community verdicts shipped in the package")
 
 
 def _cmd_prepare(args: argparse.Namespace) -> None:
@@ -60,7 +74,8 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
 
     run = RunDir(args.run)
     config = _run_config(run, args)
-    summary = prepare(_data_path(args.data), run, config.data, strict=args.strict)
+    summary = prepare(_data_path(args.data), run, config.data, strict=args.strict,
+                      extra=_extra_paths(args.extra_verdicts))
     print(format_summary(summary))
 
 
@@ -186,7 +201,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> None:
 
     run = RunDir(args.run)
     config = _run_config(run, args)
-    run_pipeline(run, config, data=_data_path(args.data), cache_dir=args.cache)
+    run_pipeline(run, config, data=_data_path(args.data), cache_dir=args.cache, extra=_extra_paths(args.extra_verdicts))
 
 
 def _add_run_options(parser: argparse.ArgumentParser, default_run: str | None = None) -> None:
@@ -209,7 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     prepare = _phase_command(commands, "prepare", _cmd_prepare, "validate, de-duplicate and split a data set into a run folder")
-    prepare.add_argument("--data", help="JSON array or JSON Lines file (default: the bundled Red Heart set)")
+    prepare.add_argument("--data", action="append",
+                         help="JSON array or JSON Lines file, repeatable (default: the bundled Red Heart set)")
+    prepare.add_argument("--extra-verdicts", action="append", metavar="FILE", help=_EXTRA_HELP)
     prepare.add_argument("--strict", action="store_true", help="fail on the first invalid record instead of rejecting it")
 
     encode = _phase_command(commands, "encode", _cmd_encode, "embed the run's texts (cached on disk)")
@@ -271,7 +288,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     pipeline = commands.add_parser("pipeline", help="every phase in order on one run folder (the main job)")
     _add_run_options(pipeline, default_run="runs/main")
-    pipeline.add_argument("--data", help="input data (default: the bundled Red Heart set)")
+    pipeline.add_argument("--data", action="append", help="input data, repeatable (default: the bundled Red Heart set)")
+    pipeline.add_argument("--extra-verdicts", action="append", metavar="FILE", help=_EXTRA_HELP)
     pipeline.add_argument("--cache", type=Path, help="embedding cache folder")
     pipeline.set_defaults(func=_cmd_pipeline)
     return parser

@@ -8,7 +8,7 @@ sweet spots and crossover on validation, then the single read of the test split,
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -26,7 +26,8 @@ def _phase(title: str, work: Callable[[], T]) -> T:
     return result
 
 
-def run_pipeline(run: RunDir, config: RunConfig, data: Path, cache_dir: Path | None = None) -> None:
+def run_pipeline(run: RunDir, config: RunConfig, data: Path | Sequence[Path], cache_dir: Path | None = None,
+                 extra: Sequence[Path] = ()) -> None:
     from redheart.data.encode import encode_run, format_encode_summary
     from redheart.data.prepare import format_summary, prepare
     from redheart.evaluate.final import evaluate_test, format_results
@@ -36,8 +37,10 @@ def run_pipeline(run: RunDir, config: RunConfig, data: Path, cache_dir: Path | N
     from redheart.train.sweep import format_choice, run_sweep
 
     started = time.perf_counter()
-    print(f"redheart pipeline: preset {config.preset!r}, data {data}, run folder {run.root}")
-    summary = _phase("prepare", lambda: prepare(data, run, config.data))
+    inputs = ", ".join(str(p) for p in ([data] if isinstance(data, Path) else data))
+    train_only = f", train-only {', '.join(str(p) for p in extra)}" if extra else ""
+    print(f"redheart pipeline: preset {config.preset!r}, data {inputs}{train_only}, run folder {run.root}")
+    summary = _phase("prepare", lambda: prepare(data, run, config.data, extra=extra))
     print(format_summary(summary))
     encoded = _phase("encode", lambda: encode_run(run, config.encoder, cache_dir=cache_dir))
     print(format_encode_summary(encoded))

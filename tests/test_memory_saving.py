@@ -44,7 +44,7 @@ def test_per_module_checkpointing_gives_the_same_loss_and_gradients(data, monkey
     loss, plain = gradients(data, checkpointing=False)
     assert not calls
     loss_ckpt, checkpointed = gradients(data, checkpointing=True)
-    assert len(calls) == 17  # every top-level module but the fusion; R-Drop is one concatenated forward
+    assert len(calls) == 18  # every top-level module but the fusion; R-Drop is one concatenated forward
     assert torch.equal(loss, loss_ckpt)
     for name, grad in plain.items():
         torch.testing.assert_close(checkpointed[name], grad, rtol=1e-6, atol=1e-7, msg=name)
@@ -94,6 +94,9 @@ def test_swap_strategy_trains_like_the_standard_one(data, tmp_path):
         for name in ("standard", "swap")
     }
     standard, swap = live_weights(runs["standard"]), live_weights(runs["swap"])
+    # Gradients are summed in another order (one group's losses at a time), and AdamW's first steps move a weight
+    # by about lr wherever its gradient is tiny, whatever its size: with the verdict head on the backbone, 3 of
+    # 52k weights moved by up to 1.4e-4 (lr 3e-3). atol 5e-4 still fails any real difference in the updates.
     for key in standard:
-        torch.testing.assert_close(swap[key], standard[key], rtol=1e-4, atol=1e-4, msg=key)
+        torch.testing.assert_close(swap[key], standard[key], rtol=1e-4, atol=5e-4, msg=key)
     assert runs["swap"].final["train_loss"]["total"] == pytest.approx(runs["standard"].final["train_loss"]["total"], rel=1e-5)

@@ -32,6 +32,7 @@ def make_batch(dim: int, size: int = 6, seed: int = 1) -> dict[str, torch.Tensor
         value = torch.rand(size, width, generator=generator)
         batch[name] = value / value.sum(-1, keepdim=True) if name in ("emotions", "verdict") else value
         batch[f"{name}_present"] = torch.ones(size, dtype=torch.bool)
+    batch["verdict_votes"] = torch.randint(1, 20, (size, TARGET_DIMS["verdict"]), generator=generator).float()
     return batch
 
 

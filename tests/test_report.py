@@ -117,7 +117,8 @@ def test_latex_tables_parse_and_hold_the_runs_numbers(tiny_run, tmp_path):
     build_report(tiny_run)
     folder = tiny_run.report / "tables"
     names = {p.stem for p in folder.glob("*.tex")}
-    assert names == {"data_statistics", "architecture", "sweet_spots", "training_results", "calibration"}
+    assert names == {"data_statistics", "architecture", "sweet_spots", "training_results", "calibration",
+                     "decision_rule", "final_vs_probe"}
     tables = {name: (folder / f"{name}.tex").read_text() for name in names}
     for tex in tables.values():
         structurally_valid(tex)
@@ -133,6 +134,9 @@ def test_latex_tables_parse_and_hold_the_runs_numbers(tiny_run, tmp_path):
     assert f"total &  &  & {fmt(parameters['total'])} & " in tables["architecture"]
     calibration = read_json(tiny_run.calibration / "test_report.json")["targets"]["emotions"]
     assert fmt(calibration["before"]["ece"]) in tables["calibration"] and fmt(calibration["before"]["brier"]) in tables["calibration"]
+    paired = results["final_vs_probe"]["verdict_cross_entropy"]
+    assert f"verdict CE & {fmt(paired['final'])} & {fmt(paired['probe'])} & {fmt(paired['difference'])} & " \
+        in tables["final_vs_probe"]
     spots = read_json(tiny_run.analysis / "analysis.json")["sweet_spots"]
     assert all(f"{escape(group)} & {fmt(epoch)} & " in tables["sweet_spots"] for group, epoch in spots.items())
     if shutil.which("pdflatex"):

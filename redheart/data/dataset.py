@@ -21,11 +21,13 @@ from redheart.rundir import RunDir
 
 SPLITS = ("train", "val", "test")
 DISTRIBUTION_TARGETS = ("emotions", "verdict")
+VOTES = "verdict_votes"  # (N, 5) raw vote counts beside the normalised "verdict" distribution
 
 
 @dataclass(frozen=True)
 class SplitTensors:
-    """One split in memory: "x", "mask", every target of TARGET_DIMS and its "<name>_present" flag."""
+    """One split in memory: "x", "mask", every target of TARGET_DIMS and its "<name>_present" flag, and the
+    verdict's raw vote counts ("verdict_votes")."""
 
     name: str
     ids: tuple[str, ...]
@@ -96,7 +98,54 @@ def targets_tensors(records: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
                 present[row] = True
         out[name] = values
         out[f"{name}_present"] = present
+    # The raw vote counts beside the normalised "verdict", for the Dirichlet-multinomial loss; a record with a
+    # label and no counts gives one vote to its label.
+    votes = torch.zeros(len(records), TARGET_DIMS["verdict"], dtype=torch.float32)
+    for row, record in enumerate(records):
+        counts = verdict_votes(record)
+        if counts is not None:
+            votes[row] = torch.as_tensor(counts, dtype=torch.float32)
+    out[VOTES] = votes
     return out
+
+
+def verdict_votes(record: dict[str, Any]) -> list[float] | None:
+    """The community's vote counts in VERDICTS order, or one vote for `label` when there are no counts."""
+    shares = _verdict(record)
+    if shares is None:
+        return None
+    scores = record.get("label_scores")
+    if scores and sum(float(scores.get(verdict, 0)) for verdict in VERDICTS) > 0:
+        return [float(scores.get(verdict, 0)) for verdict in VERDICTS]
+    return shares
+
+
+def verdict_only_rows(tensors: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(N,) bool: the rows with a verdict and no other target (they need only the verdict's modules)."""
+    others = [tensors[f"{name}_present"] for name in TARGET_DIMS if name != "verdict"]
+    return tensors["verdict_present"] & ~torch.stack(others).any(0)
+
+
+def training_order(split: SplitTensors, seed: int, epoch: int, window: int) -> torch.Tensor:
+    """The order of epoch `epoch` as the trainer walks it, in windows of `window` samples.
+
+    Without verdict-only rows this is `epoch_order` unchanged. With them, the epoch's order is cut into
+    windows of one kind each (verdict-only, or the rest), whose order is shuffled by (seed, epoch): a
+    verdict-only window runs only the verdict's modules. The two partial windows go last, so at most the
+    final windows mix the kinds. Like `epoch_order`, a function of its arguments only, so resume is exact.
+    """
+    order = epoch_order(len(split), seed, epoch)
+    only = verdict_only_rows(split.tensors)
+    if not bool(only.any()) or bool(only.all()):
+        return order
+    chunks, tails = [], []
+    for part in (order[~only[order]], order[only[order]]):
+        whole = len(part) - len(part) % window
+        chunks += list(torch.split(part[:whole], window))
+        tails.append(part[whole:])
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch + 7_919)
+    shuffled = [chunks[int(i)] for i in torch.randperm(len(chunks), generator=generator)]
+    return torch.cat([*shuffled, *tails])
 
 
 def record_target(record: dict[str, Any], name: str) -> list[float] | None:

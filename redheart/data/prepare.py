@@ -1,7 +1,13 @@
 """Phase 0 as one function: load + validate, near-duplicate removal, split, leakage check, statistics.
 
-Reads one data file and writes the run's data artifacts (all through redheart.atomic):
+Reads one or more data files and writes the run's data artifacts (all through redheart.atomic):
 clean records, rejected records, duplicates, split manifest and the statistics for the paper.
+
+Every clean record carries `source`, the stem of the file it came from. The `data` files are the fully
+labelled sets: validation and test are drawn from them alone. The `extra` files (e.g. community verdicts
+without the other targets) only ever join the training split, so validation and test, and every table
+scored on them, stay those of the labelled sets. Near-duplicates are removed over the union (the first
+occurrence is kept, and the labelled sets come first) and ids must be unique over the union.
 """
 
 from __future__ import annotations
@@ -31,7 +37,7 @@ _PREVIEW_CHARS = 200
 
 @dataclass(frozen=True)
 class PrepareSummary:
-    data_path: str
+    data_path: str  # the input files, joined by ", "
     records_read: int
     rejected: int
     rejected_by_reason: dict[str, int]
@@ -42,14 +48,72 @@ class PrepareSummary:
     seconds: dict[str, float] = field(default_factory=dict)  # step -> wall time
     rejected_path: str = ""
     rejected_lines: list[str] = field(default_factory=list)  # the first few rejections, one line each
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)  # source -> role, clean records, train rows
 
 
+def source_name(path: str | Path) -> str:
+    """The `source` recorded on a file's records: its name without directory and data suffixes."""
+    name = Path(path).name
+    for suffix in (".gz", ".jsonl", ".json"):
+        name = name.removesuffix(suffix)
+    return name
 
-def prepare(data_path: str | Path, run: RunDir, config: DataConfig, strict: bool = False) -> PrepareSummary:
-    """Run phase 0 on `data_path` and write its artifacts into `run`; see the module docstring."""
+
+@dataclass
+class _Loaded:
+    records: list[dict[str, Any]]
+    rejected: list[dict[str, Any]]
+    records_read: int
+    rejected_by_reason: Counter
+    ignored_fields: Counter
+    roles: dict[str, str]  # source -> "labelled" | "extra", in input order
+
+
+def _load_sources(data: Sequence[Path], extra: Sequence[Path], config: DataConfig, strict: bool) -> _Loaded:
+    """Every file's records, each tagged with its source; an id already used by an earlier file is rejected."""
+    out = _Loaded([], [], 0, Counter(), Counter(), {})
+    first_source: dict[str, str] = {}
+    for path, role in [*((p, "labelled") for p in data), *((p, "extra") for p in extra)]:
+        name = source_name(path)
+        if name in out.roles:
+            raise ValueError(f"{path}: two input files share the source name {name!r}; rename one")
+        out.roles[name] = role
+        loaded = load_records(path, config, strict=strict)
+        out.records_read += loaded.records_read
+        out.rejected_by_reason.update(loaded.rejected_by_reason)
+        out.ignored_fields.update(loaded.ignored_fields)
+        out.rejected += [{**row, "source": name} for row in loaded.rejected]
+        for record in loaded.records:
+            earlier = first_source.get(record["id"])
+            if earlier is not None:
+                problem = {"field": "id", "reason": "duplicate_id",
+                           "message": f"id {record['id']!r} is already used by a record of source {earlier!r}"}
+                if strict:
+                    raise ValueError(f"{path}: record {record['id']!r}: id: {problem['message']}")
+                out.rejected.append({"index": None, "line": None, "id": record["id"], "problems": [problem],
+                                     "raw": "", "source": name})
+                out.rejected_by_reason["id: duplicate_id"] += 1
+                continue
+            first_source[record["id"]] = name
+            out.records.append({**record, "source": name})
+    return out
+
+
+def _paths(given: str | Path | Sequence[str | Path]) -> list[Path]:
+    return [Path(given)] if isinstance(given, (str, Path)) else [Path(p) for p in given]
+
+
+def prepare(data_path: str | Path | Sequence[str | Path], run: RunDir, config: DataConfig, strict: bool = False,
+            extra: Sequence[str | Path] = ()) -> PrepareSummary:
+    """Run phase 0 on the labelled file(s) `data_path` plus the train-only `extra` files, writing the artifacts
+    into `run`; see the module docstring."""
+    data, extras = _paths(data_path), _paths(extra)
+    if not data:
+        raise ValueError("prepare needs at least one labelled data file")
+    shown_path = ", ".join(str(p) for p in [*data, *extras])
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
-    loaded = load_records(data_path, config, strict=strict)
+    loaded = _load_sources(data, extras, config, strict)
     seconds["load"] = _lap(clock)
 
     clock = time.perf_counter()
@@ -58,15 +122,21 @@ def prepare(data_path: str | Path, run: RunDir, config: DataConfig, strict: bool
     seconds["dedup"] = _lap(clock)
 
     clock = time.perf_counter()
-    split = split_records(records, config)
+    labelled = [record for record in records if loaded.roles[record["source"]] == "labelled"]
+    split = split_records(labelled, config)
+    # Extra records join train only, after the labelled ones, so validation and test are the labelled set's.
+    split = Split(train=split.train + [r["id"] for r in records if loaded.roles[r["source"]] == "extra"],
+                  val=split.val, test=split.test, stratified_by=split.stratified_by)
     seconds["split"] = _lap(clock)
     clock = time.perf_counter()
     leaks = check_leakage(records, split, config.dedup_threshold, progress=True)
     seconds["leakage"] = _lap(clock)
 
     by_split = _records_by_split(records, split)
-    stats = {
-        "data_path": str(data_path),
+    sources = _source_stats(records, split, loaded.roles)
+    stats: dict[str, Any] = {
+        "data_path": shown_path,
+        "sources": sources,
         "records_read": loaded.records_read,
         "rejected": len(loaded.rejected),
         "rejected_by_reason": dict(sorted(loaded.rejected_by_reason.items())),
@@ -92,7 +162,7 @@ def prepare(data_path: str | Path, run: RunDir, config: DataConfig, strict: bool
     })
     write_json(run.data_stats, stats)
     return PrepareSummary(
-        data_path=str(data_path),
+        data_path=shown_path,
         records_read=loaded.records_read,
         rejected=len(loaded.rejected),
         rejected_by_reason=stats["rejected_by_reason"],
@@ -103,7 +173,18 @@ def prepare(data_path: str | Path, run: RunDir, config: DataConfig, strict: bool
         seconds=seconds,
         rejected_path=str(run.rejected_records),
         rejected_lines=[_rejection_line(row) for row in loaded.rejected[:_SHOWN_REJECTIONS]],
+        sources=sources,
     )
+
+
+def _source_stats(records: Sequence[dict[str, Any]], split: Split, roles: dict[str, str]) -> dict[str, Any]:
+    split_of = {i: name for name in ("train", "val", "test") for i in getattr(split, name)}
+    out: dict[str, Any] = {}
+    for name, role in roles.items():
+        mine = [record for record in records if record["source"] == name]
+        out[name] = {"role": role, "clean_records": len(mine),
+                     **{part: sum(split_of[r["id"]] == part for r in mine) for part in ("train", "val", "test")}}
+    return out
 
 
 def format_summary(summary: PrepareSummary) -> str:
@@ -115,6 +196,9 @@ def format_summary(summary: PrepareSummary) -> str:
         lines += [f"    {line}" for line in summary.rejected_lines]
         more = summary.rejected - len(summary.rejected_lines)
         lines.append(f"    {'... ' + str(more) + ' more; ' if more > 0 else ''}all with reasons and raw text: {summary.rejected_path}")
+    if len(summary.sources) > 1:
+        lines += [f"  source {name} ({entry['role']}): {entry['clean_records']} clean, train {entry['train']},"
+                  f" val {entry['val']}, test {entry['test']}" for name, entry in summary.sources.items()]
     lines.append(f"near-duplicates removed: {summary.duplicates_removed}")
     lines.append("split: " + ", ".join(f"{name} {size}" for name, size in summary.split_sizes.items()))
     labels = [*VERDICTS, NO_LABEL]
@@ -133,7 +217,7 @@ _SHOWN_REJECTIONS = 20
 
 
 def _rejection_line(row: dict[str, Any]) -> str:
-    where = f"record {row['index']} (id {row['id']!r}, line {row['line']})"
+    where = f"record {row['index']} (id {row['id']!r}, line {row['line']}, source {row.get('source')})"
     return where + ": " + "; ".join(f"{p['field']}: {p['message']}" for p in row["problems"])
 
 

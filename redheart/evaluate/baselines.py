@@ -81,22 +81,39 @@ def _class_probabilities(model: Pipeline, features: np.ndarray, n_classes: int) 
     return probs
 
 
+def fit_probe(
+    train_features: np.ndarray, targets: Mapping[str, np.ndarray], present: Mapping[str, np.ndarray]
+) -> dict[str, Pipeline]:
+    """The linear probe's fitted models, one per target, each on the training rows that have the target."""
+    models = {}
+    for name in TARGET_DIMS:
+        mask, values = _training_rows(name, targets, present)
+        if name in DISTRIBUTION_TARGETS:
+            models[name] = soft_logistic_regression(train_features[mask], values)
+        else:
+            ridge = make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS))
+            models[name] = ridge.fit(train_features[mask], values)
+    return models
+
+
+def probe_predict(models: Mapping[str, Pipeline], features: np.ndarray) -> dict[str, np.ndarray]:
+    """Predictions of fitted probe models (fit_probe) on `features`."""
+    preds = {}
+    for name, width in TARGET_DIMS.items():
+        if name in DISTRIBUTION_TARGETS:
+            preds[name] = _class_probabilities(models[name], features, width)
+        else:
+            preds[name] = models[name].predict(features).reshape(-1, width)
+    return preds
+
+
 def probe_predictions(
     train_features: np.ndarray,
     targets: Mapping[str, np.ndarray],
     present: Mapping[str, np.ndarray],
     eval_features: np.ndarray,
 ) -> dict[str, np.ndarray]:
-    preds = {}
-    for name, width in TARGET_DIMS.items():
-        mask, values = _training_rows(name, targets, present)
-        if name in DISTRIBUTION_TARGETS:
-            model = soft_logistic_regression(train_features[mask], values)
-            preds[name] = _class_probabilities(model, eval_features, width)
-        else:
-            model = make_pipeline(StandardScaler(), RidgeCV(alphas=RIDGE_ALPHAS))
-            preds[name] = model.fit(train_features[mask], values).predict(eval_features).reshape(-1, width)
-    return preds
+    return probe_predict(fit_probe(train_features, targets, present), eval_features)
 
 
 def _features(

@@ -17,14 +17,15 @@ import numpy as np
 from redheart.atomic import read_json, write_json
 from redheart.config import RunConfig
 from redheart.data.dataset import SplitTensors, load_split
-from redheart.evaluate.baselines import constant_predictions, probe_predictions
+from redheart.evaluate.baselines import constant_predictions, fit_probe, probe_predict
+from redheart.evaluate.decision_rule import fit_class_weights, reweighted
 from redheart.evaluate.metrics import evaluate_predictions, headline
 from redheart.model.model import RedHeartModel
 from redheart.report.calibration import calibration_report, fit_calibrators, write_calibration_report
 from redheart.rundir import RunDir
 from redheart.select.candidates import fused_of
 from redheart.select.crossover import CROSSOVER, ENSEMBLE, REFINED, load_candidates
-from redheart.select.intervals import headline_intervals
+from redheart.select.intervals import headline_intervals, paired_difference_intervals
 from redheart.select.outputs import SplitOutputs, as_numpy, fused_loss
 from redheart.train.evaluation import split_targets
 from redheart.train.recipe import pooled_features, run_baselines
@@ -43,17 +44,128 @@ def test_results_path(run: RunDir) -> Path:
     return run.root / "test_results.json"
 
 
+def decision_rule_path(run: RunDir) -> Path:
+    return run.root / "decision_rule.json"
+
+
+PROBE = "linear_probe"
+# The paired comparison: headline metrics plus the verdict's cross-entropy and its macro-F1 under the rule.
+DIFFERENCE_KEYS = (*HEADLINE_COLUMNS, "verdict_cross_entropy", "verdict_macro_f1_rule")
+DIFFERENCE_LABELS = {**HEADLINE_COLUMNS, "verdict_cross_entropy": "verdict CE",
+                     "verdict_macro_f1_rule": "verdict F1 (rule)"}
+LOWER_IS_BETTER = ("regression_mae", "verdict_cross_entropy")
+
+
+def final_predictions(run: RunDir, config: RunConfig, split: SplitTensors) -> dict[str, np.ndarray]:
+    """The final model's fused predictions on `split` (ensemble members are fused first)."""
+    candidates, plan = load_candidates(run)
+    model = RedHeartModel(config.model, input_dim=split.input_dim, max_segments=split.max_segments)
+    cache = SplitOutputs(model, split, config.select.batch_size)
+    done: dict = {}
+    for candidate in candidates:
+        done[candidate.name] = fused_of(candidate, cache, run, done)
+        if candidate.name == plan["final_model"]:
+            return as_numpy(done[candidate.name])
+    raise ValueError(f"{run.crossover / 'candidates.json'}: the final model {plan['final_model']!r} is not a candidate")
+
+
+def fit_decision_rules(run: RunDir, config: RunConfig, probe: dict | None = None) -> dict[str, Any]:
+    """Class weights for the verdict of the final model and of the linear probe, fitted on validation only
+    (redheart.evaluate.decision_rule); written to decision_rule.json and returned. `probe`: fitted probe
+    models (fit_probe on the training split), fitted here when not given."""
+    train_split, val_split = load_split(run, "train"), load_split(run, "val")
+    if probe is None:
+        train_targets, train_present = split_targets(train_split)
+        probe = fit_probe(pooled_features(train_split), train_targets, train_present)
+    targets, present = split_targets(val_split)
+    rows = np.asarray(present["verdict"], dtype=bool)
+    if not rows.any():
+        raise ValueError(f"{run.split_manifest}: no validation record has a verdict to fit the decision rule on")
+    votes = np.asarray(targets["verdict"])[rows]
+    sources = {"final_model": final_predictions(run, config, val_split),
+               PROBE: probe_predict(probe, pooled_features(val_split))}
+    rules = {"split": "val", "n": int(rows.sum()),
+             **{name: fit_class_weights(preds["verdict"][rows], votes) for name, preds in sources.items()}}
+    write_json(decision_rule_path(run), rules)
+    return rules
+
+
+def _with_rule(preds: dict[str, np.ndarray], weights: list[float]) -> dict[str, np.ndarray]:
+    return {**preds, "verdict": reweighted(preds["verdict"], weights)}
+
+
+def _rule_scores(
+    preds: dict[str, np.ndarray], weights: list[float], split: SplitTensors, n_boot: int, seed: int
+) -> dict[str, Any]:
+    """Verdict accuracy and macro-F1 of the rule's classes, with their bootstrap intervals."""
+    targets, present = split_targets(split)
+    ruled = _with_rule(preds, weights)
+    metrics = evaluate_predictions(ruled, targets, present)["verdict"]
+    intervals = headline_intervals(ruled, targets, present, n_boot, seed)
+    return {"weights": weights, "verdict_accuracy": metrics.get("accuracy"),
+            "verdict_macro_f1": metrics.get("macro_f1"),
+            "intervals": {k: intervals[k] for k in ("verdict_accuracy", "verdict_macro_f1")}}
+
+
+def paired_difference(
+    final: dict[str, np.ndarray], probe: dict[str, np.ndarray], rules: dict[str, Any], split: SplitTensors,
+    n_boot: int, seed: int,
+) -> dict[str, dict[str, Any]]:
+    """final model - linear probe on every key of DIFFERENCE_KEYS: the point difference and its paired 95%
+    bootstrap interval (both models scored on the same resampled rows)."""
+    targets, present = split_targets(split)
+    values = {}
+    weights_of = {"final": rules["final_model"]["weights"], "probe": rules[PROBE]["weights"]}
+    for name, preds in (("final", final), ("probe", probe)):
+        weights = weights_of[name]
+        metrics = evaluate_predictions(preds, targets, present)
+        ruled = evaluate_predictions(_with_rule(preds, weights), targets, present)
+        values[name] = {**headline(metrics), "verdict_cross_entropy": metrics["verdict"].get("cross_entropy"),
+                        "verdict_macro_f1_rule": ruled["verdict"].get("macro_f1")}
+    intervals = paired_difference_intervals(final, probe, targets, present, n_boot, seed)
+    ruled_intervals = paired_difference_intervals(
+        _with_rule(final, weights_of["final"]), _with_rule(probe, weights_of["probe"]), targets, present, n_boot, seed)
+    intervals["verdict_macro_f1_rule"] = ruled_intervals["verdict_macro_f1"]
+    out = {}
+    for key in DIFFERENCE_KEYS:
+        a, b = values["final"][key], values["probe"][key]
+        out[key] = {"final": a, "probe": b, "difference": None if a is None or b is None else a - b,
+                    "interval": list(intervals[key])}
+    return out
+
+
+def difference_conclusion(difference: dict[str, dict[str, Any]]) -> str:
+    """One sentence from the paired intervals: where the final model is better, worse, or not shown to differ."""
+    better, worse, unclear = [], [], []
+    for key, entry in difference.items():
+        lo, hi = entry["interval"]
+        if entry["difference"] is None or lo is None:
+            continue
+        text = f"{DIFFERENCE_LABELS[key]} {entry['difference']:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+        sign = -1 if key in LOWER_IS_BETTER else 1
+        if sign * lo > 0 and sign * hi > 0:
+            better.append(text)
+        elif sign * lo < 0 and sign * hi < 0:
+            worse.append(text)
+        else:
+            unclear.append(text)
+    parts = [f"better than the probe on {'; '.join(better)}" if better else "better than the probe on no metric",
+             f"worse on {'; '.join(worse)}" if worse else "worse on none",
+             f"not shown to differ (the interval holds 0) on {'; '.join(unclear)}" if unclear else ""]
+    return ("Final model - linear probe on test, paired bootstrap 95% intervals of the difference: the final model is "
+            + ", ".join(p for p in parts if p) + ".")
+
+
 def _scored(preds: dict[str, np.ndarray], split: SplitTensors, n_boot: int, seed: int) -> dict[str, Any]:
     targets, present = split_targets(split)
     metrics = evaluate_predictions(preds, targets, present)
     return {"fused": metrics, "headline": headline(metrics), "intervals": headline_intervals(preds, targets, present, n_boot, seed)}
 
 
-def _baseline_predictions(train: SplitTensors, test: SplitTensors) -> dict[str, dict[str, np.ndarray]]:
+def _baseline_predictions(train: SplitTensors, test: SplitTensors, probe: dict) -> dict[str, dict[str, np.ndarray]]:
     targets, present = split_targets(train)
     constant = constant_predictions(targets, present, len(test))
-    probe = probe_predictions(pooled_features(train), targets, present, pooled_features(test))
-    return {"class_prior": constant, "mean_predictor": constant, "linear_probe": probe}
+    return {"class_prior": constant, "mean_predictor": constant, PROBE: probe_predict(probe, pooled_features(test))}
 
 
 def evaluate_test(run: RunDir, config: RunConfig) -> dict[str, Any]:
@@ -72,11 +184,17 @@ def evaluate_test(run: RunDir, config: RunConfig) -> dict[str, Any]:
         write_json(run.baselines, run_baselines(train_split, load_split(run, "val")))
     val_baselines = read_json(run.baselines)
     calibrators = fit_calibrators(run, config)  # validation only, before the test split is read
+    train_targets, train_present = split_targets(train_split)
+    probe = fit_probe(pooled_features(train_split), train_targets, train_present)
+    rules = fit_decision_rules(run, config, probe)  # validation only, before the test split is read
     test_split = load_split(run, "test")
 
     baselines = {}
-    for name, preds in _baseline_predictions(train_split, test_split).items():
+    baseline_preds = _baseline_predictions(train_split, test_split, probe)
+    for name, preds in baseline_preds.items():
         baselines[name] = {**_scored(preds, test_split, options.bootstrap_samples, options.bootstrap_seed), "val_headline": headline(val_baselines[name])}
+    baselines[PROBE]["decision_rule"] = _rule_scores(
+        baseline_preds[PROBE], rules[PROBE]["weights"], test_split, options.bootstrap_samples, options.bootstrap_seed)
     model = RedHeartModel(config.model, input_dim=test_split.input_dim, max_segments=test_split.max_segments)
     cache = SplitOutputs(model, test_split, options.batch_size)
     fused_by_name: dict = {}
@@ -88,8 +206,14 @@ def evaluate_test(run: RunDir, config: RunConfig) -> dict[str, Any]:
             **_scored(as_numpy(fused), test_split, options.bootstrap_samples, options.bootstrap_seed),
             "loss": fused_loss(fused, test_split),
         }
+    final_preds = as_numpy(fused_by_name[plan["final_model"]])
+    models[plan["final_model"]]["decision_rule"] = _rule_scores(
+        final_preds, rules["final_model"]["weights"], test_split, options.bootstrap_samples, options.bootstrap_seed)
+    difference = paired_difference(final_preds, baseline_preds[PROBE], rules, test_split, options.bootstrap_samples,
+                                   options.bootstrap_seed)
+    final_candidate = next(c for c in candidates if c.name == plan["final_model"])
     test_targets, test_present = split_targets(test_split)
-    calibration = calibration_report(calibrators, as_numpy(fused_by_name[plan["final_model"]]), test_targets, test_present)
+    calibration = calibration_report(calibrators, final_preds, test_targets, test_present)
     write_calibration_report(run, calibration)
     results = {
         "split": "test",
@@ -101,6 +225,10 @@ def evaluate_test(run: RunDir, config: RunConfig) -> dict[str, Any]:
         "validation_conclusion": plan["conclusion"],
         "baselines": baselines,
         "models": models,
+        "decision_rule": {"fitted_on": "val", "n_val": rules["n"], **{k: rules[k] for k in ("final_model", PROBE)}},
+        "final_vs_probe": difference,
+        "final_vs_probe_conclusion": difference_conclusion(difference),
+        "verdict_sources": final_candidate.fusion.source_weights("verdict") if final_candidate.fusion else None,
         "calibration": {
             target: {"method": entry["method"], **{when: {m: entry[when][m] for m in CALIBRATION_METRICS} for when in ("before", "after")}}
             for target, entry in calibration["targets"].items()
@@ -169,6 +297,7 @@ def format_results(results: dict[str, Any]) -> str:
     lines.append("accuracy / F1: higher is better; MAE: mean over the 9 regression outputs, lower is better")
     if "final_model" in results:
         lines += [f"final model (best single network on validation): {results['final_model']}", results["validation_conclusion"], results["test_conclusion"]]
+    lines += format_difference(results)
     for target, entry in results.get("calibration", {}).items():
         before, after = entry["before"], entry["after"]
         lines.append(
@@ -176,3 +305,35 @@ def format_results(results: dict[str, Any]) -> str:
             + ", ".join(f"{m.upper()} {before[m]:.4f} -> {after[m]:.4f}" for m in CALIBRATION_METRICS)
         )
     return "\n".join(lines)
+
+
+def format_difference(results: dict[str, Any]) -> list[str]:
+    """The decision rule's test numbers and the final - probe table with paired intervals (empty if absent)."""
+    if "final_vs_probe" not in results:
+        return []
+    lines = ["", (f"Verdict decision rule (class weights on the predicted distribution, fitted on validation, "
+                  f"n={results['decision_rule']['n_val']}); test:")]
+    final = results["models"][results["final_model"]]
+    entries = (("final model", final), ("linear probe", results["baselines"][PROBE]))
+    for name, entry in entries:
+        rule = entry.get("decision_rule", {})
+        lo, hi = rule.get("intervals", {}).get("verdict_macro_f1", (None, None))
+        weights = ", ".join(f"{w:.2f}" for w in rule.get("weights", []))
+        lines.append(f"  {name:<12} verdict F1 argmax {entry['headline']['verdict_macro_f1']:.4f}, with the rule "
+                     f"{rule.get('verdict_macro_f1', float('nan')):.4f} [{lo:.3f},{hi:.3f}]; weights [{weights}]")
+    if results.get("verdict_sources"):
+        shares = ", ".join(f"{k} {v:.2f}" for k, v in results["verdict_sources"].items())
+        lines.append(f"  verdict fusion weights (fitted on validation): {shares}")
+    header = f"{'metric':<18}  {'final':>8}  {'probe':>8}  {'final-probe':>11}  95% interval of the difference"
+    lines += ["", "Final model - linear probe on test (paired bootstrap: both scored on the same resampled rows):",
+              header, "-" * len(header)]
+    for key, entry in results["final_vs_probe"].items():
+        if entry["difference"] is None:
+            continue
+        lo, hi = entry["interval"]
+        band = "—" if lo is None else f"[{lo:+.4f}, {hi:+.4f}]"
+        lines.append(f"{DIFFERENCE_LABELS[key]:<18}  {entry['final']:>8.4f}  {entry['probe']:>8.4f}  "
+                     f"{entry['difference']:>+11.4f}  {band}")
+    lines.append("CE and MAE: lower is better")
+    lines.append(results["final_vs_probe_conclusion"])
+    return lines

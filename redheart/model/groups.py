@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 GROUPS: dict[str, list[str]] = {
-    "group_a": ["backbone", "emotion_head", "bentham_head", "regret_head", "surd_head"],
+    "group_a": ["backbone", "emotion_head", "bentham_head", "regret_head", "surd_head", "verdict_head"],
     "group_b": ["neural_emotion", "neural_bentham", "neural_regret", "neural_surd"],
     "advanced_emotion": ["advanced_emotion"],
     "advanced_regret": ["advanced_regret"],

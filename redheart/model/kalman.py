@@ -7,9 +7,13 @@ source can be trusted less on inputs where the sources disagree). Sources are re
 never changes the groups, which stay independent predictors and can be swapped by crossover; `refit` then
 re-estimates the fusion on validation predictions.
 
-Emotions are fused in log-probability space (a weighted geometric pool, renormalised), so the fused output is a
-valid log-distribution. Regression targets are fused in [0,1] and calibrated by a gain and bias in logit space.
-The verdict has one source (the community network); it passes through with a learned temperature.
+Emotions and the verdict are fused in log-probability space (a weighted geometric pool, renormalised), so the
+fused output is a valid log-distribution. Regression targets are fused in [0,1] and calibrated by a gain and bias
+in logit space. The verdict's two sources are the verdict head on the backbone and the community network; as they
+are trained by different objectives (vote likelihood, soft cross-entropy), the weights fitted on validation say
+which objective's predictions validation trusts.
+
+A target whose sources are not all in the outputs (a verdict-only forward) is left out of the fused outputs.
 """
 
 from __future__ import annotations
@@ -26,27 +30,27 @@ REGRESSION_SOURCES = {
     "regret_factor": ("regret_head", "neural_regret", "advanced_regret"),
     "surd_metrics": ("surd_head", "neural_surd", "advanced_surd"),
 }
-VERDICT_SOURCE = "phase2_community"
+VERDICT_SOURCES = ("verdict_head", "phase2_community")
+_LOG_SPACE = ("emotions", "verdict")
 _EPS = 1e-4
 
 
 class KalmanFusion(nn.Module):
     def __init__(self, target_dims: dict[str, int]) -> None:
         super().__init__()
-        self.sources = {"emotions": EMOTION_SOURCES, **REGRESSION_SOURCES}
+        self.sources = {"emotions": EMOTION_SOURCES, "verdict": VERDICT_SOURCES, **REGRESSION_SOURCES}
         self.log_var = nn.ParameterDict(
             {t: nn.Parameter(torch.zeros(len(s), target_dims[t])) for t, s in self.sources.items()}
         )
-        # Emotion noise adapts per source; the small regression targets adapt per source and dimension.
+        # Distribution noise adapts per source; the small regression targets adapt per source and dimension.
         self.dynamic = nn.ModuleDict(
             {
-                t: nn.Linear(len(s) * target_dims[t], len(s) * (1 if t == "emotions" else target_dims[t]))
+                t: nn.Linear(len(s) * target_dims[t], len(s) * (1 if t in _LOG_SPACE else target_dims[t]))
                 for t, s in self.sources.items()
             }
         )
         self.gain = nn.ParameterDict({t: nn.Parameter(torch.ones(target_dims[t])) for t in self.sources})
         self.bias = nn.ParameterDict({t: nn.Parameter(torch.zeros(target_dims[t])) for t in self.sources})
-        self.verdict_log_temperature = nn.Parameter(torch.zeros(()))
         self.reset_dynamic()
 
     def reset_dynamic(self) -> None:
@@ -58,24 +62,30 @@ class KalmanFusion(nn.Module):
     def measurements(self, out: dict[str, dict[str, Tensor]], target: str) -> Tensor:
         """(B, n_sources, k) detached: log-probabilities for emotions, values in [0,1] for regression targets."""
         stacked = torch.stack([out[s][target].detach() for s in self.sources[target]], dim=1)
-        return F.log_softmax(stacked, dim=-1) if target == "emotions" else stacked
+        return F.log_softmax(stacked, dim=-1) if target in _LOG_SPACE else stacked
 
     def forward(self, out: dict[str, dict[str, Tensor]]) -> dict[str, Tensor]:
         fused = {}
-        for target in self.sources:
+        for target, sources in self.sources.items():
+            if not all(source in out for source in sources):
+                continue
             m = self.measurements(out, target)
-            features = m.exp() if target == "emotions" else m
+            features = m.exp() if target in _LOG_SPACE else m
             dynamic = self.dynamic[target](features.flatten(1)).view(m.shape[0], m.shape[1], -1)
             weights = torch.softmax(-(self.log_var[target] + dynamic), dim=1)
             estimate = (weights * m).sum(1)
-            if target == "emotions":
+            if target in _LOG_SPACE:
                 fused[target] = F.log_softmax(self.gain[target] * estimate + self.bias[target], dim=-1)
             else:
                 logit = torch.logit(estimate.clamp(_EPS, 1 - _EPS))
                 fused[target] = torch.sigmoid(self.gain[target] * logit + self.bias[target])
-        verdict = out[VERDICT_SOURCE]["verdict"].detach()
-        fused["verdict"] = F.log_softmax(verdict / self.verdict_log_temperature.exp(), dim=-1)
         return fused
+
+    def source_weights(self, target: str) -> dict[str, float]:
+        """The static share of each source of `target` (the weights before the input-dependent adjustment),
+        averaged over the target's dimensions."""
+        weights = torch.softmax(-self.log_var[target].detach(), dim=0).mean(-1)
+        return {source: float(w) for source, w in zip(self.sources[target], weights)}
 
     def loss(self, out: dict[str, dict[str, Tensor]], batch: dict[str, Tensor]) -> Tensor:
         return sum(target_loss(t, pred, batch) for t, pred in self.forward(out).items())
@@ -88,12 +98,11 @@ class KalmanFusion(nn.Module):
                 continue
             m = self.measurements(out, target)[present]
             truth = batch[target][present].to(m.dtype).unsqueeze(1)
-            values = m.exp() if target == "emotions" else m
+            values = m.exp() if target in _LOG_SPACE else m
             mse = (values - truth).square().mean(0)
             self.log_var[target].copy_(mse.clamp_min(1e-6).log())
             self.gain[target].fill_(1.0)
             self.bias[target].zero_()
-        self.verdict_log_temperature.zero_()
         self.reset_dynamic()
 
     def refit(self, predictions: dict[str, dict[str, Tensor]], targets: dict[str, Tensor], steps: int = 50) -> float:

@@ -2,15 +2,56 @@
 
 Distribution targets (emotions, verdict) are compared on LOGITS through log_softmax (never softmax first);
 regression outputs are already in [0,1] and compared by MSE with an explicit shape check.
+
+A module listed in `vote_modules` learns the verdict from the community's vote counts by the
+Dirichlet-multinomial likelihood instead (`dirichlet_multinomial_nll`): its logits are the log of the
+Dirichlet concentrations, so softmax(logits) is still its predicted vote distribution.
 """
 
 from __future__ import annotations
+
+from collections.abc import Collection
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 DISTRIBUTION_TARGETS = ("emotions", "verdict")
+VOTES = "verdict_votes"  # the batch key of the raw vote counts (N, 5) beside the normalised "verdict"
+# exp() of a logit past this overflows float32 concentrations; clamping keeps the loss finite.
+_MAX_LOG_CONCENTRATION = 30.0
+
+
+def dirichlet_multinomial_nll(logits: Tensor, counts: Tensor) -> Tensor:
+    """Per-row negative log-likelihood (B,) of vote counts under a Dirichlet-multinomial, divided by the votes.
+
+    With concentrations a = exp(logits), A = sum(a), counts n and N = sum(n):
+    log p(n | a) = log N! - sum log n_k! + lgamma(A) - lgamma(N + A) + sum (lgamma(n_k + a_k) - lgamma(a_k)).
+    Dividing by N makes one row's loss a per-vote quantity on the scale of a cross-entropy, so an anecdote
+    with many votes does not outweigh the rest of the batch and the other tasks. Rows with N = 0 give 0.
+    """
+    if logits.shape != counts.shape:
+        raise ValueError(f"logits {tuple(logits.shape)} and vote counts {tuple(counts.shape)} differ in shape")
+    alpha = logits.float().clamp(max=_MAX_LOG_CONCENTRATION).exp()
+    counts = counts.float()
+    total_alpha, total = alpha.sum(-1), counts.sum(-1)
+    log_likelihood = (
+        torch.lgamma(total + 1) - torch.lgamma(counts + 1).sum(-1)
+        + torch.lgamma(total_alpha) - torch.lgamma(total + total_alpha)
+        + (torch.lgamma(counts + alpha) - torch.lgamma(alpha)).sum(-1)
+    )
+    return -log_likelihood / total.clamp_min(1)
+
+
+def vote_loss(logits: Tensor, batch: dict[str, Tensor]) -> Tensor:
+    """Mean Dirichlet-multinomial loss over the rows with a verdict; zero (not NaN) if none has one."""
+    if VOTES not in batch:
+        raise ValueError(f"the batch has no {VOTES!r} (vote counts), which the Dirichlet-multinomial loss needs")
+    present = batch["verdict_present"].to(torch.bool)
+    counts = torch.where(present.unsqueeze(-1), batch[VOTES].float(), torch.zeros_like(batch[VOTES].float()))
+    nll = dirichlet_multinomial_nll(logits, counts)
+    per_row = torch.where(present, nll, torch.zeros_like(nll))
+    return per_row.sum() / present.sum().clamp_min(1)
 
 
 def soft_cross_entropy(logits: Tensor, target: Tensor, label_smoothing: float = 0.0) -> Tensor:
@@ -60,8 +101,12 @@ def _add(terms: dict[str, Tensor], key: str, value: Tensor) -> None:
     terms[key] = terms[key] + value if key in terms else value
 
 
-def module_losses(out: Outputs, batch: dict[str, Tensor], label_smoothing: float) -> dict[str, Tensor]:
-    """One scalar per predicting module, plus "kalman" for the fused outputs (the fusion's own loss)."""
+def module_losses(out: Outputs, batch: dict[str, Tensor], label_smoothing: float,
+                  vote_modules: Collection[str] = ()) -> dict[str, Tensor]:
+    """One scalar per predicting module, plus "kalman" for the fused outputs (the fusion's own loss).
+
+    Modules in `vote_modules` learn the verdict by the Dirichlet-multinomial likelihood of the votes.
+    """
     losses: dict[str, Tensor] = {}
     for target, members in _by_target(out).items():
         for module, _ in members:
@@ -70,24 +115,40 @@ def module_losses(out: Outputs, batch: dict[str, Tensor], label_smoothing: float
                     f"{module} predicts {target!r} with shape {tuple(out[module][target].shape)},"
                     f" the target has {tuple(batch[target].shape)}"
                 )
+        if target == "verdict":
+            for module, key in [m for m in members if m[0] in vote_modules]:
+                _add(losses, key, vote_loss(out[module][target], batch))
+            members = [m for m in members if m[0] not in vote_modules]
+            if not members:
+                continue
         stacked = torch.stack([out[module][target] for module, _ in members])
         for (_, key), value in zip(members, target_loss(target, stacked, batch, label_smoothing).unbind(0)):
             _add(losses, key, value)
     return losses
 
 
-def consistency(out_a: Outputs, out_b: Outputs) -> dict[str, Tensor]:
-    """R-Drop per module: symmetric KL between the two passes' distributions, MSE between regression outputs."""
+def consistency(out_a: Outputs, out_b: Outputs, batch: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+    """R-Drop per module: symmetric KL between the two passes' distributions, MSE between regression outputs.
+
+    With `batch`, each target's term is averaged over the rows where that target is present only, so a
+    record without (say) emotions sends no gradient at all into the emotion modules.
+    """
     terms: dict[str, Tensor] = {}
     for target, members in _by_target(out_a).items():
         a = torch.stack([out_a[module][target] for module, _ in members]).float()
         b = torch.stack([out_b[module][target] for module, _ in members]).float()
         if target in DISTRIBUTION_TARGETS:
             log_a, log_b = F.log_softmax(a, dim=-1), F.log_softmax(b, dim=-1)
-            # 0.5 * (KL(a||b) + KL(b||a)) per row, averaged over the batch.
-            per_module = (0.5 * (log_a.exp() - log_b.exp()) * (log_a - log_b)).sum(-1).mean(-1)
+            # 0.5 * (KL(a||b) + KL(b||a)) per row.
+            per_row = (0.5 * (log_a.exp() - log_b.exp()) * (log_a - log_b)).sum(-1)
         else:
-            per_module = (a - b).square().mean((-2, -1))
+            per_row = (a - b).square().mean(-1)
+        if batch is None:
+            per_module = per_row.mean(-1)
+        else:
+            present = batch[f"{target}_present"].to(torch.bool)
+            per_row = torch.where(present, per_row, torch.zeros_like(per_row))
+            per_module = per_row.sum(-1) / present.sum().clamp_min(1)
         for (_, key), value in zip(members, per_module.unbind(0)):
             _add(terms, key, value)
     return terms

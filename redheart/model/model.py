@@ -35,6 +35,7 @@ MODULE_TARGETS: dict[str, str] = {
     "bentham_head": "bentham_scores",
     "regret_head": "regret_factor",
     "surd_head": "surd_metrics",
+    "verdict_head": "verdict",
     "neural_emotion": "emotions",
     "neural_bentham": "bentham_scores",
     "neural_regret": "regret_factor",
@@ -48,7 +49,10 @@ MODULE_TARGETS: dict[str, str] = {
     "phase1_empathy": "emotions",
     "phase2_community": "verdict",
 }
-HEADS = ("emotion_head", "bentham_head", "regret_head", "surd_head")
+HEADS = ("emotion_head", "bentham_head", "regret_head", "surd_head", "verdict_head")
+# What a record with a verdict and no other target needs: the trunk and the modules that predict the verdict.
+VERDICT_MODULES = tuple(name for name, target in MODULE_TARGETS.items() if target == "verdict")
+VERDICT_LOSSES = ("dirichlet_multinomial", "soft_ce")
 MODULES = ("backbone", *MODULE_TARGETS, "kalman")
 _SEQUENCE_CLASSES: dict[str, Callable[..., nn.Module]] = {
     "neural_emotion": NeuralAnalyzer,
@@ -84,6 +88,8 @@ class RedHeartModel(nn.Module):
         missing = set(MODULES) - set(config.budgets)
         if missing:
             raise ValueError(f"ModelConfig.budgets lacks modules {sorted(missing)}")
+        if config.verdict_head_loss not in VERDICT_LOSSES:
+            raise ValueError(f"model.verdict_head_loss is {config.verdict_head_loss!r}; choose one of {VERDICT_LOSSES}")
         self.config = config
         self.input_dim = input_dim
         self.max_segments = max_segments
@@ -128,13 +134,15 @@ class RedHeartModel(nn.Module):
         prefix = "backbone."
         return self.backbone.depth_of(param_name[len(prefix):]) if param_name.startswith(prefix) else None
 
-    def forward(self, x: Tensor, mask: Tensor) -> Outputs:
+    def forward(self, x: Tensor, mask: Tensor, verdict_only: bool = False) -> Outputs:
+        """Every module's output; with `verdict_only`, only the verdict's (for records with no other target:
+        the modules left out would get neither loss nor gradient from them, so running them is wasted)."""
         mask = mask.to(torch.bool)
         _check_mask(x, mask)
         x = self.input_dropout(x)
         pooled = self._call(self.backbone, x, mask)
         out: Outputs = {}
-        for name in MODULE_TARGETS:
+        for name in VERDICT_MODULES if verdict_only else MODULE_TARGETS:
             out[name] = self.predict_module(name, x, mask, pooled)
         out["fused"] = self.kalman(out)
         return out
@@ -154,12 +162,14 @@ class RedHeartModel(nn.Module):
 
     def losses(self, out: Outputs, batch: dict[str, Tensor], label_smoothing: float) -> dict[str, Tensor]:
         """One scalar loss per predicting module plus "kalman"; the training total is their sum."""
-        return loss_fns.module_losses(out, batch, label_smoothing)
+        votes = ("verdict_head",) if self.config.verdict_head_loss == "dirichlet_multinomial" else ()
+        return loss_fns.module_losses(out, batch, label_smoothing, vote_modules=votes)
 
     @staticmethod
-    def consistency(out_a: Outputs, out_b: Outputs) -> dict[str, Tensor]:
-        """The R-Drop term per module (symmetric KL for distributions, MSE for regression outputs)."""
-        return loss_fns.consistency(out_a, out_b)
+    def consistency(out_a: Outputs, out_b: Outputs, batch: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+        """The R-Drop term per module (symmetric KL for distributions, MSE for regression outputs); with
+        `batch`, over the rows where the module's target is present."""
+        return loss_fns.consistency(out_a, out_b, batch)
 
 
 def module_parameters(model: RedHeartModel) -> dict[str, int]:

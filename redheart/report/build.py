@@ -110,6 +110,17 @@ def _data(ctx: _Context) -> Section:
                                 "(targets can tie for the top emotion and accuracy counts any tied class, so the class-prior "
                                 "accuracy in the results table is higher than this share)",
                                 ["split", "records", *labels, "mean length", "median length", "majority emotion"], rows, "data_statistics"))
+    sources = stats.get("sources", {})
+    if len(sources) > 1:
+        extra = [name for name, entry in sources.items() if entry["role"] == "extra"]
+        section.paragraphs.append(
+            "Validation and test are drawn from the fully labelled source(s) only"
+            + (f"; {', '.join(extra)} joined the training split alone, so every validation and test number here is "
+               "comparable with a run without it." if extra else "."))
+        section.tables.append(Table("Records per source (targets a source lacks stay masked, never filled in)",
+                                    ["source", "role", "clean records", "train", "val", "test"],
+                                    [[name, e["role"], *(fmt(e[k]) for k in ("clean_records", "train", "val", "test"))]
+                                     for name, e in sources.items()], "data_sources"))
     return section
 
 
@@ -203,6 +214,7 @@ def _results(ctx: _Context) -> Section:
                                     ["model", "val loss", *HEADLINE.values()], rows, "training_results"))
         section.paragraphs += [f"Final model (best single network on validation): {results['final_model']}.",
                                results["validation_conclusion"], results["test_conclusion"]]
+        _difference(section, results)
         return section
     plan = read_json(candidates_path)
     section = Section("Crossover (validation only)", [ctx.rel(candidates_path)])
@@ -211,6 +223,42 @@ def _results(ctx: _Context) -> Section:
     section.tables.append(Table("Candidates on validation", ["model", "val loss", *HEADLINE.values()], rows, "training_results"))
     section.paragraphs += [f"Final model: {plan['final_model']}.", plan["conclusion"]]
     return section
+
+
+def _difference(section: Section, results: dict[str, Any]) -> None:
+    """The verdict decision rule beside argmax, and final model - linear probe with paired intervals."""
+    from redheart.evaluate.final import DIFFERENCE_LABELS, PROBE
+
+    if "final_vs_probe" not in results:
+        return
+    rows = []
+    final = results["models"][results["final_model"]]
+    for name, entry in (("final model", final), ("linear probe", results["baselines"][PROBE])):
+        rule = entry["decision_rule"]
+        argmax_ci = entry.get("intervals", {}).get("verdict_macro_f1")
+        rows.append([name, fmt_ci(entry["headline"]["verdict_macro_f1"], argmax_ci),
+                     fmt_ci(rule["verdict_macro_f1"], rule["intervals"]["verdict_macro_f1"]),
+                     fmt_ci(rule["verdict_accuracy"], rule["intervals"]["verdict_accuracy"]),
+                     ", ".join(fmt(w, 2) for w in rule["weights"])])
+    section.tables.append(Table(
+        f"Verdict on test: argmax against the decision rule (class weights {', '.join(VERDICTS)} on the predicted "
+        f"distribution, fitted on validation only, n = {fmt(results['decision_rule']['n_val'])}); the distribution, "
+        "and so cross-entropy and calibration, is unchanged", ["model", "verdict F1 (argmax)", "verdict F1 (rule)",
+                                                        "verdict acc. (rule)", "class weights"], rows, "decision_rule"))
+    rows = [[DIFFERENCE_LABELS[key], fmt(e["final"]), fmt(e["probe"]), fmt(e["difference"]),
+             "—" if e["interval"][0] is None else f"[{fmt(e['interval'][0])}, {fmt(e['interval'][1])}]"]
+            for key, e in results["final_vs_probe"].items() if e["difference"] is not None]
+    section.tables.append(Table(
+        "Final model - linear probe on test: paired bootstrap 95% interval of the difference (both scored on the same "
+        "resampled rows in every resample); CE and MAE: lower is better",
+        ["metric", "final model", "linear probe", "difference", "95% interval"], rows, "final_vs_probe"))
+    if results.get("verdict_sources"):
+        shares = ", ".join(f"{k} {fmt(v, 2)}" for k, v in results["verdict_sources"].items())
+        section.paragraphs.append(
+            "The verdict's two sources are trained by different objectives (verdict_head: the Dirichlet-multinomial "
+            "likelihood of the votes, unless the config says soft_ce; phase2_community: soft cross-entropy); the final "
+            f"model's fusion, fitted on validation, weighs them {shares}.")
+    section.paragraphs.append(results["final_vs_probe_conclusion"])
 
 
 def _calibration(ctx: _Context) -> Section:

@@ -58,6 +58,7 @@ def synthetic_batch(rows: int, input_dim: int, max_segments: int) -> dict[str, t
     for target, dim in TARGET_DIMS.items():
         batch[target] = torch.full((rows, dim), 1.0 / dim)
         batch[f"{target}_present"] = torch.ones(rows, dtype=torch.bool)
+    batch["verdict_votes"] = torch.ones(rows, TARGET_DIMS["verdict"])
     return batch
 
 

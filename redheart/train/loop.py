@@ -17,7 +17,7 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.checkpoint import checkpoint
 
 from redheart.config import TrainConfig
-from redheart.data.dataset import SplitTensors, epoch_order
+from redheart.data.dataset import SplitTensors, training_order, verdict_only_rows
 from redheart.model.losses import Outputs, split_halves
 from redheart.train.faults import NO_FAULTS, Faults
 from redheart.train.oom import BatchPlan, release_memory
@@ -35,7 +35,12 @@ def forward_losses(
     the two R-Drop passes one after the other, so the peak holds one pass of one micro-batch.
     """
     x, mask = batch["x"], batch["mask"]
-    forward = (lambda *args: checkpoint(model, *args, use_reentrant=False)) if memory_saving else model
+    # A batch of verdict-only records (training_order makes most batches one kind) runs the verdict's modules.
+    options = {"verdict_only": True} if bool(verdict_only_rows(batch).all()) else {}
+    forward = (
+        (lambda *args: checkpoint(model, *args, use_reentrant=False, **options))
+        if memory_saving else (lambda *args: model(*args, **options))
+    )
     if config.rdrop_alpha <= 0:
         parts = model.losses(forward(x, mask), batch, config.label_smoothing)
         return sum(parts.values()), parts
@@ -43,7 +48,7 @@ def forward_losses(
         out_a, out_b = forward(x, mask), forward(x, mask)
     else:
         # One forward over [x; x]: dropout draws independent masks per row, so the halves are the two passes.
-        out_a, out_b = split_halves(model(torch.cat([x, x]), torch.cat([mask, mask])))
+        out_a, out_b = split_halves(forward(torch.cat([x, x]), torch.cat([mask, mask])))
     return rdrop_losses(model, out_a, out_b, batch, config)
 
 
@@ -54,7 +59,7 @@ def rdrop_losses(
     losses_a = model.losses(out_a, batch, config.label_smoothing)
     losses_b = model.losses(out_b, batch, config.label_smoothing)
     parts = {name: (losses_a[name] + losses_b[name]) / 2 for name in losses_a}
-    consistency = sum(model.consistency(out_a, out_b).values())
+    consistency = sum(model.consistency(out_a, out_b, batch).values())
     total = sum(parts.values()) + config.rdrop_alpha * consistency
     return total, {**parts, "consistency": consistency.detach()}
 
@@ -67,14 +72,18 @@ class EpochTally:
     # Sums stay tensors on the device until read: a float() per micro-step would stall the GPU queue.
     loss_sums: dict[str, torch.Tensor | float] = field(default_factory=dict)
     grad_norms: list[torch.Tensor | float] = field(default_factory=list)
+    # Samples behind each loss sum: a verdict-only batch has no emotion losses, which must not dilute their mean.
+    loss_samples: dict[str, int] = field(default_factory=dict)
 
     def add(self, parts: dict[str, torch.Tensor], size: int) -> None:
         self.samples += size
         for name, value in parts.items():
             self.loss_sums[name] = self.loss_sums.get(name, 0.0) + value.float() * size
+            self.loss_samples[name] = self.loss_samples.get(name, 0) + size
 
     def means(self) -> dict[str, float]:
-        return {name: float(total) / max(1, self.samples) for name, total in self.loss_sums.items()}
+        return {name: float(total) / max(1, self.loss_samples.get(name, self.samples))
+                for name, total in self.loss_sums.items()}
 
     def grad_norm_stats(self) -> dict[str, float | int | None]:
         """Mean, std (population), min and max of the pre-clipping gradient norm over the optimizer steps."""
@@ -91,6 +100,7 @@ class EpochTally:
             "samples": self.samples,
             "loss_sums": {name: float(total) for name, total in self.loss_sums.items()},
             "grad_norms": [float(n) for n in self.grad_norms],
+            "loss_samples": dict(self.loss_samples),
         }
 
     def copy(self) -> "EpochTally":
@@ -98,7 +108,8 @@ class EpochTally:
 
     @classmethod
     def from_json(cls, data: dict) -> "EpochTally":
-        return cls(samples=data["samples"], loss_sums=dict(data["loss_sums"]), grad_norms=list(data["grad_norms"]))
+        return cls(samples=data["samples"], loss_sums=dict(data["loss_sums"]), grad_norms=list(data["grad_norms"]),
+                   loss_samples=dict(data.get("loss_samples", {})))
 
 
 class Trainer:
@@ -187,8 +198,8 @@ class Trainer:
         `after_micro_step(samples_done, tally)` runs after every micro-step; state saved there resumes exactly.
         """
         tally = tally or EpochTally()
-        order = epoch_order(len(split), seed, epoch)
         size = self.plan.window
+        order = training_order(split, seed, epoch, size)
         for window_start in range(start_sample - start_sample % size, len(split), size):
             done = max(0, start_sample - window_start)  # samples already in the gradients (a resumed window)
             window = order[window_start : window_start + size]

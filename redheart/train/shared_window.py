@@ -33,7 +33,7 @@ from collections.abc import Callable
 import torch
 from torch.distributed.tensor import DTensor
 
-from redheart.data.dataset import SplitTensors, epoch_order
+from redheart.data.dataset import SplitTensors, training_order
 from redheart.train.distributed import Distributed
 from redheart.train.loop import EpochTally, Trainer
 from redheart.train.sharding import is_sharded
@@ -55,8 +55,8 @@ def run_shared_epoch(
     samples are in rank 0's parameters (the other ranks must hold none) and the rest is dealt out.
     """
     tally = tally or EpochTally()
-    order = epoch_order(len(split), seed, epoch)
     size = trainer.plan.window
+    order = training_order(split, seed, epoch, size)
     if distributed.is_main and trainer.plan.accumulation < distributed.world_size:
         warnings.warn(
             f"a window has {trainer.plan.accumulation} micro-batch(es) for {distributed.world_size} processes, so "
@@ -142,9 +142,12 @@ def _micro_steps(
 
 def _add_window(tally: EpochTally, local: EpochTally, samples: int, distributed: Distributed) -> None:
     """Add every rank's loss sums of the window to `tally`, identically on every rank."""
-    # The loss names are the same in every window; they are exchanged only while the tally has none.
-    names = sorted(tally.loss_sums) or distributed.union(list(local.loss_sums))
+    # A window of verdict-only records has fewer loss names than the others, so the names are exchanged every
+    # window; with them go the samples behind each sum, which its mean divides by.
+    names = distributed.union(sorted(set(tally.loss_sums) | set(local.loss_sums)))
     sums = distributed.sum_values([local.loss_sums.get(name, 0.0) for name in names])
+    counts = distributed.sum_values([float(local.loss_samples.get(name, 0)) for name in names])
     tally.samples += samples
-    for name, total in zip(names, sums):
+    for name, total, count in zip(names, sums, counts):
         tally.loss_sums[name] = tally.loss_sums.get(name, 0.0) + total
+        tally.loss_samples[name] = tally.loss_samples.get(name, 0) + round(float(count))

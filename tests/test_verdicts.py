@@ -1,0 +1,299 @@
+"""Every human label: extra verdict-only records, the vote likelihood, the decision rule, paired differences."""
+
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import f1_score
+from tiny_run import synthetic_record, synthetic_split, tiny_config
+
+from redheart.atomic import read_json
+from redheart.config import DataConfig
+from redheart.data.dataset import epoch_order, targets_tensors, training_order, verdict_only_rows
+from redheart.data.prepare import prepare
+from redheart.data.schema import VERDICTS
+from redheart.evaluate.decision_rule import apply_weights, fit_class_weights
+from redheart.model.losses import dirichlet_multinomial_nll, vote_loss
+from redheart.model.model import MODULE_TARGETS, VERDICT_MODULES, RedHeartModel
+from redheart.rundir import RunDir
+from redheart.select.intervals import paired_difference_intervals
+from redheart.train.loop import forward_losses
+
+EMOTION_MODULES = [name for name, target in MODULE_TARGETS.items() if target == "emotions"]
+
+
+# ---- the Dirichlet-multinomial likelihood of the votes ---------------------------------------------------------
+
+def test_dirichlet_multinomial_equals_a_hand_computation() -> None:
+    # Concentrations all 1 make every split of N votes over K verdicts equally likely: 1 / C(N+K-1, K-1).
+    # For N = 4 votes over K = 5 verdicts that is 1/70, so the per-vote loss is log(70) / 4.
+    uniform = dirichlet_multinomial_nll(torch.zeros(1, 5), torch.tensor([[3.0, 1.0, 0.0, 0.0, 0.0]]))
+    assert float(uniform) == pytest.approx(math.log(70) / 4, rel=1e-6)
+    # Two verdicts with concentrations (2, 1) and one vote for the first: the Polya urn draws it with 2/3.
+    one_vote = dirichlet_multinomial_nll(torch.log(torch.tensor([[2.0, 1.0]])), torch.tensor([[1.0, 0.0]]))
+    assert float(one_vote) == pytest.approx(-math.log(2 / 3), rel=1e-6)
+    # Concentrations (2, 1), votes (1, 1): P = 2!/(1!1!) * B(3, 2) / B(2, 1) = 2 * (1/12) / (1/2) = 1/3.
+    two_votes = dirichlet_multinomial_nll(torch.log(torch.tensor([[2.0, 1.0]])), torch.tensor([[1.0, 1.0]]))
+    assert float(two_votes) == pytest.approx(-math.log(1 / 3) / 2, rel=1e-6)
+
+
+def test_vote_loss_averages_over_rows_with_a_verdict_only() -> None:
+    logits = torch.zeros(3, 5)
+    batch = {"verdict_votes": torch.tensor([[3.0, 1, 0, 0, 0], [float("nan")] * 5, [3.0, 1, 0, 0, 0]]),
+             "verdict_present": torch.tensor([True, False, True])}
+    assert float(vote_loss(logits, batch)) == pytest.approx(math.log(70) / 4, rel=1e-6)
+
+
+def test_vote_counts_are_kept_beside_the_shares() -> None:
+    record = {"id": "a", "label": "OTHER", "label_scores": {"OTHER": 6, "AUTHOR": 2}}
+    tensors = targets_tensors([record, {"id": "b", "label": "INFO"}, {"id": "c"}])
+    assert tensors["verdict_votes"][0].tolist() == [2.0, 6.0, 0.0, 0.0, 0.0]
+    assert tensors["verdict"][0].tolist() == [0.25, 0.75, 0.0, 0.0, 0.0]
+    assert tensors["verdict_votes"][1].tolist() == [0.0, 0.0, 0.0, 0.0, 1.0]  # a label alone is one vote
+    assert tensors["verdict_present"].tolist() == [True, True, False]
+
+
+# ---- verdict-only records: no loss, no gradient, and no work for the other modules ---------------------------
+
+def verdict_only(record: dict) -> dict:
+    return {**record, "emotions": None, "regret_factor": None, "bentham_scores": None, "surd_metrics": None}
+
+
+def mixed_batch(n: int = 8) -> dict[str, torch.Tensor]:
+    """n rows, the odd ones with their verdict only."""
+    rng = random.Random(0)
+    records = [synthetic_record(i, rng) for i in range(n)]
+    records = [verdict_only(r) if i % 2 else r for i, r in enumerate(records)]
+    batch = {"x": torch.randn(n, 4, 32, generator=torch.Generator().manual_seed(0)),
+             "mask": torch.ones(n, 4, dtype=torch.bool)}
+    return {**batch, **targets_tensors(records)}
+
+
+def test_records_without_emotions_add_no_loss_to_the_emotion_modules() -> None:
+    torch.manual_seed(0)
+    model = RedHeartModel(tiny_config().model, input_dim=32, max_segments=4).eval()  # no dropout: same outputs
+    batch = mixed_batch()
+    full_rows = torch.arange(0, 8, 2)
+    alone = {key: value[full_rows] for key, value in batch.items()}
+    with torch.no_grad():
+        mixed = model.losses(model(batch["x"], batch["mask"]), batch, 0.1)
+        only_full = model.losses(model(alone["x"], alone["mask"]), alone, 0.1)
+    for name in EMOTION_MODULES:
+        assert float(mixed[name]) == pytest.approx(float(only_full[name]), rel=1e-5)
+
+
+def test_records_without_emotions_send_no_gradient_into_the_emotion_modules() -> None:
+    torch.manual_seed(0)
+    model = RedHeartModel(tiny_config().model, input_dim=32, max_segments=4).train()
+    batch = mixed_batch()
+    # R-Drop on: its consistency term reads every row, so it is the term that could leak a gradient.
+    config = tiny_config(**{"train.rdrop_alpha": 1.0}).train
+    outputs = []
+    original = model.forward
+
+    def keep(*args, **kwargs):
+        out = original(*args, **kwargs)
+        for name in EMOTION_MODULES:
+            out[name]["emotions"].retain_grad()
+        outputs.append(out)
+        return out
+
+    model.forward = keep
+    total, _ = forward_losses(model, batch, config)
+    total.backward()
+    (out,) = outputs  # one forward over [x; x]
+    only = verdict_only_rows(batch).repeat(2)
+    for name in EMOTION_MODULES:
+        grad = out[name]["emotions"].grad
+        assert grad is not None and grad[~only].abs().sum() > 0, name
+        assert torch.equal(grad[only], torch.zeros_like(grad[only])), name
+
+
+def test_a_batch_of_verdict_only_records_runs_only_the_verdict_modules() -> None:
+    torch.manual_seed(0)
+    model = RedHeartModel(tiny_config().model, input_dim=32, max_segments=4).train()
+    batch = mixed_batch()
+    odd = torch.arange(1, 8, 2)
+    batch = {key: value[odd] for key, value in batch.items()}
+    total, parts = forward_losses(model, batch, tiny_config().train)
+    total.backward()
+    assert set(parts) - {"consistency"} == {*VERDICT_MODULES, "kalman"}
+    for name in MODULE_TARGETS:
+        has_grad = any(p.grad is not None for p in getattr(model, name).parameters())
+        assert has_grad == (name in VERDICT_MODULES), name
+    assert any(p.grad is not None for p in model.backbone.parameters())
+
+
+def test_training_order_makes_windows_of_one_kind() -> None:
+    split = synthetic_split(50)
+    assert torch.equal(training_order(split, 3, 1, 8), epoch_order(50, 3, 1))  # no verdict-only rows: unchanged
+    records_only = verdict_only_rows(split.tensors).clone()
+    for row in range(0, 50, 3):
+        for name in ("emotions", "regret_factor", "bentham_scores", "surd_metrics"):
+            split.tensors[f"{name}_present"][row] = False
+    only = verdict_only_rows(split.tensors)
+    assert not records_only.any() and int(only.sum()) == 17
+    order = training_order(split, 3, 1, 8)
+    assert sorted(order.tolist()) == list(range(50))
+    assert torch.equal(order, training_order(split, 3, 1, 8))
+    windows = list(torch.split(order, 8))
+    mixed = [i for i, w in enumerate(windows) if 0 < int(only[w].sum()) < len(w)]
+    assert all(i >= len(windows) - 2 for i in mixed)  # only the final windows (the two remainders) mix kinds
+    assert any(bool(only[w].all()) for w in windows) and any(not bool(only[w].any()) for w in windows)
+
+
+# ---- prepare with a train-only source -----------------------------------------------------------------------------
+
+def story(i: int) -> str:
+    rng = random.Random(i)
+    return f"Story {i}: " + " ".join(rng.choice(["my", "flatmate", "ate", "the", "cake", "again", "today", "sister",
+                                                   "wedding", "dog", "borrowed", "car"]) for _ in range(40 + i % 30))
+
+
+def write_jsonl(path, rows) -> None:
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+
+def test_extra_records_join_train_only_and_leave_validation_and_test_as_they_were(tmp_path) -> None:
+    emotions = [0.1, 0.1, 0.1, 0.1, 0.4, 0.1, 0.1]
+    labelled = [{"id": f"r{i}", "text": story(i), "label": VERDICTS[i % 2], "emotions": emotions} for i in range(60)]
+    extra = [{"id": f"x{i}", "text": story(1000 + i), "label": "INFO", "label_scores": {"INFO": 3, "OTHER": 1}}
+             for i in range(30)]
+    extra.append({"id": "r5", "text": story(5000), "label": "OTHER"})  # an id the labelled set already uses
+    write_jsonl(tmp_path / "labelled.jsonl", labelled)
+    write_jsonl(tmp_path / "verdicts.jsonl", extra)
+
+    alone, joined = RunDir(tmp_path / "alone"), RunDir(tmp_path / "joined")
+    prepare(tmp_path / "labelled.jsonl", alone, DataConfig())
+    summary = prepare(tmp_path / "labelled.jsonl", joined, DataConfig(), extra=[tmp_path / "verdicts.jsonl"])
+
+    before, after = read_json(alone.split_manifest), read_json(joined.split_manifest)
+    assert after["val"] == before["val"] and after["test"] == before["test"]
+    assert after["train"] == before["train"] + [f"x{i}" for i in range(30)]
+    clean = {r["id"]: r for r in map(json.loads, joined.clean_records.read_text().splitlines())}
+    assert {r["source"] for i, r in clean.items() if i.startswith("r")} == {"labelled"}
+    assert {r["source"] for i, r in clean.items() if i.startswith("x")} == {"verdicts"}
+    assert clean["x0"]["emotions"] is None  # absent stays absent
+    (rejected,) = map(json.loads, joined.rejected_records.read_text().splitlines())
+    assert (rejected["id"], rejected["source"], rejected["problems"][0]["reason"]) == ("r5", "verdicts", "duplicate_id")
+    assert summary.sources == {
+        "labelled": {"role": "labelled", "clean_records": 60, "train": 48, "val": 6, "test": 6},
+        "verdicts": {"role": "extra", "clean_records": 30, "train": 30, "val": 0, "test": 0},
+    }
+
+
+# ---- the decision rule --------------------------------------------------------------------------------------------
+
+def test_class_weights_raise_macro_f1_on_the_data_they_are_fitted_on() -> None:
+    rng = np.random.default_rng(0)
+    n = 400
+    truth = rng.choice(3, size=n, p=[0.7, 0.2, 0.1])
+    # A calibrated-looking model that never puts the rare classes on top: argmax always says class 0.
+    probs = np.full((n, 3), 0.0)
+    probs[:, 0] = 0.6
+    probs[np.arange(n), np.where(truth == 0, 1, truth)] += 0.25  # a hint of the truth in the runner-up
+    probs[:, 1:] += 0.075
+    probs /= probs.sum(axis=1, keepdims=True)
+    votes = np.eye(3)[truth] * 5
+    fitted = fit_class_weights(probs, votes)
+    plain = f1_score(truth, probs.argmax(axis=1), labels=[0, 1, 2], average="macro", zero_division=0)
+    ruled = f1_score(truth, apply_weights(probs, fitted["weights"]), labels=[0, 1, 2], average="macro", zero_division=0)
+    assert fitted["macro_f1_argmax"] == pytest.approx(plain)
+    assert fitted["macro_f1_rule"] == pytest.approx(ruled)
+    assert plain < 0.3 < ruled
+    assert fitted["weights"][0] == 1.0
+
+
+# ---- paired differences -------------------------------------------------------------------------------------------
+
+def test_paired_interval_of_a_difference_matches_resampling_by_hand() -> None:
+    rng = np.random.default_rng(1)
+    n = 200
+    truth = rng.integers(0, 5, size=n)
+    votes = np.eye(5)[truth] * 3
+    a = np.eye(5)[np.where(rng.random(n) < 0.6, truth, rng.integers(0, 5, size=n))] * 0.9 + 0.02
+    b = np.eye(5)[np.where(rng.random(n) < 0.4, truth, rng.integers(0, 5, size=n))] * 0.9 + 0.02
+    blank = {"emotions": np.zeros((n, 7)), "bentham_scores": np.zeros((n, 4)), "regret_factor": np.zeros((n, 1)),
+             "surd_metrics": np.zeros((n, 4))}
+    present = {name: np.zeros(n, dtype=bool) for name in blank} | {"verdict": np.ones(n, dtype=bool)}
+    targets = {**blank, "verdict": votes}
+    out = paired_difference_intervals({**blank, "verdict": a}, {**blank, "verdict": b}, targets, present, 500, 3)
+
+    # By hand: the same 500 resamples of the rows for both models, the accuracy difference in each.
+    index = np.random.default_rng(3).integers(0, n, size=(500, n))
+    right_a, right_b = (a.argmax(1) == truth), (b.argmax(1) == truth)
+    differences = [right_a[i].mean() - right_b[i].mean() for i in index]
+    assert out["verdict_accuracy"] == pytest.approx(tuple(np.quantile(differences, [0.025, 0.975])))
+    assert out["verdict_accuracy"][0] > 0  # 60% against 40% right on 200 rows is a clear difference
+    same = paired_difference_intervals({**blank, "verdict": a}, {**blank, "verdict": a}, targets, present, 200, 0)
+    assert same["verdict_macro_f1"] == (0.0, 0.0) and same["emotion_accuracy"] == (None, None)
+
+
+# ---- the decision rule reads validation only ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def crossed(tmp_path_factory):
+    """A tiny run trained 3 epochs and put through crossover (validation only)."""
+    from tiny_run import make_run
+
+    from redheart.select.crossover import crossover
+    from redheart.train.recipe import train
+
+    run = make_run(tmp_path_factory.mktemp("rule"), n=40)
+    config = tiny_config(**{"train.epochs": 3, "train.rdrop_alpha": 0.0, "select.refine_rounds": 0})
+    train(run, config, lr=3e-3, progress=False)
+    crossover(run, config)
+    return run, config
+
+
+def guard_test_reads(patch, run, allowed=lambda: False) -> list[set]:
+    """Record every set of records the loader reads; a read of a test record fails unless `allowed()`."""
+    from redheart.data import dataset
+
+    test_ids = set(read_json(run.split_manifest)["test"])
+    read, seen = dataset._read_records, []
+
+    def guarded(run_dir, wanted):
+        seen.append(set(wanted))
+        assert allowed() or not wanted & test_ids, "a test record was read"
+        return read(run_dir, wanted)
+
+    patch.setattr(dataset, "_read_records", guarded)
+    return seen
+
+
+def test_the_decision_rule_is_fitted_on_validation_only(crossed) -> None:
+    from redheart.evaluate.final import decision_rule_path, fit_decision_rules
+
+    run, config = crossed
+    val_ids = set(read_json(run.split_manifest)["val"])
+    with pytest.MonkeyPatch.context() as patch:
+        seen = guard_test_reads(patch, run)
+        rules = fit_decision_rules(run, config)
+    assert val_ids in seen
+    assert rules == read_json(decision_rule_path(run))
+    assert rules["split"] == "val" and rules["n"] == len(val_ids)
+    for name in ("final_model", "linear_probe"):
+        assert len(rules[name]["weights"]) == len(VERDICTS) and rules[name]["n"] == len(val_ids)
+        assert rules[name]["macro_f1_rule"] >= rules[name]["macro_f1_argmax"]
+
+
+def test_evaluate_fits_the_rule_before_it_reads_the_test_split(crossed) -> None:
+    from redheart.evaluate.final import decision_rule_path, evaluate_test, format_results
+
+    run, config = crossed
+    decision_rule_path(run).unlink(missing_ok=True)
+    with pytest.MonkeyPatch.context() as patch:
+        guard_test_reads(patch, run, allowed=decision_rule_path(run).exists)
+        results = evaluate_test(run, config)
+    rule = results["models"][results["final_model"]]["decision_rule"]
+    assert rule["weights"] == read_json(decision_rule_path(run))["final_model"]["weights"]
+    difference = results["final_vs_probe"]["verdict_macro_f1_rule"]
+    assert difference["final"] == pytest.approx(rule["verdict_macro_f1"])
+    assert difference["difference"] == pytest.approx(difference["final"] - difference["probe"])
+    assert set(results["verdict_sources"]) == set(VERDICT_MODULES)
+    printed = format_results(results)
+    assert "paired bootstrap" in printed and results["final_vs_probe_conclusion"] in printed
