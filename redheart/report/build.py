@@ -247,6 +247,12 @@ def _calibration(ctx: _Context) -> Section:
     return section
 
 
+def _study(ctx: _Context) -> Section:
+    from redheart.report.study_section import study_section
+
+    return study_section(ctx)
+
+
 SECTIONS: list[tuple[str, Callable[[_Context], Section], str]] = [
     ("Data", _data, "redheart prepare"),
     ("Model", _model, "a run config (config.yaml) or a final model"),
@@ -254,6 +260,7 @@ SECTIONS: list[tuple[str, Callable[[_Context], Section], str]] = [
     ("Training and sweet spots", _training, "redheart train"),
     ("Crossover and test results", _results, "redheart evaluate"),
     ("Calibration", _calibration, "the calibration phase"),
+    ("Learning curves", _study, "redheart study"),
 ]
 
 
