@@ -230,7 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
     study = _phase_command(commands, "study", _cmd_study,
                            "learning curves over model size and training data, on validation (report section)")
     study_mode = study.add_mutually_exclusive_group()
-    study_mode.add_argument("--point", type=int, metavar="K", help="run point K only (sizes in order, fractions within)")
+    study_mode.add_argument("--point", type=int, metavar="K",
+                            help="run point K only (sizes in order, fractions within)")
     study_mode.add_argument("--collect", action="store_true", help="table, plots and sentences of the finished points")
 
     train = _phase_command(commands, "train", _cmd_train, "train (resumes by itself when the run has a resume state)")

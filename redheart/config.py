@@ -223,8 +223,8 @@ def to_dict(config: RunConfig) -> dict[str, Any]:
 
 
 def from_dict(tree: dict[str, Any]) -> RunConfig:
-    kinds = {"data": DataConfig, "encoder": EncoderConfig, "model": ModelConfig, "train": TrainConfig, "sweep": SweepConfig, "select": SelectConfig,
-             "study": StudyConfig}
+    kinds = {"data": DataConfig, "encoder": EncoderConfig, "model": ModelConfig, "train": TrainConfig,
+             "sweep": SweepConfig, "select": SelectConfig, "study": StudyConfig}
     unknown = set(tree) - {f.name for f in dataclasses.fields(RunConfig)}
     if unknown:
         raise ValueError(f"unknown config sections {sorted(unknown)}")

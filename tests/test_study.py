@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny_run import make_run, synthetic_record, tiny_config
 
 from redheart.atomic import read_json, write_json
 from redheart.report.build import build_report
@@ -19,7 +20,6 @@ from redheart.study.points import plan, point_of, point_train_ids, run_point, tr
 from redheart.study.results import analyse, collect, sentences
 from redheart.study.run import run_study
 from redheart.train.resume import has_resume
-from tiny_run import make_run, synthetic_record, tiny_config
 
 TESTS = Path(__file__).parent
 STUDY = {"study.sizes": ["tiny"], "study.fractions": [0.5, 1.0], "study.epochs": 2, "train.lr": 3e-3}

@@ -260,7 +260,10 @@ SECTIONS: list[tuple[str, Callable[[_Context], Section], str]] = [
     ("Training and sweet spots", _training, "redheart train"),
     ("Crossover and test results", _results, "redheart evaluate"),
     ("Calibration", _calibration, "the calibration phase"),
-    ("Learning curves", _study, "redheart study"),
+]
+# Sections of phases outside the main job: shown only when the run has their file.
+OPTIONAL_SECTIONS: list[tuple[str, Callable[[_Context], Section], str, Callable[[RunDir], Path]]] = [
+    ("Learning curves", _study, "redheart study", lambda run: run.study / "results.json"),
 ]
 
 
@@ -268,7 +271,8 @@ def collect_sections(run: RunDir) -> list[Section]:
     """Every section; one whose inputs are missing or unreadable carries the reason instead of its content."""
     ctx = _Context(run)
     sections = []
-    for title, build, producer in SECTIONS:
+    optional = [(title, build, producer) for title, build, producer, marker in OPTIONAL_SECTIONS if marker(run).exists()]
+    for title, build, producer in [*SECTIONS, *optional]:
         try:
             sections.append(build(ctx))
         except FileNotFoundError as error:

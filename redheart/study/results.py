@@ -9,6 +9,7 @@ twice its standard error under that noise.
 from __future__ import annotations
 
 import csv
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -95,7 +96,7 @@ def _slope_se(noise: float | None, grid: list[dict[str, Any]], sizes: list[str],
 def _size_steps(grid: list[dict[str, Any]], sizes: list[str], metric: str) -> list[dict[str, Any]]:
     """Each size against the next larger one: the mean paired difference over the fractions both finished."""
     steps = []
-    for small, large in zip(sizes, sizes[1:]):
+    for small, large in itertools.pairwise(sizes):
         a = {p["label"]: p for p in grid if p["size"] == small and p["model"][metric] is not None}
         b = {p["label"]: p for p in grid if p["size"] == large and p["model"][metric] is not None}
         shared = [label for label in a if label in b]
