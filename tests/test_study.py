@@ -86,6 +86,10 @@ def test_records_of_another_source_join_only_the_extra_point(tmp_path: Path) -> 
     assert [p.label for p in points] == ["1/2", "all", "all+extra"]
     assert set(point_train_ids(run, config, points[1])) == set(main)
     assert set(point_train_ids(run, config, points[2])) == set(main) | set(other)
+    # The verdict-only records train with their other targets masked; they count on the verdict's data axis only.
+    extra_point = run_point(run, tiny_config(**{**STUDY, "study.epochs": 1}), 2, progress=False)
+    assert (extra_point["train_records"], extra_point["verdict_train_records"]) == (58, 58)
+    assert extra_point["model"]["emotion_accuracy"] is not None and extra_point["probe"]["verdict_macro_f1"] is not None
 
 
 def _point(size: str, n: int, label: str, params: int, **model: float) -> dict:
@@ -104,8 +108,11 @@ def test_slope_noise_and_size_effect_are_computed_from_the_numbers() -> None:
         for k, (label, wiggle) in enumerate(zip(labels, (1, -1, -1, 1))):
             points.append(_point(size, 100 * 2**k, label, params, verdict_macro_f1=0.2 + shift + 0.03 * k + e * wiggle,
                                  verdict_cross_entropy=1.0 - shift / 10))
+    points.append(_point("medium", 2000, "all+extra", 4000, verdict_macro_f1=0.2 + 0.1 + 0.09 + e + 0.02,
+                         verdict_cross_entropy=0.99))
     analysis = analyse(points, ["small", "medium"])
     f1 = analysis["verdict_macro_f1"]
+    assert f1["extra"] == {"medium": pytest.approx(0.02)}  # against medium on all 800 records; not on the curve
     assert f1["slopes"] == pytest.approx({"small": 0.03, "medium": 0.03})
     assert f1["noise"] == pytest.approx(math.sqrt(8 * e**2 / 4)) and f1["noise_dof"] == 4
     assert f1["slope_se"]["small"] == pytest.approx(f1["noise"] / math.sqrt(5))  # Sxx of k = 0..3 is 5

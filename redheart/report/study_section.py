@@ -23,7 +23,8 @@ def study_section(ctx: _Context) -> Section:
         f"training records (subset seed {fmt(results['seed'])}), and is scored on the validation split only; the "
         f"linear probe is fitted on the same subset. The epochs are far fewer than the main run's, so the curves "
         f"compare short runs. Validation is the same {fmt(points[0]['val_records'])} records at every point. "
-        f"Training time of all points: {fmt(results['wall_seconds'] / 60, 1)} min."
+        f"Training time of all points (their epochs, without validation and the probes): "
+        f"{fmt(results['train_seconds'] / 60, 1)} min."
     )
     section.paragraphs += results["sentences"]
     rows = [[p["size"], p["label"], fmt(p["train_records"]), fmt(p["parameters"]), fmt(p["train_seconds"], 0),

@@ -210,7 +210,7 @@ def collect(run: RunDir, config: RunConfig) -> StudyResult:
     write_json(run.study / "results.json", {
         "sizes": sizes, "fractions": list(config.study.fractions), "epochs": config.study.epochs,
         "seed": config.study.seed, "points": finished, "missing": missing, "sentences": words, "analysis": analysis,
-        "wall_seconds": sum(p["train_seconds"] for p in finished),
+        "train_seconds": sum(p["train_seconds"] for p in finished),  # epochs only: no validation, no probes
     })
     rows = [{"point": p["index"], "size": p["size"], "data": p["label"], "train_records": p["train_records"],
              "verdict_train_records": p["verdict_train_records"], "parameters": p["parameters"], "lr": p["lr"],
