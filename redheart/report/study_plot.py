@@ -13,7 +13,8 @@ from redheart.atomic import write_with
 
 
 def plot_metric(path: Path, points: list[dict[str, Any]], sizes: list[str], metric: str, label: str) -> None:
-    """Model sizes as solid lines, the linear probe dashed; an "all+extra" point as a hollow marker of its size."""
+    """Model sizes as solid lines, the linear probe dashed, the training mean dotted; an "all+extra" point as a
+    hollow marker of its size."""
     from redheart.study.points import EXTRA
     from redheart.study.results import METRICS, VERDICT_METRICS, data_size
 
@@ -38,6 +39,9 @@ def plot_metric(path: Path, points: list[dict[str, Any]], sizes: list[str], metr
         rows = sorted(probe.values(), key=lambda p: p["train_records"])
         ax.plot([data_size(p, metric) for p in rows], [p["probe"][metric] for p in rows], color="black",
                 linestyle="--", marker="s", label="linear probe")
+        prior = [p for p in rows if p["prior"][metric] is not None]
+        ax.plot([data_size(p, metric) for p in prior], [p["prior"][metric] for p in prior], color="grey", linestyle=":",
+                label="training mean (class prior / mean predictor)")
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
     better = "higher is better" if METRICS[metric][1] > 0 else "lower is better"
