@@ -193,16 +193,21 @@ def collect(run: RunDir, config: RunConfig) -> StudyResult:
     """Read every finished point, write results.json, results.csv and one plot per metric; train nothing."""
     from redheart.report.study_plot import plot_metric
 
-    points = plan(run, config)
+    import torch
+
+    # Points a CUDA machine ran (the full preset) are read on any machine; only this machine's are missing.
+    cuda = torch.cuda.is_available()
+    points = plan(run, config, cuda=True)
+    here = {p.index for p in plan(run, config, cuda=cuda)}
     done = {p: finished_point(run, p) for p in points}
     finished = [r for r in done.values() if r is not None]
     if not finished:
         raise ValueError(f"no finished study point in {run.study}; run `redheart study` (or --point K) first")
-    missing = [p.folder(run).name for p, r in done.items() if r is None]
-    sizes = list(dict.fromkeys(p.size for p in points))
+    missing = [p.folder(run).name for p, r in done.items() if r is None and p.index in here]
+    sizes = list(dict.fromkeys(p["size"] for p in sorted(finished, key=lambda r: r["index"])))
     analysis = analyse(finished, sizes)
     words = sentences(analysis, finished, sizes)
-    if not any(p.size == "full" for p in points):
+    if not cuda and config.study.full_with_cuda and not any(p["size"] == "full" for p in finished):
         words.append("The full preset was not studied: it joins only when CUDA is present, and this machine has none.")
     if missing:
         words.append(f"Incomplete study, missing points: {', '.join(missing)}.")
