@@ -18,19 +18,21 @@ def study_section(ctx: _Context) -> Section:
     points = results["points"]
     lrs = sorted({p["lr"] for p in points})
     section.paragraphs.append(
-        f"Each point trains the run's recipe at learning rate {', '.join(fmt_lr(lr) for lr in lrs)} for "
-        f"{fmt(results['epochs'])} epochs (one cosine cycle) with one size preset's model on a nested subset of the "
-        f"training records (subset seed {fmt(results['seed'])}), and is scored on the validation split only; the "
-        f"linear probe is fitted on the same subset. The epochs are far fewer than the main run's, so the curves "
-        f"compare short runs. Validation is the same {fmt(points[0]['val_records'])} records at every point. "
+        f"Each point trains the run's recipe at learning rate {', '.join(fmt_lr(lr) for lr in lrs)} with one size "
+        f"preset's model on a nested subset of the training records (subset seed {fmt(results['seed'])}), in one "
+        f"cosine cycle of as many optimizer steps as {fmt(results['epochs'])} epochs of all the records take (a "
+        f"smaller subset is seen more often), and is scored on the validation split only (the test split is never "
+        f"read); the linear probe is fitted on the same subset. These are short runs beside the main run's 60 "
+        f"epochs. Validation is the same {fmt(points[0]['val_records'])} records at every point. "
         f"Training time of all points (their epochs, without validation and the probes): "
         f"{fmt(results['train_seconds'] / 60, 1)} min."
     )
     section.paragraphs += results["sentences"]
-    rows = [[p["size"], p["label"], fmt(p["train_records"]), fmt(p["parameters"]), fmt(p["train_seconds"], 0),
+    rows = [[p["size"], p["label"], fmt(p["train_records"]), fmt(p["parameters"]), fmt(p["epochs"]),
+             fmt(p["train_seconds"], 0),
              *(f"{fmt(p['model'][k])} / {fmt(p['probe'][k])}" for k in SCORES)] for p in points]
     section.tables.append(Table("Learning curves on validation: model / linear probe on the same training records",
-                                ["size", "data", "records", "parameters", "seconds", *(_COLUMNS[k] for k in SCORES)],
+                                ["size", "data", "records", "parameters", "epochs", "seconds", *(_COLUMNS[k] for k in SCORES)],
                                 rows, "learning_curves"))
     for metric in SCORES:
         ctx.image(section, run.study / f"curve_{metric}.png", f"study_{metric}.png",

@@ -146,15 +146,25 @@ def point_train_ids(run: RunDir, config: RunConfig, point: Point) -> list[str]:
     return [i for i in read_json(run.split_manifest)["train"] if i in chosen]
 
 
-def point_config(config: RunConfig, point: Point, lr: float) -> RunConfig:
-    """The run's recipe with the size preset's model, the study's epochs, and one cosine cycle over them.
+def point_epochs(config: RunConfig, train_records: int, main_records: int) -> int:
+    """`study.epochs` passes over the main training records' worth of samples, as whole epochs of the point's own.
 
-    The cycle is fitted to the study's length so every point ends annealed to `min_lr`; with the main run's
-    restart period a short point would stop at a high rate and its score would depend on where it stopped.
+    Every point then takes about the same number of optimizer steps, so the data axis compares how many
+    distinct records the model saw, not how long it trained: a 1/8 subset is seen 8x as often.
     """
-    epochs = config.study.epochs
+    return max(1, round(config.study.epochs * main_records / train_records))
+
+
+def point_config(config: RunConfig, point: Point, lr: float, epochs: int) -> RunConfig:
+    """The run's recipe with the size preset's model for `epochs` epochs in one cosine cycle.
+
+    The cycle is fitted to the point's length so every point ends annealed to `min_lr`; with the main run's
+    restart period a short point would stop at a high rate and its score would depend on where it stopped.
+    The warm-up is scaled with the epochs, so it spans the same number of steps at every data size.
+    """
+    warmup = config.train.warmup_epochs * epochs / config.study.epochs
     train = dataclasses.replace(config.train, lr=lr, epochs=epochs, restart_epochs=epochs, restart_mult=1,
-                                telemetry=False)
+                                warmup_epochs=warmup, telemetry=False)
     return dataclasses.replace(config, preset=point.size, model=preset(point.size).model, train=train)
 
 
@@ -204,10 +214,10 @@ def run_point(
         return done
     started = time.perf_counter()
     lr, lr_source = resolve_lr(run, config, None)
-    cfg = point_config(config, point, lr)
     folder = PointRun(point.folder(run), run)
     manifest = read_json(run.split_manifest)
     ids = point_train_ids(run, config, point)
+    cfg = point_config(config, point, lr, point_epochs(config, len(ids), len(training_ids(run, config)[0])))
     write_json(folder.split_manifest, {"train": ids, "val": manifest["val"]})  # no test ids: never read here
     save_config(cfg, folder.config)
     if not folder.baselines.exists():
