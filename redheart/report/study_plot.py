@@ -25,7 +25,8 @@ def plot_metric(path: Path, points: list[dict[str, Any]], sizes: list[str], metr
     for i, size in enumerate(sizes):
         row = [p for p in grid if p["size"] == size and p["model"][metric] is not None]
         if row:
-            params = f"{row[0]['parameters'] / 1e6:.2g}M" if row[0]["parameters"] >= 1e5 else f"{row[0]['parameters']:,}"
+            count = row[0]["parameters"]
+            params = f"{count / 1e6:.2g}M" if count >= 1e5 else f"{count:,}"
             ax.plot([data_size(p, metric) for p in row], [p["model"][metric] for p in row], marker="o", color=f"C{i}",
                     label=f"{size} ({params} parameters)")
         # Only a verdict curve has a place for it: the verdict-only records add nothing to the other targets' data.

@@ -32,8 +32,8 @@ def study_section(ctx: _Context) -> Section:
              fmt(p["train_seconds"], 0),
              *(f"{fmt(p['model'][k])} / {fmt(p['probe'][k])}" for k in SCORES)] for p in points]
     section.tables.append(Table("Learning curves on validation: model / linear probe on the same training records",
-                                ["size", "data", "records", "parameters", "epochs", "seconds", *(_COLUMNS[k] for k in SCORES)],
-                                rows, "learning_curves"))
+                                ["size", "data", "records", "parameters", "epochs", "seconds",
+                                 *(_COLUMNS[k] for k in SCORES)], rows, "learning_curves"))
     for metric in SCORES:
         ctx.image(section, run.study / f"curve_{metric}.png", f"study_{metric}.png",
                   f"{_COLUMNS[metric]} on validation against training records (log scale): a line per model size, "
