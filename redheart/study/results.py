@@ -191,9 +191,9 @@ def _next_gain(metric: str, words: str, sign: int, a: dict[str, Any], points: li
 
 def collect(run: RunDir, config: RunConfig) -> StudyResult:
     """Read every finished point, write results.json, results.csv and one plot per metric; train nothing."""
-    from redheart.report.study_plot import plot_metric
-
     import torch
+
+    from redheart.report.study_plot import plot_metric
 
     # Points a CUDA machine ran (the full preset) are read on any machine; only this machine's are missing.
     cuda = torch.cuda.is_available()
