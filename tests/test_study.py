@@ -121,6 +121,10 @@ def test_slope_noise_and_size_effect_are_computed_from_the_numbers() -> None:
     words = sentences(analysis, points, ["small", "medium"])
     assert any("verdict macro-F1: medium (4,000 parameters) against small (1,000) helps" in s for s in words)
     assert any(s.startswith("verdict macro-F1, change per doubling") and "small +0.0300" in s for s in words)
+    # Both axes help beyond the noise (slope 0.03 against 2 x 0.0141 / sqrt(5)); one size step gains more.
+    expected = ("verdict macro-F1: the next gain would come from a larger model (improvement by a doubling of data at "
+                "medium: +0.0300, improves it; small to medium: +0.1000, improves it)")
+    assert any(s.startswith(expected) for s in words)
     # Lower cross-entropy is better: medium's 0.01 lower is a help, the direction read from the metric.
     ce = analysis["verdict_cross_entropy"]
     assert ce["size_steps"][0]["mean_difference"] == pytest.approx(-0.01) and ce["noise"] == pytest.approx(0.0)
@@ -136,6 +140,8 @@ def test_a_size_difference_inside_the_noise_is_called_no_difference() -> None:
     # noise e sqrt(2) = 0.0707; two standard errors of a mean of 4 paired differences: 2 x 0.0707 x sqrt(2/4) = 0.1
     assert any("emotion accuracy: medium (20 parameters) against small (10) makes no difference beyond the noise: "
                "mean paired difference -0.0100 over 4 data sizes (two standard errors: 0.1000)" in s for s in words)
+    assert any(s.startswith("emotion accuracy: neither more of these records nor a larger model improves it")
+               for s in words)
 
 
 def start_driver(run: Path, point: int) -> subprocess.Popen:

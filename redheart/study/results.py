@@ -157,36 +157,44 @@ def sentences(analysis: dict[str, Any], points: list[dict[str, Any]], sizes: lis
     return out
 
 
+def _state(gain: float, real: bool) -> str:
+    return ("improves it" if gain > 0 else "worsens it") if real else "no change beyond the noise"
+
+
 def _next_gain(metric: str, words: str, sign: int, a: dict[str, Any], points: list[dict[str, Any]],
                sizes: list[str]) -> str:
-    """Where the curve points: a doubling of data at the largest size against one size step at the most data."""
+    """Where the curve points: a doubling of data at the largest size against the last size step.
+
+    Each axis is judged as in the sentences before it: the slope against twice its standard error, the size
+    step's mean paired difference against twice that difference's standard error.
+    """
     largest = next((s for s in reversed(sizes) if s in a["slopes"]), None)
     if largest is None:
         return f"{words}: no curve to read the next gain from."
     data_gain = a["slopes"][largest] * sign
     data_real = largest in a["slope_se"] and abs(data_gain) > 2 * a["slope_se"][largest]
     step = a["size_steps"][-1] if a["size_steps"] else None
-    size_gain = step["difference_at_most_data"] * sign if step else None
-    size_real = step is not None and a["noise"] is not None and abs(size_gain or 0.0) > 2 * math.sqrt(2) * a["noise"]
+    size_gain = step["mean_difference"] * sign if step else 0.0
+    size_real = (step is not None and a["noise"] is not None
+                 and abs(size_gain) > 2 * a["noise"] * math.sqrt(2 / step["fractions"]))
+    found = f"a doubling of data at {largest}: {data_gain:+.4f}, {_state(data_gain, data_real)}"
+    if step is not None:
+        found += f"; {step['from']} to {step['to']}: {size_gain:+.4f}, {_state(size_gain, size_real)}"
+    data_helps, size_helps = data_real and data_gain > 0, size_real and size_gain > 0
+    if data_helps and (not size_helps or data_gain >= size_gain):
+        where = "the next gain would come from more training data"
+    elif size_helps:
+        where = "the next gain would come from a larger model"
+    else:
+        where = ("neither more of these records nor a larger model improves it beyond the noise, so the next gain has "
+                 "to come from elsewhere (the inputs or the objective)")
     full = [p for p in points if p["size"] == largest and p["label"] == "all" and p["model"][metric] is not None]
     versus = ""
-    if full:
+    if full and full[0]["probe"][metric] is not None:
         lead = (full[0]["model"][metric] - full[0]["probe"][metric]) * sign
         versus = (f" At all the data {largest} is {'ahead of' if lead > 0 else 'behind'} the linear probe by "
                   f"{abs(lead):.4f}.")
-    gains = f"a doubling of data improves it by {data_gain:+.4f} at {largest}"
-    if step is not None:
-        gains += f", a step from {step['from']} to {step['to']} by {size_gain:+.4f} at the most data"
-    if data_real and data_gain > 0 and (not size_real or data_gain >= (size_gain or 0.0)):
-        where = "the next gain would come from more training data"
-    elif size_real and (size_gain or 0.0) > 0:
-        where = "the next gain would come from a larger model"
-    elif data_real or size_real:
-        where = "more data or a larger model makes it worse here, so the next gain has to come from elsewhere"
-    else:
-        where = ("neither more of these records nor a larger model moves it beyond the noise, so the next gain has to "
-                 "come from elsewhere (the inputs or the objective)")
-    return f"{words}: {where} ({gains}).{versus}"
+    return f"{words}: {where} (improvement by {found}).{versus}"
 
 
 def collect(run: RunDir, config: RunConfig) -> StudyResult:
