@@ -140,6 +140,21 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
         print(format_choice(collect(run, config) if args.collect else run_sweep(run, config)))
 
 
+def _cmd_study(args: argparse.Namespace) -> None:
+    from redheart.study.results import collect, format_study
+    from redheart.study.run import run_study
+
+    run = RunDir(args.run)
+    config = _run_config(run, args)
+    if args.point is not None:
+        from redheart.study.points import point_of, run_point
+
+        run_point(run, config, args.point)
+        print(f"point {args.point} done: {point_of(run, config, args.point).folder(run)}")
+    else:
+        print(format_study(collect(run, config) if args.collect else run_study(run, config)))
+
+
 def _cmd_train(args: argparse.Namespace) -> None:
     from redheart.train.distributed import join_job
     from redheart.train.recipe import train
@@ -206,7 +221,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> None:
 
 def _add_run_options(parser: argparse.ArgumentParser, default_run: str | None = None) -> None:
     parser.add_argument("--run", required=default_run is None, default=default_run, help="run folder, e.g. runs/NAME")
-    parser.add_argument("--preset", help="tiny | small | full (default: the run's, else small)")
+    parser.add_argument("--preset", help="tiny | small | medium | full (default: the run's, else small)")
     parser.add_argument("--config", help="YAML file of overrides, same shape as the run's config.yaml")
     parser.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override one setting")
 
@@ -261,6 +276,13 @@ def build_parser() -> argparse.ArgumentParser:
     mode = sweep.add_mutually_exclusive_group()
     mode.add_argument("--trial", type=int, metavar="K", help="run trial K only (first stage 0..n-1, then the reseeds)")
     mode.add_argument("--collect", action="store_true", help="score the finished trials and choose; trains nothing")
+
+    study = _phase_command(commands, "study", _cmd_study,
+                           "learning curves over model size and training data, on validation (report section)")
+    study_mode = study.add_mutually_exclusive_group()
+    study_mode.add_argument("--point", type=int, metavar="K",
+                            help="run point K only (sizes in order, fractions within)")
+    study_mode.add_argument("--collect", action="store_true", help="table, plots and sentences of the finished points")
 
     train = _phase_command(commands, "train", _cmd_train, "train (resumes by itself when the run has a resume state)")
     train.add_argument("--lr", type=float, help="learning rate (default: the sweep's choice, else the config's)")

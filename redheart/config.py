@@ -133,6 +133,25 @@ class SelectConfig:
 
 
 @dataclass(frozen=True)
+class StudyConfig:
+    """`redheart study`: learning curves over model size and training data, scored on validation.
+
+    Each point trains the run's recipe (its train settings and chosen learning rate) with one size preset's
+    model on a fraction of the training records, in one cosine cycle, for as many optimizer steps as `epochs`
+    epochs of all the records take (a 1/8 subset trains 8x the epochs), so the data axis measures distinct
+    records, not training time. One all-records epoch costs about 5, 11 and 26 s of one core for tiny, small
+    and medium, and each size trains four such epochs' worth per fraction, so the default 4 epochs take about
+    30 min of one core: short, fully annealed runs, not the main run's 60 epochs with warm restarts.
+    """
+
+    sizes: tuple[str, ...] = ("tiny", "small", "medium")  # presets whose model section a point trains
+    fractions: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0)  # of the bundled training records; nested subsets
+    epochs: int = 4  # of all the training records; a fraction f trains round(epochs / f) epochs
+    seed: int = 13  # the order the subsets are drawn in; the training seed is train.seed
+    full_with_cuda: bool = True  # "full" joins `sizes` (last) when CUDA is present
+
+
+@dataclass(frozen=True)
 class RunConfig:
     preset: str = "full"
     data: DataConfig = field(default_factory=DataConfig)
@@ -141,6 +160,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
+    study: StudyConfig = field(default_factory=StudyConfig)
 
 
 def _scaled(budgets: dict[str, int], scale: float, floor: int) -> dict[str, int]:
@@ -154,6 +174,14 @@ PRESETS: dict[str, RunConfig] = {
         preset="small",
         model=ModelConfig(budgets=_scaled(FULL_BUDGETS, 1 / 400, 20_000), backbone_layers=2, backbone_heads=4),
         # CPU: one micro-batch of 64 gives the strategy's effective batch without accumulation.
+        train=TrainConfig(micro_batch=64, accumulation=1),
+    ),
+    # Between small (1/400, 1.9M parameters) and full: 1/100 of every budget (7.3M parameters, 4x small) and
+    # twice small's backbone depth. One epoch costs about 3x small's on 2 CPU cores, so the study's medium
+    # points take about half its budget; a larger step would leave no room for more than a couple of epochs.
+    "medium": RunConfig(
+        preset="medium",
+        model=ModelConfig(budgets=_scaled(FULL_BUDGETS, 1 / 100, 20_000), backbone_layers=4, backbone_heads=4),
         train=TrainConfig(micro_batch=64, accumulation=1),
     ),
     "tiny": RunConfig(
@@ -212,7 +240,8 @@ def to_dict(config: RunConfig) -> dict[str, Any]:
 
 
 def from_dict(tree: dict[str, Any]) -> RunConfig:
-    kinds = {"data": DataConfig, "encoder": EncoderConfig, "model": ModelConfig, "train": TrainConfig, "sweep": SweepConfig, "select": SelectConfig}
+    kinds = {"data": DataConfig, "encoder": EncoderConfig, "model": ModelConfig, "train": TrainConfig,
+             "sweep": SweepConfig, "select": SelectConfig, "study": StudyConfig}
     unknown = set(tree) - {f.name for f in dataclasses.fields(RunConfig)}
     if unknown:
         raise ValueError(f"unknown config sections {sorted(unknown)}")

@@ -51,6 +51,11 @@ class RunDir:
         return self.root / "sweep"
 
     @property
+    def study(self) -> Path:
+        """Learning curves: one run folder per point, then results.json and the plots."""
+        return self.root / "study"
+
+    @property
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
 

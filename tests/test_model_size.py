@@ -26,7 +26,7 @@ def test_full_preset_matches_the_documents_total_and_every_budget() -> None:
     assert heads["regret_head"] > heads["emotion_head"] > heads["bentham_head"] > heads["surd_head"]
 
 
-@pytest.mark.parametrize("preset", ["full", "small"])
+@pytest.mark.parametrize("preset", ["full", "medium", "small"])
 def test_modules_land_within_two_percent_where_widths_are_fine_grained(preset: str) -> None:
     config = PRESETS[preset]
     rows = parameter_table(config.model, config.encoder.dim, config.encoder.max_segments)
@@ -41,7 +41,7 @@ def test_presets_are_ordered_by_size_and_tiny_is_well_under_a_million() -> None:
         name: sum(r["parameters"] for r in parameter_table(c.model, c.encoder.dim, c.encoder.max_segments))
         for name, c in PRESETS.items()
     }
-    assert totals["tiny"] < 100_000 < 1_000_000 < totals["small"] < 3_000_000 < totals["full"]
+    assert totals["tiny"] < 100_000 < 1_000_000 < totals["small"] < 3_000_000 < totals["medium"] < totals["full"]
 
 
 def test_kalman_stays_near_700_parameters_at_every_preset() -> None:

@@ -295,6 +295,12 @@ def _calibration(ctx: _Context) -> Section:
     return section
 
 
+def _study(ctx: _Context) -> Section:
+    from redheart.report.study_section import study_section
+
+    return study_section(ctx)
+
+
 SECTIONS: list[tuple[str, Callable[[_Context], Section], str]] = [
     ("Data", _data, "redheart prepare"),
     ("Model", _model, "a run config (config.yaml) or a final model"),
@@ -303,13 +309,18 @@ SECTIONS: list[tuple[str, Callable[[_Context], Section], str]] = [
     ("Crossover and test results", _results, "redheart evaluate"),
     ("Calibration", _calibration, "the calibration phase"),
 ]
+# Sections of phases outside the main job: shown only when the run has their file.
+OPTIONAL_SECTIONS: list[tuple[str, Callable[[_Context], Section], str, Callable[[RunDir], Path]]] = [
+    ("Learning curves", _study, "redheart study", lambda run: run.study / "results.json"),
+]
 
 
 def collect_sections(run: RunDir) -> list[Section]:
     """Every section; one whose inputs are missing or unreadable carries the reason instead of its content."""
     ctx = _Context(run)
     sections = []
-    for title, build, producer in SECTIONS:
+    optional = [(title, build, producer) for title, build, producer, marker in OPTIONAL_SECTIONS if marker(run).exists()]
+    for title, build, producer in [*SECTIONS, *optional]:
         try:
             sections.append(build(ctx))
         except FileNotFoundError as error:
