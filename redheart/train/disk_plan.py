@@ -201,7 +201,8 @@ def input_size(run: RunDir, data: Path | None = None) -> tuple[int, int]:
     (a .gz file's uncompressed size); `data` None: the bundled data set."""
     if run.split_manifest.exists():
         split = json.loads(run.split_manifest.read_text(encoding="utf-8"))
-        records = sum(len(split[name]) for name in ("train", "val", "test"))
+        # A study point's manifest lists only train and val: it must never hold test ids.
+        records = sum(len(split.get(name, ())) for name in ("train", "val", "test"))
         return records, folder_bytes(run.data)
     if data is None:
         from redheart.data.schema import bundled_data_path
