@@ -15,6 +15,7 @@ from redheart.data.dataset import load_split
 from redheart.evaluate.final import evaluate_test, format_results
 from redheart.model.groups import GROUPS
 from redheart.model.model import RedHeartModel
+from redheart.report.calibration import CalibrationOptions, fit_calibrators
 from redheart.select.crossover import CROSSOVER, ENSEMBLE, REFINED, crossover, format_crossover, variant_name
 from redheart.select.final_model import load_final_model
 from redheart.select.intervals import batched_macro_f1
@@ -151,6 +152,7 @@ def test_final_model_round_trips_and_a_corrupted_one_fails_clearly(trained, resu
 
 def test_test_evaluation_scores_every_candidate_once_with_intervals(trained, result, monkeypatch):
     run, config = trained
+    fit_calibrators(run, config, CalibrationOptions(folds=3))  # the calibrate phase, which evaluate reads and never redoes
     results = evaluate_test(run, config)
     assert set(results["models"]) == {c.name for c in result.candidates}
     assert set(results["baselines"]) == {"class_prior", "mean_predictor", "linear_probe"}

@@ -186,7 +186,8 @@ def _training(ctx: _Context) -> Section:
 def _results(ctx: _Context) -> Section:
     run = ctx.run
     test_path, candidates_path = run.root / "test_results.json", run.crossover / "candidates.json"
-    if test_path.exists():
+    stale = _stale_test_results(run) if test_path.exists() else None
+    if test_path.exists() and stale is None:
         results = read_json(test_path)
         section = Section("Crossover and test results", [ctx.rel(test_path)])
         named = dict(results["baselines"])
@@ -198,19 +199,37 @@ def _results(ctx: _Context) -> Section:
         final = results["final_model"]
         models = [(n + (" (final model)" if n == final else ""), e, e.get("val", {}).get("loss")) for n, e in results["models"].items()]
         rows = [[name, fmt(val_loss), *(fmt_ci(e["headline"].get(k), e.get("intervals", {}).get(k)) for k in HEADLINE)] for name, e, val_loss in baselines + models]
-        section.tables.append(Table(f"Test split (n = {fmt(results['n'])}, read once), {fmt(100 * results['bootstrap']['level'], 0)}% bootstrap intervals "
+        reads = results.get("reads") or [{"read": 1, "at": results.get("evaluated_at"), "why": "first read"}]
+        read_note = "read once" if len(reads) == 1 else f"read {len(reads)} times, the last read shown"
+        section.tables.append(Table(f"Test split (n = {fmt(results['n'])}, {read_note}), {fmt(100 * results['bootstrap']['level'], 0)}% bootstrap intervals "
                                     f"({fmt(results['bootstrap']['samples'])} resamples); every choice made on validation",
                                     ["model", "val loss", *HEADLINE.values()], rows, "training_results"))
         section.paragraphs += [f"Final model (best single network on validation): {results['final_model']}.",
                                results["validation_conclusion"], results["test_conclusion"]]
+        section.paragraphs.append(f"Reads of the test split: {fmt(len(reads))} ("
+                                  + "; ".join(f"read {r['read']} at {r['at']}: {r['why']}" for r in reads) + ").")
         return section
     plan = read_json(candidates_path)
     section = Section("Crossover (validation only)", [ctx.rel(candidates_path)])
-    section.missing.append(f"{ctx.rel(test_path)} not found: the test split has not been evaluated; validation numbers only")
+    if stale is not None:
+        section.missing.append(f"{ctx.rel(test_path)} is stale, validation numbers only: {stale}")
+    else:
+        section.missing.append(f"{ctx.rel(test_path)} not found: the test split has not been evaluated; validation numbers only")
     rows = [[c["name"], fmt(c["val"]["loss"]), *(fmt(c["val"]["headline"].get(k)) for k in HEADLINE)] for c in plan["candidates"]]
     section.tables.append(Table("Candidates on validation", ["model", "val loss", *HEADLINE.values()], rows, "training_results"))
     section.paragraphs += [f"Final model: {plan['final_model']}.", plan["conclusion"]]
     return section
+
+
+def _stale_test_results(run: RunDir) -> str | None:
+    """Why the run's test results no longer describe its artefacts, or None when they do."""
+    from redheart.evaluate.test_reads import StaleTestResults, check_fingerprint, fingerprint
+
+    try:
+        check_fingerprint(run, read_json(run.root / "test_results.json"), fingerprint(run))
+    except (StaleTestResults, FileNotFoundError) as error:
+        return str(error)
+    return None
 
 
 def _calibration(ctx: _Context) -> Section:
@@ -223,7 +242,8 @@ def _calibration(ctx: _Context) -> Section:
         cv = ", ".join(f"{m} {fmt(v)}" for m, v in entry["cv_nll"].items())
         section.paragraphs.append(f"{name}: {entry['method']} chosen on validation ({entry['reason']}). Cross-validated NLL: {cv or '—'}.")
     test_report = run.calibration / TEST_REPORT_FILE
-    if test_report.exists():
+    # The test report is written by the read of the test split; stale test results make it stale too.
+    if test_report.exists() and (run.root / "test_results.json").exists() and _stale_test_results(run) is None:
         report, split = read_json(test_report), "test"
         section.sources.append(ctx.rel(test_report))
     else:
