@@ -97,9 +97,18 @@ def _data(ctx: _Context) -> Section:
     stats = read_json(run.data_stats)
     section.paragraphs.append(
         f"{fmt(stats['records_read'])} records read, {fmt(stats['rejected'])} rejected, {fmt(stats['duplicates_removed'])} near-duplicates "
-        f"removed, {fmt(stats['clean_records'])} clean records; near-duplicates of training texts in validation/test (leakage): {fmt(stats['leaks'])}. "
-        f"Split stratified by {_describe(stats.get('stratified_by'))}."
+        f"removed, {fmt(stats['clean_records'])} clean records. Split stratified by {_describe(stats.get('stratified_by'))}."
     )
+    closeness = stats.get("leakage")
+    if closeness:
+        counts = "; ".join(f"{name}: {fmt(count)}" for name, count in closeness["pairs"].items())
+        section.paragraphs.append(
+            f"Leakage, {closeness['compared']} ({closeness['proposed_by']}), pairs at each threshold: {counts}. "
+            f"Texts at fuzz.ratio >= the dedup threshold on the text alone: {fmt(stats['leaks'])}, zero by construction of the "
+            "near-duplicate removal, so the looser thresholds are the finding."
+        )
+    else:
+        section.missing.append(f"leakage at looser thresholds not measured (made by redheart prepare); at the dedup threshold: {fmt(stats['leaks'])}")
     labels = [v for v in (*VERDICTS, "none") if any(v in counts for counts in stats["label_distribution"].values())]
     rows = []
     for split, size in stats["split_sizes"].items():
