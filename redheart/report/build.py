@@ -314,4 +314,8 @@ def build_report(run: RunDir) -> Path:
     with atomic_open(run.report / "report.md") as handle:
         handle.write(render_markdown(title, sections))
     write_latex_tables(sections, run.report / "tables")
+    if (run.final_model / "config.json").exists():
+        from redheart.report.model_card import write_model_card
+
+        write_model_card(run)
     return run.report / "index.html"

@@ -25,6 +25,7 @@ from redheart.data.schema import TARGET_DIMS
 from redheart.model.groups import GROUPS
 from redheart.model.kalman import KalmanFusion
 from redheart.model.model import RedHeartModel
+from redheart.report.model_card import write_model_card
 from redheart.rundir import RunDir
 from redheart.select.candidates import Candidate, baseline_candidates, checkpoint_scores, score
 from redheart.select.final_model import build_candidate_model, save_final_model
@@ -112,6 +113,7 @@ def crossover(run: RunDir, config: RunConfig) -> CrossoverResult:
     pin_checkpoints(run, "crossover", {f"{c.name}: epoch {e}": e for c in candidates for e in sorted(c.used_epochs())})
     final = build_candidate_model(single, run, model)
     save_final_model(final, run.final_model, config, val.input_dim, val.max_segments, {"candidate": single.to_json()})
+    write_model_card(run)
     return result
 
 
