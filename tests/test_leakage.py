@@ -9,7 +9,6 @@ from rapidfuzz import fuzz
 from redheart.atomic import read_json
 from redheart.config import DataConfig
 from redheart.data.encoders import document_text
-from redheart.data.leakage import leakage_report, shingles
 from redheart.data.prepare import format_summary, prepare
 from redheart.data.split import Split
 from redheart.rundir import RunDir
@@ -56,6 +55,8 @@ def test_near_copies_planted_across_the_splits_are_counted_after_dedup(tmp_path)
 
 
 def test_a_reordered_copy_is_caught_by_shingles_and_a_shared_title_by_the_dedup_threshold():
+    from redheart.data.leakage import leakage_report, shingles
+
     rng = random.Random(1)
     texts = [story(rng, 120) for _ in range(30)]
     first, second = " ".join(texts[0].split()[:60]), " ".join(texts[0].split()[60:])

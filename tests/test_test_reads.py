@@ -66,6 +66,9 @@ def test_evaluate_stops_with_the_phase_to_run_when_its_input_is_missing(selected
         evaluate_test(run, config)
     assert not (run.crossover / "candidates.json").exists()  # crossover not re-run
     assert reads == [] and not (run.root / "test_results.json").exists()
+    shutil.rmtree(run.final_model)
+    with pytest.raises(FileNotFoundError, match=f"run `redheart crossover --run {run.root}` first"):
+        fit_calibrators(run, config)  # calibrate, too, names the phase it needs
 
 
 def test_evaluate_uses_the_calibrators_that_calibrate_wrote(selected, tmp_path):
