@@ -237,7 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--cache", type=Path, help="embedding cache folder")
     predict.set_defaults(func=_cmd_predict)
 
-    evaluate = _phase_command(commands, "evaluate", _cmd_evaluate, "the final test evaluation beside the baselines (reads the test split)")
+    evaluate = _phase_command(
+        commands, "evaluate", _cmd_evaluate, "the final test evaluation beside the baselines (reads the test split)"
+    )
     evaluate.add_argument("--reread-test", action="store_true", help=REREAD_HELP)
 
     pipeline = commands.add_parser("pipeline", help="every phase in order on one run folder (the main job)")

@@ -138,7 +138,7 @@ def test_final_model_round_trips_and_a_corrupted_one_fails_clearly(trained, resu
 
 def test_test_evaluation_scores_every_candidate_once_with_intervals(trained, result, monkeypatch):
     run, config = trained
-    fit_calibrators(run, config, CalibrationOptions(folds=3))  # the calibrate phase, which evaluate reads and never redoes
+    fit_calibrators(run, config, CalibrationOptions(folds=3))  # the calibrate phase: evaluate reads it, never redoes it
     results = evaluate_test(run, config)
     assert set(results["models"]) == {c.name for c in result.candidates}
     assert set(results["baselines"]) == {"class_prior", "mean_predictor", "linear_probe"}

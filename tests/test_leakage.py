@@ -43,13 +43,18 @@ def test_near_copies_planted_across_the_splits_are_counted_after_dedup(tmp_path)
 
     # The expectation, by brute force over every held-out x train pair of what the model reads.
     manifest, by_id = read_json(run.split_manifest), {r["id"]: r for r in records}
-    scores = [fuzz.ratio(document_text(by_id[h]), document_text(by_id[t]))
-              for h in manifest["val"] + manifest["test"] for t in manifest["train"]]
+    scores = [
+        fuzz.ratio(document_text(by_id[h]), document_text(by_id[t]))
+        for h in manifest["val"] + manifest["test"]
+        for t in manifest["train"]
+    ]
     crossing = sum(score >= 80 for score in scores)
     assert crossing >= 3 and max(scores) < 92
     stats = read_json(run.data_stats)["leakage"]
     assert stats["pairs"] == {"fuzz.ratio >= 92": 0, "fuzz.ratio >= 80": crossing, "shingle Jaccard >= 0.5": 0}
-    planted = {(f"r{200 + k:03d}", f"r{k:03d}") for k in range(30)} | {(f"r{k:03d}", f"r{200 + k:03d}") for k in range(30)}
+    planted = {(f"r{200 + k:03d}", f"r{k:03d}") for k in range(30)} | {
+        (f"r{k:03d}", f"r{200 + k:03d}") for k in range(30)
+    }
     assert all((e["id"], e["train_id"]) in planted for e in stats["examples"]["fuzz.ratio"])
     assert f"fuzz.ratio >= 80: {crossing}" in format_summary(summary)
 
@@ -72,7 +77,9 @@ def test_a_reordered_copy_is_caught_by_shingles_and_a_shared_title_by_the_dedup_
     swapped_ratio = fuzz.ratio(texts[0], second + " " + first)
     title_ratio = fuzz.ratio(document_text(records[32]), document_text(records[31]))
     assert swapped_ratio < 80 and title_ratio >= 92 and fuzz.ratio(records[31]["text"], records[32]["text"]) < 92
-    expected_jaccard = len(shingles(texts[0]) & shingles(second + " " + first)) / len(shingles(texts[0]) | shingles(second + " " + first))
+    expected_jaccard = len(shingles(texts[0]) & shingles(second + " " + first)) / len(
+        shingles(texts[0]) | shingles(second + " " + first)
+    )
     assert expected_jaccard > 0.9
     assert report["pairs"] == {"fuzz.ratio >= 92": 1, "fuzz.ratio >= 80": 1, "shingle Jaccard >= 0.5": 2}
     assert [(e["id"], e["train_id"]) for e in report["examples"]["fuzz.ratio"]] == [("r032", "r031")]

@@ -122,7 +122,8 @@ def test_real_8bit_moments_train_and_resume_exactly(data, tmp_path):
     assert quantized == large  # exactly the large tensors hold 8-bit first and second moments
     assert all(s["state2"].dtype == torch.uint8 and "absmax1" in s for s in states if s["state1"].dtype == torch.uint8)
     assert all(s["state1"].dtype == torch.float32 for s in states if s["state1"].numel() < 4096)
-    assert read_metrics(whole.output.metrics_log)[1]["train_loss"]["total"] < read_metrics(whole.output.metrics_log)[0]["train_loss"]["total"]
+    first, second = read_metrics(whole.output.metrics_log)
+    assert second["train_loss"]["total"] < first["train_loss"]["total"]
 
     train(data, config, lr=3e-3, epochs=1, log_dir=tmp_path / "resumed", progress=False)
     resumed = train(data, config, lr=3e-3, epochs=2, log_dir=tmp_path / "resumed", progress=False)

@@ -116,8 +116,11 @@ def test_headline_averages_mae_over_the_nine_regression_dimensions():
     preds["regret_factor"] = targets["regret_factor"] + 0.9  # MAE 0.9 on one dimension of nine
     metrics = evaluate_predictions(preds, targets, {name: np.ones(5, dtype=bool) for name in targets})
     # Macro-F1 over every class, absent ones scoring 0, computed by scikit-learn from the argmax labels.
-    emotion_f1 = f1_score(targets["emotions"].argmax(1), preds["emotions"].argmax(1), labels=range(7), average="macro", zero_division=0)
-    verdict_f1 = f1_score(targets["verdict"].argmax(1), preds["verdict"].argmax(1), labels=range(5), average="macro", zero_division=0)
+    def macro_f1(name: str, classes: int) -> float:
+        true, predicted = targets[name].argmax(1), preds[name].argmax(1)
+        return f1_score(true, predicted, labels=range(classes), average="macro", zero_division=0)
+
+    emotion_f1, verdict_f1 = macro_f1("emotions", 7), macro_f1("verdict", 5)
     assert headline(metrics) == {
         "emotion_accuracy": 1.0,
         "emotion_macro_f1": pytest.approx(emotion_f1),
@@ -125,7 +128,8 @@ def test_headline_averages_mae_over_the_nine_regression_dimensions():
         "verdict_macro_f1": pytest.approx(verdict_f1),
         "regression_mae": pytest.approx(0.1),
     }
-    assert emotion_f1 == pytest.approx(len(set(targets["emotions"].argmax(1))) / 7)  # a perfect predictor: seen classes / 7
+    # A perfect predictor: F1 1 on each class seen, 0 on the others.
+    assert emotion_f1 == pytest.approx(len(set(targets["emotions"].argmax(1))) / 7)
     assert headline({"emotions": {"n": 0}})["emotion_accuracy"] is None
 
 

@@ -82,7 +82,8 @@ def test_table_text_lists_every_module_with_its_counted_parameters_and_the_total
     text = format_parameter_table(config)
     with torch.device("meta"):
         model = RedHeartModel(config.model, input_dim=config.encoder.dim, max_segments=config.encoder.max_segments)
-    counted = {name: sum(p.numel() for p in module.parameters()) for name, module in model.named_children() if name in FULL_BUDGETS}
+    modules = dict(model.named_children())
+    counted = {name: sum(p.numel() for p in modules[name].parameters()) for name in FULL_BUDGETS}
     lines = {line.split()[0]: line for line in text.splitlines() if line.split()}
     for name in FULL_BUDGETS:
         assert f" {counted[name]:,} " in f" {lines[name]} ", (name, lines[name])

@@ -14,7 +14,7 @@ from redheart.config import save_config
 from redheart.data.encode import encode_run
 from redheart.data.prepare import prepare
 from redheart.evaluate.final import evaluate_test
-from redheart.report.build import build_report, fmt, fmt_ci
+from redheart.report.build import build_report, fmt
 from redheart.report.calibration import CalibrationOptions, fit_calibrators
 from redheart.rundir import RunDir
 from redheart.select.crossover import crossover
@@ -145,7 +145,8 @@ def compile_tables(folder, out):
         r"\end{document}",
     ])
     (out / "tables.tex").write_text(wrapper + "\n")
-    done = subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "tables.tex"], cwd=out, capture_output=True, text=True)
+    command = ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "tables.tex"]
+    done = subprocess.run(command, cwd=out, capture_output=True, text=True)
     log = (out / "tables.log").read_text(errors="replace")
     assert done.returncode == 0, log[-3000:]
     return log
@@ -168,7 +169,8 @@ def test_latex_cells_print_the_same_under_any_font_encoding():
     from redheart.report.latex import cell, escape
 
     assert escape("NLL 0.93 -> 0.85, p >= 0.5 & 5% <x>") == r"NLL 0.93 $\to$ 0.85, p $\geq$ 0.5 \& 5\% $<$x$>$"
-    assert cell("0.5000 [0.4000, 0.6000]") == r"\begin{tabular}[t]{@{}r@{}}0.5000\\ {\scriptsize [0.4000, 0.6000]}\end{tabular}"
+    stacked = r"\begin{tabular}[t]{@{}r@{}}0.5000\\ {\scriptsize [0.4000, 0.6000]}\end{tabular}"
+    assert cell("0.5000 [0.4000, 0.6000]") == stacked
 
 
 def test_a_partial_run_gets_a_report_that_says_what_is_missing(tiny_run, tmp_path):

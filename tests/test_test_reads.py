@@ -19,7 +19,12 @@ from redheart.train.checkpoints import sha256
 from redheart.train.recipe import train
 from tiny_run import make_run, tiny_config
 
-SETTINGS = {"train.rdrop_alpha": 0.0, "select.refine_rounds": 1, "select.bootstrap_samples": 50, "select.shifts": (-1, 0, 1)}
+SETTINGS = {
+    "train.rdrop_alpha": 0.0,
+    "select.refine_rounds": 1,
+    "select.bootstrap_samples": 50,
+    "select.shifts": (-1, 0, 1),
+}
 
 
 def count_test_reads(monkeypatch, run: RunDir) -> list[int]:
@@ -78,7 +83,9 @@ def test_evaluate_uses_the_calibrators_that_calibrate_wrote(selected, tmp_path):
     method = {n: e["method"] for n, e in read_json(run.calibration / "calibrators.json")["targets"].items()}
     results = evaluate_test(run, config)
     assert sha256(run.calibration / "calibrators.json") == written
-    assert {n: e["method"] for n, e in results["calibration"].items()} == {n: m for n, m in method.items() if n in results["calibration"]}
+    assert {n: e["method"] for n, e in results["calibration"].items()} == {
+        n: m for n, m in method.items() if n in results["calibration"]
+    }
     # Calibrators fitted for another final model are refused, not refitted.
     calibrators = read_json(run.calibration / "calibrators.json")
     calibrators["model_sha256"] = "0" * 64

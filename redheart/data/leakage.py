@@ -43,15 +43,16 @@ def shingles(text: str, size: int = SHINGLE_WORDS) -> set[str]:
     words = _WORD.findall(text.lower())
     if len(words) <= size:
         return {" ".join(words)}
-    return {" ".join(words[i:i + size]) for i in range(len(words) - size + 1)}
+    return {" ".join(words[i : i + size]) for i in range(len(words) - size + 1)}
 
 
 def jaccard(a: set[str], b: set[str]) -> float:
     return len(a & b) / len(a | b) if a or b else 1.0
 
 
-def close_pairs(queries: Sequence[str], choices: Sequence[str], proposal: float = PROPOSAL,
-                num_perm: int = NUM_PERM) -> list[tuple[int, int, float, float]]:
+def close_pairs(
+    queries: Sequence[str], choices: Sequence[str], proposal: float = PROPOSAL, num_perm: int = NUM_PERM
+) -> list[tuple[int, int, float, float]]:
     """(query index, choice index, shingle Jaccard, fuzz.ratio) of every pair MinHash LSH proposes at `proposal`.
 
     Scoring every pair with fuzz.ratio is quadratic in characters (minutes on the bundled set), so LSH on
@@ -59,6 +60,7 @@ def close_pairs(queries: Sequence[str], choices: Sequence[str], proposal: float 
     are computed exactly for those. A near-copy whose edits touch every third word can share fewer
     shingles than that and is then not scored: the counts are lower bounds.
     """
+
     def sketch(words: set[str]) -> MinHash:
         minhash = MinHash(num_perm=num_perm, seed=1)
         minhash.update_batch([w.encode("utf-8") for w in words])
@@ -88,15 +90,22 @@ def leakage_report(records: Sequence[dict[str, Any]], split: Split, dedup_thresh
         return [p for p in pairs if p[2] >= jaccard_at or p[3] >= ratio_at]
 
     def listed(found: list[tuple[int, int, float, float]], key: int) -> list[dict[str, Any]]:
-        return [{"split": held_ids[q][0], "id": held_ids[q][1], "train_id": split.train[c],
-                 "jaccard": round(j, 4), "fuzz_ratio": round(r, 2)}
-                for q, c, j, r in sorted(found, key=lambda p: -p[key])[:LISTED]]
+        return [
+            {
+                "split": held_ids[q][0],
+                "id": held_ids[q][1],
+                "train_id": split.train[c],
+                "jaccard": round(j, 4),
+                "fuzz_ratio": round(r, 2),
+            }
+            for q, c, j, r in sorted(found, key=lambda p: -p[key])[:LISTED]
+        ]
 
     strict, loose, shared = kept(ratio_at=dedup_threshold), kept(ratio_at=LOOSE_RATIO), kept(jaccard_at=JACCARD)
     return {
         "compared": "title + text, every validation and test record against every training record",
         "proposed_by": f"MinHash LSH on word {SHINGLE_WORDS}-shingles ({NUM_PERM} permutations, Jaccard about "
-                       f"{PROPOSAL:g} or more); {len(pairs)} pairs proposed and scored exactly",
+        f"{PROPOSAL:g} or more); {len(pairs)} pairs proposed and scored exactly",
         "pairs": {
             f"fuzz.ratio >= {dedup_threshold:g}": len(strict),
             f"fuzz.ratio >= {LOOSE_RATIO:g}": len(loose),

@@ -65,8 +65,8 @@ def _load_calibrators(run: RunDir) -> Any:
 
     calibrators = load_calibrators(run.calibration / CALIBRATORS_FILE)
     if calibrators.model_sha256 != sha256(run.final_model / MANIFEST):
-        raise FileNotFoundError(f"{run.calibration / CALIBRATORS_FILE}: fitted for another final model than {run.final_model}; "
-                                f"run `redheart calibrate --run {run.root}` first")
+        raise FileNotFoundError(f"{run.calibration / CALIBRATORS_FILE}: fitted for another final model than "
+                                f"{run.final_model}; run `redheart calibrate --run {run.root}` first")
     return calibrators
 
 
@@ -84,7 +84,8 @@ def evaluate_test(run: RunDir, config: RunConfig, reread: bool = False) -> dict[
         check_fingerprint(run, previous, current)
         return previous
     if not run.baselines.exists():
-        raise FileNotFoundError(f"{run.baselines}: no validation baselines; run `redheart train --run {run.root}` first")
+        raise FileNotFoundError(f"{run.baselines}: no validation baselines; "
+                                f"run `redheart train --run {run.root}` first")
     candidates, plan = load_candidates(run)
     options = config.select
     train_split = load_split(run, "train")
@@ -128,7 +129,8 @@ def evaluate_test(run: RunDir, config: RunConfig, reread: bool = False) -> dict[
     results["test_conclusion"] = test_conclusion(results)
     earlier = list((previous or {}).get("reads", []))
     if previous is not None and not earlier:  # written before reads were logged: that was read 1
-        earlier = [{"read": 1, "at": previous.get("evaluated_at"), "fingerprint": previous.get("fingerprint"), "why": "first read (no read log)"}]
+        earlier = [{"read": 1, "at": previous.get("evaluated_at"), "fingerprint": previous.get("fingerprint"),
+                    "why": "first read (no read log)"}]
     results["fingerprint"] = current
     results["reads"] = [*earlier, read_record(len(earlier) + 1, current, earlier[-1] if earlier else None)]
     write_json(path, results)
@@ -187,7 +189,8 @@ def format_results(results: dict[str, Any]) -> str:
         lines.append(f"{name:<{width}}  {_cell(loss)}  " + "  ".join(_cell(val.get(key)) for key in HEADLINE_COLUMNS))
     header = f"{'model':<{width}}  " + "  ".join(f"{label:<24}" for label in labels)
     reads = len(results.get("reads", [])) or 1
-    when = f"read once at {results['evaluated_at']}" if reads == 1 else f"read {reads} times, these numbers at {results['evaluated_at']}"
+    at = results["evaluated_at"]
+    when = f"read once at {at}" if reads == 1 else f"read {reads} times, these numbers at {at}"
     lines += ["", f"Test split (n={results['n']}, {when}; 95% bootstrap intervals):", header, "-" * len(header)]
     for name, entry, _, _ in rows:
         intervals = entry.get("intervals", {})

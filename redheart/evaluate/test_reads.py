@@ -66,7 +66,9 @@ def _candidates_digest(run: RunDir) -> str:
         if candidate.folder:
             folders.add(candidate.folder)
         entries.append(entry)
-    checkpoints = {str(run.checkpoint(e).relative_to(run.root)): sha256(run.checkpoint(e) / MANIFEST) for e in sorted(used)}
+    checkpoints = {
+        str(run.checkpoint(e).relative_to(run.root)): sha256(run.checkpoint(e) / MANIFEST) for e in sorted(used)
+    }
     checkpoints |= {f: sha256(run.root / f / MANIFEST) for f in sorted(folders)}
     return _digest({"candidates": entries, "final_model": plan["final_model"], "checkpoints": checkpoints})
 
@@ -98,7 +100,9 @@ def check_fingerprint(run: RunDir, results: dict[str, Any], current: dict[str, s
     if "fingerprint" not in results:
         what = "it records no fingerprint of what it measured (written by an older version)"
     else:
-        what = "; ".join(f"{part} changed ({results['fingerprint'][part][:10]} -> {current[part][:10]})" for part in changed)
+        what = "; ".join(
+            f"{part} changed ({results['fingerprint'][part][:10]} -> {current[part][:10]})" for part in changed
+        )
     reads = len(results.get("reads", [])) or 1
     raise StaleTestResults(
         f"{path} holds test numbers of other artefacts than the run's current ones: {what}. "
@@ -114,7 +118,9 @@ def read_record(number: int, current: dict[str, str], previous: dict[str, Any] |
         why = "first read"
     else:
         changed = changed_parts(previous.get("fingerprint"), current)
-        why = "re-read on request (--reread-test); " + (f"changed since the last read: {', '.join(changed)}" if changed else "nothing changed")
+        why = "re-read on request (--reread-test); " + (
+            f"changed since the last read: {', '.join(changed)}" if changed else "nothing changed"
+        )
     return {
         "read": number,
         "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -125,9 +131,14 @@ def read_record(number: int, current: dict[str, str], previous: dict[str, Any] |
 
 def format_reads(results: dict[str, Any]) -> str:
     """One line per read of the test split, oldest first."""
-    reads = results.get("reads") or [{"read": 1, "at": results.get("evaluated_at", "?"), "why": "first read (no read log)"}]
+    reads = results.get("reads") or [
+        {"read": 1, "at": results.get("evaluated_at", "?"), "why": "first read (no read log)"}
+    ]
     lines = [f"test split read {len(reads)} time{'s' if len(reads) > 1 else ''}:"]
     lines += [f"  read {r['read']} at {r['at']}: {r['why']}" for r in reads]
     if len(reads) > 1:
-        lines.append("  the numbers above are from the last read; choices made after seeing an earlier read are not blind to the test split")
+        lines.append(
+            "  the numbers above are from the last read; choices made after seeing an earlier read"
+            " are not blind to the test split"
+        )
     return "\n".join(lines)

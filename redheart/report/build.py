@@ -96,19 +96,21 @@ def _data(ctx: _Context) -> Section:
     section = Section("Data", [ctx.rel(run.data_stats)])
     stats = read_json(run.data_stats)
     section.paragraphs.append(
-        f"{fmt(stats['records_read'])} records read, {fmt(stats['rejected'])} rejected, {fmt(stats['duplicates_removed'])} near-duplicates "
-        f"removed, {fmt(stats['clean_records'])} clean records. Split stratified by {_describe(stats.get('stratified_by'))}."
+        f"{fmt(stats['records_read'])} records read, {fmt(stats['rejected'])} rejected, "
+        f"{fmt(stats['duplicates_removed'])} near-duplicates removed, {fmt(stats['clean_records'])} clean records. "
+        f"Split stratified by {_describe(stats.get('stratified_by'))}."
     )
     closeness = stats.get("leakage")
     if closeness:
         counts = "; ".join(f"{name}: {fmt(count)}" for name, count in closeness["pairs"].items())
         section.paragraphs.append(
             f"Leakage, {closeness['compared']} ({closeness['proposed_by']}), pairs at each threshold: {counts}. "
-            f"Texts at fuzz.ratio >= the dedup threshold on the text alone: {fmt(stats['leaks'])}, zero by construction of the "
-            "near-duplicate removal, so the looser thresholds are the finding."
+            f"Texts at fuzz.ratio >= the dedup threshold on the text alone: {fmt(stats['leaks'])}, zero by "
+            "construction of the near-duplicate removal, so the looser thresholds are the finding."
         )
     else:
-        section.missing.append(f"leakage at looser thresholds not measured (made by redheart prepare); at the dedup threshold: {fmt(stats['leaks'])}")
+        section.missing.append("leakage at looser thresholds not measured (made by redheart prepare); "
+                               f"at the dedup threshold: {fmt(stats['leaks'])}")
     labels = [v for v in (*VERDICTS, "none") if any(v in counts for counts in stats["label_distribution"].values())]
     rows = []
     for split, size in stats["split_sizes"].items():
@@ -210,7 +212,8 @@ def _results(ctx: _Context) -> Section:
         rows = [[name, fmt(val_loss), *(fmt_ci(e["headline"].get(k), e.get("intervals", {}).get(k)) for k in HEADLINE)] for name, e, val_loss in baselines + models]
         reads = results.get("reads") or [{"read": 1, "at": results.get("evaluated_at"), "why": "first read"}]
         read_note = "read once" if len(reads) == 1 else f"read {len(reads)} times, the last read shown"
-        section.tables.append(Table(f"Test split (n = {fmt(results['n'])}, {read_note}), {fmt(100 * results['bootstrap']['level'], 0)}% bootstrap intervals "
+        level = fmt(100 * results["bootstrap"]["level"], 0)
+        section.tables.append(Table(f"Test split (n = {fmt(results['n'])}, {read_note}), {level}% bootstrap intervals "
                                     f"({fmt(results['bootstrap']['samples'])} resamples); every choice made on validation",
                                     ["model", "val loss", *HEADLINE.values()], rows, "training_results"))
         section.paragraphs += [f"Final model (best single network on validation): {results['final_model']}.",
@@ -223,7 +226,8 @@ def _results(ctx: _Context) -> Section:
     if stale is not None:
         section.missing.append(f"{ctx.rel(test_path)} is stale, validation numbers only: {stale}")
     else:
-        section.missing.append(f"{ctx.rel(test_path)} not found: the test split has not been evaluated; validation numbers only")
+        section.missing.append(f"{ctx.rel(test_path)} not found: the test split has not been evaluated; "
+                               "validation numbers only")
     rows = [[c["name"], fmt(c["val"]["loss"]), *(fmt(c["val"]["headline"].get(k)) for k in HEADLINE)] for c in plan["candidates"]]
     section.tables.append(Table("Candidates on validation", ["model", "val loss", *HEADLINE.values()], rows, "training_results"))
     section.paragraphs += [f"Final model: {plan['final_model']}.", plan["conclusion"]]

@@ -45,7 +45,8 @@ def cell(text: str) -> str:
     match = _INTERVAL.match(text)
     if match:
         value, interval = match.groups()
-        return rf"\begin{{tabular}}[t]{{@{{}}r@{{}}}}{escape(value)}\\ {{\scriptsize {escape(interval)}}}\end{{tabular}}"
+        stacked = rf"{escape(value)}\\ {{\scriptsize {escape(interval)}}}"
+        return rf"\begin{{tabular}}[t]{{@{{}}r@{{}}}}{stacked}\end{{tabular}}"
     return escape(text)
 
 

@@ -18,12 +18,18 @@ from redheart.data.schema import BENTHAM_KEYS, EMOTIONS, SURD_KEYS, VERDICTS, bu
 from redheart.rundir import RunDir
 
 README = "README.md"
-HEADLINE = {"emotion_accuracy": "emotion accuracy", "emotion_macro_f1": "emotion macro-F1",
-            "verdict_accuracy": "verdict accuracy", "verdict_macro_f1": "verdict macro-F1",
-            "regression_mae": "regression MAE (9 outputs, lower is better)"}
+HEADLINE = {
+    "emotion_accuracy": "emotion accuracy",
+    "emotion_macro_f1": "emotion macro-F1",
+    "verdict_accuracy": "verdict accuracy",
+    "verdict_macro_f1": "verdict macro-F1",
+    "regression_mae": "regression MAE (9 outputs, lower is better)",
+}
 # Provenance of the data set shipped in the package; a run on other data states only its path.
-BUNDLED_DATA = ("AllenAI Scruples anecdotes (public Reddit posts; texts, titles and community verdicts), published "
-                "under Apache-2.0; emotions, regret, Bentham and SURD targets are one LLM labelling of each text")
+BUNDLED_DATA = (
+    "AllenAI Scruples anecdotes (public Reddit posts; texts, titles and community verdicts), published "
+    "under Apache-2.0; emotions, regret, Bentham and SURD targets are one LLM labelling of each text"
+)
 
 
 def _number(value: float | None, digits: int = 4) -> str:
@@ -56,54 +62,101 @@ def model_card(run: RunDir) -> str:
     """The card's Markdown, from the run's files."""
     info = read_json(run.final_model / "config.json")
     candidate = info.get("info", {}).get("candidate", {})
-    lines = ["---", "license: apache-2.0", "language: en", "library_name: redheart",
-             "tags: [text-classification, multi-task, emotion, moral-judgement, scruples]", "---", "",
-             f"# Red Heart model ({info['preset']} preset): {candidate.get('name', 'final model')}", "",
-             "## What it predicts", "",
-             "From a first-person account of a social situation (title and text), one forward pass gives:",
-             f"- emotions: a distribution over {', '.join(EMOTIONS)};",
-             f"- the community's moral verdict: a distribution over {', '.join(VERDICTS)};",
-             f"- regret (one score), Bentham scores ({', '.join(BENTHAM_KEYS)}) and SURD metrics ({', '.join(SURD_KEYS)}).", ""]
+    lines = [
+        "---",
+        "license: apache-2.0",
+        "language: en",
+        "library_name: redheart",
+        "tags: [text-classification, multi-task, emotion, moral-judgement, scruples]",
+        "---",
+        "",
+        f"# Red Heart model ({info['preset']} preset): {candidate.get('name', 'final model')}",
+        "",
+        "## What it predicts",
+        "",
+        "From a first-person account of a social situation (title and text), one forward pass gives:",
+        f"- emotions: a distribution over {', '.join(EMOTIONS)};",
+        f"- the community's moral verdict: a distribution over {', '.join(VERDICTS)};",
+        f"- regret (one score), Bentham scores ({', '.join(BENTHAM_KEYS)}) and SURD metrics ({', '.join(SURD_KEYS)}).",
+        "",
+    ]
     lines += ["## Data", ""]
     stats = read_json(run.data_stats) if run.data_stats.exists() else None
     if stats:
         bundled = Path(stats["data_path"]).name == bundled_data_path().name
         sizes = ", ".join(f"{name} {count}" for name, count in stats["split_sizes"].items())
-        lines += [f"- source: `{Path(stats['data_path']).name}`" + (f": {BUNDLED_DATA}." if bundled else " (licence: as its owner gives it; not recorded in the run)."),
-                  f"- {stats['records_read']} records read, {stats['rejected']} rejected, {stats['duplicates_removed']} near-duplicates removed; split {sizes}."]
+        lines += [
+            f"- source: `{Path(stats['data_path']).name}`"
+            + (f": {BUNDLED_DATA}." if bundled else " (licence: as its owner gives it; not recorded in the run)."),
+            f"- {stats['records_read']} records read, {stats['rejected']} rejected, "
+            f"{stats['duplicates_removed']} near-duplicates removed; split {sizes}.",
+        ]
         if stats.get("leakage"):
             counts = "; ".join(f"{k}: {v}" for k, v in stats["leakage"]["pairs"].items())
-            lines.append(f"- closeness of validation/test to training ({stats['leakage']['compared']}), pairs: {counts}.")
+            lines.append(
+                f"- closeness of validation/test to training ({stats['leakage']['compared']}), pairs: {counts}."
+            )
     else:
         lines.append("- data statistics not found (data/stats.json)")
     lines += ["", "## Training recipe", ""]
     lines.append(f"- chosen on validation: {candidate.get('name', '?')} ({candidate.get('note', '')}).")
     val = candidate.get("val", {})
     if val:
-        lines.append(f"- validation loss {_number(val.get('loss'))}; " + ", ".join(f"{label} {_number(val['headline'].get(k))}" for k, label in HEADLINE.items()) + ".")
+        lines.append(
+            f"- validation loss {_number(val.get('loss'))}; "
+            + ", ".join(f"{label} {_number(val['headline'].get(k))}" for k, label in HEADLINE.items())
+            + "."
+        )
     if run.config.exists():
         import yaml
 
         train = (yaml.safe_load(run.config.read_text()) or {}).get("train", {})
-        keys = ("epochs", "lr", "default_lr", "micro_batch", "accumulation", "weight_decay", "warmup_epochs", "restart_epochs",
-                "label_smoothing", "rdrop_alpha", "ema_decay", "layer_decay", "seed")
+        keys = (
+            "epochs",
+            "lr",
+            "default_lr",
+            "micro_batch",
+            "accumulation",
+            "weight_decay",
+            "warmup_epochs",
+            "restart_epochs",
+            "label_smoothing",
+            "rdrop_alpha",
+            "ema_decay",
+            "layer_decay",
+            "seed",
+        )
         lines.append("- settings (config.yaml): " + ", ".join(f"{k} {train[k]}" for k in keys if k in train) + ".")
-    lines.append(f"- encoder: {info['encoder']['name']} ({info['encoder'].get('dim')}-dimensional window vectors, "
-                 f"up to {info['max_segments']} windows).")
+    lines.append(
+        f"- encoder: {info['encoder']['name']} ({info['encoder'].get('dim')}-dimensional window vectors, "
+        f"up to {info['max_segments']} windows)."
+    )
     lines += ["", "## Test metrics", ""]
     results, why_not = _current_results(run)
     if results is None:
         lines.append(f"Not shown: {why_not}.")
     else:
         final = results["models"][results["final_model"]]
-        rows = [("this model", final)] + [(f"baseline: {n.replace('_', ' ')}", e) for n, e in results["baselines"].items()]
-        lines += [f"Test split, n = {results['n']}, {int(100 * results['bootstrap']['level'])}% bootstrap intervals "
-                  f"({results['bootstrap']['samples']} resamples):", "",
-                  "| model | " + " | ".join(HEADLINE.values()) + " |", "|---" * (len(HEADLINE) + 1) + "|"]
-        lines += [f"| {name} | " + " | ".join(_with_interval(entry, k) for k in HEADLINE) + " |" for name, entry in rows]
+        rows = [("this model", final)] + [
+            (f"baseline: {n.replace('_', ' ')}", e) for n, e in results["baselines"].items()
+        ]
+        lines += [
+            f"Test split, n = {results['n']}, {int(100 * results['bootstrap']['level'])}% bootstrap intervals "
+            f"({results['bootstrap']['samples']} resamples):",
+            "",
+            "| model | " + " | ".join(HEADLINE.values()) + " |",
+            "|---" * (len(HEADLINE) + 1) + "|",
+        ]
+        lines += [
+            f"| {name} | " + " | ".join(_with_interval(entry, k) for k in HEADLINE) + " |" for name, entry in rows
+        ]
         reads = results.get("reads", [])
-        lines += ["", f"The test split was read {len(reads) or 1} time(s): "
-                  + "; ".join(f"read {r['read']} at {r['at']} ({r['why']})" for r in reads) + "."]
+        lines += [
+            "",
+            f"The test split was read {len(reads) or 1} time(s): "
+            + "; ".join(f"read {r['read']} at {r['at']} ({r['why']})" for r in reads)
+            + ".",
+        ]
     lines += ["", "## Calibration", ""]
     calibrators_path = run.final_model / "calibrators.json"
     if calibrators_path.exists():
@@ -112,7 +165,10 @@ def model_card(run: RunDir) -> str:
             lines.append(f"- {name}: {entry['method']}, {entry['reason']}.")
         for name, entry in (results or {}).get("calibration", {}).items():
             before, after = entry["before"], entry["after"]
-            lines.append(f"- {name} on test: ECE {before['ece']:.4f} -> {after['ece']:.4f}, NLL {before['nll']:.4f} -> {after['nll']:.4f}.")
+            lines.append(
+                f"- {name} on test: ECE {before['ece']:.4f} -> {after['ece']:.4f}, "
+                f"NLL {before['nll']:.4f} -> {after['nll']:.4f}."
+            )
     else:
         lines.append(f"Not calibrated yet: run `redheart calibrate --run {run.root}`.")
     lines += ["", "## Known limitations", ""]
@@ -121,17 +177,23 @@ def model_card(run: RunDir) -> str:
         lines.append(f"- on validation: {plan['conclusion']}")
     if results is not None and results.get("test_conclusion"):
         lines.append(f"- on test: {results['test_conclusion']}")
-    lines += ["- the emotion, regret, Bentham and SURD targets are one LLM's labels, not human annotations; "
-              "the verdict is a vote share of Reddit users, whose norms it reflects.",
-              "- English Reddit anecdotes only; other kinds of text are outside what it was trained and measured on.",
-              "", "## How to use", "",
-              "```bash", f"redheart predict \"TEXT\" --model {run.final_model}",
-              f"redheart predict --input texts.jsonl --model {run.final_model}   # JSON Lines with a 'text' field",
-              "```", "",
-              "Each input gives one JSON object with the named emotions, verdict, regret, Bentham and SURD outputs, "
-              "calibrated with `calibrators.json` (`--uncalibrated` for the raw distributions). In Python: "
-              "`redheart.select.final_model.load_final_model(path)` verifies every checksum and loads the weights "
-              "(safetensors, nothing unpickled)."]
+    lines += [
+        "- the emotion, regret, Bentham and SURD targets are one LLM's labels, not human annotations; "
+        "the verdict is a vote share of Reddit users, whose norms it reflects.",
+        "- English Reddit anecdotes only; other kinds of text are outside what it was trained and measured on.",
+        "",
+        "## How to use",
+        "",
+        "```bash",
+        f'redheart predict "TEXT" --model {run.final_model}',
+        f"redheart predict --input texts.jsonl --model {run.final_model}   # JSON Lines with a 'text' field",
+        "```",
+        "",
+        "Each input gives one JSON object with the named emotions, verdict, regret, Bentham and SURD outputs, "
+        "calibrated with `calibrators.json` (`--uncalibrated` for the raw distributions). In Python: "
+        "`redheart.select.final_model.load_final_model(path)` verifies every checksum and loads the weights "
+        "(safetensors, nothing unpickled).",
+    ]
     return "\n".join(lines) + "\n"
 
 
