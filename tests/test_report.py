@@ -160,6 +160,7 @@ def test_latex_tables_compile_in_an_article_and_fit_its_text_block(tiny_run, tmp
     build_report(tiny_run)
     log = compile_tables(tiny_run.report / "tables", tmp_path)
     assert "! " not in log  # no TeX error
+    assert "Float too large" not in log  # every table shorter than a page
     overfull = [float(w) for w in re.findall(r"Overfull \\hbox \(([\d.]+)pt too wide\)", log)]
     assert all(width <= OVERFULL_PT for width in overfull), overfull
     assert (tmp_path / "tables.pdf").stat().st_size > 0

@@ -56,7 +56,8 @@ def column_spec(table: Table) -> str:
     for i in range(len(table.columns)):
         longest = max((len(row[i]) for row in table.rows), default=0)
         if longest > PROSE_CHARS:
-            spec.append(r">{\raggedright\arraybackslash}p{0.4\linewidth}")
+            # Wide enough that a column of reasons stays shorter than a page.
+            spec.append(r">{\raggedright\arraybackslash}p{0.55\linewidth}")
         elif i == 0 and longest > NAME_CHARS:
             spec.append(r">{\raggedright\arraybackslash}p{0.22\linewidth}")
         else:
