@@ -209,4 +209,6 @@ def test_the_model_card_beside_the_final_model_is_written_from_the_runs_files(ti
     assert f"{stats['records_read']} records read" in card and "fuzz.ratio >= 80" in card
     assert f"redheart predict \"TEXT\" --model {tiny_run.final_model}" in card
     assert "The test split was read 1 time(s): read 1 at " in card
+    best_mae = min(e["headline"]["regression_mae"] for e in results["baselines"].values())
+    assert f"regression MAE {final['headline']['regression_mae']:.4f} vs " in card and f" {best_mae:.4f} (" in card
     load_final_model(tiny_run.final_model)  # the card is not in the manifest: rewriting it breaks no checksum

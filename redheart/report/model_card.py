@@ -44,6 +44,27 @@ def _with_interval(entry: dict[str, Any], key: str) -> str:
     return f"{value:.4f} [{interval[0]:.4f}, {interval[1]:.4f}]"
 
 
+def _against_baselines(results: dict[str, Any]) -> str:
+    """Per headline metric: the final model beside the best baseline, and whether its interval clears it."""
+    final = results["models"][results["final_model"]]
+    parts = []
+    for key, label in HEADLINE.items():
+        lower_is_better = key == "regression_mae"
+        values = {n: e["headline"][key] for n, e in results["baselines"].items() if e["headline"].get(key) is not None}
+        value, interval = final["headline"].get(key), final.get("intervals", {}).get(key)
+        if not values or value is None:
+            continue
+        best = (min if lower_is_better else max)(values, key=values.__getitem__)
+        if interval and (interval[1] < values[best] if lower_is_better else interval[0] > values[best]):
+            word = "better, its interval clear of it"
+        elif (value < values[best]) if lower_is_better else (value > values[best]):
+            word = "better, within the interval"
+        else:
+            word = "not better"
+        parts.append(f"{label.split(' (')[0]} {value:.4f} vs {best.replace('_', ' ')} {values[best]:.4f} ({word})")
+    return "; ".join(parts)
+
+
 def _current_results(run: RunDir) -> tuple[dict[str, Any] | None, str]:
     from redheart.evaluate.test_reads import StaleTestResults, check_fingerprint, fingerprint
 
@@ -177,6 +198,8 @@ def model_card(run: RunDir) -> str:
         lines.append(f"- on validation: {plan['conclusion']}")
     if results is not None and results.get("test_conclusion"):
         lines.append(f"- on test: {results['test_conclusion']}")
+    if results is not None:
+        lines.append("- against the best baseline on test: " + _against_baselines(results) + ".")
     lines += [
         "- the emotion, regret, Bentham and SURD targets are one LLM's labels, not human annotations; "
         "the verdict is a vote share of Reddit users, whose norms it reflects.",
