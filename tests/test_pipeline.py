@@ -60,6 +60,13 @@ def test_pipeline_runs_every_phase_and_reads_the_test_split_once_after_training(
     assert events.count("read test") == 1
     assert "best on validation" in capsys.readouterr().out
 
+    # Again, nothing changed: crossover and calibration are up to date and the stored numbers are printed.
+    same = ["--data", str(data_file), "--cache", str(tmp_path / "cache")]
+    main(["pipeline", "--run", str(run.root), *same])
+    printed = capsys.readouterr().out
+    assert printed.count("up to date") == 2 and "Test split (" in printed and "read once" in printed
+    assert events.count("read test") == 1
+
     # Again with two more epochs: training resumes, crossover saves another final model, and the test
     # numbers on disk no longer describe it. The pipeline stops instead of printing them ...
     more = ["--set", "train.epochs=6", "--data", str(data_file), "--cache", str(tmp_path / "cache")]
