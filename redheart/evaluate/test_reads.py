@@ -53,6 +53,7 @@ def _final_model_files(run: RunDir) -> dict[str, str]:
 
 def _candidates_digest(run: RunDir) -> str:
     from redheart.select.candidates import Candidate
+    from redheart.select.freshness import weights_digest
 
     plan = read_json(_need(run.crossover / "candidates.json", "crossover", run, "crossover results"))
     entries, used, folders = [], set(), set()
@@ -66,10 +67,9 @@ def _candidates_digest(run: RunDir) -> str:
         if candidate.folder:
             folders.add(candidate.folder)
         entries.append(entry)
-    checkpoints = {
-        str(run.checkpoint(e).relative_to(run.root)): sha256(run.checkpoint(e) / MANIFEST) for e in sorted(used)
-    }
-    checkpoints |= {f: sha256(run.root / f / MANIFEST) for f in sorted(folders)}
+    # The weights only: the EMA folder is re-saved, same weights, new timings, at the end of every train call.
+    checkpoints = {run.checkpoint(e).name: weights_digest(run.checkpoint(e)) for e in sorted(used)}
+    checkpoints |= {f: weights_digest(run.root / f) for f in sorted(folders)}
     return _digest({"candidates": entries, "final_model": plan["final_model"], "checkpoints": checkpoints})
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 from redheart.atomic import read_json
 from redheart.config import RunConfig, to_dict
@@ -21,12 +22,20 @@ from redheart.train.checkpoints import MANIFEST, sha256
 CANDIDATES = "candidates.json"
 
 
+def weights_digest(folder: Path) -> str:
+    """sha256 of a sealed checkpoint's weight files as its manifest lists them; its metrics.json (timings) is left
+    out, so re-saving the same weights (the EMA at the end of every train call) changes nothing."""
+    files = read_json(folder / MANIFEST)["files"]
+    weights = {name: digest for name, digest in sorted(files.items()) if name.endswith(".safetensors")}
+    return hashlib.sha256(json.dumps(weights).encode()).hexdigest()
+
+
 def crossover_inputs(run: RunDir, config: RunConfig) -> str:
     """sha256 of what crossover reads: every sealed checkpoint, the split, the model and selection settings."""
     folders = sorted(p for p in run.checkpoints.glob("*") if (p / MANIFEST).exists())
     settings = to_dict(config)
     tree = {
-        "checkpoints": {p.name: sha256(p / MANIFEST) for p in folders},
+        "checkpoints": {p.name: weights_digest(p) for p in folders},
         "split": sha256(run.split_manifest) if run.split_manifest.exists() else None,
         "settings": {section: settings[section] for section in ("encoder", "model", "select")},
     }
