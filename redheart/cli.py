@@ -10,6 +10,9 @@ from redheart.config import RunConfig, load_config, preset, save_config, with_ov
 from redheart.rundir import RunDir
 
 
+REREAD_HELP = "read the test split again although it was read before (recorded in test_results.json's reads)"
+
+
 def _run_config(run: RunDir, args: argparse.Namespace) -> RunConfig:
     """The run's config: the saved one if the run has it, else the preset; then --config/--set overrides.
 
@@ -208,7 +211,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> None:
 
     run = RunDir(args.run)
     config = _run_config(run, args)
-    print(format_results(evaluate_test(run, config)))
+    print(format_results(evaluate_test(run, config, reread=args.reread_test)))
 
 
 def _cmd_pipeline(args: argparse.Namespace) -> None:
@@ -216,7 +219,8 @@ def _cmd_pipeline(args: argparse.Namespace) -> None:
 
     run = RunDir(args.run)
     config = _run_config(run, args)
-    run_pipeline(run, config, data=_data_path(args.data), cache_dir=args.cache, extra=_extra_paths(args.extra_verdicts))
+    run_pipeline(run, config, data=_data_path(args.data), cache_dir=args.cache, extra=_extra_paths(args.extra_verdicts),
+                 reread_test=args.reread_test)
 
 
 def _add_run_options(parser: argparse.ArgumentParser, default_run: str | None = None) -> None:
@@ -306,13 +310,17 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--cache", type=Path, help="embedding cache folder")
     predict.set_defaults(func=_cmd_predict)
 
-    _phase_command(commands, "evaluate", _cmd_evaluate, "the final test evaluation beside the baselines (reads the test split)")
+    evaluate = _phase_command(
+        commands, "evaluate", _cmd_evaluate, "the final test evaluation beside the baselines (reads the test split)"
+    )
+    evaluate.add_argument("--reread-test", action="store_true", help=REREAD_HELP)
 
     pipeline = commands.add_parser("pipeline", help="every phase in order on one run folder (the main job)")
     _add_run_options(pipeline, default_run="runs/main")
     pipeline.add_argument("--data", action="append", help="input data, repeatable (default: the bundled Red Heart set)")
     pipeline.add_argument("--extra-verdicts", action="append", metavar="FILE", help=_EXTRA_HELP)
     pipeline.add_argument("--cache", type=Path, help="embedding cache folder")
+    pipeline.add_argument("--reread-test", action="store_true", help=REREAD_HELP)
     pipeline.set_defaults(func=_cmd_pipeline)
     return parser
 

@@ -1,8 +1,16 @@
 """The main job: every phase in order on one run folder, each from artifacts on disk to artifacts on disk.
 
 Every phase is safe to repeat: prepare is deterministic, encode reads its cache, training resumes from
-its state (a finished run is not trained again), and the test evaluation is read back once written. The order is the strategy's: data, sweep, training,
-sweet spots and crossover on validation, then the single read of the test split, then the report.
+its state (a finished run is not trained again), and the test evaluation is read back once written. The
+order is the strategy's: data, sweep, training, sweet spots and crossover on validation, calibration on
+validation, then the single read of the test split, then the report. This is the one place that chains
+phases; each phase alone stops when its input is missing.
+
+Crossover and calibration are re-run only when their inputs changed (redheart.select.freshness): on the
+same checkpoints they would save a final model that differs in its last bits. When the test results on disk
+measured another model than the one crossover just saved (more epochs, new
+data), the pipeline stops before printing them and names the command that reads the test split again;
+with `reread_test` it reads it again itself and the read is recorded.
 """
 
 from __future__ import annotations
@@ -27,12 +35,14 @@ def _phase(title: str, work: Callable[[], T]) -> T:
 
 
 def run_pipeline(run: RunDir, config: RunConfig, data: Path | Sequence[Path], cache_dir: Path | None = None,
-                 extra: Sequence[Path] = ()) -> None:
+                 extra: Sequence[Path] = (), reread_test: bool = False) -> None:
     from redheart.data.encode import encode_run, format_encode_summary
     from redheart.data.prepare import format_summary, prepare
     from redheart.evaluate.final import evaluate_test, format_results
     from redheart.report.build import build_report
+    from redheart.report.calibration import fit_calibrators
     from redheart.select.crossover import crossover, format_crossover
+    from redheart.select.freshness import calibrators_are_current, crossover_is_current
     from redheart.train.recipe import train
     from redheart.train.sweep import format_choice, run_sweep
 
@@ -49,9 +59,18 @@ def run_pipeline(run: RunDir, config: RunConfig, data: Path | Sequence[Path], ca
         print(format_choice(swept))
     trained = _phase("train", lambda: train(run, config))
     print(f"trained {trained.epochs} epochs at lr {trained.lr:g} ({trained.lr_source})")
-    chosen = _phase("sweet spots and crossover (validation only)", lambda: crossover(run, config))
-    print(format_crossover(chosen))
-    results = _phase("calibrate on validation, then evaluate on the test split", lambda: evaluate_test(run, config))
+    if crossover_is_current(run, config):
+        print(f"\n== sweet spots and crossover ==\nup to date: {run.crossover / 'candidates.json'} was made from the "
+              "checkpoints and settings on disk now; not re-run")
+    else:
+        chosen = _phase("sweet spots and crossover (validation only)", lambda: crossover(run, config))
+        print(format_crossover(chosen))
+    if calibrators_are_current(run):
+        print(f"\n== calibrate ==\nup to date: {run.calibration / 'calibrators.json'} was fitted for this final model")
+    else:
+        calibrators = _phase("calibrate on validation", lambda: fit_calibrators(run, config))
+        print("; ".join(f"{name}: {entry.method} ({entry.reason})" for name, entry in calibrators.targets.items()))
+    results = _phase("evaluate on the test split", lambda: evaluate_test(run, config, reread=reread_test))
     print(format_results(results))
     report = _phase("report", lambda: build_report(run))
     print(f"report: {report}")

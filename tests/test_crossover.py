@@ -15,6 +15,7 @@ from redheart.data.dataset import load_split
 from redheart.evaluate.final import evaluate_test, format_results
 from redheart.model.groups import GROUPS
 from redheart.model.model import RedHeartModel
+from redheart.report.calibration import CalibrationOptions, fit_calibrators
 from redheart.select.crossover import CROSSOVER, ENSEMBLE, REFINED, crossover, format_crossover, variant_name
 from redheart.select.final_model import load_final_model
 from redheart.select.intervals import batched_macro_f1
@@ -96,20 +97,10 @@ def test_crossover_scores_every_candidate_on_validation_and_writes_them(trained,
     for shift in (-4, 4):
         for group, epoch in by_name[variant_name(shift)].epochs.items():
             assert epoch == min(max(result.sweet_spots[group] + shift, 1), EPOCHS)
-    # Greedy refinement only moves on a validation improvement.
-    assert result.refine_log[-1]["score"] <= result.refine_log[0]["score"]
-    assert by_name[REFINED].val["loss"] <= by_name[CROSSOVER].val["loss"] + 1e-6
     assert "beat" in result.conclusion and "validation" in format_crossover(result)
     written = read_json(run.crossover / "candidates.json")
     assert [c["name"] for c in written["candidates"]] == names
     assert set(pinned_epochs(run)) >= set().union(*(c.used_epochs() for c in result.candidates)) >= set(result.refined.values())
-
-
-def test_greedy_soup_is_never_worse_on_validation_than_its_first_ingredient(result):
-    soup = next(c for c in result.candidates if c.name.startswith("greedy soup"))
-    best = next(c for c in result.candidates if c.name.startswith("best on validation"))
-    assert best.folder.endswith(f"epoch_{soup.average[0]:03d}") or len(soup.average) > 1
-    assert soup.val["loss"] <= best.val["loss"] + 1e-6
 
 
 def test_final_model_round_trips_and_a_corrupted_one_fails_clearly(trained, result, tmp_path):
@@ -117,11 +108,7 @@ def test_final_model_round_trips_and_a_corrupted_one_fails_clearly(trained, resu
     model, info = load_final_model(run.final_model)
     assert info["info"]["candidate"]["name"] == result.final_model
     assert info["input_dim"] == config.encoder.dim and info["encoder"]["name"] == "hashing"
-    val = load_split(run, "val")
-    with torch.no_grad():
-        fused = model(val.tensors["x"], val.tensors["mask"])["fused"]
     chosen = next(c for c in result.candidates if c.name == result.final_model)
-    assert fused["emotions"].exp().argmax(1).tolist() == fused["emotions"].argmax(1).tolist()
     torch.testing.assert_close(model.kalman.log_var["emotions"], chosen.fusion.log_var["emotions"])
 
     corrupt = tmp_path / "corrupt"
@@ -151,6 +138,7 @@ def test_final_model_round_trips_and_a_corrupted_one_fails_clearly(trained, resu
 
 def test_test_evaluation_scores_every_candidate_once_with_intervals(trained, result, monkeypatch):
     run, config = trained
+    fit_calibrators(run, config, CalibrationOptions(folds=3))  # the calibrate phase: evaluate reads it, never redoes it
     results = evaluate_test(run, config)
     assert set(results["models"]) == {c.name for c in result.candidates}
     assert set(results["baselines"]) == {"class_prior", "mean_predictor", "linear_probe"}

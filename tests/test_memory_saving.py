@@ -100,3 +100,38 @@ def test_swap_strategy_trains_like_the_standard_one(data, tmp_path):
     for key in standard:
         torch.testing.assert_close(swap[key], standard[key], rtol=1e-4, atol=5e-4, msg=key)
     assert runs["swap"].final["train_loss"]["total"] == pytest.approx(runs["standard"].final["train_loss"]["total"], rel=1e-5)
+
+
+# A larger tiny backbone: its qkv and feed-forward matrices (4,800 and 6,400 values) pass bitsandbytes'
+# 4,096-value threshold, so their AdamW moments are held in 8 bits; every other tensor stays fp32.
+BIG_BACKBONE = {**SAVING, "model.budgets.backbone": 40_000}
+
+
+def optimizer_state(output) -> list[dict]:
+    slot = read_json(output.resume / "current.json")["slot"]
+    states = torch.load(output.resume / slot / "training.pt", weights_only=True)["optimizer"]["state"].values()
+    return [state["__bnb_optimizer_quant_state__"] for state in states]  # bitsandbytes' layout of its moments
+
+
+def test_real_8bit_moments_train_and_resume_exactly(data, tmp_path):
+    config = tiny_config(**BIG_BACKBONE)
+    whole = train(data, config, lr=3e-3, epochs=2, log_dir=tmp_path / "whole", progress=False)
+    split = load_split(data, "train")
+    model = RedHeartModel(config.model, split.input_dim, split.max_segments)
+    large = sorted(p.numel() for p in model.parameters() if p.numel() >= 4096)
+    assert large == [4800, 4800, 6400, 6400, 6400, 6400]
+    states = optimizer_state(whole.output)
+    quantized = sorted(s["state1"].numel() for s in states if s["state1"].dtype == torch.uint8)
+    assert quantized == large  # exactly the large tensors hold 8-bit first and second moments
+    assert all(s["state2"].dtype == torch.uint8 and "absmax1" in s for s in states if s["state1"].dtype == torch.uint8)
+    assert all(s["state1"].dtype == torch.float32 for s in states if s["state1"].numel() < 4096)
+    first, second = read_metrics(whole.output.metrics_log)
+    assert second["train_loss"]["total"] < first["train_loss"]["total"]
+
+    train(data, config, lr=3e-3, epochs=1, log_dir=tmp_path / "resumed", progress=False)
+    resumed = train(data, config, lr=3e-3, epochs=2, log_dir=tmp_path / "resumed", progress=False)
+    reference, continued = live_weights(whole), live_weights(resumed)
+    for key in reference:
+        assert torch.equal(reference[key], continued[key]), key
+    for a, b in zip(states, optimizer_state(resumed.output)):
+        assert torch.equal(a["state1"], b["state1"]) and torch.equal(a["state2"], b["state2"])

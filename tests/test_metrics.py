@@ -3,6 +3,7 @@ import math
 
 import numpy as np
 import pytest
+from sklearn.metrics import f1_score
 
 from redheart.evaluate.bootstrap import bootstrap_ci
 from redheart.evaluate.metrics import (
@@ -114,13 +115,21 @@ def test_headline_averages_mae_over_the_nine_regression_dimensions():
     preds["verdict"] = targets["verdict"] / targets["verdict"].sum(axis=1, keepdims=True)
     preds["regret_factor"] = targets["regret_factor"] + 0.9  # MAE 0.9 on one dimension of nine
     metrics = evaluate_predictions(preds, targets, {name: np.ones(5, dtype=bool) for name in targets})
+    # Macro-F1 over every class, absent ones scoring 0, computed by scikit-learn from the argmax labels.
+    def macro_f1(name: str, classes: int) -> float:
+        true, predicted = targets[name].argmax(1), preds[name].argmax(1)
+        return f1_score(true, predicted, labels=range(classes), average="macro", zero_division=0)
+
+    emotion_f1, verdict_f1 = macro_f1("emotions", 7), macro_f1("verdict", 5)
     assert headline(metrics) == {
         "emotion_accuracy": 1.0,
-        "emotion_macro_f1": metrics["emotions"]["macro_f1"],
+        "emotion_macro_f1": pytest.approx(emotion_f1),
         "verdict_accuracy": 1.0,
-        "verdict_macro_f1": metrics["verdict"]["macro_f1"],
+        "verdict_macro_f1": pytest.approx(verdict_f1),
         "regression_mae": pytest.approx(0.1),
     }
+    # A perfect predictor: F1 1 on each class seen, 0 on the others.
+    assert emotion_f1 == pytest.approx(len(set(targets["emotions"].argmax(1))) / 7)
     assert headline({"emotions": {"n": 0}})["emotion_accuracy"] is None
 
 

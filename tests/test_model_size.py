@@ -16,10 +16,11 @@ from redheart.model.table import format_parameter_table
 def test_full_preset_matches_the_documents_total_and_every_budget() -> None:
     rows = parameter_table(PRESETS["full"].model, input_dim=384, max_segments=4)
     total = sum(row["parameters"] for row in rows)
-    assert abs(total - FULL_TOTAL) <= 0.01 * FULL_TOTAL, total
+    assert abs(total - FULL_TOTAL) <= 0.0005 * FULL_TOTAL, total  # measured: 730,347,117, 0.02 % under
     assert {row["module"] for row in rows} == set(FULL_BUDGETS)
-    off = {row["module"]: round(row["ratio"], 3) for row in rows if abs(row["ratio"] - 1) > 0.10}
-    assert off == {}
+    # Every module within 0.5 % of its budget but kalman, whose fixed shape gives 684 of 700 (-2.3 %).
+    off = {row["module"]: round(row["ratio"], 3) for row in rows if abs(row["ratio"] - 1) > 0.005}
+    assert off == {"kalman": 0.977}
     # The four heads share the heads' 153.1M in the listed proportions 17.3 : 13.9 : 19.9 : 12.0.
     heads = {row["module"]: row["parameters"] for row in rows if row["module"].endswith("_head")}
     assert abs(sum(heads.values()) - 153_100_000) <= 0.01 * 153_100_000
@@ -30,10 +31,12 @@ def test_full_preset_matches_the_documents_total_and_every_budget() -> None:
 def test_modules_land_within_two_percent_where_widths_are_fine_grained(preset: str) -> None:
     config = PRESETS[preset]
     rows = parameter_table(config.model, config.encoder.dim, config.encoder.max_segments)
-    # kalman is fixed (~700 at every preset); the small DSP's width step (one channel) is ~3% of its budget.
+    # kalman is fixed (684 of 700 at every preset); the small DSP's width step (one channel) is ~3% of its budget.
     coarse = {"kalman", "dsp"}
     off = {r["module"]: round(r["ratio"], 3) for r in rows if r["module"] not in coarse and abs(r["ratio"] - 1) > 0.02}
     assert off == {}
+    (kalman,) = [r for r in rows if r["module"] == "kalman"]
+    assert kalman["parameters"] == 684 and round(kalman["ratio"], 3) == 0.977
 
 
 def test_presets_are_ordered_by_size_and_tiny_is_well_under_a_million() -> None:
@@ -74,7 +77,15 @@ def test_missing_budget_is_a_clear_error() -> None:
         RedHeartModel(ModelConfig(budgets=budgets), input_dim=384, max_segments=4)
 
 
-def test_table_text_lists_every_module_and_the_documents_total() -> None:
-    text = format_parameter_table(PRESETS["full"])
-    assert all(name in text for name in FULL_BUDGETS)
-    assert "730,466,848" in text
+def test_table_text_lists_every_module_with_its_counted_parameters_and_the_total() -> None:
+    config = PRESETS["full"]
+    text = format_parameter_table(config)
+    with torch.device("meta"):
+        model = RedHeartModel(config.model, input_dim=config.encoder.dim, max_segments=config.encoder.max_segments)
+    modules = dict(model.named_children())
+    counted = {name: sum(p.numel() for p in modules[name].parameters()) for name in FULL_BUDGETS}
+    lines = {line.split()[0]: line for line in text.splitlines() if line.split()}
+    for name in FULL_BUDGETS:
+        assert f" {counted[name]:,} " in f" {lines[name]} ", (name, lines[name])
+    assert f"{sum(p.numel() for p in model.parameters()):,}" in lines["total"]
+    assert "0.977" in lines["kalman"]  # the real deviation (684 of 700), where the table is printed

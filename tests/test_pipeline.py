@@ -59,3 +59,26 @@ def test_pipeline_runs_every_phase_and_reads_the_test_split_once_after_training(
     main(["evaluate", "--run", str(run.root)])  # printed again from disk, the test split not read again
     assert events.count("read test") == 1
     assert "best on validation" in capsys.readouterr().out
+
+    # Again, nothing changed: crossover and calibration are up to date and the stored numbers are printed.
+    same = ["--data", str(data_file), "--cache", str(tmp_path / "cache")]
+    main(["pipeline", "--run", str(run.root), *same])
+    printed = capsys.readouterr().out
+    assert printed.count("up to date") == 2 and "Test split (" in printed and "read once" in printed
+    assert events.count("read test") == 1
+
+    # Again with two more epochs: training resumes, crossover saves another final model, and the test
+    # numbers on disk no longer describe it. The pipeline stops instead of printing them ...
+    more = ["--set", "train.epochs=6", "--data", str(data_file), "--cache", str(tmp_path / "cache")]
+    with pytest.raises(SystemExit) as stopped:
+        main(["pipeline", "--run", str(run.root), *more])
+    assert stopped.value.code == 2
+    out, err = capsys.readouterr()
+    assert "Test split (" not in out and f"redheart evaluate --run {run.root} --reread-test" in err
+    assert events.count("read test") == 1 and len(read_json(run.root / "test_results.json")["reads"]) == 1
+    # ... and reads the test split a second time only when told to, which the results and the report record.
+    main(["pipeline", "--run", str(run.root), *more, "--reread-test"])
+    assert events.count("read test") == 2
+    assert "test split read 2 times" in capsys.readouterr().out
+    assert [r["read"] for r in read_json(run.root / "test_results.json")["reads"]] == [1, 2]
+    assert "Reads of the test split: 2" in (run.report / "report.md").read_text()

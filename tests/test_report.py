@@ -11,15 +11,14 @@ import pytest
 
 from redheart.atomic import read_json, write_jsonl
 from redheart.config import save_config
-from redheart.data.dataset import load_split
 from redheart.data.encode import encode_run
 from redheart.data.prepare import prepare
 from redheart.evaluate.final import evaluate_test
-from redheart.report.build import build_report, fmt, fmt_ci
-from redheart.report.calibration import CalibrationOptions, calibration_report, fit_calibrators, write_calibration_report
+from redheart.report.build import build_report, fmt
+from redheart.report.calibration import CalibrationOptions, fit_calibrators
 from redheart.rundir import RunDir
+from redheart.select.crossover import crossover
 from redheart.select.final_model import load_final_model
-from redheart.train.evaluation import predict, split_targets
 from redheart.train.recipe import train
 from redheart.train.sweep import run_sweep
 from tiny_run import synthetic_record, tiny_config
@@ -51,13 +50,9 @@ def tiny_run(tmp_path_factory):
     encode_run(run, config.encoder, cache_dir=root / "cache", progress=False)
     run_sweep(run, config, progress=False)
     train(run, config, lr=3e-3, progress=False)
-    evaluate_test(run, config)
-    calibrators = fit_calibrators(run, config, CalibrationOptions(folds=3))
-    # What redheart.evaluate.final does inside its one read of the test split:
-    model, _ = load_final_model(run.final_model)
-    test = load_split(run, "test")
-    targets, present = split_targets(test)
-    write_calibration_report(run, calibration_report(calibrators, predict(model, test)["fused"], targets, present))
+    crossover(run, config)
+    fit_calibrators(run, config, CalibrationOptions(folds=3))  # 3 folds: the tiny validation split has 10 rows
+    evaluate_test(run, config)  # writes calibration/test_report.json: the report under test is evaluate's own
     return run
 
 
@@ -108,10 +103,13 @@ def structurally_valid(tex: str) -> None:
         else:
             assert stack and stack.pop() == name, f"\\end{{{name}}} does not close the open environment"
     assert not stack
-    spec = re.search(r"\\begin\{tabular\}\{((?:[lrc]|p\{[^}]*\})+)\}", tex).group(1)
-    columns = len(re.findall(r"p\{[^}]*\}|[lrc]", spec))
-    for row in re.findall(r"^(.*)\\\\$", tex, flags=re.MULTILINE):
+    column = r">\{[^}]*\}p\{[^}]*\}|p\{[^}]*\}|[lrc]"
+    spec = re.search(rf"\\begin\{{tabular\}}\{{((?:{column})+)\}}", tex).group(1)
+    columns = len(re.findall(column, spec))
+    stacked = re.sub(r"\\begin\{tabular\}\[t\].*?\\end\{tabular\}", "cell", tex)  # a value above its interval
+    for row in re.findall(r"^(.*)\\\\$", stacked, flags=re.MULTILINE):
         assert len(re.split(r"(?<!\\)&", row)) == columns, row
+
 
 def test_latex_tables_parse_and_hold_the_runs_numbers(tiny_run, tmp_path):
     build_report(tiny_run)
@@ -126,7 +124,9 @@ def test_latex_tables_parse_and_hold_the_runs_numbers(tiny_run, tmp_path):
     results = read_json(tiny_run.root / "test_results.json")
     final = results["models"][results["final_model"]]
     key = "verdict_macro_f1"
-    assert fmt_ci(final["headline"][key], final["intervals"][key]) in tables["training_results"]
+    (final_row,) = [line for line in tables["training_results"].splitlines() if "(final model)" in line]
+    low, high = final["intervals"][key]
+    assert f"{fmt(final['headline'][key])}\\\\ {{\\scriptsize [{fmt(low, 3)}, {fmt(high, 3)}]}}" in final_row
     assert escape(results["final_model"]) + " (final model)" in tables["training_results"]
     stats = read_json(tiny_run.data_stats)
     assert f"test & {fmt(stats['split_sizes']['test'])} & " in tables["data_statistics"]
@@ -139,10 +139,43 @@ def test_latex_tables_parse_and_hold_the_runs_numbers(tiny_run, tmp_path):
         in tables["final_vs_probe"]
     spots = read_json(tiny_run.analysis / "analysis.json")["sweet_spots"]
     assert all(f"{escape(group)} & {fmt(epoch)} & " in tables["sweet_spots"] for group, epoch in spots.items())
-    if shutil.which("pdflatex"):
-        body = "\n".join(tables.values())
-        (tmp_path / "t.tex").write_text("\\documentclass{article}\\usepackage{booktabs}\\begin{document}\n" + body + "\\end{document}\n")
-        subprocess.run(["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "t.tex"], cwd=tmp_path, check=True, capture_output=True)
+
+
+def compile_tables(folder, out):
+    """pdflatex on a one-column article that \\inputs every table of `folder`; returns the log."""
+    wrapper = "\n".join([
+        r"\documentclass{article}", r"\usepackage{booktabs,graphicx,array}", r"\begin{document}",
+        r"Tables as they drop into a paper.", *(rf"\input{{{p.resolve()}}}" for p in sorted(folder.glob("*.tex"))),
+        r"\end{document}",
+    ])
+    (out / "tables.tex").write_text(wrapper + "\n")
+    command = ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "tables.tex"]
+    done = subprocess.run(command, cwd=out, capture_output=True, text=True)
+    log = (out / "tables.log").read_text(errors="replace")
+    assert done.returncode == 0, log[-3000:]
+    return log
+
+
+OVERFULL_PT = 3.0  # what a reader cannot see
+
+
+@pytest.mark.skipif(shutil.which("pdflatex") is None, reason="pdflatex is not installed (.ci/run installs it)")
+def test_latex_tables_compile_in_an_article_and_fit_its_text_block(tiny_run, tmp_path):
+    build_report(tiny_run)
+    log = compile_tables(tiny_run.report / "tables", tmp_path)
+    assert "! " not in log  # no TeX error
+    assert "Float too large" not in log  # every table shorter than a page
+    overfull = [float(w) for w in re.findall(r"Overfull \\hbox \(([\d.]+)pt too wide\)", log)]
+    assert all(width <= OVERFULL_PT for width in overfull), overfull
+    assert (tmp_path / "tables.pdf").stat().st_size > 0
+
+
+def test_latex_cells_print_the_same_under_any_font_encoding():
+    from redheart.report.latex import cell, escape
+
+    assert escape("NLL 0.93 -> 0.85, p >= 0.5 & 5% <x>") == r"NLL 0.93 $\to$ 0.85, p $\geq$ 0.5 \& 5\% $<$x$>$"
+    stacked = r"\begin{tabular}[t]{@{}r@{}}0.5000\\ {\scriptsize [0.4000, 0.6000]}\end{tabular}"
+    assert cell("0.5000 [0.4000, 0.6000]") == stacked
 
 
 def test_a_partial_run_gets_a_report_that_says_what_is_missing(tiny_run, tmp_path):
@@ -161,3 +194,25 @@ def test_a_partial_run_gets_a_report_that_says_what_is_missing(tiny_run, tmp_pat
     # Without the sweet-spot analysis, the training curves are drawn from metrics.jsonl.
     assert page.images == ["img/training_curves.png"] and (partial.report / "img" / "training_curves.png").is_file()
     assert {p.stem for p in (partial.report / "tables").glob("*.tex")} == {"data_statistics", "architecture"}
+
+
+def test_the_model_card_beside_the_final_model_is_written_from_the_runs_files(tiny_run):
+    build_report(tiny_run)
+    card = (tiny_run.final_model / "README.md").read_text()
+    assert card.startswith("---\nlicense: apache-2.0\n")
+    results = read_json(tiny_run.root / "test_results.json")
+    final = results["models"][results["final_model"]]
+    value, (low, high) = final["headline"]["verdict_macro_f1"], final["intervals"]["verdict_macro_f1"]
+    (row,) = [line for line in card.splitlines() if line.startswith("| this model |")]
+    assert f"{value:.4f} [{low:.4f}, {high:.4f}]" in row
+    probe = results["baselines"]["linear_probe"]["headline"]["emotion_accuracy"]
+    assert any(line.startswith("| baseline: linear probe |") and f"{probe:.4f}" in line for line in card.splitlines())
+    for name, entry in read_json(tiny_run.calibration / "calibrators.json")["targets"].items():
+        assert f"- {name}: {entry['method']}, {entry['reason']}." in card
+    stats = read_json(tiny_run.data_stats)
+    assert f"{stats['records_read']} records read" in card and "fuzz.ratio >= 80" in card
+    assert f"redheart predict \"TEXT\" --model {tiny_run.final_model}" in card
+    assert "The test split was read 1 time(s): read 1 at " in card
+    best_mae = min(e["headline"]["regression_mae"] for e in results["baselines"].values())
+    assert f"regression MAE {final['headline']['regression_mae']:.4f} vs " in card and f" {best_mae:.4f} (" in card
+    load_final_model(tiny_run.final_model)  # the card is not in the manifest: rewriting it breaks no checksum

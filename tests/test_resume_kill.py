@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 
 from redheart.atomic import read_json
 from redheart.train.checkpoints import CheckpointError, verify_checkpoint
+from redheart.train.faults import Faults
 from redheart.train.recipe import train
 from redheart.train.resume import read_resume_info
 from tiny_run import tiny_config
@@ -102,11 +103,41 @@ def assert_identical(a: dict[str, dict[str, torch.Tensor]], b: dict[str, dict[st
             assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs"
 
 
+MICRO_BATCH, TRAIN_SAMPLES = 8, 24  # the tiny preset's micro-batch; 60 % of the shared 40 records
+
+
+def counted_samples() -> tuple[Faults, list[int]]:
+    """Faults that record the size of every micro-batch a training call runs forward."""
+    sizes: list[int] = []
+    return Faults(step=lambda stage, size: sizes.append(size) if stage == "forward" else None), sizes
+
+
+def resume_counted(data, folder: Path) -> tuple[int, int]:
+    """Resume training in `folder`; (samples it ran forward, metrics.jsonl lines before it)."""
+    before = len((folder / "metrics.jsonl").read_text().splitlines()) if (folder / "metrics.jsonl").exists() else 0
+    faults, sizes = counted_samples()
+    train(data, tiny_config(), lr=LR, epochs=EPOCHS, log_dir=folder, progress=False, faults=faults)
+    return sum(sizes), before
+
+
+def assert_resumed_not_restarted(folder: Path, info: dict, samples_run: int, lines_before: int) -> None:
+    """The resumed call ran exactly the samples after the saved position and logged only the epochs left.
+
+    A restart from scratch would also end bit-identical (training is deterministic); it would run all
+    EPOCHS x TRAIN_SAMPLES samples and log the finished epochs a second time."""
+    assert samples_run == EPOCHS * TRAIN_SAMPLES - (info["epoch"] * TRAIN_SAMPLES + info["sample"])
+    assert samples_run < EPOCHS * TRAIN_SAMPLES
+    epochs = [json.loads(line)["epoch"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    assert lines_before == info["epoch"] and epochs == list(range(1, EPOCHS + 1))
+
+
 @pytest.fixture(scope="module")
 def reference(data, tmp_path_factory):
     """The uninterrupted run: its final weights and EMA weights."""
     out = tmp_path_factory.mktemp("reference")
-    train(data, tiny_config(), lr=LR, epochs=EPOCHS, log_dir=out, progress=False)
+    faults, sizes = counted_samples()
+    train(data, tiny_config(), lr=LR, epochs=EPOCHS, log_dir=out, progress=False, faults=faults)
+    assert sum(sizes) == EPOCHS * TRAIN_SAMPLES and max(sizes) == MICRO_BATCH  # what the counting counts
     return live_state(out)
 
 
@@ -119,7 +150,8 @@ def test_sigkill_during_a_save_then_resume_is_bit_identical(data, reference, tmp
     info = read_resume_info(tmp_path / "resume")
     assert (info["epoch"], info["sample"]) == ((0, 8) if saves == 1 else (1, 8))
     assert info["batch_plan"]["micro_batch"] == 8 and read_json(tmp_path / "resume" / "current.json")
-    train(data, tiny_config(), lr=LR, epochs=EPOCHS, log_dir=tmp_path, progress=False)
+    samples_run, lines_before = resume_counted(data, tmp_path)
+    assert_resumed_not_restarted(tmp_path, info, samples_run, lines_before)
     assert_identical(reference, live_state(tmp_path))
 
 
@@ -127,8 +159,10 @@ def test_sigkill_at_an_arbitrary_moment_then_resume_is_bit_identical(data, refer
     process = start_driver(data.root, tmp_path)
     wait_for(process, "saved", count=3)  # the kill lands wherever the next micro-step happens to be
     kill(process)
-    assert read_resume_info(tmp_path / "resume")["sequence"] >= 2  # "saved" is printed just before the rename
-    train(data, tiny_config(), lr=LR, epochs=EPOCHS, log_dir=tmp_path, progress=False)
+    info = read_resume_info(tmp_path / "resume")
+    assert info["sequence"] >= 2  # "saved" is printed just before the rename
+    samples_run, lines_before = resume_counted(data, tmp_path)
+    assert_resumed_not_restarted(tmp_path, info, samples_run, lines_before)
     assert_identical(reference, live_state(tmp_path))
 
 

@@ -25,6 +25,7 @@ from scipy.stats import ks_2samp
 from redheart.atomic import write_json, write_jsonl
 from redheart.config import DataConfig
 from redheart.data.dedup import DedupResult, near_duplicates
+from redheart.data.leakage import format_leakage, leakage_report
 from redheart.data.minhash_dedup import minhash_near_duplicates
 from redheart.data.records import load_records
 from redheart.data.schema import EMOTIONS, VERDICTS
@@ -46,6 +47,7 @@ class PrepareSummary:
     label_distribution: dict[str, dict[str, int]]  # split -> verdict (or "none") -> count
     leaks: int
     seconds: dict[str, float] = field(default_factory=dict)  # step -> wall time
+    leakage: dict[str, Any] = field(default_factory=dict)  # leakage.leakage_report: closeness at looser thresholds
     rejected_path: str = ""
     rejected_lines: list[str] = field(default_factory=list)  # the first few rejections, one line each
     sources: dict[str, dict[str, Any]] = field(default_factory=dict)  # source -> role, clean records, train rows
@@ -130,6 +132,7 @@ def prepare(data_path: str | Path | Sequence[str | Path], run: RunDir, config: D
     seconds["split"] = _lap(clock)
     clock = time.perf_counter()
     leaks = check_leakage(records, split, config.dedup_threshold, progress=True)
+    closeness = leakage_report(records, split, config.dedup_threshold)
     seconds["leakage"] = _lap(clock)
 
     by_split = _records_by_split(records, split)
@@ -147,6 +150,7 @@ def prepare(data_path: str | Path | Sequence[str | Path], run: RunDir, config: D
         "split_sizes": split.sizes(),
         "stratified_by": split.stratified_by,
         "leaks": leaks,
+        "leakage": closeness,
         "label_distribution": {name: _label_counts(rows) for name, rows in by_split.items()},
         "text_length": _length_stats(by_split),
         "emotion_argmax": {name: _emotion_argmax(rows) for name, rows in by_split.items()},
@@ -170,6 +174,7 @@ def prepare(data_path: str | Path | Sequence[str | Path], run: RunDir, config: D
         split_sizes=split.sizes(),
         label_distribution=stats["label_distribution"],
         leaks=leaks,
+        leakage=closeness,
         seconds=seconds,
         rejected_path=str(run.rejected_records),
         rejected_lines=[_rejection_line(row) for row in loaded.rejected[:_SHOWN_REJECTIONS]],
@@ -208,7 +213,9 @@ def format_summary(summary: PrepareSummary) -> str:
         total = max(sum(counts.values()), 1)
         cells = " ".join(f"{counts.get(label, 0):>5} {100 * counts.get(label, 0) / total:>2.0f}%" for label in shown)
         lines.append(f"  {name:>5}: {cells}")
-    lines.append(f"leakage (val/test near-duplicates of train): {summary.leaks}")
+    lines.append(f"leakage (val/test texts at the dedup threshold of a train text, 0 by construction): {summary.leaks}")
+    if summary.leakage:
+        lines.append(format_leakage(summary.leakage))
     lines.append("time: " + ", ".join(f"{step} {sec:.1f}s" for step, sec in summary.seconds.items()))
     return "\n".join(lines)
 

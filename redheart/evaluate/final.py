@@ -1,9 +1,11 @@
 """The final evaluation: the one time the test split is read, every candidate beside the three baselines.
 
-Every choice (sweet spots, refinements, soups, fusions, the final model) is made on validation by
-redheart.select.crossover before the test split is loaded; run here first if it has not been. The test
-split is then read once, every candidate and baseline is scored on it with bootstrap 95% intervals, and
-the results are written once: a second call prints them from disk instead of reading the test split again.
+Every choice (sweet spots, refinements, soups, fusions, the final model, calibration) is made on validation
+by the earlier phases; a missing one stops here with the command that makes it, and nothing of theirs is
+redone or overwritten. The test split is then read once, every candidate and baseline is scored on it with
+bootstrap 95% intervals, and the results are written with a fingerprint of what they measured
+(redheart.evaluate.test_reads). A later call prints them from disk while the fingerprint matches, refuses
+when it does not, and reads the test split again only when asked to, recording that read.
 """
 
 from __future__ import annotations
@@ -20,15 +22,17 @@ from redheart.data.dataset import SplitTensors, load_split
 from redheart.evaluate.baselines import constant_predictions, fit_probe, probe_predict
 from redheart.evaluate.decision_rule import fit_class_weights, reweighted
 from redheart.evaluate.metrics import evaluate_predictions, headline
+from redheart.evaluate.test_reads import check_fingerprint, fingerprint, format_reads, read_record
 from redheart.model.model import RedHeartModel
-from redheart.report.calibration import calibration_report, fit_calibrators, write_calibration_report
+from redheart.report.calibration import CALIBRATORS_FILE, calibration_report, load_calibrators, write_calibration_report
+from redheart.report.model_card import write_model_card
 from redheart.rundir import RunDir
 from redheart.select.candidates import fused_of
 from redheart.select.crossover import CROSSOVER, ENSEMBLE, REFINED, load_candidates
 from redheart.select.intervals import headline_intervals, paired_difference_intervals
 from redheart.select.outputs import SplitOutputs, as_numpy, fused_loss
 from redheart.train.evaluation import split_targets
-from redheart.train.recipe import pooled_features, run_baselines
+from redheart.train.recipe import pooled_features
 
 CALIBRATION_METRICS = ("ece", "mce", "nll", "brier")
 HEADLINE_COLUMNS = {
@@ -168,22 +172,37 @@ def _baseline_predictions(train: SplitTensors, test: SplitTensors, probe: dict) 
     return {"class_prior": constant, "mean_predictor": constant, PROBE: probe_predict(probe, pooled_features(test))}
 
 
-def evaluate_test(run: RunDir, config: RunConfig) -> dict[str, Any]:
-    """Read the test split once; score every candidate and baseline on it with 95% intervals; write test_results.json."""
-    path = test_results_path(run)
-    if path.exists():
-        return read_json(path)
-    if not (run.crossover / "candidates.json").exists():
-        from redheart.select.crossover import crossover
+def _load_calibrators(run: RunDir) -> Any:
+    from redheart.train.checkpoints import MANIFEST, sha256
 
-        crossover(run, config)  # validation only; the test split is not read before this returns
+    calibrators = load_calibrators(run.calibration / CALIBRATORS_FILE)
+    if calibrators.model_sha256 != sha256(run.final_model / MANIFEST):
+        raise FileNotFoundError(f"{run.calibration / CALIBRATORS_FILE}: fitted for another final model than "
+                                f"{run.final_model}; run `redheart calibrate --run {run.root}` first")
+    return calibrators
+
+
+def evaluate_test(run: RunDir, config: RunConfig, reread: bool = False) -> dict[str, Any]:
+    """Score every candidate and baseline on the test split with 95% intervals; write test_results.json.
+
+    Without `reread`, results already on disk are returned while they measured the run's current
+    artefacts, and StaleTestResults is raised when they did not. With `reread`, the test split is read
+    again and the read is appended to the file's `reads`.
+    """
+    path = test_results_path(run)
+    current = fingerprint(run)  # FileNotFoundError naming the phase to run first if an input is missing
+    previous = read_json(path) if path.exists() else None
+    if previous is not None and not reread:
+        check_fingerprint(run, previous, current)
+        return previous
+    if not run.baselines.exists():
+        raise FileNotFoundError(f"{run.baselines}: no validation baselines; "
+                                f"run `redheart train --run {run.root}` first")
     candidates, plan = load_candidates(run)
     options = config.select
     train_split = load_split(run, "train")
-    if not run.baselines.exists():
-        write_json(run.baselines, run_baselines(train_split, load_split(run, "val")))
     val_baselines = read_json(run.baselines)
-    calibrators = fit_calibrators(run, config)  # validation only, before the test split is read
+    calibrators = _load_calibrators(run)
     train_targets, train_present = split_targets(train_split)
     probe = fit_probe(pooled_features(train_split), train_targets, train_present)
     rules = fit_decision_rules(run, config, probe)  # validation only, before the test split is read
@@ -236,7 +255,14 @@ def evaluate_test(run: RunDir, config: RunConfig) -> dict[str, Any]:
         },
     }
     results["test_conclusion"] = test_conclusion(results)
+    earlier = list((previous or {}).get("reads", []))
+    if previous is not None and not earlier:  # written before reads were logged: that was read 1
+        earlier = [{"read": 1, "at": previous.get("evaluated_at"), "fingerprint": previous.get("fingerprint"),
+                    "why": "first read (no read log)"}]
+    results["fingerprint"] = current
+    results["reads"] = [*earlier, read_record(len(earlier) + 1, current, earlier[-1] if earlier else None)]
     write_json(path, results)
+    write_model_card(run)
     return read_json(path)  # as a later call returns it (lists, not tuples)
 
 
@@ -290,7 +316,10 @@ def format_results(results: dict[str, Any]) -> str:
     for name, _, val, loss in rows:
         lines.append(f"{name:<{width}}  {_cell(loss)}  " + "  ".join(_cell(val.get(key)) for key in HEADLINE_COLUMNS))
     header = f"{'model':<{width}}  " + "  ".join(f"{label:<24}" for label in labels)
-    lines += ["", f"Test split (n={results['n']}, read once at {results['evaluated_at']}; 95% bootstrap intervals):", header, "-" * len(header)]
+    reads = len(results.get("reads", [])) or 1
+    at = results["evaluated_at"]
+    when = f"read once at {at}" if reads == 1 else f"read {reads} times, these numbers at {at}"
+    lines += ["", f"Test split (n={results['n']}, {when}; 95% bootstrap intervals):", header, "-" * len(header)]
     for name, entry, _, _ in rows:
         intervals = entry.get("intervals", {})
         lines.append(f"{name:<{width}}  " + "  ".join(_ci_cell(entry["headline"].get(k), intervals.get(k)) for k in HEADLINE_COLUMNS))
@@ -304,6 +333,7 @@ def format_results(results: dict[str, Any]) -> str:
             f"calibration of {target} on test ({entry['method']}, fitted on validation): "
             + ", ".join(f"{m.upper()} {before[m]:.4f} -> {after[m]:.4f}" for m in CALIBRATION_METRICS)
         )
+    lines.append(format_reads(results))
     return "\n".join(lines)
 
 

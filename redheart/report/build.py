@@ -96,10 +96,21 @@ def _data(ctx: _Context) -> Section:
     section = Section("Data", [ctx.rel(run.data_stats)])
     stats = read_json(run.data_stats)
     section.paragraphs.append(
-        f"{fmt(stats['records_read'])} records read, {fmt(stats['rejected'])} rejected, {fmt(stats['duplicates_removed'])} near-duplicates "
-        f"removed, {fmt(stats['clean_records'])} clean records; near-duplicates of training texts in validation/test (leakage): {fmt(stats['leaks'])}. "
+        f"{fmt(stats['records_read'])} records read, {fmt(stats['rejected'])} rejected, "
+        f"{fmt(stats['duplicates_removed'])} near-duplicates removed, {fmt(stats['clean_records'])} clean records. "
         f"Split stratified by {_describe(stats.get('stratified_by'))}."
     )
+    closeness = stats.get("leakage")
+    if closeness:
+        counts = "; ".join(f"{name}: {fmt(count)}" for name, count in closeness["pairs"].items())
+        section.paragraphs.append(
+            f"Leakage, {closeness['compared']} ({closeness['proposed_by']}), pairs at each threshold: {counts}. "
+            f"Texts at fuzz.ratio >= the dedup threshold on the text alone: {fmt(stats['leaks'])}, zero by "
+            "construction of the near-duplicate removal, so the looser thresholds are the finding."
+        )
+    else:
+        section.missing.append("leakage at looser thresholds not measured (made by redheart prepare); "
+                               f"at the dedup threshold: {fmt(stats['leaks'])}")
     labels = [v for v in (*VERDICTS, "none") if any(v in counts for counts in stats["label_distribution"].values())]
     rows = []
     for split, size in stats["split_sizes"].items():
@@ -197,7 +208,8 @@ def _training(ctx: _Context) -> Section:
 def _results(ctx: _Context) -> Section:
     run = ctx.run
     test_path, candidates_path = run.root / "test_results.json", run.crossover / "candidates.json"
-    if test_path.exists():
+    stale = _stale_test_results(run) if test_path.exists() else None
+    if test_path.exists() and stale is None:
         results = read_json(test_path)
         section = Section("Crossover and test results", [ctx.rel(test_path)])
         named = dict(results["baselines"])
@@ -209,16 +221,25 @@ def _results(ctx: _Context) -> Section:
         final = results["final_model"]
         models = [(n + (" (final model)" if n == final else ""), e, e.get("val", {}).get("loss")) for n, e in results["models"].items()]
         rows = [[name, fmt(val_loss), *(fmt_ci(e["headline"].get(k), e.get("intervals", {}).get(k)) for k in HEADLINE)] for name, e, val_loss in baselines + models]
-        section.tables.append(Table(f"Test split (n = {fmt(results['n'])}, read once), {fmt(100 * results['bootstrap']['level'], 0)}% bootstrap intervals "
+        reads = results.get("reads") or [{"read": 1, "at": results.get("evaluated_at"), "why": "first read"}]
+        read_note = "read once" if len(reads) == 1 else f"read {len(reads)} times, the last read shown"
+        level = fmt(100 * results["bootstrap"]["level"], 0)
+        section.tables.append(Table(f"Test split (n = {fmt(results['n'])}, {read_note}), {level}% bootstrap intervals "
                                     f"({fmt(results['bootstrap']['samples'])} resamples); every choice made on validation",
                                     ["model", "val loss", *HEADLINE.values()], rows, "training_results"))
         section.paragraphs += [f"Final model (best single network on validation): {results['final_model']}.",
                                results["validation_conclusion"], results["test_conclusion"]]
         _difference(section, results)
+        section.paragraphs.append(f"Reads of the test split: {fmt(len(reads))} ("
+                                  + "; ".join(f"read {r['read']} at {r['at']}: {r['why']}" for r in reads) + ").")
         return section
     plan = read_json(candidates_path)
     section = Section("Crossover (validation only)", [ctx.rel(candidates_path)])
-    section.missing.append(f"{ctx.rel(test_path)} not found: the test split has not been evaluated; validation numbers only")
+    if stale is not None:
+        section.missing.append(f"{ctx.rel(test_path)} is stale, validation numbers only: {stale}")
+    else:
+        section.missing.append(f"{ctx.rel(test_path)} not found: the test split has not been evaluated; "
+                               "validation numbers only")
     rows = [[c["name"], fmt(c["val"]["loss"]), *(fmt(c["val"]["headline"].get(k)) for k in HEADLINE)] for c in plan["candidates"]]
     section.tables.append(Table("Candidates on validation", ["model", "val loss", *HEADLINE.values()], rows, "training_results"))
     section.paragraphs += [f"Final model: {plan['final_model']}.", plan["conclusion"]]
@@ -259,6 +280,15 @@ def _difference(section: Section, results: dict[str, Any]) -> None:
             "likelihood of the votes, unless the config says soft_ce; phase2_community: soft cross-entropy); the final "
             f"model's fusion, fitted on validation, weighs them {shares}.")
     section.paragraphs.append(results["final_vs_probe_conclusion"])
+def _stale_test_results(run: RunDir) -> str | None:
+    """Why the run's test results no longer describe its artefacts, or None when they do."""
+    from redheart.evaluate.test_reads import StaleTestResults, check_fingerprint, fingerprint
+
+    try:
+        check_fingerprint(run, read_json(run.root / "test_results.json"), fingerprint(run))
+    except (StaleTestResults, FileNotFoundError) as error:
+        return str(error)
+    return None
 
 
 def _calibration(ctx: _Context) -> Section:
@@ -271,7 +301,8 @@ def _calibration(ctx: _Context) -> Section:
         cv = ", ".join(f"{m} {fmt(v)}" for m, v in entry["cv_nll"].items())
         section.paragraphs.append(f"{name}: {entry['method']} chosen on validation ({entry['reason']}). Cross-validated NLL: {cv or '—'}.")
     test_report = run.calibration / TEST_REPORT_FILE
-    if test_report.exists():
+    # The test report is written by the read of the test split; stale test results make it stale too.
+    if test_report.exists() and (run.root / "test_results.json").exists() and _stale_test_results(run) is None:
         report, split = read_json(test_report), "test"
         section.sources.append(ctx.rel(test_report))
     else:
@@ -344,4 +375,8 @@ def build_report(run: RunDir) -> Path:
     with atomic_open(run.report / "report.md") as handle:
         handle.write(render_markdown(title, sections))
     write_latex_tables(sections, run.report / "tables")
+    if (run.final_model / "config.json").exists():
+        from redheart.report.model_card import write_model_card
+
+        write_model_card(run)
     return run.report / "index.html"

@@ -270,6 +270,8 @@ def fit_calibrators(run: RunDir, config: RunConfig, options: CalibrationOptions 
     from redheart.train.checkpoints import MANIFEST, sha256
     from redheart.train.evaluation import predict, split_targets
 
+    if not (run.final_model / MANIFEST).exists():
+        raise FileNotFoundError(f"{run.final_model}: no final model; run `redheart crossover --run {run.root}` first")
     model, _ = load_final_model(run.final_model)
     val = load_split(run, "val")
     probs = predict(model, val, batch_size=config.select.batch_size)["fused"]

@@ -25,9 +25,11 @@ from redheart.data.schema import TARGET_DIMS
 from redheart.model.groups import GROUPS
 from redheart.model.kalman import KalmanFusion
 from redheart.model.model import RedHeartModel
+from redheart.report.model_card import write_model_card
 from redheart.rundir import RunDir
 from redheart.select.candidates import Candidate, baseline_candidates, checkpoint_scores, score
 from redheart.select.final_model import build_candidate_model, save_final_model
+from redheart.select.freshness import crossover_inputs
 from redheart.select.outputs import SplitOutputs
 from redheart.select.pins import pin_checkpoints, saved_epochs
 from redheart.select.sweet_spots import analyze, shifted_epoch
@@ -108,10 +110,11 @@ def crossover(run: RunDir, config: RunConfig) -> CrossoverResult:
     best = min(candidates, key=lambda c: c.val["loss"])
     single = min((c for c in candidates if c.kind != "ensemble"), key=lambda c: c.val["loss"])
     result = CrossoverResult(spots, refined, refine_log, candidates, best.name, single.name, conclusion(candidates))
-    write_crossover(run, result, scores)
+    write_crossover(run, result, scores, inputs=crossover_inputs(run, config))
     pin_checkpoints(run, "crossover", {f"{c.name}: epoch {e}": e for c in candidates for e in sorted(c.used_epochs())})
     final = build_candidate_model(single, run, model)
     save_final_model(final, run.final_model, config, val.input_dim, val.max_segments, {"candidate": single.to_json()})
+    write_model_card(run)
     return result
 
 
@@ -129,7 +132,7 @@ def conclusion(candidates: list[Candidate]) -> str:
     return " ".join(lines)
 
 
-def write_crossover(run: RunDir, result: CrossoverResult, scores: dict[int, float]) -> None:
+def write_crossover(run: RunDir, result: CrossoverResult, scores: dict[int, float], inputs: str | None = None) -> None:
     fusion_dir = run.crossover / "fusion"
     entries = []
     for index, candidate in enumerate(result.candidates):
@@ -145,6 +148,7 @@ def write_crossover(run: RunDir, result: CrossoverResult, scores: dict[int, floa
         "sweet_spots": result.sweet_spots, "refined": result.refined, "refine_log": result.refine_log,
         "checkpoint_scores": {str(e): s for e, s in scores.items()},
         "best": result.best, "final_model": result.final_model, "conclusion": result.conclusion, "candidates": entries,
+        "inputs": inputs,  # freshness.crossover_inputs: what this selection was made from
     })
     with atomic_open(run.crossover / "crossover.md") as handle:
         handle.write("# Parameter crossover (validation)\n\n" + format_crossover(result) + "\n")

@@ -2,8 +2,8 @@
 
     config.json               model config, input_dim, max_segments, encoder config, preset, what was chosen
     <group>.safetensors       one per module group; group_c holds the fusion re-fitted on validation
-    README.md                 one line saying what this is
     manifest.json             sha256 of every file above (written last)
+    README.md                 the model card (redheart.report.model_card), not in the manifest
 
 Loading verifies every checksum first and loads every group strictly; nothing is unpickled.
 """
@@ -62,9 +62,11 @@ def save_final_model(model: RedHeartModel, path: Path, config: RunConfig, input_
         "input_dim": input_dim, "max_segments": max_segments, "info": info,
     })
     name = info.get("candidate", {}).get("name", "a trained model")
+    # The model card: this line until redheart.report.model_card writes it from the run's results. It is
+    # documentation, left out of the manifest, so rewriting it never invalidates the weights' checksums.
     with atomic_open(path / README) as handle:
         handle.write(f"Red Heart model ({config.preset} preset): {name}, chosen on validation. Load with redheart.select.final_model.load_final_model.\n")
-    files += [CONFIG, README]
+    files += [CONFIG]
     write_json(path / MANIFEST, {"preset": config.preset, "files": {f: sha256(path / f) for f in files}})
 
 

@@ -26,7 +26,7 @@ from redheart.evaluate.metrics import headline
 from redheart.model.model import RedHeartModel
 from redheart.rundir import RunDir
 from redheart.train.build_trainer import build_trainer
-from redheart.train.checkpoints import save_checkpoint
+from redheart.train.checkpoints import MANIFEST, save_checkpoint
 from redheart.train.disk_plan import ensure_disk_space
 from redheart.train.distributed import Distributed
 from redheart.train.evaluation import evaluate, metrics_of, predict, split_targets
@@ -173,7 +173,10 @@ def train(
         bar.close()
         if writer is not None:
             writer.close()
-    if trainer.ema is not None and save_checkpoints and record:
+    # A finished run called again trains nothing and keeps its EMA checkpoint: re-saved from the resume state
+    # its weights were not bit-identical, and crossover would then see new inputs.
+    ema_missing = not (out.checkpoints / "ema" / MANIFEST).exists()
+    if trainer.ema is not None and save_checkpoints and record and (start_epoch < epochs or ema_missing):
         ema_weights = host_view(trainer.ema.module)
         if main:
             save_checkpoint(ema_weights, out.checkpoints / "ema", record, config.preset, dtype=tc.checkpoint_dtype)
