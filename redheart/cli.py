@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from redheart.config import RunConfig, load_config, preset, save_config, with_overrides
-from redheart.rundir import RunDir
+from redheart.core.rundir import RunDir
 
 
 def _run_config(run: RunDir, args: argparse.Namespace) -> RunConfig:
@@ -82,8 +82,8 @@ def _cmd_model(args: argparse.Namespace) -> None:
 
 
 def _cmd_memory(args: argparse.Namespace) -> None:
-    from redheart.train.memory_plan import parse_bytes, plan_for_config
-    from redheart.train.memory_report import format_memory_plan
+    from redheart.train.memory.plan import parse_bytes, plan_for_config
+    from redheart.train.memory.format import format_memory_plan
 
     config = preset(args.preset)
     if args.set:
@@ -93,7 +93,7 @@ def _cmd_memory(args: argparse.Namespace) -> None:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> None:
-    from redheart.train.sweep import collect, format_choice, run_sweep, run_trial, trial_count
+    from redheart.train.sweep.run import collect, format_choice, run_sweep, run_trial, trial_count
 
     run = RunDir(args.run)
     config = _run_config(run, args)
@@ -105,7 +105,7 @@ def _cmd_sweep(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from redheart.train.distributed import join_job
+    from redheart.train.parallel.distributed import join_job
     from redheart.train.recipe import train
 
     run = RunDir(args.run)
@@ -129,7 +129,7 @@ def _cmd_crossover(args: argparse.Namespace) -> None:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> None:
-    from redheart.report.calibration import fit_calibrators
+    from redheart.evaluate.calibration import fit_calibrators
 
     run = RunDir(args.run)
     fit_calibrators(run, _run_config(run, args))
@@ -247,10 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)  # before the imports below, so --help answers at once
 
-    from redheart.train.checkpoints import CheckpointError
-    from redheart.train.faults import DiskFullError
+    from redheart.train.state.checkpoints import CheckpointError
+    from redheart.core.faults import DiskFullError
     from redheart.train.oom import OutOfMemory
-    from redheart.train.resume import ResumeError
+    from redheart.train.state.resume import ResumeError
 
     try:
         args.func(args)

@@ -217,7 +217,7 @@ def from_dict(tree: dict[str, Any]) -> RunConfig:
 
 
 def save_config(config: RunConfig, path: Path) -> None:
-    from redheart.atomic import atomic_open
+    from redheart.core.atomic import atomic_open
 
     with atomic_open(path) as handle:
         yaml.safe_dump(to_dict(config), handle, sort_keys=False)

@@ -3,7 +3,7 @@
 The model comes from a final-model folder (redheart.select.final_model: safetensors + JSON, checksums
 verified); its texts are embedded by the encoder its config.json names, through the embedding cache, so
 a text seen in training gets the vectors training used. Distributions are calibrated with the folder's
-calibrators.json (written by redheart.report.calibration.fit_calibrators; the method chosen per target on
+calibrators.json (written by redheart.evaluate.calibration.fit_calibrators; the method chosen per target on
 validation), unless `calibrated=False`.
 """
 
@@ -23,9 +23,9 @@ from redheart.config import EncoderConfig
 from redheart.data.encode import encode_texts
 from redheart.data.encoders import build_encoder, document_text
 from redheart.data.schema import BENTHAM_KEYS, EMOTIONS, SURD_KEYS, VERDICTS
-from redheart.report.calibration import CALIBRATORS_FILE, load_calibrators
+from redheart.evaluate.calibration import CALIBRATORS_FILE, load_calibrators
 from redheart.select.final_model import load_final_model
-from redheart.train.checkpoints import MANIFEST, CheckpointError, sha256
+from redheart.train.state.checkpoints import MANIFEST, CheckpointError, sha256
 
 NAMES = {"emotions": EMOTIONS, "bentham_scores": BENTHAM_KEYS, "surd_metrics": SURD_KEYS, "verdict": VERDICTS}
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from redheart.config import RunConfig
-from redheart.rundir import RunDir
+from redheart.core.rundir import RunDir
 
 T = TypeVar("T")
 
@@ -33,7 +33,7 @@ def run_pipeline(run: RunDir, config: RunConfig, data: Path, cache_dir: Path | N
     from redheart.report.build import build_report
     from redheart.select.crossover import crossover, format_crossover
     from redheart.train.recipe import train
-    from redheart.train.sweep import format_choice, run_sweep
+    from redheart.train.sweep.run import format_choice, run_sweep
 
     started = time.perf_counter()
     print(f"redheart pipeline: preset {config.preset!r}, data {data}, run folder {run.root}")

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from redheart.report.calibration import (
+from redheart.evaluate.calibration import (
     CalibrationOptions, Calibrators, apply_method, calibration_metrics, calibration_report, fit_target,
 )
 

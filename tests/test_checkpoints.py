@@ -4,8 +4,8 @@ import torch
 from redheart.config import PRESETS
 from redheart.model.groups import GROUPS
 from redheart.model.model import RedHeartModel
-from redheart.rundir import RunDir
-from redheart.train.checkpoints import CheckpointError, load_checkpoint, load_groups, save_checkpoint
+from redheart.core.rundir import RunDir
+from redheart.train.state.checkpoints import CheckpointError, load_checkpoint, load_groups, save_checkpoint
 
 
 def tiny_model(seed: int, input_dim: int = 32) -> RedHeartModel:

@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from redheart.atomic import read_json, write_json
+from redheart.core.atomic import read_json, write_json
 from redheart.model.model import RedHeartModel
-from redheart.rundir import RunDir
-from redheart.train.checkpoints import CheckpointError, load_checkpoint, save_checkpoint, sha256, verify_checkpoint
-from redheart.train.faults import DiskFullError, Faults
+from redheart.core.rundir import RunDir
+from redheart.train.state.checkpoints import CheckpointError, load_checkpoint, save_checkpoint, sha256, verify_checkpoint
+from redheart.core.faults import DiskFullError, Faults
 from redheart.train.recipe import train
-from redheart.train.resume import ResumeError, read_resume_info
+from redheart.train.state.resume import ResumeError, read_resume_info
 from test_resume_kill import assert_identical, live_state
 from tiny_run import tiny_config
 

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from sklearn.metrics import f1_score
 
 import redheart.data.dataset as dataset
-from redheart.atomic import read_json
+from redheart.core.atomic import read_json
 from redheart.data.dataset import load_split
 from redheart.evaluate.final import evaluate_test, format_results
 from redheart.model.groups import GROUPS
@@ -20,7 +20,7 @@ from redheart.select.final_model import load_final_model
 from redheart.select.intervals import batched_macro_f1
 from redheart.select.outputs import SplitOutputs
 from redheart.select.pins import pinned_epochs
-from redheart.train.checkpoints import CheckpointError, load_groups
+from redheart.train.state.checkpoints import CheckpointError, load_groups
 from redheart.train.recipe import train
 from tiny_run import make_run, tiny_config
 
@@ -139,7 +139,7 @@ def test_final_model_round_trips_and_a_corrupted_one_fails_clearly(trained, resu
     config_json["input_dim"] += 1
     (corrupt / "config.json").write_text(json.dumps(config_json))
     manifest = read_json(corrupt / "manifest.json")
-    from redheart.train.checkpoints import sha256
+    from redheart.train.state.checkpoints import sha256
 
     manifest["files"]["config.json"] = sha256(corrupt / "config.json")
     (corrupt / "manifest.json").write_text(json.dumps(manifest))

@@ -13,13 +13,13 @@ import torch
 from redheart.model.groups import GROUPS
 from redheart.model.model import RedHeartModel
 from redheart.train.ema import build_ema
-from redheart.train.faults import Faults
-from redheart.train.group_forward import detached, group_loss, group_outputs
-from redheart.train.group_swap import GroupSwapTrainer
-from redheart.train.loop import EpochTally, Trainer
+from redheart.core.faults import Faults
+from redheart.train.swap.forward import detached, group_loss, group_outputs
+from redheart.train.swap.trainer import GroupSwapTrainer
+from redheart.train.trainer import EpochTally, Trainer
 from redheart.train.optim import build_optimizer
 from redheart.train.precision import choose_precision
-from redheart.train.resume import load_resume, save_resume
+from redheart.train.state.resume import load_resume, save_resume
 from redheart.train.schedule import build_scheduler
 from tiny_run import synthetic_split, tiny_config
 

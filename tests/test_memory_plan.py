@@ -6,8 +6,8 @@ import torch
 from redheart.cli import main
 from redheart.config import preset
 from redheart.model.model import RedHeartModel
-from redheart.train.activation_bytes import empty_model, measure_activation_bytes
-from redheart.train.memory_plan import GiB, footprints, fsdp_footprint, optimizer_state_bytes, parse_bytes, plan_memory
+from redheart.train.memory.activations import empty_model, measure_activation_bytes
+from redheart.train.memory.plan import GiB, footprints, fsdp_footprint, optimizer_state_bytes, parse_bytes, plan_memory
 from redheart.train.optim import build_optimizer
 from tiny_run import tiny_config
 

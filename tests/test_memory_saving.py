@@ -4,13 +4,13 @@ is part of the run's identity."""
 import pytest
 import torch
 
-from redheart.atomic import read_json
+from redheart.core.atomic import read_json
 from redheart.data.dataset import load_split
 from redheart.model.model import RedHeartModel
-from redheart.train.loop import forward_losses
+from redheart.train.trainer import forward_losses
 from redheart.train.recipe import train
-from redheart.train.resume import ResumeError
-from redheart.train.telemetry import read_metrics
+from redheart.train.state.resume import ResumeError
+from redheart.train.telemetry.run import read_metrics
 from test_train_recipe import live_weights
 from tiny_run import tiny_config
 

@@ -4,8 +4,8 @@ import math
 import numpy as np
 import pytest
 
-from redheart.evaluate.bootstrap import bootstrap_ci
-from redheart.evaluate.metrics import (
+from redheart.scoring.bootstrap import bootstrap_ci
+from redheart.scoring.metrics import (
     emotion_metrics,
     evaluate_predictions,
     headline,

@@ -10,12 +10,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from redheart.atomic import read_json
-from redheart.train.faults import Faults
+from redheart.core.atomic import read_json
+from redheart.core.faults import Faults
 from redheart.train.oom import BatchPlan, OutOfMemory
 from redheart.train.recipe import train
-from redheart.train.resume import read_resume_info
-from redheart.train.telemetry import read_metrics
+from redheart.train.state.resume import read_resume_info
+from redheart.train.telemetry.run import read_metrics
 from tiny_run import tiny_config
 
 LR = 3e-3

@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from redheart.atomic import read_json
+from redheart.core.atomic import read_json
 from redheart.data.schema import BENTHAM_KEYS, EMOTIONS, SURD_KEYS, VERDICTS
 from redheart.infer import Predictor, predict_records, predict_texts, read_inputs
 from redheart.model.model import RedHeartModel
-from redheart.report.calibration import CALIBRATORS_FILE, CalibrationOptions, fit_calibrators
+from redheart.evaluate.calibration import CALIBRATORS_FILE, CalibrationOptions, fit_calibrators
 from redheart.select.final_model import save_final_model
-from redheart.train.checkpoints import CheckpointError
+from redheart.train.state.checkpoints import CheckpointError
 from tiny_run import make_run, tiny_config
 
 

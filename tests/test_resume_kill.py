@@ -19,10 +19,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from redheart.atomic import read_json
-from redheart.train.checkpoints import CheckpointError, verify_checkpoint
+from redheart.core.atomic import read_json
+from redheart.train.state.checkpoints import CheckpointError, verify_checkpoint
 from redheart.train.recipe import train
-from redheart.train.resume import read_resume_info
+from redheart.train.state.resume import read_resume_info
 from tiny_run import tiny_config
 
 TESTS = Path(__file__).parent
@@ -31,8 +31,8 @@ LR, EPOCHS = 3e-3, 2
 DRIVER = """
 import json, sys, time
 from pathlib import Path
-from redheart.rundir import RunDir
-from redheart.train.faults import Faults
+from redheart.core.rundir import RunDir
+from redheart.core.faults import Faults
 from redheart.train.recipe import train
 from tiny_run import tiny_config
 

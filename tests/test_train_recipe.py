@@ -2,10 +2,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from redheart.atomic import read_json
+from redheart.core.atomic import read_json
 from redheart.train.recipe import resolve_lr, train
-from redheart.train.resume import ResumeError, read_resume_info
-from redheart.train.telemetry import read_metrics
+from redheart.train.state.resume import ResumeError, read_resume_info
+from redheart.train.telemetry.run import read_metrics
 from tiny_run import tiny_config
 
 

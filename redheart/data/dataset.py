@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from redheart.atomic import read_json
+from redheart.core.atomic import read_json
 from redheart.data.schema import TARGET_DIMS, VERDICTS
-from redheart.rundir import RunDir
+from redheart.core.rundir import RunDir
 
 SPLITS = ("train", "val", "test")
 DISTRIBUTION_TARGETS = ("emotions", "verdict")

@@ -14,14 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from redheart.atomic import read_json, write_json
+from redheart.core.atomic import read_json, write_json
 from redheart.config import RunConfig
 from redheart.data.dataset import SplitTensors, load_split
-from redheart.evaluate.baselines import constant_predictions, probe_predictions
-from redheart.evaluate.metrics import evaluate_predictions, headline
+from redheart.scoring.baselines import constant_predictions, probe_predictions
+from redheart.scoring.metrics import evaluate_predictions, headline
 from redheart.model.model import RedHeartModel
-from redheart.report.calibration import calibration_report, fit_calibrators, write_calibration_report
-from redheart.rundir import RunDir
+from redheart.evaluate.calibration import calibration_report, fit_calibrators, write_calibration_report
+from redheart.core.rundir import RunDir
 from redheart.select.candidates import fused_of
 from redheart.select.crossover import CROSSOVER, ENSEMBLE, REFINED, load_candidates
 from redheart.select.intervals import headline_intervals

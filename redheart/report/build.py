@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from redheart.atomic import read_json, write_json, write_with
+from redheart.core.atomic import read_json, write_json, write_with
 from redheart.data.schema import VERDICTS
-from redheart.rundir import RunDir
+from redheart.core.rundir import RunDir
 
 HEADLINE = {"emotion_accuracy": "emotion acc.", "emotion_macro_f1": "emotion F1", "verdict_accuracy": "verdict acc.",
             "verdict_macro_f1": "verdict F1", "regression_mae": "regression MAE"}
@@ -154,7 +154,7 @@ def _sweep(ctx: _Context) -> Section:
 
 def _training(ctx: _Context) -> Section:
     from redheart.report.training_plot import plot_training
-    from redheart.train.telemetry import read_metrics
+    from redheart.train.telemetry.run import read_metrics
 
     run = ctx.run
     records = read_metrics(run.metrics_log)
@@ -214,7 +214,7 @@ def _results(ctx: _Context) -> Section:
 
 
 def _calibration(ctx: _Context) -> Section:
-    from redheart.report.calibration import CALIBRATORS_FILE, TEST_REPORT_FILE
+    from redheart.evaluate.calibration import CALIBRATORS_FILE, TEST_REPORT_FILE
 
     run = ctx.run
     fitted = read_json(run.calibration / CALIBRATORS_FILE)
@@ -274,7 +274,7 @@ def collect_sections(run: RunDir) -> list[Section]:
 
 def build_report(run: RunDir) -> Path:
     """Write index.html, report.md and tables/*.tex into RunDir.report; return the HTML page's path."""
-    from redheart.atomic import atomic_open
+    from redheart.core.atomic import atomic_open
     from redheart.report.html import render_html, render_markdown
     from redheart.report.latex import write_latex_tables
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from redheart.atomic import atomic_open
+from redheart.core.atomic import atomic_open
 from redheart.report.build import Section, Table
 
 _ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",

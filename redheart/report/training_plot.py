@@ -8,7 +8,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from redheart.atomic import write_with
+from redheart.core.atomic import write_with
 
 
 def plot_training(records: list[dict[str, Any]], path: Path) -> None:

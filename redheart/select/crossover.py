@@ -18,14 +18,14 @@ from typing import Any
 
 from safetensors.torch import load_file, save_file
 
-from redheart.atomic import atomic_open, read_json, write_json, write_with
+from redheart.core.atomic import atomic_open, read_json, write_json, write_with
 from redheart.config import RunConfig
 from redheart.data.dataset import load_split
 from redheart.data.schema import TARGET_DIMS
 from redheart.model.groups import GROUPS
 from redheart.model.kalman import KalmanFusion
 from redheart.model.model import RedHeartModel
-from redheart.rundir import RunDir
+from redheart.core.rundir import RunDir
 from redheart.select.candidates import Candidate, baseline_candidates, checkpoint_scores, score
 from redheart.select.final_model import build_candidate_model, save_final_model
 from redheart.select.outputs import SplitOutputs

@@ -1,6 +1,6 @@
 """Bootstrap 95% intervals of the headline metrics, all resamples in one numpy call per metric.
 
-The metrics match redheart.evaluate.metrics.headline: emotion accuracy (a tie in the target accepts any
+The metrics match redheart.scoring.metrics.headline: emotion accuracy (a tie in the target accepts any
 tied class) and macro-F1, verdict accuracy and macro-F1 against the majority vote, and the regression MAE
 averaged over the 9 dimensions, each on the rows where its target is present. Every metric uses the same
 resamples (one seeded draw over the rows), so intervals of different models are paired.
@@ -12,8 +12,8 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from redheart.evaluate.bootstrap import bootstrap_ci
-from redheart.evaluate.metrics import REGRESSION_NAMES, TIE_TOL
+from redheart.scoring.bootstrap import bootstrap_ci
+from redheart.scoring.metrics import REGRESSION_NAMES, TIE_TOL
 
 
 def _masked_mean(values: np.ndarray, present: np.ndarray):

@@ -21,12 +21,12 @@ from torch import Tensor
 
 from redheart.data.dataset import DISTRIBUTION_TARGETS, SplitTensors
 from redheart.data.schema import TARGET_DIMS
-from redheart.evaluate.metrics import evaluate_predictions, headline
+from redheart.scoring.metrics import evaluate_predictions, headline
 from redheart.model.groups import GROUPS, group_of
 from redheart.model.kalman import KalmanFusion
 from redheart.model.losses import target_loss
 from redheart.model.model import RedHeartModel
-from redheart.train.checkpoints import load_checkpoint, verify_checkpoint
+from redheart.train.state.checkpoints import load_checkpoint, verify_checkpoint
 
 Outputs = dict[str, dict[str, Tensor]]
 Fused = dict[str, Tensor]

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from redheart.atomic import read_json, write_json
-from redheart.rundir import RunDir
-from redheart.train.checkpoints import MANIFEST
+from redheart.core.atomic import read_json, write_json
+from redheart.core.rundir import RunDir
+from redheart.train.state.checkpoints import MANIFEST
 
 
 def pins_path(run: RunDir) -> Path:

@@ -13,13 +13,13 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from redheart.atomic import atomic_open, write_json
+from redheart.core.atomic import atomic_open, write_json
 from redheart.config import RunConfig, SelectConfig
-from redheart.evaluate.metrics import headline
+from redheart.scoring.metrics import headline
 from redheart.model.groups import GROUPS
-from redheart.rundir import RunDir
+from redheart.core.rundir import RunDir
 from redheart.select.pins import pin_checkpoints, saved_epochs
-from redheart.train.telemetry import read_metrics
+from redheart.train.telemetry.run import read_metrics
 
 SMOOTHINGS = ("ema", "moving_average", "none")
 
@@ -173,7 +173,7 @@ def needed_epochs(spots: dict[str, int], saved: list[int], shifts: tuple[int, ..
 
 
 def write_analysis(run: RunDir, analysis: Analysis) -> None:
-    from redheart.report.analysis_plot import plot_curves
+    from redheart.select.curves_plot import plot_curves
 
     write_json(run.analysis / "analysis.json", analysis.to_json())
     with atomic_open(run.analysis / "analysis.md") as handle:

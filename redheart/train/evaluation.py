@@ -8,7 +8,7 @@ from torch import nn
 
 from redheart.data.dataset import DISTRIBUTION_TARGETS, SplitTensors
 from redheart.data.schema import TARGET_DIMS
-from redheart.evaluate.metrics import evaluate_predictions, headline
+from redheart.scoring.metrics import evaluate_predictions, headline
 from redheart.train.precision import Precision
 
 Predictions = dict[str, dict[str, np.ndarray]]

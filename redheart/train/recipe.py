@@ -18,25 +18,25 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from redheart.atomic import read_json, write_json
+from redheart.core.atomic import read_json, write_json
 from redheart.config import RunConfig, to_dict
 from redheart.data.dataset import SplitTensors, load_split, micro_batches, split_hash
-from redheart.evaluate.baselines import compute_baselines
-from redheart.evaluate.metrics import headline
+from redheart.scoring.baselines import compute_baselines
+from redheart.scoring.metrics import headline
 from redheart.model.model import RedHeartModel
-from redheart.rundir import RunDir
+from redheart.core.rundir import RunDir
 from redheart.train.build_trainer import build_trainer
-from redheart.train.checkpoints import save_checkpoint
-from redheart.train.distributed import Distributed
+from redheart.train.state.checkpoints import save_checkpoint
+from redheart.train.parallel.distributed import Distributed
 from redheart.train.evaluation import evaluate, metrics_of, predict, split_targets
-from redheart.train.faults import NO_FAULTS, Faults
-from redheart.train.loop import EpochTally, Trainer
+from redheart.core.faults import NO_FAULTS, Faults
+from redheart.train.trainer import EpochTally, Trainer
 from redheart.train.precision import resolve_device
-from redheart.train.resume import has_resume, load_resume, resume_tensors, save_resume
-from redheart.train.shared_window import run_shared_epoch
-from redheart.train.sharding import drop_summed_grads, host_view, is_sharded
+from redheart.train.state.resume import has_resume, load_resume, resume_tensors, save_resume
+from redheart.train.parallel.data_parallel import run_shared_epoch
+from redheart.train.parallel.fsdp import drop_summed_grads, host_view, is_sharded
 from redheart.train.signals import TrainingInterrupted, interruption, stop_on_signals
-from redheart.train.telemetry import RunTelemetry, append_metrics, log_scalars, peak_memory_bytes, read_metrics
+from redheart.train.telemetry.run import RunTelemetry, append_metrics, log_scalars, peak_memory_bytes, read_metrics
 
 
 @dataclass(frozen=True)

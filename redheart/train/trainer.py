@@ -19,7 +19,7 @@ from torch.utils.checkpoint import checkpoint
 from redheart.config import TrainConfig
 from redheart.data.dataset import SplitTensors, epoch_order
 from redheart.model.losses import Outputs, split_halves
-from redheart.train.faults import NO_FAULTS, Faults
+from redheart.core.faults import NO_FAULTS, Faults
 from redheart.train.oom import BatchPlan, release_memory
 from redheart.train.precision import Precision
 

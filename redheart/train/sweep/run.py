@@ -9,7 +9,7 @@ score, so a reseed trial needs every first-stage trial finished first.
 Every trial trains from `train.seed`'s initial weights and data order (the recipe seeds both from the
 seed, not the rate), for `sweep.epochs`, into RunDir.sweep/trial_<k>_lr<lr>_seed<s>/ (a run-folder
 layout: metrics.jsonl, resume/, tensorboard/; no checkpoints). A finished trial is not run again, and an
-interrupted one resumes. `collect` runs nothing: it scores the finished trials (redheart.train.sweep_score)
+interrupted one resumes. `collect` runs nothing: it scores the finished trials (redheart.train.sweep.score)
 and writes results.json, results.csv, choice.json (read by `train` when no rate is given) and curves.png.
 """
 
@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from redheart.atomic import atomic_open, write_json
+from redheart.core.atomic import atomic_open, write_json
 from redheart.config import RunConfig
-from redheart.rundir import RunDir
-from redheart.train.sweep_score import Curve, Score, choose, components, explain, format_lr, rank
-from redheart.train.telemetry import read_metrics
+from redheart.core.rundir import RunDir
+from redheart.train.sweep.score import Curve, Score, choose, components, explain, format_lr, rank
+from redheart.train.telemetry.run import read_metrics
 
 WINDOW = 3  # epochs at the end of a trial that the validation-loss and gap components average
 
@@ -183,7 +183,7 @@ def write_outputs(
     run: RunDir, config: RunConfig, result: SweepResult, records: dict[Trial, list[dict[str, Any]]],
     per_trial: dict[Trial, dict[str, float]],
 ) -> None:
-    from redheart.report.sweep_plot import plot_curves
+    from redheart.train.sweep.plot import plot_curves
 
     ordered = sorted(records, key=lambda t: t.index)
     rows = {t: epoch_rows(t, records[t]) for t in ordered}

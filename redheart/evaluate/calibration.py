@@ -41,11 +41,11 @@ from scipy.special import log_softmax
 from sklearn.isotonic import IsotonicRegression
 from sklearn.model_selection import KFold
 
-from redheart.atomic import read_json, write_json
+from redheart.core.atomic import read_json, write_json
 from redheart.config import RunConfig
 from redheart.data.schema import EMOTIONS, VERDICTS
-from redheart.evaluate.metrics import PROB_EPS, TIE_TOL
-from redheart.rundir import RunDir
+from redheart.scoring.metrics import PROB_EPS, TIE_TOL
+from redheart.core.rundir import RunDir
 
 CALIBRATED_TARGETS = {"emotions": EMOTIONS, "verdict": VERDICTS}
 METHODS = ("none", "temperature", "vector", "isotonic")
@@ -265,9 +265,9 @@ def fit_calibrators(run: RunDir, config: RunConfig, options: CalibrationOptions 
     """Fit on the final model's validation predictions; write calibrators.json (run + final model) and the
     validation reliability diagrams (out-of-fold, before/after)."""
     from redheart.data.dataset import load_split
-    from redheart.report.reliability_plot import plot_reliability
+    from redheart.evaluate.reliability_plot import plot_reliability
     from redheart.select.final_model import load_final_model
-    from redheart.train.checkpoints import MANIFEST, sha256
+    from redheart.train.state.checkpoints import MANIFEST, sha256
     from redheart.train.evaluation import predict, split_targets
 
     model, _ = load_final_model(run.final_model)
@@ -296,7 +296,7 @@ def load_calibrators(path: Path) -> Calibrators:
 
 def write_calibration_report(run: RunDir, report: dict[str, Any], split: str = "test") -> None:
     """RunDir.calibration/<split>_report.json and reliability_<split>_<target>.png (before/after) per target."""
-    from redheart.report.reliability_plot import plot_reliability
+    from redheart.evaluate.reliability_plot import plot_reliability
 
     write_json(run.calibration / f"{split}_report.json", report)
     for name, entry in report["targets"].items():

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from redheart.atomic import write_json
+from redheart.core.atomic import write_json
 from redheart.model.groups import GROUPS
 
 TREND_WINDOW = 5  # checkpoints the gap slope is fitted over

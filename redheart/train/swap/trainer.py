@@ -27,9 +27,9 @@ from torch.utils.checkpoint import checkpoint
 from redheart.data.dataset import SplitTensors
 from redheart.model.groups import GROUPS
 from redheart.model.losses import Outputs
-from redheart.train.group_forward import SWAP_ORDER, detached, dropped_passes, group_loss, group_outputs
-from redheart.train.host_parking import HOST, HostParking
-from redheart.train.loop import EpochTally, Trainer
+from redheart.train.swap.forward import SWAP_ORDER, detached, dropped_passes, group_loss, group_outputs
+from redheart.train.swap.cpu_offload import HOST, HostParking
+from redheart.train.trainer import EpochTally, Trainer
 
 
 class GroupSwapTrainer(Trainer):

@@ -16,10 +16,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from redheart.atomic import read_json
+from redheart.core.atomic import read_json
 from redheart.model.groups import GROUPS, group_state_dict, load_group_state_dict
-from redheart.rundir import RunDir
-from redheart.train.faults import NO_FAULTS, Faults, write_state_file
+from redheart.core.rundir import RunDir
+from redheart.core.faults import NO_FAULTS, Faults, write_state_file
 
 MANIFEST = "manifest.json"
 METRICS = "metrics.json"

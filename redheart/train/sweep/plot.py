@@ -10,8 +10,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from redheart.atomic import write_with
-from redheart.train.sweep_score import format_lr
+from redheart.core.atomic import write_with
+from redheart.train.sweep.score import format_lr
 
 
 def plot_curves(path: Path, trials: Sequence[tuple[float, list[dict[str, Any]]]], chosen_lr: float) -> None:

@@ -21,12 +21,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from redheart.atomic import read_json, write_json
-from redheart.train.checkpoints import host_tensors, sha256
-from redheart.train.faults import NO_FAULTS, Faults, write_state_file
-from redheart.train.loop import EpochTally, Trainer
+from redheart.core.atomic import read_json, write_json
+from redheart.train.state.checkpoints import host_tensors, sha256
+from redheart.core.faults import NO_FAULTS, Faults, write_state_file
+from redheart.train.trainer import EpochTally, Trainer
 from redheart.train.oom import BatchPlan
-from redheart.train.sharding import (
+from redheart.train.parallel.fsdp import (
     full_grads, full_optimizer_state, full_state, load_full_grads, load_full_optimizer_state, load_full_state,
 )
 

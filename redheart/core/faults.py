@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from redheart.atomic import write_with
+from redheart.core.atomic import write_with
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 from redheart.data.schema import TARGET_DIMS
-from redheart.evaluate.metrics import DISTRIBUTION_TARGETS, evaluate_predictions
+from redheart.scoring.metrics import DISTRIBUTION_TARGETS, evaluate_predictions
 
 RIDGE_ALPHAS = np.logspace(-2, 4, 13)
 PROBE_C = 1.0  # inverse L2 strength of the probe's logistic regression, on standardized features

@@ -34,9 +34,9 @@ import torch
 from torch.distributed.tensor import DTensor
 
 from redheart.data.dataset import SplitTensors, epoch_order
-from redheart.train.distributed import Distributed
-from redheart.train.loop import EpochTally, Trainer
-from redheart.train.sharding import is_sharded
+from redheart.train.parallel.distributed import Distributed
+from redheart.train.trainer import EpochTally, Trainer
+from redheart.train.parallel.fsdp import is_sharded
 
 
 def run_shared_epoch(

@@ -21,9 +21,9 @@ from torch import nn
 from redheart.config import RunConfig
 from redheart.model.groups import GROUPS
 from redheart.model.model import MODULES
-from redheart.train.activation_bytes import ActivationBytes, empty_model, measure_activation_bytes
+from redheart.train.memory.activations import ActivationBytes, empty_model, measure_activation_bytes
 from redheart.train.oom import OutOfMemory
-from redheart.train.memory_strategy import STRATEGIES, MemoryStrategy, strategy
+from redheart.train.memory.strategy import STRATEGIES, MemoryStrategy, strategy
 
 GiB = 2**30
 # Decimal units as written; a bare K, M or G means the binary unit, as card sizes are meant.

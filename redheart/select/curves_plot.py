@@ -10,7 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from redheart.atomic import write_with  # noqa: E402
+from redheart.core.atomic import write_with  # noqa: E402
 
 
 def plot_curves(analysis, path: Path) -> None:

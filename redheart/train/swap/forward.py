@@ -16,7 +16,7 @@ from redheart.config import TrainConfig
 from redheart.model.groups import GROUPS
 from redheart.model.losses import Outputs, split_halves
 from redheart.model.model import MODULE_TARGETS, RedHeartModel
-from redheart.train.loop import rdrop_losses
+from redheart.train.trainer import rdrop_losses
 
 # The group holding the Kalman fusion, which reads every other group's predictions: it goes last.
 FUSION_GROUP = "group_c"

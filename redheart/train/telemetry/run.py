@@ -27,13 +27,13 @@ import torch
 from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
-from redheart.atomic import write_jsonl
-from redheart.host_memory import peak_host_memory_bytes
-from redheart.rundir import RunDir
-from redheart.train.checkpoints import MANIFEST
-from redheart.train.loop import EpochTally, Trainer
-from redheart.train.module_stats import GradientProbe, module_stats
-from redheart.train.progress_report import group_losses, loss_gaps, progress_report, write_progress
+from redheart.core.atomic import write_jsonl
+from redheart.core.host_memory import peak_host_memory_bytes
+from redheart.core.rundir import RunDir
+from redheart.train.state.checkpoints import MANIFEST
+from redheart.train.trainer import EpochTally, Trainer
+from redheart.train.telemetry.module_stats import GradientProbe, module_stats
+from redheart.train.telemetry.progress import group_losses, loss_gaps, progress_report, write_progress
 
 MODULE_STATS = "module_stats.json"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from redheart.train.memory_plan import COMPONENTS, GiB, MemoryPlan
+from redheart.train.memory.plan import COMPONENTS, GiB, MemoryPlan
 
 
 def _gib(size: int) -> str:
