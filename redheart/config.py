@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from redheart.core.atomic import atomic_open
+
 # Parameter budgets of the full model (SPEC section 2). The documents give the four heads 153.1M in
 # all; each head takes its share in the proportions of the listed head sizes (17.3 : 13.9 : 19.9 : 12.0).
 _HEAD_SHARES = {"emotion_head": 17.3, "bentham_head": 13.9, "regret_head": 19.9, "surd_head": 12.0}
@@ -217,8 +219,6 @@ def from_dict(tree: dict[str, Any]) -> RunConfig:
 
 
 def save_config(config: RunConfig, path: Path) -> None:
-    from redheart.core.atomic import atomic_open
-
     with atomic_open(path) as handle:
         yaml.safe_dump(to_dict(config), handle, sort_keys=False)
 

@@ -22,8 +22,8 @@ from tqdm.auto import tqdm
 from redheart.config import EncoderConfig
 from redheart.data.encode import encode_texts
 from redheart.data.encoders import build_encoder, document_text
-from redheart.data.schema import BENTHAM_KEYS, EMOTIONS, SURD_KEYS, VERDICTS
-from redheart.evaluate.calibration import CALIBRATORS_FILE, load_calibrators
+from redheart.data.schema import BENTHAM_KEYS, DISTRIBUTION_TARGETS, EMOTIONS, SURD_KEYS, VERDICTS
+from redheart.evaluate.calibration import CALIBRATED_TARGETS, CALIBRATORS_FILE, load_calibrators
 from redheart.select.final_model import load_final_model
 from redheart.train.state.checkpoints import MANIFEST, CheckpointError, sha256
 
@@ -90,7 +90,7 @@ class Predictor:
         vectors, mask = encode_texts(texts, self.encoder, cache_dir=self.cache_dir)
         out = self.model(torch.from_numpy(vectors), torch.from_numpy(mask))["fused"]
         # Distributions leave the fusion as log-probabilities; softmax recovers them exactly.
-        probs = {t: (v.float().softmax(-1) if t in ("emotions", "verdict") else v.float()).numpy().astype(np.float64) for t, v in out.items()}
+        probs = {t: (v.float().softmax(-1) if t in DISTRIBUTION_TARGETS else v.float()).numpy().astype(np.float64) for t, v in out.items()}
         if self.calibrators is not None:
             for target in self.calibrators.targets:
                 probs[target] = self.calibrators.apply(target, probs[target])
@@ -98,7 +98,7 @@ class Predictor:
 
     def methods(self) -> dict[str, str]:
         if self.calibrators is None:
-            return {target: "none" for target in ("emotions", "verdict")}
+            return {target: "none" for target in CALIBRATED_TARGETS}
         return {target: entry.method for target, entry in self.calibrators.targets.items()}
 
 

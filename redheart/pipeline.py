@@ -14,6 +14,13 @@ from typing import TypeVar
 
 from redheart.config import RunConfig
 from redheart.core.rundir import RunDir
+from redheart.data.encode import encode_run, format_encode_summary
+from redheart.data.prepare import format_summary, prepare
+from redheart.evaluate.final import evaluate_test, format_results
+from redheart.report.build import build_report
+from redheart.select.crossover import crossover, format_crossover
+from redheart.train.recipe import train
+from redheart.train.sweep.run import format_choice, run_sweep
 
 T = TypeVar("T")
 
@@ -27,14 +34,6 @@ def _phase(title: str, work: Callable[[], T]) -> T:
 
 
 def run_pipeline(run: RunDir, config: RunConfig, data: Path, cache_dir: Path | None = None) -> None:
-    from redheart.data.encode import encode_run, format_encode_summary
-    from redheart.data.prepare import format_summary, prepare
-    from redheart.evaluate.final import evaluate_test, format_results
-    from redheart.report.build import build_report
-    from redheart.select.crossover import crossover, format_crossover
-    from redheart.train.recipe import train
-    from redheart.train.sweep.run import format_choice, run_sweep
-
     started = time.perf_counter()
     print(f"redheart pipeline: preset {config.preset!r}, data {data}, run folder {run.root}")
     summary = _phase("prepare", lambda: prepare(data, run, config.data))

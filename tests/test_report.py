@@ -19,7 +19,8 @@ from redheart.report.build import build_report, fmt, fmt_ci
 from redheart.evaluate.calibration import CalibrationOptions, calibration_report, fit_calibrators, write_calibration_report
 from redheart.core.rundir import RunDir
 from redheart.select.final_model import load_final_model
-from redheart.train.evaluation import predict, split_targets
+from redheart.data.dataset import split_targets
+from redheart.train.evaluation import predict
 from redheart.train.recipe import train
 from redheart.train.sweep.run import run_sweep
 from tiny_run import synthetic_record, tiny_config

@@ -13,14 +13,15 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from redheart.core.atomic import read_json
 from redheart.data.schema import TARGET_DIMS, VERDICTS
 from redheart.core.rundir import RunDir
+from redheart.data.encode import load_embeddings
 
 SPLITS = ("train", "val", "test")
-DISTRIBUTION_TARGETS = ("emotions", "verdict")
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,6 @@ def load_split(run: RunDir, name: str) -> SplitTensors:
     if missing:
         raise ValueError(f"{run.clean_records}: {len(missing)} ids of split {name!r} are not clean records, e.g. {missing[:3]}")
 
-    from redheart.data.encode import load_embeddings
 
     emb_ids, vectors, mask = load_embeddings(run)
     row_of = {record_id: row for row, record_id in enumerate(emb_ids)}
@@ -158,3 +158,10 @@ def epoch_order(size: int, seed: int, epoch: int) -> torch.Tensor:
 def micro_batches(size: int, micro_batch: int, seed: int, epoch: int) -> list[torch.Tensor]:
     """Index tensors of the micro-batches of one epoch, in order (the last one may be smaller)."""
     return list(torch.split(epoch_order(size, seed, epoch), micro_batch))
+
+
+def split_targets(split: SplitTensors) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Every target of the split and its presence flags, as numpy arrays by target name."""
+    targets = {name: split.tensors[name].numpy() for name in TARGET_DIMS}
+    present = {name: split.tensors[f"{name}_present"].numpy() for name in TARGET_DIMS}
+    return targets, present

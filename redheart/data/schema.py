@@ -17,6 +17,8 @@ TARGET_DIMS = {
     "surd_metrics": len(SURD_KEYS),
     "verdict": len(VERDICTS),
 }
+# Targets that are probability distributions (soft labels, softmax outputs); the others are regressions.
+DISTRIBUTION_TARGETS = ("emotions", "verdict")
 
 
 def bundled_data_path() -> Path:

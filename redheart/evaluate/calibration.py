@@ -46,6 +46,11 @@ from redheart.config import RunConfig
 from redheart.data.schema import EMOTIONS, VERDICTS
 from redheart.scoring.metrics import PROB_EPS, TIE_TOL
 from redheart.core.rundir import RunDir
+from redheart.data.dataset import load_split, split_targets
+from redheart.evaluate.reliability_plot import plot_reliability
+from redheart.select.final_model import load_final_model
+from redheart.train.evaluation import predict
+from redheart.train.state.checkpoints import MANIFEST, sha256
 
 CALIBRATED_TARGETS = {"emotions": EMOTIONS, "verdict": VERDICTS}
 METHODS = ("none", "temperature", "vector", "isotonic")
@@ -264,12 +269,6 @@ def calibration_report(calibrators: Calibrators, probs_by_target: dict[str, np.n
 def fit_calibrators(run: RunDir, config: RunConfig, options: CalibrationOptions = CalibrationOptions()) -> Calibrators:
     """Fit on the final model's validation predictions; write calibrators.json (run + final model) and the
     validation reliability diagrams (out-of-fold, before/after)."""
-    from redheart.data.dataset import load_split
-    from redheart.evaluate.reliability_plot import plot_reliability
-    from redheart.select.final_model import load_final_model
-    from redheart.train.state.checkpoints import MANIFEST, sha256
-    from redheart.train.evaluation import predict, split_targets
-
     model, _ = load_final_model(run.final_model)
     val = load_split(run, "val")
     probs = predict(model, val, batch_size=config.select.batch_size)["fused"]
@@ -296,8 +295,6 @@ def load_calibrators(path: Path) -> Calibrators:
 
 def write_calibration_report(run: RunDir, report: dict[str, Any], split: str = "test") -> None:
     """RunDir.calibration/<split>_report.json and reliability_<split>_<target>.png (before/after) per target."""
-    from redheart.evaluate.reliability_plot import plot_reliability
-
     write_json(run.calibration / f"{split}_report.json", report)
     for name, entry in report["targets"].items():
         if entry.get("n"):

@@ -16,18 +16,16 @@ import numpy as np
 
 from redheart.core.atomic import read_json, write_json
 from redheart.config import RunConfig
-from redheart.data.dataset import SplitTensors, load_split
-from redheart.scoring.baselines import constant_predictions, probe_predictions
+from redheart.data.dataset import SplitTensors, load_split, split_targets
+from redheart.scoring.baselines import constant_predictions, pooled_features, probe_predictions, run_baselines
 from redheart.scoring.metrics import evaluate_predictions, headline
 from redheart.model.model import RedHeartModel
 from redheart.evaluate.calibration import calibration_report, fit_calibrators, write_calibration_report
 from redheart.core.rundir import RunDir
 from redheart.select.candidates import fused_of
-from redheart.select.crossover import CROSSOVER, ENSEMBLE, REFINED, load_candidates
+from redheart.select.crossover import CROSSOVER, ENSEMBLE, REFINED, crossover, load_candidates
 from redheart.select.intervals import headline_intervals
 from redheart.select.outputs import SplitOutputs, as_numpy, fused_loss
-from redheart.train.evaluation import split_targets
-from redheart.train.recipe import pooled_features, run_baselines
 
 CALIBRATION_METRICS = ("ece", "mce", "nll", "brier")
 HEADLINE_COLUMNS = {
@@ -62,8 +60,6 @@ def evaluate_test(run: RunDir, config: RunConfig) -> dict[str, Any]:
     if path.exists():
         return read_json(path)
     if not (run.crossover / "candidates.json").exists():
-        from redheart.select.crossover import crossover
-
         crossover(run, config)  # validation only; the test split is not read before this returns
     candidates, plan = load_candidates(run)
     options = config.select

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-DISTRIBUTION_TARGETS = ("emotions", "verdict")
+from redheart.data.schema import DISTRIBUTION_TARGETS
 
 
 def soft_cross_entropy(logits: Tensor, target: Tensor, label_smoothing: float = 0.0) -> Tensor:

@@ -28,6 +28,7 @@ from redheart.model.kalman import KalmanFusion
 from redheart.model.losses import Outputs
 from redheart.model.phases import Phase0Calibrator, Phase1Empathy, Phase2Community
 from redheart.model.sizing import Solved, count_parameters, solve_width
+from redheart.model.groups import group_of
 
 # The target each predicting module learns; the order is the build order (heads after the backbone).
 MODULE_TARGETS: dict[str, str] = {
@@ -168,8 +169,6 @@ def module_parameters(model: RedHeartModel) -> dict[str, int]:
 
 def parameter_table(model_config: ModelConfig, input_dim: int, max_segments: int) -> list[dict[str, Any]]:
     """Rows (module, group, parameters, budget, ratio, width) of the model built on the meta device (no weights)."""
-    from redheart.model.groups import group_of
-
     with torch.device("meta"):
         model = RedHeartModel(model_config, input_dim, max_segments)
     rows = []

@@ -13,34 +13,23 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from redheart.core.atomic import read_json, write_json, write_with
+from redheart.core.atomic import atomic_open, read_json, write_json, write_with
 from redheart.data.schema import VERDICTS
 from redheart.core.rundir import RunDir
+from redheart.report.document import Section, Table
+from redheart.config import ModelConfig, load_config
+from redheart.evaluate.calibration import CALIBRATORS_FILE, TEST_REPORT_FILE
+from redheart.model.model import parameter_table
+from redheart.report.html import render_html, render_markdown
+from redheart.report.latex import write_latex_tables
+from redheart.report.training_plot import plot_training
+from redheart.train.telemetry.run import read_metrics
 
 HEADLINE = {"emotion_accuracy": "emotion acc.", "emotion_macro_f1": "emotion F1", "verdict_accuracy": "verdict acc.",
             "verdict_macro_f1": "verdict F1", "regression_mae": "regression MAE"}
-
-
-@dataclass
-class Table:
-    caption: str
-    columns: list[str]
-    rows: list[list[str]]
-    latex_name: str | None = None  # also written as tables/<latex_name>.tex
-
-
-@dataclass
-class Section:
-    title: str
-    sources: list[str]  # files of the run, relative to its root
-    paragraphs: list[str] = field(default_factory=list)
-    tables: list[Table] = field(default_factory=list)
-    images: list[tuple[str, str]] = field(default_factory=list)  # (path relative to the report folder, caption)
-    missing: list[str] = field(default_factory=list)  # what could not be shown, and why
 
 
 def fmt(value: Any, digits: int = 4) -> str:
@@ -114,16 +103,11 @@ def _data(ctx: _Context) -> Section:
 
 
 def _model(ctx: _Context) -> Section:
-    from redheart.config import load_config
-    from redheart.model.model import parameter_table
-
     run = ctx.run
     if run.config.exists():
         config = load_config(run.config)
         model, dim, segments, source = config.model, config.encoder.dim, config.encoder.max_segments, run.config
     else:
-        from redheart.config import ModelConfig
-
         info = read_json(run.final_model / "config.json")
         model, dim, segments, source = ModelConfig(**info["model"]), info["input_dim"], info["max_segments"], run.final_model / "config.json"
     rows = parameter_table(model, dim, segments)
@@ -153,9 +137,6 @@ def _sweep(ctx: _Context) -> Section:
 
 
 def _training(ctx: _Context) -> Section:
-    from redheart.report.training_plot import plot_training
-    from redheart.train.telemetry.run import read_metrics
-
     run = ctx.run
     records = read_metrics(run.metrics_log)
     if not records:
@@ -214,8 +195,6 @@ def _results(ctx: _Context) -> Section:
 
 
 def _calibration(ctx: _Context) -> Section:
-    from redheart.evaluate.calibration import CALIBRATORS_FILE, TEST_REPORT_FILE
-
     run = ctx.run
     fitted = read_json(run.calibration / CALIBRATORS_FILE)
     section = Section("Calibration", [ctx.rel(run.calibration / CALIBRATORS_FILE)])
@@ -274,10 +253,6 @@ def collect_sections(run: RunDir) -> list[Section]:
 
 def build_report(run: RunDir) -> Path:
     """Write index.html, report.md and tables/*.tex into RunDir.report; return the HTML page's path."""
-    from redheart.core.atomic import atomic_open
-    from redheart.report.html import render_html, render_markdown
-    from redheart.report.latex import write_latex_tables
-
     sections = collect_sections(run)
     title = f"Red Heart run report: {run.root.resolve().name}"
     with atomic_open(run.report / "index.html") as handle:

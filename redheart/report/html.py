@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from html import escape
 
-from redheart.report.build import Section
+from redheart.report.document import Section
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1250px; margin: 2em auto; padding: 0 1em; color: #222; }

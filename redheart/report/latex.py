@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from redheart.core.atomic import atomic_open
-from redheart.report.build import Section, Table
+from redheart.report.document import Section, Table
 
 _ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
             "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "—": "--", "→": r"$\to$"}

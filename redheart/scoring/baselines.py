@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from sklearn.linear_model import LogisticRegression, RidgeCV
@@ -21,8 +22,9 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
-from redheart.data.schema import TARGET_DIMS
-from redheart.scoring.metrics import DISTRIBUTION_TARGETS, evaluate_predictions
+from redheart.data.dataset import SplitTensors, split_targets
+from redheart.data.schema import DISTRIBUTION_TARGETS, TARGET_DIMS
+from redheart.scoring.metrics import evaluate_predictions
 
 RIDGE_ALPHAS = np.logspace(-2, 4, 13)
 PROBE_C = 1.0  # inverse L2 strength of the probe's logistic regression, on standardized features
@@ -143,3 +145,17 @@ def compute_baselines(
         "mean_predictor": copy.deepcopy(constant),
         "linear_probe": evaluate_predictions(probe, eval_targets, eval_present),
     }
+
+
+def pooled_features(split: SplitTensors) -> np.ndarray:
+    """Masked mean of the segment vectors: the features of the linear-probe baseline."""
+    mask = split.tensors["mask"].unsqueeze(-1).float()
+    return ((split.tensors["x"] * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy()
+
+
+def run_baselines(train_split: SplitTensors, val_split: SplitTensors) -> dict[str, Any]:
+    train_targets, train_present = split_targets(train_split)
+    val_targets, val_present = split_targets(val_split)
+    return compute_baselines(
+        pooled_features(train_split), train_targets, train_present, pooled_features(val_split), val_targets, val_present
+    )

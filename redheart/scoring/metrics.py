@@ -26,7 +26,6 @@ REGRESSION_NAMES: dict[str, tuple[str, ...]] = {
     "regret_factor": ("regret_factor",),
     "surd_metrics": SURD_KEYS,
 }
-DISTRIBUTION_TARGETS = ("emotions", "verdict")
 
 
 def _matrix(name: str, array: np.ndarray, width: int) -> np.ndarray:

@@ -19,8 +19,8 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
-from redheart.data.dataset import DISTRIBUTION_TARGETS, SplitTensors
-from redheart.data.schema import TARGET_DIMS
+from redheart.data.dataset import SplitTensors
+from redheart.data.schema import DISTRIBUTION_TARGETS, TARGET_DIMS
 from redheart.scoring.metrics import evaluate_predictions, headline
 from redheart.model.groups import GROUPS, group_of
 from redheart.model.kalman import KalmanFusion

@@ -20,6 +20,7 @@ from redheart.model.groups import GROUPS
 from redheart.core.rundir import RunDir
 from redheart.select.pins import pin_checkpoints, saved_epochs
 from redheart.train.telemetry.run import read_metrics
+from redheart.select.curves_plot import plot_curves
 
 SMOOTHINGS = ("ema", "moving_average", "none")
 
@@ -173,8 +174,6 @@ def needed_epochs(spots: dict[str, int], saved: list[int], shifts: tuple[int, ..
 
 
 def write_analysis(run: RunDir, analysis: Analysis) -> None:
-    from redheart.select.curves_plot import plot_curves
-
     write_json(run.analysis / "analysis.json", analysis.to_json())
     with atomic_open(run.analysis / "analysis.md") as handle:
         handle.write(format_analysis(analysis, markdown=True) + "\n")

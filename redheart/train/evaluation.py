@@ -6,8 +6,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from redheart.data.dataset import DISTRIBUTION_TARGETS, SplitTensors
-from redheart.data.schema import TARGET_DIMS
+from redheart.data.dataset import SplitTensors, split_targets
+from redheart.data.schema import DISTRIBUTION_TARGETS, TARGET_DIMS
 from redheart.scoring.metrics import evaluate_predictions, headline
 from redheart.train.precision import Precision
 
@@ -61,12 +61,6 @@ def _forward_split(
 def predict(model: nn.Module, split: SplitTensors, batch_size: int = 256, precision: Precision | None = None) -> Predictions:
     """Per module, per target: probabilities (distribution targets) or values, as (N, k) numpy arrays."""
     return _forward_split(model, split, batch_size, precision, label_smoothing=None)[0]
-
-
-def split_targets(split: SplitTensors) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    targets = {name: split.tensors[name].numpy() for name in TARGET_DIMS}
-    present = {name: split.tensors[f"{name}_present"].numpy() for name in TARGET_DIMS}
-    return targets, present
 
 
 def metrics_of(predictions: Predictions, split: SplitTensors) -> dict[str, dict]:

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
@@ -21,14 +20,14 @@ from tqdm.auto import tqdm
 from redheart.core.atomic import read_json, write_json
 from redheart.config import RunConfig, to_dict
 from redheart.data.dataset import SplitTensors, load_split, micro_batches, split_hash
-from redheart.scoring.baselines import compute_baselines
+from redheart.scoring.baselines import run_baselines
 from redheart.scoring.metrics import headline
 from redheart.model.model import RedHeartModel
 from redheart.core.rundir import RunDir
 from redheart.train.build_trainer import build_trainer
 from redheart.train.state.checkpoints import save_checkpoint
 from redheart.train.parallel.distributed import Distributed
-from redheart.train.evaluation import evaluate, metrics_of, predict, split_targets
+from redheart.train.evaluation import evaluate, metrics_of, predict
 from redheart.core.faults import NO_FAULTS, Faults
 from redheart.train.trainer import EpochTally, Trainer
 from redheart.train.precision import resolve_device
@@ -212,17 +211,3 @@ def epoch_record(epoch: int, trainer: Trainer, tally: EpochTally, val: SplitTens
     if trainer.ema is not None:
         record["ema_headline"] = headline(metrics_of(predict(trainer.ema.module, val), val)["fused"])
     return record
-
-
-def pooled_features(split: SplitTensors) -> np.ndarray:
-    """Masked mean of the segment vectors: the features of the linear-probe baseline."""
-    mask = split.tensors["mask"].unsqueeze(-1).float()
-    return ((split.tensors["x"] * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy()
-
-
-def run_baselines(train_split: SplitTensors, val_split: SplitTensors) -> dict[str, Any]:
-    train_targets, train_present = split_targets(train_split)
-    val_targets, val_present = split_targets(val_split)
-    return compute_baselines(
-        pooled_features(train_split), train_targets, train_present, pooled_features(val_split), val_targets, val_present
-    )

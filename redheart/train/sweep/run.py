@@ -26,6 +26,8 @@ from redheart.config import RunConfig
 from redheart.core.rundir import RunDir
 from redheart.train.sweep.score import Curve, Score, choose, components, explain, format_lr, rank
 from redheart.train.telemetry.run import read_metrics
+from redheart.train.recipe import train
+from redheart.train.sweep.plot import plot_curves
 
 WINDOW = 3  # epochs at the end of a trial that the validation-loss and gap components average
 
@@ -100,8 +102,6 @@ def trial_of(run: RunDir, config: RunConfig, k: int) -> Trial:
 
 def run_trial(run: RunDir, config: RunConfig, k: int, progress: bool = True) -> Trial:
     """Train trial `k` alone (skipped when finished, resumed when interrupted)."""
-    from redheart.train.recipe import train
-
     trial = trial_of(run, config, k)
     if finished_records(run, trial, config.sweep.epochs) is None:
         train(
@@ -183,8 +183,6 @@ def write_outputs(
     run: RunDir, config: RunConfig, result: SweepResult, records: dict[Trial, list[dict[str, Any]]],
     per_trial: dict[Trial, dict[str, float]],
 ) -> None:
-    from redheart.train.sweep.plot import plot_curves
-
     ordered = sorted(records, key=lambda t: t.index)
     rows = {t: epoch_rows(t, records[t]) for t in ordered}
     chosen = next(s for s in result.table if s.lr == result.lr)
