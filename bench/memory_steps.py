@@ -30,7 +30,7 @@ from redheart.data.encode import encode_run  # noqa: E402
 from redheart.core.rundir import RunDir  # noqa: E402
 from redheart.train.memory.plan import GiB, parse_bytes, plan_for_config  # noqa: E402
 from redheart.core.host_memory import peak_host_memory_bytes  # noqa: E402
-from redheart.train.telemetry.run import peak_memory_bytes, read_metrics  # noqa: E402
+from redheart.train.telemetry.records import peak_memory_bytes, read_metrics  # noqa: E402
 from tiny_run import synthetic_record  # noqa: E402
 
 

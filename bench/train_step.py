@@ -35,7 +35,7 @@ from redheart.train.trainer import EpochTally, Trainer
 from redheart.train.optim import build_optimizer
 from redheart.train.precision import choose_precision, resolve_device
 from redheart.train.schedule import build_scheduler, steps_per_epoch
-from redheart.train.telemetry.run import RunTelemetry, append_metrics
+from redheart.train.telemetry.records import RunTelemetry, append_metrics
 
 
 def synthetic_split(n: int, dim: int, segments: int) -> SplitTensors:

@@ -247,8 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)  # before the imports below, so --help answers at once
 
-    from redheart.train.state.checkpoints import CheckpointError
-    from redheart.core.faults import DiskFullError
+    from redheart.core.checkpoint_files import CheckpointError, DiskFullError
     from redheart.train.oom import OutOfMemory
     from redheart.train.state.resume import ResumeError
 

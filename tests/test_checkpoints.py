@@ -5,7 +5,8 @@ from redheart.config import PRESETS
 from redheart.model.groups import GROUPS
 from redheart.model.model import RedHeartModel
 from redheart.core.rundir import RunDir
-from redheart.train.state.checkpoints import CheckpointError, load_checkpoint, load_groups, save_checkpoint
+from redheart.core.checkpoint_files import CheckpointError
+from redheart.train.state.checkpoints import load_checkpoint, load_groups, save_checkpoint
 
 
 def tiny_model(seed: int, input_dim: int = 32) -> RedHeartModel:

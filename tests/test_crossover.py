@@ -20,7 +20,8 @@ from redheart.select.final_model import load_final_model
 from redheart.select.intervals import batched_macro_f1
 from redheart.select.outputs import SplitOutputs
 from redheart.select.pins import pinned_epochs
-from redheart.train.state.checkpoints import CheckpointError, load_groups
+from redheart.core.checkpoint_files import CheckpointError
+from redheart.train.state.checkpoints import load_groups
 from redheart.train.recipe import train
 from tiny_run import make_run, tiny_config
 
@@ -139,7 +140,7 @@ def test_final_model_round_trips_and_a_corrupted_one_fails_clearly(trained, resu
     config_json["input_dim"] += 1
     (corrupt / "config.json").write_text(json.dumps(config_json))
     manifest = read_json(corrupt / "manifest.json")
-    from redheart.train.state.checkpoints import sha256
+    from redheart.core.checkpoint_files import sha256
 
     manifest["files"]["config.json"] = sha256(corrupt / "config.json")
     (corrupt / "manifest.json").write_text(json.dumps(manifest))

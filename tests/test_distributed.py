@@ -41,7 +41,7 @@ from redheart.train.memory.plan import resolve_strategy
 from redheart.train.recipe import train
 from redheart.train.state.resume import read_resume_info
 from redheart.train.parallel.fsdp import uses_fsdp
-from redheart.train.telemetry.run import read_metrics
+from redheart.train.telemetry.records import read_metrics
 from tiny_run import tiny_config
 
 LR, EPOCHS = 3e-3, 2

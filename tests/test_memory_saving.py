@@ -10,7 +10,7 @@ from redheart.model.model import RedHeartModel
 from redheart.train.trainer import forward_losses
 from redheart.train.recipe import train
 from redheart.train.state.resume import ResumeError
-from redheart.train.telemetry.run import read_metrics
+from redheart.train.telemetry.records import read_metrics
 from test_train_recipe import live_weights
 from tiny_run import tiny_config
 

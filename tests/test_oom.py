@@ -15,7 +15,7 @@ from redheart.core.faults import Faults
 from redheart.train.oom import BatchPlan, OutOfMemory
 from redheart.train.recipe import train
 from redheart.train.state.resume import read_resume_info
-from redheart.train.telemetry.run import read_metrics
+from redheart.train.telemetry.records import read_metrics
 from tiny_run import tiny_config
 
 LR = 3e-3

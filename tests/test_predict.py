@@ -12,7 +12,7 @@ from redheart.infer import Predictor, predict_records, predict_texts, read_input
 from redheart.model.model import RedHeartModel
 from redheart.evaluate.calibration import CALIBRATORS_FILE, CalibrationOptions, fit_calibrators
 from redheart.select.final_model import save_final_model
-from redheart.train.state.checkpoints import CheckpointError
+from redheart.core.checkpoint_files import CheckpointError
 from tiny_run import make_run, tiny_config
 
 

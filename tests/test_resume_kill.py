@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from redheart.core.atomic import read_json
-from redheart.train.state.checkpoints import CheckpointError, verify_checkpoint
+from redheart.core.checkpoint_files import CheckpointError, verify_checkpoint
 from redheart.train.recipe import train
 from redheart.train.state.resume import read_resume_info
 from tiny_run import tiny_config

@@ -42,6 +42,7 @@ from sklearn.isotonic import IsotonicRegression
 from sklearn.model_selection import KFold
 
 from redheart.core.atomic import read_json, write_json
+from redheart.core.checkpoint_files import MANIFEST, sha256
 from redheart.config import RunConfig
 from redheart.data.schema import EMOTIONS, VERDICTS
 from redheart.scoring.metrics import PROB_EPS, TIE_TOL
@@ -50,7 +51,6 @@ from redheart.data.dataset import load_split, split_targets
 from redheart.evaluate.reliability_plot import plot_reliability
 from redheart.select.final_model import load_final_model
 from redheart.train.evaluation import predict
-from redheart.train.state.checkpoints import MANIFEST, sha256
 
 CALIBRATED_TARGETS = {"emotions": EMOTIONS, "verdict": VERDICTS}
 METHODS = ("none", "temperature", "vector", "isotonic")

@@ -26,7 +26,7 @@ from redheart.model.model import parameter_table
 from redheart.report.html import render_html, render_markdown
 from redheart.report.latex import write_latex_tables
 from redheart.report.training_plot import plot_training
-from redheart.train.telemetry.run import read_metrics
+from redheart.train.telemetry.records import read_metrics
 
 HEADLINE = {"emotion_accuracy": "emotion acc.", "emotion_macro_f1": "emotion F1", "verdict_accuracy": "verdict acc.",
             "verdict_macro_f1": "verdict F1", "regression_mae": "regression MAE"}

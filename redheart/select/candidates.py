@@ -22,7 +22,7 @@ from redheart.model.groups import GROUPS
 from redheart.model.kalman import KalmanFusion
 from redheart.core.rundir import RunDir
 from redheart.select.outputs import Fused, SplitOutputs, average_fused, average_state, fit_fusion, fuse, fused_loss, summary
-from redheart.train.state.checkpoints import MANIFEST, verify_checkpoint
+from redheart.core.checkpoint_files import MANIFEST, verify_checkpoint
 
 
 @dataclass

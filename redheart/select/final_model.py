@@ -24,9 +24,8 @@ from redheart.model.model import RedHeartModel
 from redheart.core.rundir import RunDir
 from redheart.select.candidates import Candidate
 from redheart.select.outputs import average_state
-from redheart.train.state.checkpoints import (
-    MANIFEST, CheckpointError, group_states, load_checkpoint, load_groups, sha256, verify_checkpoint,
-)
+from redheart.core.checkpoint_files import MANIFEST, CheckpointError, sha256, verify_checkpoint
+from redheart.train.state.checkpoints import group_states, load_checkpoint, load_groups
 
 CONFIG = "config.json"
 README = "README.md"

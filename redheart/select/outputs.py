@@ -26,7 +26,8 @@ from redheart.model.groups import GROUPS, group_of
 from redheart.model.kalman import KalmanFusion
 from redheart.model.losses import target_loss
 from redheart.model.model import RedHeartModel
-from redheart.train.state.checkpoints import load_checkpoint, verify_checkpoint
+from redheart.core.checkpoint_files import verify_checkpoint
+from redheart.train.state.checkpoints import load_checkpoint
 
 Outputs = dict[str, dict[str, Tensor]]
 Fused = dict[str, Tensor]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from redheart.core.atomic import read_json, write_json
 from redheart.core.rundir import RunDir
-from redheart.train.state.checkpoints import MANIFEST
+from redheart.core.checkpoint_files import MANIFEST
 
 
 def pins_path(run: RunDir) -> Path:

@@ -19,7 +19,7 @@ from redheart.scoring.metrics import headline
 from redheart.model.groups import GROUPS
 from redheart.core.rundir import RunDir
 from redheart.select.pins import pin_checkpoints, saved_epochs
-from redheart.train.telemetry.run import read_metrics
+from redheart.train.telemetry.records import read_metrics
 from redheart.select.curves_plot import plot_curves
 
 SMOOTHINGS = ("ema", "moving_average", "none")

@@ -35,7 +35,7 @@ from redheart.train.state.resume import has_resume, load_resume, resume_tensors,
 from redheart.train.parallel.data_parallel import run_shared_epoch
 from redheart.train.parallel.fsdp import drop_summed_grads, host_view, is_sharded
 from redheart.train.signals import TrainingInterrupted, interruption, stop_on_signals
-from redheart.train.telemetry.run import RunTelemetry, append_metrics, log_scalars, peak_memory_bytes, read_metrics
+from redheart.train.telemetry.records import RunTelemetry, append_metrics, log_scalars, peak_memory_bytes, read_metrics
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,6 @@ every checksum and loads strictly, and nothing is ever unpickled.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -16,18 +15,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from redheart.core.atomic import read_json
 from redheart.model.groups import GROUPS, group_state_dict, load_group_state_dict
 from redheart.core.rundir import RunDir
-from redheart.core.faults import NO_FAULTS, Faults, write_state_file
-
-MANIFEST = "manifest.json"
-METRICS = "metrics.json"
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is incomplete, tampered with, or made for another model."""
-
+from redheart.core.checkpoint_files import MANIFEST, METRICS, CheckpointError, sha256, verify_checkpoint, write_state_file
+from redheart.core.faults import NO_FAULTS, Faults
 
 def group_states(model: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
     """The model's state_dict cut by group, on the host; a key in no group is an error, never left out."""
@@ -51,14 +42,6 @@ def host_tensors(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         seen.add(storage.data_ptr())
         out[key] = value.to("cpu", copy=True).contiguous() if shared else value.to("cpu")
     return out
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _write_json(path: Path, obj: Any, faults: Faults) -> None:
@@ -94,21 +77,6 @@ def save_checkpoint(
         _write_json(folder / name, obj, faults)
         files.append(name)
     _write_json(folder / MANIFEST, {"preset": preset, "files": {name: sha256(folder / name) for name in files}}, faults)
-
-
-def verify_checkpoint(folder: Path) -> dict[str, Any]:
-    """The manifest, after checking that every file it lists exists and matches its sha256."""
-    folder = Path(folder)
-    if not (folder / MANIFEST).exists():
-        raise CheckpointError(f"{folder}: no {MANIFEST}; the checkpoint is incomplete (interrupted while saving?)")
-    manifest = read_json(folder / MANIFEST)
-    for name, expected in manifest["files"].items():
-        path = folder / name
-        if not path.exists():
-            raise CheckpointError(f"{path}: listed in the manifest but missing")
-        if sha256(path) != expected:
-            raise CheckpointError(f"{path}: sha256 does not match the manifest; the file is corrupt or was modified")
-    return manifest
 
 
 def load_group(model: nn.Module, folder: Path, group: str) -> None:

@@ -22,8 +22,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from redheart.core.atomic import read_json, write_json
-from redheart.train.state.checkpoints import host_tensors, sha256
-from redheart.core.faults import NO_FAULTS, Faults, write_state_file
+from redheart.core.checkpoint_files import sha256, write_state_file
+from redheart.core.faults import NO_FAULTS, Faults
+from redheart.train.state.checkpoints import host_tensors
 from redheart.train.trainer import EpochTally, Trainer
 from redheart.train.oom import BatchPlan
 from redheart.train.parallel.fsdp import (

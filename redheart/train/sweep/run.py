@@ -25,7 +25,7 @@ from redheart.core.atomic import atomic_open, write_json
 from redheart.config import RunConfig
 from redheart.core.rundir import RunDir
 from redheart.train.sweep.score import Curve, Score, choose, components, explain, format_lr, rank
-from redheart.train.telemetry.run import read_metrics
+from redheart.train.telemetry.records import read_metrics
 from redheart.train.recipe import train
 from redheart.train.sweep.plot import plot_curves
 
