@@ -89,8 +89,8 @@ class TrainConfig:
     layer_decay: float = 0.85  # layer-wise lr decay per backbone layer; 1 disables
     seed: int = 13
     device: str = "auto"
-    memory: str = "auto"  # "standard", "saving", "swap" (train/memory_strategy.py), or the memory plan's choice
-    distributed: str = "auto"  # under torchrun: "ddp", "fsdp" (train/sharding.py), or "auto": fsdp for the full preset
+    memory: str = "auto"  # "standard", "saving", "swap" (train/memory/strategy.py), or the memory plan's choice
+    distributed: str = "auto"  # under torchrun: "ddp", "fsdp" (train/parallel/fsdp.py), or "auto": fsdp for the full preset
     telemetry: bool = True  # module_stats.json per checkpoint, progress reports, per-epoch "telemetry" block
 
 

@@ -12,7 +12,7 @@ texts are one segment each, so the attention's query and key weights (and its ke
 gradient in exact arithmetic, and AdamW turns the rounding noise they do get into full-size steps that
 depend on the order of additions and change no output.
 
-With train.distributed=fsdp each rank holds half of every weight (redheart/train/sharding.py); the
+With train.distributed=fsdp each rank holds half of every weight (redheart/train/parallel/fsdp.py); the
 training, and what is saved, is the same.
 """
 

@@ -11,6 +11,7 @@ import torch
 
 from redheart.config import RunConfig
 from redheart.model.model import RedHeartModel
+from redheart.train.parallel.data_parallel import DataParallelTrainer
 from redheart.train.parallel.distributed import Distributed
 from redheart.train.ema import build_ema
 from redheart.core.faults import Faults
@@ -43,5 +44,7 @@ def build_trainer(
         shard(model, ema, precision, distributed.world_size)
     optimizer = build_optimizer(model, lr, tc, memory.optimizer)
     scheduler = build_scheduler(optimizer, tc, steps_per_epoch(train_samples, tc.micro_batch, tc.accumulation))
-    trainer = (GroupSwapTrainer if memory.group_swap else Trainer)(model, optimizer, scheduler, ema, precision, tc, faults)
-    return trainer, memory
+    parts = (model, optimizer, scheduler, ema, precision, tc, faults)
+    if distributed.world_size > 1:
+        return DataParallelTrainer(*parts, distributed=distributed), memory
+    return (GroupSwapTrainer if memory.group_swap else Trainer)(*parts), memory

@@ -8,6 +8,7 @@ import json
 import shlex
 import sys
 import time
+from functools import partial
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,6 @@ from redheart.core.faults import NO_FAULTS, Faults
 from redheart.train.trainer import EpochTally, Trainer
 from redheart.train.precision import resolve_device
 from redheart.train.state.resume import has_resume, load_resume, resume_tensors, save_resume
-from redheart.train.parallel.data_parallel import run_shared_epoch
 from redheart.train.parallel.fsdp import drop_summed_grads, host_view, is_sharded
 from redheart.train.signals import TrainingInterrupted, interruption, stop_on_signals
 from redheart.train.telemetry.records import RunTelemetry, append_metrics, log_scalars, peak_memory_bytes, read_metrics
@@ -68,9 +68,9 @@ def train(
     or SIGTERM stops after the current micro-step with the state saved (exit code 130 or 143).
 
     With `distributed` (a torchrun job, distributed.py) every rank calls this; each trains its share of
-    every window (shared_window.py), and rank 0 alone writes files and shows progress. The state is then
+    every window (parallel/data_parallel.py), and rank 0 alone writes files and shows progress. The state is then
     saved, and a signal obeyed, only at window ends, so it loads with any number of processes. Under FSDP
-    (sharding.py) each rank holds a shard of the model; checkpoints and the state are gathered whole.
+    (parallel/fsdp.py) each rank holds a shard of the model; checkpoints and the state are gathered whole.
     """
     tc = config.train
     out = RunDir(log_dir) if log_dir is not None else run
@@ -110,11 +110,13 @@ def train(
     command = f"redheart train --run {shlex.quote(str(run.root))}" if log_dir is None else "the same command again"
     signals = ExitStack()
     stop = signals.enter_context(stop_on_signals())
-    micro_done = start_micro
+    micro_done, counted = start_micro, 0  # micro-steps of this epoch, and of the trainer's count seen so far
 
-    def after_steps(epoch: int, sample: int, state: EpochTally, steps: int) -> None:
-        """Progress, the periodic resume state, and a clean stop on SIGINT/SIGTERM, after `steps` micro-steps."""
-        nonlocal micro_done
+    def after_steps(epoch: int, sample: int, state: EpochTally) -> None:
+        """Progress, the periodic resume state, and a clean stop on SIGINT/SIGTERM, after the micro-steps the
+        trainer ran since the last call."""
+        nonlocal micro_done, counted
+        steps, counted = trainer.micro_steps - counted, trainer.micro_steps
         periodic = resume_every > 0 and (micro_done + steps) // resume_every > micro_done // resume_every
         micro_done += steps
         bar.update(steps)
@@ -124,12 +126,6 @@ def train(
         if stop.requested:
             distributed.barrier()  # torchrun ends every rank once one exits: not before rank 0 has saved
             raise interruption(stop, out.resume, command) if main else TrainingInterrupted(stop, "")
-
-    def run_epoch(epoch: int, start_sample: int, tally: EpochTally) -> EpochTally:
-        if distributed.world_size == 1:
-            return trainer.run_epoch(train_split, epoch, seed, start_sample, tally, lambda s, t: after_steps(epoch, s, t, 1))
-        return run_shared_epoch(trainer, distributed, train_split, epoch, seed, start_sample, tally,
-                                lambda s, t, n: after_steps(epoch, s, t, n))
 
     per_epoch_micro = len(micro_batches(len(train_split), tc.micro_batch, seed, 0))
     writer = SummaryWriter(str(out.tensorboard)) if main else None
@@ -144,7 +140,7 @@ def train(
             started = time.perf_counter()
             samples_before = tally.samples
             telemetry.start_epoch(tally, checkpoint=save_checkpoints and (epoch + 1) % tc.checkpoint_every == 0)
-            tally = run_epoch(epoch, start_sample, tally)
+            tally = trainer.run_epoch(train_split, epoch, seed, start_sample, tally, partial(after_steps, epoch))
             seconds = time.perf_counter() - started
             record = epoch_record(epoch + 1, trainer, tally, val_split, tc.label_smoothing)
             record.update(seconds=seconds, samples_per_second=(tally.samples - samples_before) / seconds, lr_source=lr_source)
@@ -181,7 +177,7 @@ def resolve_lr(run: RunDir, config: RunConfig, lr: float | None) -> tuple[float,
         return float(lr), "argument"
     if config.train.lr is not None:
         return float(config.train.lr), "config"
-    choice = run.sweep / "choice.json"
+    choice = run.sweep_choice
     if choice.exists():
         return float(read_json(choice)["lr"]), "sweep"
     return float(config.train.default_lr), "default"

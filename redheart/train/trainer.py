@@ -24,6 +24,8 @@ from redheart.train.oom import BatchPlan, release_memory
 from redheart.train.precision import Precision
 
 Batch = dict[str, torch.Tensor]
+# Called with (samples of the epoch done, the epoch's tally) where a state saved resumes exactly.
+StepCallback = Callable[[int, "EpochTally"], None]
 
 
 def forward_losses(
@@ -122,6 +124,7 @@ class Trainer:
         self.plan = BatchPlan(window=config.micro_batch * config.accumulation, micro_batch=config.micro_batch)
         # The tally as the current window began: restored when an out-of-memory error redoes the window.
         self.window_tally: EpochTally | None = None
+        self.micro_steps = 0  # micro-steps run so far, by every process; reported after the fact (run_epoch)
 
     def micro_step(self, batch: Batch, share: float) -> dict[str, torch.Tensor]:
         """Forward and backward of one micro-batch whose samples are `share` of its accumulation window.
@@ -156,21 +159,8 @@ class Trainer:
             self.ema.update_parameters(self.model)
         return norm.detach()
 
-    def begin_window(self, tally: EpochTally, done: int) -> None:
-        """Keep the tally as the window began (the saved one, when resuming inside the window), for a redo."""
-        if done == 0 or self.window_tally is None:
-            self.window_tally = tally.copy()
-
-    def redo_window(self, failure: str, where: dict[str, int]) -> EpochTally:
-        """After out-of-memory: the window's gradients go with the failed step's tensors, and the whole
-        window is redone smaller from its start, so no sample is skipped or counted twice. Returns the
-        tally to redo it from."""
-        self.discard_window()
-        release_memory(self.precision.device)
-        self.plan.shrink(failure, where)
-        return self.window_tally.copy()
-
     def discard_window(self) -> None:
+        """Drop the gradients of a window that failed (out of memory)."""
         self.optimizer.zero_grad(set_to_none=True)
 
     def run_epoch(
@@ -180,22 +170,29 @@ class Trainer:
         seed: int,
         start_sample: int = 0,
         tally: EpochTally | None = None,
-        after_micro_step: Callable[[int, EpochTally], None] | None = None,
+        after_micro_step: StepCallback | None = None,
     ) -> EpochTally:
         """Train on epoch `epoch` from sample `start_sample` of its order; the order depends on (seed, epoch) only.
 
-        `after_micro_step(samples_done, tally)` runs after every micro-step; state saved there resumes exactly.
+        `after_micro_step(samples_done, tally)` runs wherever a state saved there resumes exactly: after every
+        micro-step here, at each window's end in the variants whose gradients are whole only then (swap,
+        data-parallel). `micro_steps` counts the micro-steps run so far, so a caller can tell how many each
+        call covers.
         """
         tally = tally or EpochTally()
         order = epoch_order(len(split), seed, epoch)
         size = self.plan.window
+        self.start_epoch()
         for window_start in range(start_sample - start_sample % size, len(split), size):
             done = max(0, start_sample - window_start)  # samples already in the gradients (a resumed window)
             window = order[window_start : window_start + size]
-            tally = self._run_window(split, epoch, window, window_start, done, tally, after_micro_step)
+            if done == len(window):  # a state saved after the epoch's last window, before the epoch's record
+                continue
+            self.start_window(seed, epoch, window_start)
+            tally = self.run_window(split, epoch, window, window_start, done, tally, after_micro_step)
         return tally
 
-    def _run_window(
+    def run_window(
         self,
         split: SplitTensors,
         epoch: int,
@@ -203,26 +200,86 @@ class Trainer:
         window_start: int,
         done: int,
         tally: EpochTally,
-        after_micro_step: Callable[[int, EpochTally], None] | None,
+        after_micro_step: StepCallback | None,
     ) -> EpochTally:
-        """One accumulation window and its optimizer step; on out-of-memory, redone smaller from its start."""
-        self.begin_window(tally, done)
-        offset = done
-        while offset < len(window):
-            index = window[offset : offset + self.plan.micro_batch]
+        """One accumulation window from its sample `done` on, then its optimizer step: the one window loop of
+        every trainer. The variants supply only what differs: how the window's gradients and losses are
+        accumulated (`accumulate`), whether another process failed (`agree_on_failure`), what joins the
+        gradients before the step (`join_gradients`) and the losses after it (`join_tally`).
+
+        On out-of-memory the window's gradients go with the failed step's tensors, and the whole window is
+        redone smaller (BatchPlan.shrink) from its start and from the tally it began with, so no sample is
+        skipped or counted twice.
+        """
+        if done == 0 or self.window_tally is None:  # a resumed window began with the saved tally
+            self.window_tally = tally.copy()
+        while True:
             failure = None
             try:
-                parts = self.micro_step(split.batch(index, self.precision.device), len(index) / len(window))
+                tally, steps = self.accumulate(split, window, window_start, done, tally, after_micro_step)
             except torch.OutOfMemoryError as error:
+                if not self.can_redo_window:
+                    raise
                 # Only the message is kept: the traceback holds the failed step's activations.
                 failure = str(error) or "torch.OutOfMemoryError"
-            if failure is not None:
-                tally, offset = self.redo_window(failure, {"epoch": epoch, "sample": window_start}), 0
-                continue
+            failure = self.agree_on_failure(failure)
+            if failure is None:
+                break
+            self.discard_window()
+            release_memory(self.precision.device)
+            self.plan.shrink(failure, {"epoch": epoch, "sample": window_start})
+            tally, done = self.window_tally.copy(), 0
+        self.join_gradients()
+        tally.grad_norms.append(self.optimizer_step(last_of_epoch=window_start + len(window) == len(split)))
+        tally = self.join_tally(tally, len(window) - done)
+        self.report(after_micro_step, window_start + len(window), tally, steps)
+        return tally
+
+    def report(self, after_micro_step: StepCallback | None, samples_done: int, tally: EpochTally, steps: int) -> None:
+        """Count `steps` more micro-steps, then hand the state to the caller's callback."""
+        self.micro_steps += steps
+        if after_micro_step is not None:
+            after_micro_step(samples_done, tally)
+
+    # What a variant supplies. The defaults train in one process, micro-step by micro-step.
+
+    can_redo_window = True  # False where an out-of-memory error cannot be recovered from (under FSDP)
+
+    def start_epoch(self) -> None:
+        """Before an epoch's first window."""
+
+    def start_window(self, seed: int, epoch: int, window_start: int) -> None:
+        """Before a window's first attempt."""
+
+    def accumulate(
+        self,
+        split: SplitTensors,
+        window: torch.Tensor,
+        window_start: int,
+        done: int,
+        tally: EpochTally,
+        after_micro_step: StepCallback | None,
+    ) -> tuple[EpochTally, int]:
+        """Forward and backward of the window's micro-batches from sample `done` on, their losses added to
+        `tally`; returns it and the number of micro-steps the window-end report covers. Here every
+        micro-step but the last is reported as it ends (a state saved there resumes inside the window)."""
+        offset = done
+        while True:
+            index = window[offset : offset + self.plan.micro_batch]
+            parts = self.micro_step(split.batch(index, self.precision.device), len(index) / len(window))
             tally.add(parts, len(index))
             offset += len(index)
             if offset == len(window):
-                tally.grad_norms.append(self.optimizer_step(last_of_epoch=window_start + offset == len(split)))
-            if after_micro_step is not None:
-                after_micro_step(window_start + offset, tally)
+                return tally, 1
+            self.report(after_micro_step, window_start + offset, tally, 1)
+
+    def agree_on_failure(self, failure: str | None) -> str | None:
+        """The failure message of this window's attempt, None when it succeeded."""
+        return failure
+
+    def join_gradients(self) -> None:
+        """Between the window's last backward and its optimizer step."""
+
+    def join_tally(self, tally: EpochTally, samples: int) -> EpochTally:
+        """After the optimizer step: the tally with the window's `samples` samples in it."""
         return tally

@@ -139,7 +139,7 @@ def footprints(model: nn.Module, config: RunConfig, activations: dict[bool, Acti
 
 
 def fsdp_footprint(model: nn.Module, config: RunConfig, act: ActivationBytes, processes: int) -> Footprint:
-    """Per process under FSDP (sharding.py, the standard strategy): 1/N of the weights, gradients, AdamW
+    """Per process under FSDP (parallel/fsdp.py, the standard strategy): 1/N of the weights, gradients, AdamW
     state and EMA, plus one module gathered whole (weights, then its unsharded gradients) at a time."""
     params = list(model.parameters())
     weights = _nbytes(params)
@@ -185,7 +185,7 @@ def device_memory(device: torch.device) -> int | None:
 def resolve_strategy(model: nn.Module, config: RunConfig, device: torch.device, sharded: bool = False) -> MemoryStrategy:
     """config.train.memory, or for "auto" the plan's choice for `device` (standard off CUDA: host memory is not planned).
 
-    `sharded` (FSDP, sharding.py): only "standard"; sharding is the saving, and the plan counts whole tensors.
+    `sharded` (FSDP, parallel/fsdp.py): only "standard"; sharding is the saving, and the plan counts whole tensors.
     """
     if sharded and config.train.memory not in ("auto", "standard"):
         raise ValueError(f"memory strategy {config.train.memory!r} cannot be combined with FSDP (train.distributed); "

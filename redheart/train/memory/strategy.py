@@ -11,7 +11,7 @@ what each needs for a model and picks the first that fits the device.
   module's copy at a time), block-wise 8-bit AdamW state (bitsandbytes: 2 bytes per parameter instead
   of 8) and the EMA copy in host memory.
 - swap: weights, gradients, fp32 AdamW state and EMA in host memory; one module group at a time on the
-  device for its forward and backward, one module at a time for its update (redheart/train/group_swap.py).
+  device for its forward and backward, one module at a time for its update (redheart/train/swap/trainer.py).
 """
 
 from __future__ import annotations

@@ -17,61 +17,98 @@ different masks and a resumed run draws the masks of an uninterrupted run with t
 with dropout, runs with other rank counts differ. Out of memory on any rank: all ranks learn it from
 one flag, drop the window's gradients, shrink the plan alike and redo the window from its start.
 
-Under FSDP (sharding.py) every forward and backward is a collective: a rank with fewer micro-batches in
+Under FSDP (fsdp.py) every forward and backward is a collective: a rank with fewer micro-batches in
 a window runs weight-0 repeats so that all run as many, FSDP sums the sharded gradients itself, and out
 of memory ends the job, as the other ranks are waiting inside a collective that will not complete.
 
-`after_window(samples_done, tally, micro_steps)` runs on every rank after each optimizer step: the one
-moment the state is the same on all ranks with no partial gradients, so the one moment to save it.
+The callback of `run_epoch` runs on every rank after each optimizer step only: the one moment the state
+is the same on all ranks with no partial gradients, so the one moment to save it.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch.distributed.tensor import DTensor
 
-from redheart.data.dataset import SplitTensors, epoch_order
+from redheart.data.dataset import SplitTensors
 from redheart.train.parallel.distributed import Distributed
-from redheart.train.trainer import EpochTally, Trainer
+from redheart.train.trainer import EpochTally, StepCallback, Trainer
 from redheart.train.parallel.fsdp import is_sharded
 
 
-def run_shared_epoch(
-    trainer: Trainer,
-    distributed: Distributed,
-    split: SplitTensors,
-    epoch: int,
-    seed: int,
-    start_sample: int = 0,
-    tally: EpochTally | None = None,
-    after_window: Callable[[int, EpochTally, int], None] | None = None,
-) -> EpochTally:
-    """Trainer.run_epoch for this rank of `distributed`, from sample `start_sample` of the epoch order.
+class DataParallelTrainer(Trainer):
+    """A Trainer for one rank of `distributed`: each window's micro-batches dealt among the ranks, the
+    gradients and the window's losses summed over them, and the window's end the only report point.
 
     A start inside a window (a state saved by one process) continues it: the gradients of its first
     samples are in rank 0's parameters (the other ranks must hold none) and the rest is dealt out.
     """
-    tally = tally or EpochTally()
-    order = epoch_order(len(split), seed, epoch)
-    size = trainer.plan.window
-    if distributed.is_main and trainer.plan.accumulation < distributed.world_size:
-        warnings.warn(
-            f"a window has {trainer.plan.accumulation} micro-batch(es) for {distributed.world_size} processes, so "
-            f"some processes idle; keep the effective batch with a smaller train.micro_batch and a train.accumulation "
-            f"of at least {distributed.world_size}", stacklevel=2)
-    for window_start in range(start_sample - start_sample % size, len(split), size):
-        done = max(0, start_sample - window_start)
-        window = order[window_start : window_start + size]
-        if done == len(window):  # a state saved after the epoch's last window, before the epoch's record
-            continue
-        torch.manual_seed(window_seed(seed, epoch, window_start, distributed.rank))
-        tally, micro_steps = _run_shared_window(trainer, distributed, split, epoch, window, window_start, done, tally)
-        if after_window is not None:
-            after_window(window_start + len(window), tally, micro_steps)
-    return tally
+
+    def __init__(self, *args: Any, distributed: Distributed, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.distributed = distributed
+        self.sharded = is_sharded(self.model)
+        # Under FSDP the other ranks wait inside the failed micro-step's collectives; torchrun ends the job.
+        self.can_redo_window = not self.sharded
+        self.window_losses = EpochTally()  # this rank's loss sums of the current window
+        self.has_grad: list[int] = []  # per parameter: whether any rank has a gradient for it
+
+    def params(self) -> list[torch.Tensor]:
+        return [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def start_epoch(self) -> None:
+        world = self.distributed.world_size
+        if self.distributed.is_main and self.plan.accumulation < world:
+            warnings.warn(
+                f"a window has {self.plan.accumulation} micro-batch(es) for {world} processes, so some processes "
+                f"idle; keep the effective batch with a smaller train.micro_batch and a train.accumulation of at "
+                f"least {world}", stacklevel=3)
+
+    def start_window(self, seed: int, epoch: int, window_start: int) -> None:
+        torch.manual_seed(window_seed(seed, epoch, window_start, self.distributed.rank))
+
+    def accumulate(
+        self,
+        split: SplitTensors,
+        window: torch.Tensor,
+        window_start: int,
+        done: int,
+        tally: EpochTally,
+        after_micro_step: StepCallback | None,
+    ) -> tuple[EpochTally, int]:
+        """This rank's micro-batches of the window; returns the tally unchanged (the losses are summed over
+        the ranks after the step) and the number of micro-steps of the window over all ranks."""
+        pieces = torch.split(window[done:], self.plan.micro_batch)
+        self.window_losses = EpochTally()
+        for index, share in _micro_steps(pieces, len(window), self.distributed, self.sharded):
+            parts = self.micro_step(split.batch(index, self.precision.device), share)
+            if share:
+                self.window_losses.add(parts, len(index))
+        return tally, len(pieces)
+
+    def agree_on_failure(self, failure: str | None) -> str | None:
+        """One collective says whether any rank failed and which parameters have a gradient on any rank."""
+        flags = self.distributed.max_ints([failure is not None, *(p.grad is not None for p in self.params())])
+        self.has_grad = flags[1:]
+        if not flags[0]:
+            return None
+        return failure or "out of memory on another rank"
+
+    def join_gradients(self) -> None:
+        params = self.params()
+        # A parameter without a gradient anywhere stays without one, as in one process (AdamW skips it).
+        for param, has_grad in zip(params, self.has_grad):
+            if has_grad and param.grad is None:
+                param.grad = torch.zeros_like(param)
+        # FSDP sums the gradients of the parameters it shards itself (fsdp.py); the rest are summed here.
+        self.distributed.sum_in_place([p.grad for p in params if p.grad is not None and not isinstance(p, DTensor)])
+
+    def join_tally(self, tally: EpochTally, samples: int) -> EpochTally:
+        _add_window(tally, self.window_losses, samples, self.distributed)
+        return tally
 
 
 def window_seed(seed: int, epoch: int, window_start: int, rank: int) -> int:
@@ -79,52 +116,6 @@ def window_seed(seed: int, epoch: int, window_start: int, rank: int) -> int:
     for part in (epoch, window_start, rank):
         mixed = (mixed * 1_000_003 + part) % 2**63
     return mixed
-
-
-def _run_shared_window(
-    trainer: Trainer,
-    distributed: Distributed,
-    split: SplitTensors,
-    epoch: int,
-    window: torch.Tensor,
-    window_start: int,
-    done: int,
-    tally: EpochTally,
-) -> tuple[EpochTally, int]:
-    """This rank's micro-batches of one window, the gradient sum and the optimizer step; returns the
-    tally and the number of micro-steps of the window over all ranks."""
-    trainer.begin_window(tally, done)
-    params = [p for group in trainer.optimizer.param_groups for p in group["params"]]
-    sharded = is_sharded(trainer.model)
-    while True:
-        pieces = torch.split(window[done:], trainer.plan.micro_batch)
-        local, failure = EpochTally(), None
-        for index, share in _micro_steps(pieces, len(window), distributed, sharded):
-            try:
-                parts = trainer.micro_step(split.batch(index, trainer.precision.device), share)
-            except torch.OutOfMemoryError as error:
-                if sharded:  # the other ranks wait inside this micro-step's collectives; torchrun ends the job
-                    raise
-                # Only the message is kept: the traceback holds the failed step's activations.
-                failure = str(error) or "torch.OutOfMemoryError"
-                break
-            if share:
-                local.add(parts, len(index))
-        # One collective says whether any rank failed and which parameters have a gradient on any rank.
-        flags = distributed.max_ints([failure is not None, *(p.grad is not None for p in params)])
-        if not flags[0]:
-            break
-        failure = failure or "out of memory on another rank"
-        tally, done = trainer.redo_window(failure, {"epoch": epoch, "sample": window_start}), 0
-    # A parameter without a gradient anywhere stays without one, as in one process (AdamW skips it).
-    for param, has_grad in zip(params, flags[1:]):
-        if has_grad and param.grad is None:
-            param.grad = torch.zeros_like(param)
-    # FSDP sums the gradients of the parameters it shards itself (sharding.py); the rest are summed here.
-    distributed.sum_in_place([p.grad for p in params if p.grad is not None and not isinstance(p, DTensor)])
-    tally.grad_norms.append(trainer.optimizer_step(last_of_epoch=window_start + len(window) == len(split)))
-    _add_window(tally, local, len(window) - done, distributed)
-    return tally, len(pieces)
 
 
 def _micro_steps(

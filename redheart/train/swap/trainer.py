@@ -16,7 +16,6 @@ weight per window.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -29,7 +28,7 @@ from redheart.model.groups import GROUPS
 from redheart.model.losses import Outputs
 from redheart.train.swap.forward import SWAP_ORDER, detached, dropped_passes, group_loss, group_outputs
 from redheart.train.swap.cpu_offload import HOST, HostParking
-from redheart.train.trainer import EpochTally, Trainer
+from redheart.train.trainer import EpochTally, StepCallback, Trainer
 
 
 class GroupSwapTrainer(Trainer):
@@ -59,40 +58,23 @@ class GroupSwapTrainer(Trainer):
         self.grads: dict[str, list[Tensor | None]] = {}
         self.norms: dict[str, Tensor] = {}
 
-    def _run_window(
+    def accumulate(
         self,
         split: SplitTensors,
-        epoch: int,
-        window: torch.Tensor,
+        window: Tensor,
         window_start: int,
         done: int,
         tally: EpochTally,
-        after_micro_step: Callable[[int, EpochTally], None] | None,
-    ) -> EpochTally:
-        """One accumulation window group by group, then its optimizer step; on out-of-memory, redone smaller."""
-        self.begin_window(tally, done)
-        while True:
-            failure = None
-            try:
-                results = self._accumulate(split, window[done:], len(window))
-            except torch.OutOfMemoryError as error:
-                # Only the message is kept: the traceback holds the failed step's activations.
-                failure = str(error) or "torch.OutOfMemoryError"
-            if failure is None:
-                break
-            tally, done = self.redo_window(failure, {"epoch": epoch, "sample": window_start}), 0
+        after_micro_step: StepCallback | None,
+    ) -> tuple[EpochTally, int]:
+        """The window group by group; its micro-steps are reported together at the window's end, since the
+        weights hold the whole window only then: a state saved there resumes at the next window."""
+        results = self._accumulate_groups(split, window[done:], len(window))
         for size, parts in results:
             tally.add(parts, size)
-        end = window_start + len(window)
-        tally.grad_norms.append(self.optimizer_step(last_of_epoch=end == len(split)))
-        if after_micro_step is not None:
-            # The weights already hold the whole window, so every micro-step reports the window's end:
-            # a state saved there resumes at the next window, never inside this one.
-            for _ in results:
-                after_micro_step(end, tally)
-        return tally
+        return tally, len(results)
 
-    def _accumulate(self, split: SplitTensors, index: Tensor, window_size: int) -> list[tuple[int, dict[str, Tensor]]]:
+    def _accumulate_groups(self, split: SplitTensors, index: Tensor, window_size: int) -> list[tuple[int, dict[str, Tensor]]]:
         """Forward and backward of every group over the micro-batches of `index`; (size, loss parts) of each."""
         self.model.train()
         step = self.plan.micro_batch

@@ -2,7 +2,7 @@
 
 With telemetry on, every epoch record gains a "telemetry" block (keys below), every checkpoint folder
 a module_stats.json (see module_stats.py), and every checkpoint a progress report (see
-progress_report.py). Record keys outside the block: "seconds" (training time of the epoch),
+telemetry/progress.py). Record keys outside the block: "seconds" (training time of the epoch),
 "samples_per_second", "peak_memory_bytes" (CUDA max_memory_allocated; per epoch with telemetry on,
 since the start of the process without).
 
