@@ -101,7 +101,7 @@ def test_crossover_scores_every_candidate_on_validation_and_writes_them(trained,
     assert result.refine_log[-1]["score"] <= result.refine_log[0]["score"]
     assert by_name[REFINED].val["loss"] <= by_name[CROSSOVER].val["loss"] + 1e-6
     assert "beat" in result.conclusion and "validation" in format_crossover(result)
-    written = read_json(run.crossover / "candidates.json")
+    written = read_json(run.crossover_candidates)
     assert [c["name"] for c in written["candidates"]] == names
     assert set(pinned_epochs(run)) >= set().union(*(c.used_epochs() for c in result.candidates)) >= set(result.refined.values())
 

@@ -52,7 +52,7 @@ def test_pipeline_runs_every_phase_and_reads_the_test_split_once_after_training(
     assert events.index("read test") > events.index("trained")
     for line in ("records read: 120", "baseline: linear probe", "best on validation", "EMA weights"):
         assert line in printed
-    results = read_json(run.root / "test_results.json")
+    results = read_json(run.test_results)
     assert results["n"] == len(read_json(run.split_manifest)["test"])
     assert set(results["baselines"]) == {"class_prior", "mean_predictor", "linear_probe"}
 

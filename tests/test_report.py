@@ -123,7 +123,7 @@ def test_latex_tables_parse_and_hold_the_runs_numbers(tiny_run, tmp_path):
     for tex in tables.values():
         structurally_valid(tex)
     escape = lambda s: s.replace("_", r"\_")  # noqa: E731
-    results = read_json(tiny_run.root / "test_results.json")
+    results = read_json(tiny_run.test_results)
     final = results["models"][results["final_model"]]
     key = "verdict_macro_f1"
     assert fmt_ci(final["headline"][key], final["intervals"][key]) in tables["training_results"]
@@ -134,7 +134,7 @@ def test_latex_tables_parse_and_hold_the_runs_numbers(tiny_run, tmp_path):
     assert f"total &  &  & {fmt(parameters['total'])} & " in tables["architecture"]
     calibration = read_json(tiny_run.calibration / "test_report.json")["targets"]["emotions"]
     assert fmt(calibration["before"]["ece"]) in tables["calibration"] and fmt(calibration["before"]["brier"]) in tables["calibration"]
-    spots = read_json(tiny_run.analysis / "analysis.json")["sweet_spots"]
+    spots = read_json(tiny_run.analysis_results)["sweet_spots"]
     assert all(f"{escape(group)} & {fmt(epoch)} & " in tables["sweet_spots"] for group, epoch in spots.items())
     if shutil.which("pdflatex"):
         body = "\n".join(tables.values())

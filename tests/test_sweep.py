@@ -119,11 +119,11 @@ def test_every_candidate_starts_from_the_same_weights_and_data_order(single):
 
 def test_the_sweep_writes_its_choice_curves_and_tables(single):
     run, result, _, _ = single
-    choice = read_json(run.sweep / "choice.json")
+    choice = read_json(run.sweep_choice)
     assert choice["lr"] == result.lr and choice["reason"] == result.reason and choice["complete"]
     assert result.reason.startswith(f"{format_lr(result.lr)} chosen") and choice["seeds"] == 2
     assert recipe.resolve_lr(run, sweep_config(), None) == (result.lr, "sweep")
-    results = read_json(run.sweep / "results.json")
+    results = read_json(run.sweep_results)
     assert [t["trial"] for t in results["trials"]] == [0, 1, 2]
     assert results["trials"][2]["lr"] == result.lr and results["trials"][2]["seed"] == 14
     assert {c["lr"] for c in results["candidates"]} == {1e-4, 1e-3}
@@ -131,7 +131,7 @@ def test_the_sweep_writes_its_choice_curves_and_tables(single):
     with open(run.sweep / "results.csv", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert [(row["trial"], row["epoch"]) for row in rows] == [(str(k), str(e)) for k in range(3) for e in (1, 2)]
-    assert (run.sweep / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run.sweep_curves).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in run.sweep.glob("trial_*")) == ["trial_0_lr1e-4_seed13", "trial_1_lr1e-3_seed13", f"trial_2_lr{format_lr(result.lr)}_seed14"]
 
 

@@ -69,10 +69,10 @@ def test_analyze_writes_the_report_and_pins_the_sweet_spots(tmp_path):
     assert set(analysis.sweet_spots) == set(GROUPS)
     assert analysis.groups["group_a"].sweet_spot == 4 and analysis.groups["group_a"].onset == 5
     assert analysis.groups["group_a"].modules == GROUPS["group_a"][1:]  # the backbone has no loss of its own
-    written = read_json(run.analysis / "analysis.json")
+    written = read_json(run.analysis_results)
     assert written["sweet_spots"]["phase"] == 4 and "onset" in written["groups"]["phase"]["reason"]
     assert "**group_c**" in (run.analysis / "analysis.md").read_text()
-    assert (run.analysis / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run.analysis_curves).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The sweet spot and its shifted variants (-4..+4 epochs, clamped) are pinned.
     assert set(pinned_epochs(run)) == {1, 2, 4, 6, 8}
 

@@ -51,8 +51,27 @@ class RunDir:
         return self.root / "sweep"
 
     @property
+    def sweep_results(self) -> Path:
+        """Every rate's score and components, as ranked."""
+        return self.sweep / "results.json"
+
+    @property
+    def sweep_choice(self) -> Path:
+        """The chosen learning rate and the reason; training reads its rate from here."""
+        return self.sweep / "choice.json"
+
+    @property
+    def sweep_curves(self) -> Path:
+        return self.sweep / "curves.png"
+
+    @property
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
+
+    @property
+    def pins(self) -> Path:
+        """Checkpoints that must outlive pruning, as the sweet-spot analysis chose them."""
+        return self.checkpoints / "pins.json"
 
     def checkpoint(self, epoch: int) -> Path:
         return self.checkpoints / f"epoch_{epoch:03d}"
@@ -84,8 +103,21 @@ class RunDir:
         return self.root / "analysis"
 
     @property
+    def analysis_results(self) -> Path:
+        return self.analysis / "analysis.json"
+
+    @property
+    def analysis_curves(self) -> Path:
+        return self.analysis / "curves.png"
+
+    @property
     def crossover(self) -> Path:
         return self.root / "crossover"
+
+    @property
+    def crossover_candidates(self) -> Path:
+        """Every candidate model of the crossover, its validation scores, and the plan it was built by."""
+        return self.crossover / "candidates.json"
 
     @property
     def calibration(self) -> Path:
@@ -98,3 +130,12 @@ class RunDir:
     @property
     def final_model(self) -> Path:
         return self.root / "final_model"
+
+    @property
+    def final_model_config(self) -> Path:
+        return self.final_model / "config.json"
+
+    @property
+    def test_results(self) -> Path:
+        """The one reading of the test split: every model and baseline with bootstrap intervals."""
+        return self.root / "test_results.json"

@@ -9,7 +9,6 @@ the results are written once: a second call prints them from disk instead of rea
 from __future__ import annotations
 
 import datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,7 +17,7 @@ from redheart.core.atomic import read_json, write_json
 from redheart.config import RunConfig
 from redheart.data.dataset import SplitTensors, load_split, split_targets
 from redheart.scoring.baselines import constant_predictions, pooled_features, probe_predictions, run_baselines
-from redheart.scoring.metrics import evaluate_predictions, headline
+from redheart.scoring.metrics import HEADLINE_LABELS, evaluate_predictions, headline
 from redheart.model.model import RedHeartModel
 from redheart.evaluate.calibration import calibration_report, fit_calibrators, write_calibration_report
 from redheart.core.rundir import RunDir
@@ -28,17 +27,6 @@ from redheart.select.intervals import headline_intervals
 from redheart.select.outputs import SplitOutputs, as_numpy, fused_loss
 
 CALIBRATION_METRICS = ("ece", "mce", "nll", "brier")
-HEADLINE_COLUMNS = {
-    "emotion_accuracy": "emotion acc",
-    "emotion_macro_f1": "emotion F1",
-    "verdict_accuracy": "verdict acc",
-    "verdict_macro_f1": "verdict F1",
-    "regression_mae": "regr. MAE",
-}
-
-
-def test_results_path(run: RunDir) -> Path:
-    return run.root / "test_results.json"
 
 
 def _scored(preds: dict[str, np.ndarray], split: SplitTensors, n_boot: int, seed: int) -> dict[str, Any]:
@@ -56,10 +44,10 @@ def _baseline_predictions(train: SplitTensors, test: SplitTensors) -> dict[str, 
 
 def evaluate_test(run: RunDir, config: RunConfig) -> dict[str, Any]:
     """Read the test split once; score every candidate and baseline on it with 95% intervals; write test_results.json."""
-    path = test_results_path(run)
+    path = run.test_results
     if path.exists():
         return read_json(path)
-    if not (run.crossover / "candidates.json").exists():
+    if not (run.crossover_candidates).exists():
         crossover(run, config)  # validation only; the test split is not read before this returns
     candidates, plan = load_candidates(run)
     options = config.select
@@ -125,7 +113,7 @@ def test_conclusion(results: dict[str, Any]) -> str:
                 continue
             word = "better" if (a - b) * better > 0 else "not better"
             lo, hi = models[name]["intervals"][key]
-            parts.append(f"{HEADLINE_COLUMNS[key]} {a:.4f} [{lo:.4f}, {hi:.4f}] vs {b:.4f} ({word})")
+            parts.append(f"{HEADLINE_LABELS[key]} {a:.4f} [{lo:.4f}, {hi:.4f}] vs {b:.4f} ({word})")
         lines.append(f"{name} vs {single} on test: " + "; ".join(parts) + ".")
     return " ".join(lines)
 
@@ -152,16 +140,16 @@ def format_results(results: dict[str, Any]) -> str:
     rows = [(f"baseline: {name.replace('_', ' ')}", entry, entry.get("val_headline", {}), None) for name, entry in baselines.items()]
     rows += [(name, entry, entry.get("val", {}).get("headline", {}), entry.get("val", {}).get("loss")) for name, entry in results["models"].items()]
     width = max(len(name) for name, *_ in rows)
-    labels = list(HEADLINE_COLUMNS.values())
+    labels = list(HEADLINE_LABELS.values())
     header = f"{'model':<{width}}  {'loss':>8}  " + "  ".join(f"{label:>8}" for label in labels)
     lines = ["Validation (every choice was made here; fusions re-fitted on it):", header, "-" * len(header)]
     for name, _, val, loss in rows:
-        lines.append(f"{name:<{width}}  {_cell(loss)}  " + "  ".join(_cell(val.get(key)) for key in HEADLINE_COLUMNS))
+        lines.append(f"{name:<{width}}  {_cell(loss)}  " + "  ".join(_cell(val.get(key)) for key in HEADLINE_LABELS))
     header = f"{'model':<{width}}  " + "  ".join(f"{label:<24}" for label in labels)
     lines += ["", f"Test split (n={results['n']}, read once at {results['evaluated_at']}; 95% bootstrap intervals):", header, "-" * len(header)]
     for name, entry, _, _ in rows:
         intervals = entry.get("intervals", {})
-        lines.append(f"{name:<{width}}  " + "  ".join(_ci_cell(entry["headline"].get(k), intervals.get(k)) for k in HEADLINE_COLUMNS))
+        lines.append(f"{name:<{width}}  " + "  ".join(_ci_cell(entry["headline"].get(k), intervals.get(k)) for k in HEADLINE_LABELS))
     lines.append("accuracy / F1: higher is better; MAE: mean over the 9 regression outputs, lower is better")
     if "final_model" in results:
         lines += [f"final model (best single network on validation): {results['final_model']}", results["validation_conclusion"], results["test_conclusion"]]

@@ -20,6 +20,8 @@ from redheart.core.atomic import atomic_open, read_json, write_json, write_with
 from redheart.data.schema import VERDICTS
 from redheart.core.rundir import RunDir
 from redheart.report.document import Section, Table
+from redheart.scoring.metrics import HEADLINE_LABELS
+from redheart.train.sweep.score import format_lr
 from redheart.config import ModelConfig, load_config
 from redheart.evaluate.calibration import CALIBRATORS_FILE, TEST_REPORT_FILE
 from redheart.model.model import parameter_table
@@ -27,9 +29,6 @@ from redheart.report.html import render_html, render_markdown
 from redheart.report.latex import write_latex_tables
 from redheart.report.training_plot import plot_training
 from redheart.train.telemetry.records import read_metrics
-
-HEADLINE = {"emotion_accuracy": "emotion acc.", "emotion_macro_f1": "emotion F1", "verdict_accuracy": "verdict acc.",
-            "verdict_macro_f1": "verdict F1", "regression_mae": "regression MAE"}
 
 
 def fmt(value: Any, digits: int = 4) -> str:
@@ -46,7 +45,8 @@ def fmt(value: Any, digits: int = 4) -> str:
 
 
 def fmt_lr(value: float | None) -> str:
-    return "—" if value is None else f"{value:.2e}"
+    """A learning rate as the config and the sweep write it (format_lr), None as a dash."""
+    return fmt(value) if value is None else format_lr(value)
 
 
 def fmt_ci(value: float | None, interval: list | None) -> str:
@@ -108,8 +108,8 @@ def _model(ctx: _Context) -> Section:
         config = load_config(run.config)
         model, dim, segments, source = config.model, config.encoder.dim, config.encoder.max_segments, run.config
     else:
-        info = read_json(run.final_model / "config.json")
-        model, dim, segments, source = ModelConfig(**info["model"]), info["input_dim"], info["max_segments"], run.final_model / "config.json"
+        info = read_json(run.final_model_config)
+        model, dim, segments, source = ModelConfig(**info["model"]), info["input_dim"], info["max_segments"], run.final_model_config
     rows = parameter_table(model, dim, segments)
     write_json(ctx.out / "parameters.json", {"source": ctx.rel(source), "input_dim": dim, "max_segments": segments, "modules": rows,
                                              "total": sum(r["parameters"] for r in rows), "budget": sum(r["budget"] for r in rows)})
@@ -124,15 +124,15 @@ def _model(ctx: _Context) -> Section:
 
 def _sweep(ctx: _Context) -> Section:
     run = ctx.run
-    results = read_json(run.sweep / "results.json")
-    section = Section("Learning-rate sweep", [ctx.rel(run.sweep / "results.json")])
+    results = read_json(run.sweep_results)
+    section = Section("Learning-rate sweep", [ctx.rel(run.sweep_results)])
     section.paragraphs.append(f"Chosen rate {fmt_lr(results['choice']['lr'])}: {results['choice']['reason']}")
     rows = [[fmt_lr(c["lr"]), fmt(c["trials"]), fmt(c["diverged"]), *(fmt(c["components"].get(k)) for k in ("val_loss", "instability", "inefficiency", "overfit_gap")),
              fmt(c["total"], 3)] for c in results["candidates"]]
     weights = ", ".join(f"{k} {fmt(v, 2)}" for k, v in results["weights"].items())
     section.tables.append(Table(f"Sweep candidates (weights: {weights}; lower score is better)",
                                 ["lr", "trials", "diverged", "val loss", "instability", "inefficiency", "overfit gap", "score"], rows))
-    ctx.image(section, run.sweep / "curves.png", "sweep_curves.png", "training and validation loss per epoch of every trial")
+    ctx.image(section, run.sweep_curves, "sweep_curves.png", "training and validation loss per epoch of every trial")
     return section
 
 
@@ -146,17 +146,17 @@ def _training(ctx: _Context) -> Section:
     for r in records:
         head = r["val"].get("headline", {})
         rows.append([fmt(r["epoch"]), fmt_lr(r["lr"]), fmt(r["train_loss"].get("total")), fmt(sum(r["val"]["loss"].values())),
-                     *(fmt(head.get(k)) for k in HEADLINE)])
+                     *(fmt(head.get(k)) for k in HEADLINE_LABELS)])
     section.tables.append(Table("Per epoch: training objective, summed validation loss and the fused validation headline",
-                                ["epoch", "lr", "train objective", "val loss", *HEADLINE.values()], rows))
-    analysis_json = run.analysis / "analysis.json"
+                                ["epoch", "lr", "train objective", "val loss", *HEADLINE_LABELS.values()], rows))
+    analysis_json = run.analysis_results
     if analysis_json.exists():
         section.sources.append(ctx.rel(analysis_json))
         analysis = read_json(analysis_json)
         spots = [[g, fmt(s["sweet_spot"]), fmt(s["onset"]), s["reason"]] for g, s in analysis["groups"].items()]
         section.tables.append(Table(f"Sweet spot per module group (smoothing {analysis['smoothing']}, window {analysis['window']}; onset: {analysis['onset_run']} widenings in a row)",
                                     ["group", "sweet spot", "onset", "reason"], spots, "sweet_spots"))
-        ctx.image(section, run.analysis / "curves.png", "analysis_curves.png", "train/validation loss per group, sweet spot (star) and over-fitting onset (dashed)")
+        ctx.image(section, run.analysis_curves, "analysis_curves.png", "train/validation loss per group, sweet spot (star) and over-fitting onset (dashed)")
     else:
         section.missing.append(f"{ctx.rel(analysis_json)} not found: no sweet-spot analysis yet")
         plot_training(records, ctx.out / "img" / "training_curves.png")
@@ -166,7 +166,7 @@ def _training(ctx: _Context) -> Section:
 
 def _results(ctx: _Context) -> Section:
     run = ctx.run
-    test_path, candidates_path = run.root / "test_results.json", run.crossover / "candidates.json"
+    test_path, candidates_path = run.test_results, run.crossover_candidates
     if test_path.exists():
         results = read_json(test_path)
         section = Section("Crossover and test results", [ctx.rel(test_path)])
@@ -178,18 +178,18 @@ def _results(ctx: _Context) -> Section:
         baselines = [(f"baseline: {n.replace('_', ' ')}", e, None) for n, e in named.items()]
         final = results["final_model"]
         models = [(n + (" (final model)" if n == final else ""), e, e.get("val", {}).get("loss")) for n, e in results["models"].items()]
-        rows = [[name, fmt(val_loss), *(fmt_ci(e["headline"].get(k), e.get("intervals", {}).get(k)) for k in HEADLINE)] for name, e, val_loss in baselines + models]
+        rows = [[name, fmt(val_loss), *(fmt_ci(e["headline"].get(k), e.get("intervals", {}).get(k)) for k in HEADLINE_LABELS)] for name, e, val_loss in baselines + models]
         section.tables.append(Table(f"Test split (n = {fmt(results['n'])}, read once), {fmt(100 * results['bootstrap']['level'], 0)}% bootstrap intervals "
                                     f"({fmt(results['bootstrap']['samples'])} resamples); every choice made on validation",
-                                    ["model", "val loss", *HEADLINE.values()], rows, "training_results"))
+                                    ["model", "val loss", *HEADLINE_LABELS.values()], rows, "training_results"))
         section.paragraphs += [f"Final model (best single network on validation): {results['final_model']}.",
                                results["validation_conclusion"], results["test_conclusion"]]
         return section
     plan = read_json(candidates_path)
     section = Section("Crossover (validation only)", [ctx.rel(candidates_path)])
     section.missing.append(f"{ctx.rel(test_path)} not found: the test split has not been evaluated; validation numbers only")
-    rows = [[c["name"], fmt(c["val"]["loss"]), *(fmt(c["val"]["headline"].get(k)) for k in HEADLINE)] for c in plan["candidates"]]
-    section.tables.append(Table("Candidates on validation", ["model", "val loss", *HEADLINE.values()], rows, "training_results"))
+    rows = [[c["name"], fmt(c["val"]["loss"]), *(fmt(c["val"]["headline"].get(k)) for k in HEADLINE_LABELS)] for c in plan["candidates"]]
+    section.tables.append(Table("Candidates on validation", ["model", "val loss", *HEADLINE_LABELS.values()], rows, "training_results"))
     section.paragraphs += [f"Final model: {plan['final_model']}.", plan["conclusion"]]
     return section
 

@@ -134,6 +134,16 @@ def evaluate_predictions(
     return results
 
 
+# The column label of each headline number, in every table that shows them (console, report, LaTeX).
+HEADLINE_LABELS = {
+    "emotion_accuracy": "emotion acc.",
+    "emotion_macro_f1": "emotion F1",
+    "verdict_accuracy": "verdict acc.",
+    "verdict_macro_f1": "verdict F1",
+    "regression_mae": "regression MAE",
+}
+
+
 def headline(metrics: Mapping[str, dict]) -> dict[str, float | None]:
     """The numbers every table shows; a target without rows gives None (printed as a dash)."""
     emotions, verdict = metrics.get("emotions", {}), metrics.get("verdict", {})

@@ -140,7 +140,7 @@ def write_crossover(run: RunDir, result: CrossoverResult, scores: dict[int, floa
             write_with(path, lambda tmp, s=state: save_file(s, str(tmp)))
             entry["fusion"] = str(path.relative_to(run.root))
         entries.append(entry)
-    write_json(run.crossover / "candidates.json", {
+    write_json(run.crossover_candidates, {
         "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "sweet_spots": result.sweet_spots, "refined": result.refined, "refine_log": result.refine_log,
         "checkpoint_scores": {str(e): s for e, s in scores.items()},
@@ -152,7 +152,7 @@ def write_crossover(run: RunDir, result: CrossoverResult, scores: dict[int, floa
 
 def load_candidates(run: RunDir) -> tuple[list[Candidate], dict[str, Any]]:
     """The candidates of candidates.json with their fitted fusions (strict), and the file's other fields."""
-    path = run.crossover / "candidates.json"
+    path = run.crossover_candidates
     if not path.exists():
         raise FileNotFoundError(f"{path}: no crossover results; run `redheart crossover --run {run.root}` first")
     data = read_json(path)

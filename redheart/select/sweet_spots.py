@@ -174,10 +174,10 @@ def needed_epochs(spots: dict[str, int], saved: list[int], shifts: tuple[int, ..
 
 
 def write_analysis(run: RunDir, analysis: Analysis) -> None:
-    write_json(run.analysis / "analysis.json", analysis.to_json())
+    write_json(run.analysis_results, analysis.to_json())
     with atomic_open(run.analysis / "analysis.md") as handle:
         handle.write(format_analysis(analysis, markdown=True) + "\n")
-    plot_curves(analysis, run.analysis / "curves.png")
+    plot_curves(analysis, run.analysis_curves)
 
 
 def format_analysis(analysis: Analysis, markdown: bool = False) -> str:

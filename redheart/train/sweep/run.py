@@ -190,7 +190,7 @@ def write_outputs(
         "lr": result.lr, "reason": result.reason, "score": chosen.total, "seeds": chosen.trials,
         "complete": not result.missing,
     }
-    write_json(run.sweep / "results.json", _finite({
+    write_json(run.sweep_results, _finite({
         "choice": summary,
         "weights": dict(zip(("val_loss", "stability", "efficiency", "overfit_gap"), config.sweep.weights)),
         "window_epochs": WINDOW, "epochs": config.sweep.epochs, "missing": result.missing,
@@ -210,8 +210,8 @@ def write_outputs(
         writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(flat)
-    write_json(run.sweep / "choice.json", _finite(summary))
-    plot_curves(run.sweep / "curves.png", [(t.lr, rows[t]) for t in ordered], result.lr)
+    write_json(run.sweep_choice, _finite(summary))
+    plot_curves(run.sweep_curves, [(t.lr, rows[t]) for t in ordered], result.lr)
 
 
 def format_choice(result: SweepResult) -> str:
