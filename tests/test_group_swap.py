@@ -175,7 +175,7 @@ def test_other_groups_weights_reach_a_group_only_through_the_detached_fusion_inp
             assert same == (name != "kalman"), name
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_one_group_at_a_time_is_on_the_device():
     swap = trainer_of(GroupSwapTrainer, device="cuda", **{"train.amp": False})
     model = swap.model

@@ -5,7 +5,6 @@ does, the same texts belong in its tests.)"""
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import sys
@@ -111,7 +110,7 @@ print(json.dumps({"records": len(records), "file_mb": path.stat().st_size / 2**2
 """
 
 
-@pytest.mark.skipif(not os.environ.get("REDHEART_SLOW"), reason="about 30 s; set REDHEART_SLOW=1 to run")
+@pytest.mark.slow  # about 30 s
 def test_a_million_records_stream_with_memory_bounded_by_the_clean_records(tmp_path):
     result = subprocess.run([sys.executable, "-c", MILLION, str(tmp_path / "m.jsonl")], capture_output=True, text=True, check=True)
     numbers = json.loads(result.stdout)
