@@ -248,6 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)  # before the imports below, so --help answers at once
 
     from redheart.core.checkpoint_files import CheckpointError, DiskFullError
+    from redheart.train.memory.plan import NoStrategyFits
     from redheart.train.oom import OutOfMemory
     from redheart.train.state.resume import ResumeError
 
@@ -256,7 +257,7 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, FileNotFoundError) as error:  # bad input or a missing artifact
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    except (ResumeError, CheckpointError, DiskFullError, OutOfMemory) as error:
+    except (ResumeError, CheckpointError, DiskFullError, OutOfMemory, NoStrategyFits) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
 

@@ -22,7 +22,6 @@ from redheart.config import RunConfig
 from redheart.model.groups import GROUPS
 from redheart.model.model import MODULES
 from redheart.train.memory.activations import ActivationBytes, empty_model, measure_activation_bytes
-from redheart.train.oom import OutOfMemory
 from redheart.train.memory.strategy import STRATEGIES, MemoryStrategy, strategy
 
 GiB = 2**30
@@ -34,6 +33,10 @@ _BLOCK = 256  # bitsandbytes: values per absmax scale in the block-wise 8-bit st
 _QMAPS = 2 * 256 * 4  # the two shared 256-entry fp32 quantisation maps
 DEFAULT_RESERVE = GiB // 2
 COMPONENTS = ("weights", "gradients", "optimizer", "ema", "activations")
+
+
+class NoStrategyFits(RuntimeError):
+    """The plan finds no memory strategy whose bytes fit the device, before any training step has run."""
 
 
 def parse_bytes(text: str) -> int:
@@ -197,7 +200,7 @@ def resolve_strategy(model: nn.Module, config: RunConfig, device: torch.device, 
         return STRATEGIES["standard"]
     plan = plan_memory(model, config, vram, DEFAULT_RESERVE)
     if plan.chosen is None:
-        raise OutOfMemory(
+        raise NoStrategyFits(
             f"no memory strategy fits {device} ({vram / GiB:.2f} GiB) for preset {config.preset} at micro-batch "
             f"{config.train.micro_batch}; `redheart memory --preset {config.preset} --vram {vram / GiB:.1f}GiB` shows why"
         )

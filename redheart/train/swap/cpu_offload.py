@@ -14,7 +14,7 @@ from torch import Tensor, nn
 HOST = torch.device("cpu")
 
 
-class HostParking:
+class CpuOffload:
     """The host copies of a model's tensors, and the moves of a part of them to `device` and back."""
 
     def __init__(self, device: torch.device) -> None:

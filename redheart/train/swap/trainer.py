@@ -27,7 +27,7 @@ from redheart.data.dataset import SplitTensors
 from redheart.model.groups import GROUPS
 from redheart.model.losses import Outputs
 from redheart.train.swap.forward import SWAP_ORDER, detached, dropped_passes, group_loss, group_outputs
-from redheart.train.swap.cpu_offload import HOST, HostParking
+from redheart.train.swap.cpu_offload import HOST, CpuOffload
 from redheart.train.trainer import EpochTally, StepCallback, Trainer
 
 
@@ -44,8 +44,8 @@ class GroupSwapTrainer(Trainer):
                 "group swap training does not support fp16 loss scaling (one GradScaler step per optimizer step); "
                 "use bf16 or fp32 (train.amp false)"
             )
-        self.parking = HostParking(self.precision.device)
-        self.parking.settle(self.model)
+        self.offload = CpuOffload(self.precision.device)
+        self.offload.settle(self.model)
         if self.ema is not None:
             self.ema.to(HOST)
         self.modules = {group: [getattr(self.model, name) for name in GROUPS[group]] for group in SWAP_ORDER}
@@ -85,7 +85,7 @@ class GroupSwapTrainer(Trainer):
         predictions: list[list[Outputs]] = [[{} for _ in batch_passes] for batch_passes in passes]
         parts: list[dict[str, Tensor]] = [{} for _ in batches]
         for group in SWAP_ORDER:
-            self.parking.visit(self.modules[group])
+            self.offload.visit(self.modules[group])
             for batch, batch_passes, batch_predictions, batch_parts in zip(batches, passes, predictions, parts):
                 size = len(batch["x"])
                 self.faults.at_step("forward", size)
@@ -99,8 +99,8 @@ class GroupSwapTrainer(Trainer):
                 _merge(batch_parts, group_parts, total.detach())
             params = self.params[group]
             self.norms[group] = get_total_norm([p.grad for p in params if p.grad is not None])
-            self.grads[group] = self.parking.take_grads(params)
-            self.parking.leave(self.modules[group], updated=False)
+            self.grads[group] = self.offload.take_grads(params)
+            self.offload.leave(self.modules[group], updated=False)
         return [(len(batch["x"]), _in_loop_order(batch_parts)) for batch, batch_parts in zip(batches, parts)]
 
     def _forward(self, group: str, x: Tensor, mask: Tensor, sources: Outputs) -> Outputs:
@@ -112,7 +112,7 @@ class GroupSwapTrainer(Trainer):
         """Drop the failed window's gradients and bring home the group that was on the device."""
         self.optimizer.zero_grad(set_to_none=True)
         for group in SWAP_ORDER:
-            self.parking.leave(self.modules[group], updated=False)
+            self.offload.leave(self.modules[group], updated=False)
         self.grads.clear()
         self.norms.clear()
 
@@ -129,22 +129,22 @@ class GroupSwapTrainer(Trainer):
             # parameters) with its AdamW moments would need 5.5 GiB on the device, its largest module 2.3 GiB.
             for module in self.modules[group]:
                 params = list(module.parameters())
-                self.parking.visit([module])
-                self.parking.give_grads(params, [next(grads) for _ in params])
-                self.parking.visit_state(self.optimizer, params)
+                self.offload.visit([module])
+                self.offload.give_grads(params, [next(grads) for _ in params])
+                self.offload.visit_state(self.optimizer, params)
                 clip_grads_with_norm_([p for p in params if p.grad is not None], max_norm, norm)
                 self.optimizer.step()
-                self.parking.leave_state(self.optimizer, params)
+                self.offload.leave_state(self.optimizer, params)
                 # Gradients go out of the way of the next modules' steps, which step every parameter that has
                 # one; the gradient probe reads the clipped gradients of the whole model at once.
                 if probe:
-                    clipped[group] += self.parking.take_grads(params)
+                    clipped[group] += self.offload.take_grads(params)
                 for param in params:
                     param.grad = None
-                self.parking.leave([module], updated=True)
+                self.offload.leave([module], updated=True)
         if probe:
             for group, grads in clipped.items():
-                self.parking.give_grads(self.params[group], grads)
+                self.offload.give_grads(self.params[group], grads)
             self.grad_probe(self.model)
         self.optimizer.zero_grad(set_to_none=True)
         self.norms.clear()
