@@ -1,4 +1,4 @@
-"""Near-duplicate removal equals the naive keep-first loop of the strategy documents."""
+"""Near-duplicate removal equals the naive keep-first loop (reference_near_duplicates)."""
 
 import random
 

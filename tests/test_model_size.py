@@ -13,7 +13,7 @@ from redheart.model.sizing import solve_width
 from redheart.model.table import format_parameter_table
 
 
-def test_full_preset_matches_the_documents_total_and_every_budget() -> None:
+def test_full_preset_matches_the_budget_total_and_every_budget() -> None:
     rows = parameter_table(PRESETS["full"].model, input_dim=384, max_segments=4)
     total = sum(row["parameters"] for row in rows)
     assert abs(total - FULL_TOTAL) <= 0.01 * FULL_TOTAL, total
@@ -74,7 +74,7 @@ def test_missing_budget_is_a_clear_error() -> None:
         RedHeartModel(ModelConfig(budgets=budgets), input_dim=384, max_segments=4)
 
 
-def test_table_text_lists_every_module_and_the_documents_total() -> None:
+def test_table_text_lists_every_module_and_the_budget_total() -> None:
     text = format_parameter_table(PRESETS["full"])
     assert all(name in text for name in FULL_BUDGETS)
     assert "730,466,848" in text

@@ -1,10 +1,9 @@
-"""Near-duplicate texts by rapidfuzz `fuzz.ratio` (0-100), with the keep-first rule of the strategy.
+"""Near-duplicate texts by rapidfuzz `fuzz.ratio` (0-100), with a keep-first rule.
 
-The definition (`reference_near_duplicates`) is the loop of the strategy documents
-(seeds/training-strategy-*.md, `remove_near_duplicates`): walk the records in order; each record not yet
+The definition (`reference_near_duplicates`) is a naive loop: walk the records in order; each record not yet
 removed is kept and removes every later record, not yet removed, whose `text` field scores at least the
-threshold against it. It compares the `text` field only (not the title). The documents write the test
-as `fuzz.ratio(a, b) / 100 >= 0.92`; here the threshold is on rapidfuzz's own 0-100 scale.
+threshold against it. It compares the `text` field only (not the title). The threshold is on
+rapidfuzz's own 0-100 scale (92 means `fuzz.ratio(a, b) / 100 >= 0.92`).
 
 `near_duplicates` finds the same result fast: `process.cdist` with `score_cutoff` on all cores, and
 blocking by length, because fuzz.ratio(a, b) <= 200 * min(la, lb) / (la + lb): a text of length l can
@@ -49,7 +48,7 @@ class DedupResult:
 
 
 def reference_near_duplicates(texts: Sequence[str], threshold: float) -> DedupResult:
-    """The naive all-pairs loop of the strategy documents: the definition tests and the bench verify against."""
+    """The naive all-pairs keep-first loop: the definition the tests and the bench verify against."""
     kept: list[int] = []
     removed: dict[int, Duplicate] = {}
     for i, text1 in enumerate(texts):

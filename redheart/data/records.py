@@ -1,4 +1,4 @@
-"""Load a user's data file (SPEC section 3) into clean records, rejecting bad ones with their reasons.
+"""Load a user's data file into clean records, rejecting bad ones with their reasons.
 
 Input: a JSON array or JSON Lines file, optionally gzip-compressed (detected from its first bytes). The
 file is streamed: JSON Lines line by line, a JSON array element by element with `raw_decode` over a

@@ -1,4 +1,4 @@
-"""The record schema of SPEC section 3: field names, their fixed orders, and the bundled data set."""
+"""The record schema: field names, their fixed orders, and the bundled data set."""
 
 from importlib import resources
 from pathlib import Path

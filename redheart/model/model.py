@@ -1,4 +1,4 @@
-"""The Red Heart model: every module of SPEC section 2, each sized to its parameter budget.
+"""The Red Heart model: every module of the architecture, each sized to its parameter budget (config.FULL_BUDGETS).
 
 Every module reads the input segment vectors (x (B,S,D), mask (B,S)) itself, except the four heads, which read
 the pooled output of the backbone of their own group (A). Predictions have fixed meanings, so groups trained to

@@ -118,7 +118,7 @@ def _model(ctx: _Context) -> Section:
     body = [[r["module"], r["group"], fmt(r["width"]), fmt(r["parameters"]), fmt(r["budget"]), fmt(r["ratio"], 3)] for r in rows]
     total, budget = sum(r["parameters"] for r in rows), sum(r["budget"] for r in rows)
     body.append(["total", "", "", fmt(total), fmt(budget), fmt(total / budget, 3)])
-    section.tables.append(Table("Parameters per module against the documents' budget", ["module", "group", "width", "parameters", "budget", "ratio"], body, "architecture"))
+    section.tables.append(Table("Parameters per module against its budget", ["module", "group", "width", "parameters", "budget", "ratio"], body, "architecture"))
     return section
 
 

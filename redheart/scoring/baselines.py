@@ -1,4 +1,4 @@
-"""The simple baselines every result is read against (SPEC section 5): class prior, mean predictor, linear probe.
+"""The simple baselines every result is read against: class prior, mean predictor, linear probe.
 
 "class_prior" and "mean_predictor" are one predictor seen from the two kinds of target: a constant equal to
 the training mean. For a distribution target (emotions, verdict) the mean training distribution *is* the

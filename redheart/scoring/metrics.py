@@ -1,4 +1,4 @@
-"""Metrics of SPEC section 5: emotion accuracy/macro-F1/KL, regression errors, verdict accuracy/F1/CE.
+"""The metrics: emotion accuracy/macro-F1/KL, regression errors, verdict accuracy/F1/CE.
 
 Inputs are numpy arrays; every target comes with a `present` mask and only its rows are scored. Every
 returned value is a plain Python number or None, so the result can be written as JSON unchanged.

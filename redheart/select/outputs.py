@@ -1,6 +1,6 @@
 """Module outputs of checkpoints on one split, computed once and reused by every candidate.
 
-Every group reads the input embeddings itself and the fusion reads their outputs detached (DESIGN), so
+Every group reads the input embeddings itself and the fusion reads their outputs detached, so
 the outputs of a model assembled from several epochs are those epochs' outputs put side by side: a
 crossover, its refinements and its shifted variants cost no forward pass once each checkpoint's outputs
 are cached. Only weight averages (soups) need new forwards.

@@ -1,24 +1,23 @@
 """The learning-rate sweep's selection score: pure functions from loss curves to a ranked table and a reason.
 
-The strategy documents weight four things: validation loss over the last 3 epochs (0.4), stability (0.2),
-learning efficiency (0.2) and the over-fitting gap (0.2). Their code scores each on its own ad-hoc scale
-(1/(1+x) of a loss, a capped raw loss drop, 1/(1+std) of gradient norms), so the weights do not mean what
-they say: a component whose values happen to spread more dominates. Here every component is a raw number
+The score weighs four things: validation loss over the last 3 epochs (0.4), stability (0.2), learning
+efficiency (0.2) and the over-fitting gap (0.2). Scoring each on its own ad-hoc scale (1/(1+x) of a loss,
+a capped raw loss drop, 1/(1+std) of gradient norms) would make the weights not mean what they say: a
+component whose values happen to spread more would dominate. Here every component is a raw number
 where lower is better, defined as follows on one trial's per-epoch curves:
 
-- val_loss: mean validation loss (sum of the per-module task losses) over the last `window` (3) epochs, as
-  the documents define it.
+- val_loss: mean validation loss (sum of the per-module task losses) over the last `window` (3) epochs.
 - instability: the total upward movement of the validation-loss curve, sum of max(0, v[t] - v[t-1]),
-  divided by the curve's mean. The documents use the spread of gradient norms, but within an epoch that
+  divided by the curve's mean. The spread of gradient norms would be the obvious measure, but within an epoch that
   spread also counts a norm falling because the model is learning, so a rate that learns fast would be
   called unstable; a validation loss that goes back up is the instability that matters for the choice.
   (Gradient-norm statistics are still recorded per epoch for the paper.)
 - inefficiency: mean training loss over all epochs, the area under the training curve. All candidates
   start from the same weights, so this is the common starting loss minus the mean improvement: lower
-  means the rate reduced the loss sooner. (The documents' first-minus-last drop measures from the end of
+  means the rate reduced the loss sooner. (A first-minus-last drop would measure from the end of
   epoch 1, which hides what a fast rate learned in that epoch.)
-- overfit_gap: mean over the last `window` epochs of max(0, validation - training task loss). The
-  documents take the absolute value of the difference, but validation below training (dropout is on
+- overfit_gap: mean over the last `window` epochs of max(0, validation - training task loss). An
+  absolute difference would not do: validation below training (dropout is on
   while training) is not over-fitting, and a signed gap would reward a rate for a high training loss
   (a 4-rate tiny-preset sweep chose a rate worse on validation loss and efficiency that way). So the
   component only separates candidates when some of them do over-fit; otherwise all tie at 0.

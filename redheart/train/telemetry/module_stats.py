@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from redheart.model.groups import GROUPS, group_of
 
-NEAR_ZERO = 1e-6  # |w| below this counts as a zero weight (the strategy documents' sparsity threshold)
+NEAR_ZERO = 1e-6  # |w| below this counts as a zero weight (the sparsity threshold)
 CHUNK = 2**24  # elements per reduced chunk: bounds the flattening copy, and float32 counts stay exact
 STAT_KEYS = ("count", "mean", "std", "norm", "max", "min", "near_zero_fraction")
 GRADIENTS_NOTE = "gradients of the epoch's last optimizer step, unscaled and after clipping, as the optimizer applied them"

@@ -1,4 +1,4 @@
-"""Per-epoch records: the metrics log (JSONL), TensorBoard scalars, and the run's telemetry (issue 9).
+"""Per-epoch records: the metrics log (JSONL), TensorBoard scalars, and the run's telemetry.
 
 With telemetry on, every epoch record gains a "telemetry" block (keys below), every checkpoint folder
 a module_stats.json (see module_stats.py), and every checkpoint a progress report (see
