@@ -26,7 +26,7 @@ from redheart.model.backbone import Backbone, PooledHead
 from redheart.model.dsp import EmotionDSP
 from redheart.model.kalman import KalmanFusion
 from redheart.model.losses import Outputs
-from redheart.model.phases import Phase0Calibrator, Phase1Empathy, Phase2Community
+from redheart.model.phase_networks import Phase0Calibrator, Phase1Empathy, Phase2Community
 from redheart.model.sizing import Solved, count_parameters, solve_width
 from redheart.model.groups import group_of
 
