@@ -25,11 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a 
 from rapidfuzz import fuzz  # noqa: E402
 
 from redheart.config import DataConfig  # noqa: E402
+from redheart.core.host_memory import peak_host_memory_bytes  # noqa: E402
 from redheart.data.dedup import near_duplicates, reference_near_duplicates  # noqa: E402
 from redheart.data.minhash_dedup import candidate_pairs, keep_first, minhash_near_duplicates, read_texts  # noqa: E402
 from redheart.data.records import load_records  # noqa: E402
 from redheart.data.schema import bundled_data_path  # noqa: E402
-from redheart.core.host_memory import peak_host_memory_bytes  # noqa: E402
 
 LARGE_SET = Path(__file__).resolve().parent / "data" / "scruples_texts_30k.jsonl.gz"  # shipped, see data/README.md
 LEVELS = (85, 88, 90, 91, 92, 93, 94, 96, 98)  # fuzz.ratio of the planted copies to their source

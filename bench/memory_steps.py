@@ -24,13 +24,14 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # runnable from a checkout; the
 
 import torch  # noqa: E402
 
-from redheart.core.atomic import write_json, write_jsonl  # noqa: E402
 from redheart.config import EncoderConfig, preset, with_overrides  # noqa: E402
-from redheart.data.encode import encode_run  # noqa: E402
-from redheart.core.rundir import RunDir  # noqa: E402
-from redheart.train.memory.plan import GiB, parse_bytes, plan_for_config  # noqa: E402
+from redheart.core.atomic import write_json, write_jsonl  # noqa: E402
 from redheart.core.host_memory import peak_host_memory_bytes  # noqa: E402
+from redheart.core.rundir import RunDir  # noqa: E402
+from redheart.data.encode import encode_run  # noqa: E402
+from redheart.train.memory.plan import GiB, parse_bytes, plan_for_config  # noqa: E402
 from redheart.train.telemetry.records import peak_memory_bytes, read_metrics  # noqa: E402
+
 from tiny_run import synthetic_record  # noqa: E402
 
 

@@ -23,19 +23,19 @@ import time
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from redheart.core.atomic import write_json
 from redheart.config import PRESETS, RunConfig
+from redheart.core.atomic import write_json
+from redheart.core.rundir import RunDir
 from redheart.data.dataset import SplitTensors, micro_batches, targets_tensors
 from redheart.data.schema import EMOTIONS, VERDICTS
 from redheart.model.losses import split_halves
 from redheart.model.model import RedHeartModel
 from redheart.train.ema import build_ema
-from redheart.core.rundir import RunDir
-from redheart.train.trainer import EpochTally, Trainer
 from redheart.train.optim import build_optimizer
 from redheart.train.precision import choose_precision, resolve_device
 from redheart.train.schedule import build_scheduler, steps_per_epoch
 from redheart.train.telemetry.records import RunTelemetry, append_metrics
+from redheart.train.trainer import EpochTally, Trainer
 
 
 def synthetic_split(n: int, dim: int, segments: int) -> SplitTensors:

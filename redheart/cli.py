@@ -82,8 +82,8 @@ def _cmd_model(args: argparse.Namespace) -> None:
 
 
 def _cmd_memory(args: argparse.Namespace) -> None:
-    from redheart.train.memory.plan import parse_bytes, plan_for_config
     from redheart.train.memory.format import format_memory_plan
+    from redheart.train.memory.plan import parse_bytes, plan_for_config
 
     config = preset(args.preset)
     if args.set:

@@ -20,12 +20,12 @@ import torch
 from tqdm.auto import tqdm
 
 from redheart.config import EncoderConfig
+from redheart.core.checkpoint_files import MANIFEST, CheckpointError, sha256
 from redheart.data.encode import encode_texts
 from redheart.data.encoders import build_encoder, document_text
 from redheart.data.schema import BENTHAM_KEYS, DISTRIBUTION_TARGETS, EMOTIONS, SURD_KEYS, VERDICTS
 from redheart.evaluate.calibration import CALIBRATED_TARGETS, CALIBRATORS_FILE, load_calibrators
 from redheart.select.final_model import load_final_model
-from redheart.core.checkpoint_files import MANIFEST, CheckpointError, sha256
 
 NAMES = {"emotions": EMOTIONS, "bentham_scores": BENTHAM_KEYS, "surd_metrics": SURD_KEYS, "verdict": VERDICTS}
 

@@ -4,7 +4,12 @@ import numpy as np
 import pytest
 
 from redheart.evaluate.calibration import (
-    CalibrationOptions, Calibrators, apply_method, calibration_metrics, calibration_report, fit_target,
+    CalibrationOptions,
+    Calibrators,
+    apply_method,
+    calibration_metrics,
+    calibration_report,
+    fit_target,
 )
 
 

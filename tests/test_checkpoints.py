@@ -2,10 +2,10 @@ import pytest
 import torch
 
 from redheart.config import PRESETS
+from redheart.core.checkpoint_files import CheckpointError
+from redheart.core.rundir import RunDir
 from redheart.model.groups import GROUPS
 from redheart.model.model import RedHeartModel
-from redheart.core.rundir import RunDir
-from redheart.core.checkpoint_files import CheckpointError
 from redheart.train.state.checkpoints import load_checkpoint, load_groups, save_checkpoint
 
 

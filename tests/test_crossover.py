@@ -11,6 +11,7 @@ from sklearn.metrics import f1_score
 
 import redheart.data.dataset as dataset
 from redheart.core.atomic import read_json
+from redheart.core.checkpoint_files import CheckpointError
 from redheart.data.dataset import load_split
 from redheart.evaluate.final import evaluate_test, format_results
 from redheart.model.groups import GROUPS
@@ -20,9 +21,9 @@ from redheart.select.final_model import load_final_model
 from redheart.select.intervals import batched_macro_f1
 from redheart.select.outputs import SplitOutputs
 from redheart.select.pins import pinned_epochs
-from redheart.core.checkpoint_files import CheckpointError
-from redheart.train.state.checkpoints import load_groups
 from redheart.train.recipe import train
+from redheart.train.state.checkpoints import load_groups
+
 from tiny_run import make_run, tiny_config
 
 EPOCHS = 6

@@ -7,8 +7,7 @@ from rapidfuzz import fuzz
 
 from redheart.data.dedup import cross_pairs, near_duplicates, reference_near_duplicates
 
-WORDS = ("my roommate sister boss friend wedding money car dog party rent dinner gift told asked refused "
-         "yelled because never always work school phone game house mother father").split()
+WORDS = ["my", "roommate", "sister", "boss", "friend", "wedding", "money", "car", "dog", "party", "rent", "dinner", "gift", "told", "asked", "refused", "yelled", "because", "never", "always", "work", "school", "phone", "game", "house", "mother", "father"]
 
 
 def random_text(rng, words):

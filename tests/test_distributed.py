@@ -30,18 +30,19 @@ import pytest
 import torch
 
 from redheart.config import PRESETS, RunConfig, load_config
+from redheart.core.faults import Faults
+from redheart.core.rundir import RunDir
 from redheart.data.dataset import load_split
 from redheart.model.model import RedHeartModel
-from redheart.core.rundir import RunDir
-from redheart.train.state.checkpoints import load_checkpoint
-from redheart.train.parallel.distributed import join_job
 from redheart.train.evaluation import predict
-from redheart.core.faults import Faults
 from redheart.train.memory.plan import resolve_strategy
-from redheart.train.recipe import train
-from redheart.train.state.resume import read_resume_info
+from redheart.train.parallel.distributed import join_job
 from redheart.train.parallel.fsdp import uses_fsdp
+from redheart.train.recipe import train
+from redheart.train.state.checkpoints import load_checkpoint
+from redheart.train.state.resume import read_resume_info
 from redheart.train.telemetry.records import read_metrics
+
 from tiny_run import tiny_config
 
 LR, EPOCHS = 3e-3, 2

@@ -10,17 +10,18 @@ from __future__ import annotations
 import pytest
 import torch
 
+from redheart.core.faults import Faults
 from redheart.model.groups import GROUPS
 from redheart.model.model import RedHeartModel
 from redheart.train.ema import build_ema
-from redheart.core.faults import Faults
+from redheart.train.optim import build_optimizer
+from redheart.train.precision import choose_precision
+from redheart.train.schedule import build_scheduler
+from redheart.train.state.resume import load_resume, save_resume
 from redheart.train.swap.forward import detached, group_loss, group_outputs
 from redheart.train.swap.trainer import GroupSwapTrainer
 from redheart.train.trainer import EpochTally, Trainer
-from redheart.train.optim import build_optimizer
-from redheart.train.precision import choose_precision
-from redheart.train.state.resume import load_resume, save_resume
-from redheart.train.schedule import build_scheduler
+
 from tiny_run import synthetic_split, tiny_config
 
 TOLERANCE = {"atol": 1e-6, "rtol": 1e-6}

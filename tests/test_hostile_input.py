@@ -12,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from redheart.core.atomic import read_json
 from redheart.config import DataConfig, EncoderConfig
+from redheart.core.atomic import read_json
+from redheart.core.rundir import RunDir
 from redheart.data.encoders import build_encoder, document_text
 from redheart.data.prepare import prepare
 from redheart.data.records import DataError, load_records
-from redheart.core.rundir import RunDir
+
 from tiny_run import synthetic_record
 
 ODD_TEXTS = {

@@ -9,6 +9,7 @@ from redheart.model.model import RedHeartModel
 from redheart.train.memory.activations import empty_model, measure_activation_bytes
 from redheart.train.memory.plan import GiB, footprints, fsdp_footprint, optimizer_state_bytes, parse_bytes, plan_memory
 from redheart.train.optim import build_optimizer
+
 from tiny_run import tiny_config
 
 

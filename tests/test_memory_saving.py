@@ -3,15 +3,16 @@ is part of the run's identity."""
 
 import pytest
 import torch
+from test_train_recipe import live_weights
 
 from redheart.core.atomic import read_json
 from redheart.data.dataset import load_split
 from redheart.model.model import RedHeartModel
-from redheart.train.trainer import forward_losses
 from redheart.train.recipe import train
 from redheart.train.state.resume import ResumeError
 from redheart.train.telemetry.records import read_metrics
-from test_train_recipe import live_weights
+from redheart.train.trainer import forward_losses
+
 from tiny_run import tiny_config
 
 SAVING = {"train.memory": "saving"}

@@ -16,6 +16,7 @@ from redheart.train.oom import BatchPlan, OutOfMemory
 from redheart.train.recipe import train
 from redheart.train.state.resume import read_resume_info
 from redheart.train.telemetry.records import read_metrics
+
 from tiny_run import tiny_config
 
 LR = 3e-3

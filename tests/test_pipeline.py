@@ -8,9 +8,10 @@ import pytest
 
 import redheart.data.dataset as dataset
 import redheart.train.recipe as recipe
-from redheart.core.atomic import read_json
 from redheart.cli import main
+from redheart.core.atomic import read_json
 from redheart.core.rundir import RunDir
+
 from tiny_run import synthetic_record
 
 

@@ -7,12 +7,13 @@ import pytest
 import torch
 
 from redheart.core.atomic import read_json
+from redheart.core.checkpoint_files import CheckpointError
 from redheart.data.schema import BENTHAM_KEYS, EMOTIONS, SURD_KEYS, VERDICTS
+from redheart.evaluate.calibration import CALIBRATORS_FILE, CalibrationOptions, fit_calibrators
 from redheart.infer import Predictor, predict_records, predict_texts, read_inputs
 from redheart.model.model import RedHeartModel
-from redheart.evaluate.calibration import CALIBRATORS_FILE, CalibrationOptions, fit_calibrators
 from redheart.select.final_model import save_final_model
-from redheart.core.checkpoint_files import CheckpointError
+
 from tiny_run import make_run, tiny_config
 
 

@@ -5,11 +5,11 @@ import random
 
 import pytest
 
-from redheart.core.atomic import read_json
 from redheart.config import DataConfig
+from redheart.core.atomic import read_json
+from redheart.core.rundir import RunDir
 from redheart.data.prepare import format_summary, prepare
 from redheart.data.records import DataError
-from redheart.core.rundir import RunDir
 
 
 def story(i):

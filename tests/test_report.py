@@ -9,20 +9,25 @@ from html.parser import HTMLParser
 
 import pytest
 
-from redheart.core.atomic import read_json, write_jsonl
 from redheart.config import save_config
-from redheart.data.dataset import load_split
+from redheart.core.atomic import read_json, write_jsonl
+from redheart.core.rundir import RunDir
+from redheart.data.dataset import load_split, split_targets
 from redheart.data.encode import encode_run
 from redheart.data.prepare import prepare
+from redheart.evaluate.calibration import (
+    CalibrationOptions,
+    calibration_report,
+    fit_calibrators,
+    write_calibration_report,
+)
 from redheart.evaluate.final import evaluate_test
 from redheart.report.build import build_report, fmt, fmt_ci
-from redheart.evaluate.calibration import CalibrationOptions, calibration_report, fit_calibrators, write_calibration_report
-from redheart.core.rundir import RunDir
 from redheart.select.final_model import load_final_model
-from redheart.data.dataset import split_targets
 from redheart.train.evaluation import predict
 from redheart.train.recipe import train
 from redheart.train.sweep.run import run_sweep
+
 from tiny_run import synthetic_record, tiny_config
 
 SECTIONS = ("Data", "Model", "Learning-rate sweep", "Training and sweet spots", "Crossover and test results", "Calibration")

@@ -23,6 +23,7 @@ from redheart.core.atomic import read_json
 from redheart.core.checkpoint_files import CheckpointError, verify_checkpoint
 from redheart.train.recipe import train
 from redheart.train.state.resume import read_resume_info
+
 from tiny_run import tiny_config
 
 TESTS = Path(__file__).parent

@@ -9,6 +9,7 @@ from redheart.core.atomic import read_json
 from redheart.data.dataset import SplitTensors
 from redheart.train.sweep.run import collect, run_sweep, run_trial, trial_count
 from redheart.train.sweep.score import Curve, choose, components, explain, format_lr, rank
+
 from tiny_run import make_run, tiny_config
 
 DOCUMENTED = (0.4, 0.2, 0.2, 0.2)

@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from redheart.core.atomic import read_json, write_json
 from redheart.config import PRESETS, SelectConfig, with_overrides
-from redheart.model.groups import GROUPS
+from redheart.core.atomic import read_json, write_json
 from redheart.core.rundir import RunDir
+from redheart.model.groups import GROUPS
 from redheart.select.pins import pin_checkpoints, pinned_epochs, prunable_checkpoints
 from redheart.select.sweet_spots import analyze, find_spot, onset_index, shifted_epoch, smooth, sweet_spot_index
 

@@ -6,6 +6,7 @@ from redheart.core.atomic import read_json
 from redheart.train.recipe import resolve_lr, train
 from redheart.train.state.resume import ResumeError, read_resume_info
 from redheart.train.telemetry.records import read_metrics
+
 from tiny_run import tiny_config
 
 

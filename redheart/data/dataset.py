@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from redheart.core.atomic import read_json
-from redheart.data.schema import TARGET_DIMS, VERDICTS
 from redheart.core.rundir import RunDir
 from redheart.data.encode import load_embeddings
+from redheart.data.schema import TARGET_DIMS, VERDICTS
 
 SPLITS = ("train", "val", "test")
 

@@ -16,11 +16,11 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 from tqdm.auto import tqdm
 
-from redheart.core.atomic import read_json, write_json, write_with
 from redheart.config import EncoderConfig
+from redheart.core.atomic import read_json, write_json, write_with
+from redheart.core.rundir import RunDir
 from redheart.data.embedding_cache import EmbeddingCache, text_sha256
 from redheart.data.encoders import Encoder, build_encoder, document_text
-from redheart.core.rundir import RunDir
 
 EMBEDDINGS_FILE = "embeddings.safetensors"
 INDEX_FILE = "index.json"

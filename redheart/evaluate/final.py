@@ -13,14 +13,14 @@ from typing import Any
 
 import numpy as np
 
-from redheart.core.atomic import read_json, write_json
 from redheart.config import RunConfig
+from redheart.core.atomic import read_json, write_json
+from redheart.core.rundir import RunDir
 from redheart.data.dataset import SplitTensors, load_split, split_targets
+from redheart.evaluate.calibration import calibration_report, fit_calibrators, write_calibration_report
+from redheart.model.model import RedHeartModel
 from redheart.scoring.baselines import constant_predictions, pooled_features, probe_predictions, run_baselines
 from redheart.scoring.metrics import HEADLINE_LABELS, evaluate_predictions, headline
-from redheart.model.model import RedHeartModel
-from redheart.evaluate.calibration import calibration_report, fit_calibrators, write_calibration_report
-from redheart.core.rundir import RunDir
 from redheart.select.candidates import fused_of
 from redheart.select.crossover import CROSSOVER, ENSEMBLE, REFINED, crossover, load_candidates
 from redheart.select.intervals import headline_intervals
@@ -78,7 +78,7 @@ def evaluate_test(run: RunDir, config: RunConfig) -> dict[str, Any]:
     results = {
         "split": "test",
         "n": len(test_split),
-        "evaluated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "evaluated_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "bootstrap": {"samples": options.bootstrap_samples, "seed": options.bootstrap_seed, "level": 0.95},
         "final_model": plan["final_model"],
         "best_on_validation": plan["best"],

@@ -24,11 +24,11 @@ from redheart.model import losses as loss_fns
 from redheart.model.analyzers import ConvAnalyzer, GatedAnalyzer, NeuralAnalyzer, RecurrentAnalyzer
 from redheart.model.backbone import Backbone, PooledHead
 from redheart.model.dsp import EmotionDSP
+from redheart.model.groups import group_of
 from redheart.model.kalman import KalmanFusion
 from redheart.model.losses import Outputs
 from redheart.model.phase_networks import Phase0Calibrator, Phase1Empathy, Phase2Community
 from redheart.model.sizing import Solved, count_parameters, solve_width
-from redheart.model.groups import group_of
 
 # The target each predicting module learns; the order is the build order (heads after the backbone).
 MODULE_TARGETS: dict[str, str] = {

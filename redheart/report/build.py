@@ -16,18 +16,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from redheart.core.atomic import atomic_open, read_json, write_json, write_with
-from redheart.data.schema import VERDICTS
-from redheart.core.rundir import RunDir
-from redheart.report.document import Section, Table
-from redheart.scoring.metrics import HEADLINE_LABELS
-from redheart.train.sweep.score import format_lr
 from redheart.config import ModelConfig, load_config
+from redheart.core.atomic import atomic_open, read_json, write_json, write_with
+from redheart.core.rundir import RunDir
+from redheart.data.schema import VERDICTS
 from redheart.evaluate.calibration import CALIBRATORS_FILE, TEST_REPORT_FILE
 from redheart.model.model import parameter_table
+from redheart.report.document import Section, Table
 from redheart.report.html import render_html, render_markdown
 from redheart.report.latex import write_latex_tables
 from redheart.report.training_plot import plot_training
+from redheart.scoring.metrics import HEADLINE_LABELS
+from redheart.train.sweep.score import format_lr
 from redheart.train.telemetry.records import read_metrics
 
 

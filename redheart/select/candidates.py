@@ -18,11 +18,20 @@ from typing import Any
 from safetensors.torch import load_file
 from torch import Tensor
 
+from redheart.core.checkpoint_files import MANIFEST, verify_checkpoint
+from redheart.core.rundir import RunDir
 from redheart.model.groups import GROUPS
 from redheart.model.kalman import KalmanFusion
-from redheart.core.rundir import RunDir
-from redheart.select.outputs import Fused, SplitOutputs, average_fused, average_state, fit_fusion, fuse, fused_loss, summary
-from redheart.core.checkpoint_files import MANIFEST, verify_checkpoint
+from redheart.select.outputs import (
+    Fused,
+    SplitOutputs,
+    average_fused,
+    average_state,
+    fit_fusion,
+    fuse,
+    fused_loss,
+    summary,
+)
 
 
 @dataclass

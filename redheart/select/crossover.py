@@ -18,14 +18,14 @@ from typing import Any
 
 from safetensors.torch import load_file, save_file
 
-from redheart.core.atomic import atomic_open, read_json, write_json, write_with
 from redheart.config import RunConfig
+from redheart.core.atomic import atomic_open, read_json, write_json, write_with
+from redheart.core.rundir import RunDir
 from redheart.data.dataset import load_split
 from redheart.data.schema import TARGET_DIMS
 from redheart.model.groups import GROUPS
 from redheart.model.kalman import KalmanFusion
 from redheart.model.model import RedHeartModel
-from redheart.core.rundir import RunDir
 from redheart.select.candidates import Candidate, baseline_candidates, checkpoint_scores, score
 from redheart.select.final_model import build_candidate_model, save_final_model
 from redheart.select.outputs import SplitOutputs
@@ -141,7 +141,7 @@ def write_crossover(run: RunDir, result: CrossoverResult, scores: dict[int, floa
             entry["fusion"] = str(path.relative_to(run.root))
         entries.append(entry)
     write_json(run.crossover_candidates, {
-        "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "written_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "sweet_spots": result.sweet_spots, "refined": result.refined, "refine_log": result.refine_log,
         "checkpoint_scores": {str(e): s for e, s in scores.items()},
         "best": result.best, "final_model": result.final_model, "conclusion": result.conclusion, "candidates": entries,

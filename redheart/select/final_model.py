@@ -17,14 +17,14 @@ from typing import Any
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from redheart.core.atomic import atomic_open, read_json, write_json, write_with
 from redheart.config import EncoderConfig, ModelConfig, RunConfig, to_dict
+from redheart.core.atomic import atomic_open, read_json, write_json, write_with
+from redheart.core.checkpoint_files import MANIFEST, CheckpointError, sha256, verify_checkpoint
+from redheart.core.rundir import RunDir
 from redheart.model.groups import GROUPS, load_group_state_dict
 from redheart.model.model import RedHeartModel
-from redheart.core.rundir import RunDir
 from redheart.select.candidates import Candidate
 from redheart.select.outputs import average_state
-from redheart.core.checkpoint_files import MANIFEST, CheckpointError, sha256, verify_checkpoint
 from redheart.train.state.checkpoints import group_states, load_checkpoint, load_groups
 
 CONFIG = "config.json"

@@ -19,14 +19,14 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
+from redheart.core.checkpoint_files import verify_checkpoint
 from redheart.data.dataset import SplitTensors
 from redheart.data.schema import DISTRIBUTION_TARGETS, TARGET_DIMS
-from redheart.scoring.metrics import evaluate_predictions, headline
 from redheart.model.groups import GROUPS, group_of
 from redheart.model.kalman import KalmanFusion
 from redheart.model.losses import target_loss
 from redheart.model.model import RedHeartModel
-from redheart.core.checkpoint_files import verify_checkpoint
+from redheart.scoring.metrics import evaluate_predictions, headline
 from redheart.train.state.checkpoints import load_checkpoint
 
 Outputs = dict[str, dict[str, Tensor]]

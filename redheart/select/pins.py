@@ -10,8 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from redheart.core.atomic import read_json, write_json
-from redheart.core.rundir import RunDir
 from redheart.core.checkpoint_files import MANIFEST
+from redheart.core.rundir import RunDir
 
 
 def read_pins(run: RunDir) -> dict[str, dict[str, int]]:

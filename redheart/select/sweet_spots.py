@@ -13,14 +13,14 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from redheart.core.atomic import atomic_open, write_json
 from redheart.config import RunConfig, SelectConfig
-from redheart.scoring.metrics import headline
-from redheart.model.groups import GROUPS
+from redheart.core.atomic import atomic_open, write_json
 from redheart.core.rundir import RunDir
+from redheart.model.groups import GROUPS
+from redheart.scoring.metrics import headline
+from redheart.select.curves_plot import plot_curves
 from redheart.select.pins import pin_checkpoints, saved_epochs
 from redheart.train.telemetry.records import read_metrics
-from redheart.select.curves_plot import plot_curves
 
 SMOOTHINGS = ("ema", "moving_average", "none")
 

@@ -10,19 +10,19 @@ from __future__ import annotations
 import torch
 
 from redheart.config import RunConfig
-from redheart.model.model import RedHeartModel
-from redheart.train.parallel.data_parallel import DataParallelTrainer
-from redheart.train.parallel.distributed import Distributed
-from redheart.train.ema import build_ema
 from redheart.core.faults import Faults
-from redheart.train.swap.trainer import GroupSwapTrainer
-from redheart.train.trainer import Trainer
+from redheart.model.model import RedHeartModel
+from redheart.train.ema import build_ema
 from redheart.train.memory.plan import resolve_strategy
 from redheart.train.memory.strategy import MemoryStrategy
 from redheart.train.optim import build_optimizer
+from redheart.train.parallel.data_parallel import DataParallelTrainer
+from redheart.train.parallel.distributed import Distributed
+from redheart.train.parallel.fsdp import shard, uses_fsdp
 from redheart.train.precision import choose_precision
 from redheart.train.schedule import build_scheduler, steps_per_epoch
-from redheart.train.parallel.fsdp import shard, uses_fsdp
+from redheart.train.swap.trainer import GroupSwapTrainer
+from redheart.train.trainer import Trainer
 
 
 def build_trainer(

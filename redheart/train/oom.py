@@ -52,7 +52,7 @@ class BatchPlan:
                 "events": list(self.events)}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "BatchPlan":
+    def from_json(cls, data: dict[str, Any]) -> BatchPlan:
         return cls(data["window"], data["micro_batch"], data["memory_saving"], list(data["events"]))
 
 

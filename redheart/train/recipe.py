@@ -8,9 +8,9 @@ import json
 import shlex
 import sys
 import time
-from functools import partial
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,24 +18,24 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from redheart.core.atomic import read_json, write_json
 from redheart.config import RunConfig, to_dict
+from redheart.core.atomic import read_json, write_json
+from redheart.core.faults import NO_FAULTS, Faults
+from redheart.core.rundir import RunDir
 from redheart.data.dataset import SplitTensors, load_split, micro_batches, split_hash
+from redheart.model.model import RedHeartModel
 from redheart.scoring.baselines import run_baselines
 from redheart.scoring.metrics import headline
-from redheart.model.model import RedHeartModel
-from redheart.core.rundir import RunDir
 from redheart.train.build_trainer import build_trainer
-from redheart.train.state.checkpoints import save_checkpoint
-from redheart.train.parallel.distributed import Distributed
 from redheart.train.evaluation import evaluate, metrics_of, predict
-from redheart.core.faults import NO_FAULTS, Faults
-from redheart.train.trainer import EpochTally, Trainer
-from redheart.train.precision import resolve_device
-from redheart.train.state.resume import has_resume, load_resume, resume_tensors, save_resume
+from redheart.train.parallel.distributed import Distributed
 from redheart.train.parallel.fsdp import drop_summed_grads, host_view, is_sharded
+from redheart.train.precision import resolve_device
 from redheart.train.signals import TrainingInterrupted, interruption, stop_on_signals
+from redheart.train.state.checkpoints import save_checkpoint
+from redheart.train.state.resume import has_resume, load_resume, resume_tensors, save_resume
 from redheart.train.telemetry.records import RunTelemetry, append_metrics, log_scalars, peak_memory_bytes, read_metrics
+from redheart.train.trainer import EpochTally, Trainer
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,9 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.checkpoint import checkpoint
 
 from redheart.config import TrainConfig
+from redheart.core.faults import NO_FAULTS, Faults
 from redheart.data.dataset import SplitTensors, epoch_order
 from redheart.model.losses import Outputs, split_halves
-from redheart.core.faults import NO_FAULTS, Faults
 from redheart.train.oom import BatchPlan, release_memory
 from redheart.train.precision import Precision
 
@@ -95,11 +95,11 @@ class EpochTally:
             "grad_norms": [float(n) for n in self.grad_norms],
         }
 
-    def copy(self) -> "EpochTally":
+    def copy(self) -> EpochTally:
         return copy.deepcopy(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> "EpochTally":
+    def from_json(cls, data: dict) -> EpochTally:
         return cls(samples=data["samples"], loss_sums=dict(data["loss_sums"]), grad_norms=list(data["grad_norms"]))
 
 

@@ -2,7 +2,14 @@
 
 from redheart.train.memory.activations import ActivationBytes, measure_activation_bytes
 from redheart.train.memory.format import format_memory_plan
-from redheart.train.memory.plan import MemoryPlan, NoStrategyFits, parse_bytes, plan_for_config, plan_memory, resolve_strategy
+from redheart.train.memory.plan import (
+    MemoryPlan,
+    NoStrategyFits,
+    parse_bytes,
+    plan_for_config,
+    plan_memory,
+    resolve_strategy,
+)
 from redheart.train.memory.strategy import STRATEGIES, MemoryStrategy, strategy
 
 __all__ = [

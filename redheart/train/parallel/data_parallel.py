@@ -35,8 +35,8 @@ from torch.distributed.tensor import DTensor
 
 from redheart.data.dataset import SplitTensors
 from redheart.train.parallel.distributed import Distributed
-from redheart.train.trainer import EpochTally, StepCallback, Trainer
 from redheart.train.parallel.fsdp import is_sharded
+from redheart.train.trainer import EpochTally, StepCallback, Trainer
 
 
 class DataParallelTrainer(Trainer):

@@ -47,7 +47,7 @@ class Distributed:
         return self.rank == 0
 
     @classmethod
-    def single(cls, device: torch.device) -> "Distributed":
+    def single(cls, device: torch.device) -> Distributed:
         return cls(rank=0, world_size=1, local_rank=0, device=device)
 
     def barrier(self) -> None:

@@ -15,10 +15,18 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from redheart.model.groups import GROUPS, group_state_dict, load_group_state_dict
-from redheart.core.rundir import RunDir
-from redheart.core.checkpoint_files import MANIFEST, METRICS, CheckpointError, sha256, verify_checkpoint, write_state_file
+from redheart.core.checkpoint_files import (
+    MANIFEST,
+    METRICS,
+    CheckpointError,
+    sha256,
+    verify_checkpoint,
+    write_state_file,
+)
 from redheart.core.faults import NO_FAULTS, Faults
+from redheart.core.rundir import RunDir
+from redheart.model.groups import GROUPS, group_state_dict, load_group_state_dict
+
 
 def group_states(model: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
     """The model's state_dict cut by group, on the host; a key in no group is an error, never left out."""

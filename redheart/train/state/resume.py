@@ -24,12 +24,17 @@ from safetensors.torch import load_file, save_file
 from redheart.core.atomic import read_json, write_json
 from redheart.core.checkpoint_files import sha256, write_state_file
 from redheart.core.faults import NO_FAULTS, Faults
-from redheart.train.state.checkpoints import host_tensors
-from redheart.train.trainer import EpochTally, Trainer
 from redheart.train.oom import BatchPlan
 from redheart.train.parallel.fsdp import (
-    full_grads, full_optimizer_state, full_state, load_full_grads, load_full_optimizer_state, load_full_state,
+    full_grads,
+    full_optimizer_state,
+    full_state,
+    load_full_grads,
+    load_full_optimizer_state,
+    load_full_state,
 )
+from redheart.train.state.checkpoints import host_tensors
+from redheart.train.trainer import EpochTally, Trainer
 
 POINTER = "current.json"
 SLOTS = ("slot_0", "slot_1")

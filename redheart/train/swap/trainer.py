@@ -26,8 +26,8 @@ from torch.utils.checkpoint import checkpoint
 from redheart.data.dataset import SplitTensors
 from redheart.model.groups import GROUPS
 from redheart.model.losses import Outputs
-from redheart.train.swap.forward import SWAP_ORDER, detached, dropped_passes, group_loss, group_outputs
 from redheart.train.swap.cpu_offload import HOST, CpuOffload
+from redheart.train.swap.forward import SWAP_ORDER, detached, dropped_passes, group_loss, group_outputs
 from redheart.train.trainer import EpochTally, StepCallback, Trainer
 
 

@@ -21,13 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from redheart.core.atomic import atomic_open, write_json
 from redheart.config import RunConfig
+from redheart.core.atomic import atomic_open, write_json
 from redheart.core.rundir import RunDir
-from redheart.train.sweep.score import Curve, Score, choose, components, explain, format_lr, rank
-from redheart.train.telemetry.records import read_metrics
 from redheart.train.recipe import train
 from redheart.train.sweep.plot import plot_curves
+from redheart.train.sweep.score import Curve, Score, choose, components, explain, format_lr, rank
+from redheart.train.telemetry.records import read_metrics
 
 WINDOW = 3  # epochs at the end of a trial that the validation-loss and gap components average
 

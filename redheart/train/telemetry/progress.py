@@ -17,7 +17,7 @@ Layout of progress/epoch_NNN.json and progress/latest.json:
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +92,7 @@ def progress_report(rows: list[dict[str, Any]], checkpoints: list[int], epochs_t
             "mean_epoch_seconds": mean_seconds,
             "estimated_seconds_left": mean_seconds * max(0, epochs_total - epoch),
         },
-        "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "written_at": datetime.now(UTC).isoformat(timespec="seconds"),
     }
 
 

@@ -28,12 +28,12 @@ from torch import nn
 from torch.utils.tensorboard import SummaryWriter
 
 from redheart.core.atomic import write_jsonl
+from redheart.core.checkpoint_files import MANIFEST
 from redheart.core.host_memory import peak_host_memory_bytes
 from redheart.core.rundir import RunDir
-from redheart.core.checkpoint_files import MANIFEST
-from redheart.train.trainer import EpochTally, Trainer
 from redheart.train.telemetry.module_stats import GradientProbe, module_stats
 from redheart.train.telemetry.progress import group_losses, loss_gaps, progress_report, write_progress
+from redheart.train.trainer import EpochTally, Trainer
 
 MODULE_STATS = "module_stats.json"
 
