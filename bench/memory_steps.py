@@ -90,7 +90,8 @@ def main() -> None:
         line = (f"{strategy:>9}: peak RSS {result['peak_rss'] / GiB:6.2f} GiB (plan: device + host "
                 f"{(plan.device_total + plan.host_total) / GiB:5.2f} GiB)")
         if result["cuda_max_allocated"] is not None:
-            line += f", max_memory_allocated {result['cuda_max_allocated'] / GiB:5.2f} GiB (plan: {plan.device_total / GiB:5.2f})"
+            line += (f", max_memory_allocated {result['cuda_max_allocated'] / GiB:5.2f} GiB"
+                     f" (plan: {plan.device_total / GiB:5.2f})")
         print(f"{line}, {result['samples_per_second']:.2f} samples/s over {args.windows} optimizer steps of "
               f"{args.micro_batch}x{args.accumulation} samples")
     if {"saving", "standard"} <= set(peaks):

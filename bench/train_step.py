@@ -166,7 +166,8 @@ def main() -> None:
                 ours.append(redheart_epoch(config, split, device))
                 plain.append(plain_epoch(config, split, device))
             best_ours, best_plain = max(ours), max(plain)
-            print(f"{shape}: redheart {best_ours:8.1f} samples/s, plain {best_plain:8.1f} samples/s, ratio {best_ours / best_plain:.3f}")
+            print(f"{shape}: redheart {best_ours:8.1f} samples/s, plain {best_plain:8.1f} samples/s,"
+                  f" ratio {best_ours / best_plain:.3f}")
         if "telemetry" in args.parts:
             pairs = telemetry_epochs(config, split, device, args.rounds)
             ratio = statistics.median(off / on for on, off, _ in pairs)
@@ -174,7 +175,8 @@ def main() -> None:
             steps = steps_per_epoch(len(split), config.train.micro_batch, config.train.accumulation)
             print(
                 f"{shape}: checkpoint epoch of {steps} optimizer steps, median of {len(pairs)} pairs: telemetry on "
-                f"{len(split) / on:8.1f} samples/s, off {len(split) / off:8.1f} samples/s, ratio {ratio:.3f} (target >= 0.95); "
+                f"{len(split) / on:8.1f} samples/s, off {len(split) / off:8.1f} samples/s, "
+                f"ratio {ratio:.3f} (target >= 0.95); "
                 f"telemetry after the last step {statistics.median(p[2] for p in pairs) * 1e3:.1f} ms per checkpoint"
             )
 

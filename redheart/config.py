@@ -15,7 +15,8 @@ import yaml
 
 from redheart.core.atomic import atomic_open
 
-# Parameter budgets of the full model, per module. The four heads have 153.1M in all; each head takes its share in the proportions of the listed head sizes (17.3 : 13.9 : 19.9 : 12.0).
+# Parameter budgets of the full model, per module. The four heads have 153.1M in all; each head takes its
+# share in the proportions of the listed head sizes (17.3 : 13.9 : 19.9 : 12.0).
 _HEAD_SHARES = {"emotion_head": 17.3, "bentham_head": 13.9, "regret_head": 19.9, "surd_head": 12.0}
 FULL_BUDGETS: dict[str, int] = {
     "backbone": 90_600_000,

@@ -71,7 +71,8 @@ class Predictor:
         self.encoder = build_encoder(encoder_config)
         if (self.encoder.dim, self.encoder.max_segments) != (self.info["input_dim"], self.info["max_segments"]):
             raise CheckpointError(
-                f"{self.model_dir / 'config.json'}: encoder {self.encoder.key} gives {self.encoder.max_segments}x{self.encoder.dim}"
+                f"{self.model_dir / 'config.json'}: encoder {self.encoder.key} gives "
+                f"{self.encoder.max_segments}x{self.encoder.dim}"
                 f" vectors, the model expects {self.info['max_segments']}x{self.info['input_dim']}"
             )
         self.cache_dir = cache_dir

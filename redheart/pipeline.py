@@ -1,8 +1,9 @@
 """The main job: every phase in order on one run folder, each from artifacts on disk to artifacts on disk.
 
 Every phase is safe to repeat: prepare is deterministic, encode reads its cache, training resumes from
-its state (a finished run is not trained again), and the test evaluation is read back once written. The order is the strategy's: data, sweep, training,
-sweet spots and crossover on validation, then the single read of the test split, then the report.
+its state (a finished run is not trained again), and the test evaluation is read back once written. The
+order: data, sweep, training, sweet spots and crossover on validation, then the single read of the test
+split, then the report.
 """
 
 from __future__ import annotations

@@ -66,7 +66,8 @@ def test_hashing_is_identical_in_a_fresh_process():
     texts = ["the same words", LONG_TEXT]
     here, _ = build_encoder(HASHING).encode(texts, progress=False)
     script = (
-        "import json, sys; from redheart.config import EncoderConfig; from redheart.data.encoders import build_encoder; "
+        "import json, sys; from redheart.config import EncoderConfig; "
+        "from redheart.data.encoders import build_encoder; "
         f"v, _ = build_encoder(EncoderConfig(**{json.dumps(HASHING.__dict__)})).encode({texts!r}, progress=False); "
         "sys.stdout.write(v.tobytes().hex())"
     )

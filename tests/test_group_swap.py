@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from redheart.core.faults import Faults
+from redheart.core.faults import NO_FAULTS, Faults
 from redheart.model.groups import GROUPS
 from redheart.model.model import RedHeartModel
 from redheart.train.ema import build_ema
@@ -28,7 +28,7 @@ TOLERANCE = {"atol": 1e-6, "rtol": 1e-6}
 LR = 1e-3
 
 
-def trainer_of(kind: type[Trainer], device: str = "cpu", memory_saving: bool = False, faults: Faults = Faults(), **overrides) -> Trainer:
+def trainer_of(kind: type[Trainer], device: str = "cpu", memory_saving: bool = False, faults: Faults = NO_FAULTS, **overrides) -> Trainer:
     """A trainer on the tiny preset (micro-batch 8, windows of 16) with dropout off, built from seed 0."""
     config = tiny_config(**{"model.dropout": 0.0, **overrides})
     torch.manual_seed(0)

@@ -102,12 +102,15 @@ from redheart.data.records import load_records
 path = Path(sys.argv[1])
 with open(path, "w") as handle:
     for i in range(1_000_000):
-        handle.write(json.dumps({"id": f"r{i}", "text": f"record number {i} about my friend", "label": "OTHER"}) + "\\n")
+        record = {"id": f"r{i}", "text": f"record number {i} about my friend", "label": "OTHER"}
+        handle.write(json.dumps(record) + "\\n")
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 started = time.perf_counter()
 records = load_records(path, DataConfig()).records
-print(json.dumps({"records": len(records), "file_mb": path.stat().st_size / 2**20, "seconds": time.perf_counter() - started,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_before_mb": before / 1024}))
+seconds = time.perf_counter() - started
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"records": len(records), "file_mb": path.stat().st_size / 2**20, "seconds": seconds,
+                  "peak_rss_mb": peak / 1024, "rss_before_mb": before / 1024}))
 """
 
 

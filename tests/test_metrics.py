@@ -139,7 +139,7 @@ def test_bootstrap_interval_contains_the_estimate_and_narrows_with_more_rows():
     widths = []
     for n_rows in (100, 2000):
         correct = rng.random(n_rows) < 0.7
-        low, high = bootstrap_ci(lambda idx: correct[idx].mean(), n_rows, n_boot=300)
+        low, high = bootstrap_ci(lambda idx, correct=correct: correct[idx].mean(), n_rows, n_boot=300)
         assert low <= correct.mean() <= high
         widths.append(high - low)
     assert widths[1] < widths[0] / 2

@@ -59,8 +59,9 @@ def on_step(stage, size):
         time.sleep(args["step_sleep"])
 
 out = args["out"]
-train(RunDir(args["data"]), tiny_config(), lr=args["lr"], epochs=args["epochs"], log_dir=None if out is None else Path(out),
-      progress=False, resume_every=args["every"], faults=Faults(step=on_step, write=on_write))
+train(RunDir(args["data"]), tiny_config(), lr=args["lr"], epochs=args["epochs"],
+      log_dir=None if out is None else Path(out), progress=False, resume_every=args["every"],
+      faults=Faults(step=on_step, write=on_write))
 print("finished", flush=True)
 """
 

@@ -36,7 +36,7 @@ def test_label_and_length_distributions_match_across_splits():
         part = [by_id[i] for i in getattr(split, name)]
         train = [by_id[i] for i in split.train]
         for label in ("OTHER", "AUTHOR", None):
-            share = lambda rows: sum(r["label"] == label for r in rows) / len(rows)  # noqa: E731
+            share = lambda rows, label=label: sum(r["label"] == label for r in rows) / len(rows)  # noqa: E731
             assert abs(share(part) - share(train)) < 0.02
         median = lambda rows: sorted(len(r["text"]) for r in rows)[len(rows) // 2]  # noqa: E731
         assert abs(median(part) - median(train)) / median(train) < 0.1

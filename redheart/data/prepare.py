@@ -114,7 +114,8 @@ def format_summary(summary: PrepareSummary) -> str:
     if summary.rejected:
         lines += [f"    {line}" for line in summary.rejected_lines]
         more = summary.rejected - len(summary.rejected_lines)
-        lines.append(f"    {'... ' + str(more) + ' more; ' if more > 0 else ''}all with reasons and raw text: {summary.rejected_path}")
+        more_text = f"... {more} more; " if more > 0 else ""
+        lines.append(f"    {more_text}all with reasons and raw text: {summary.rejected_path}")
     lines.append(f"near-duplicates removed: {summary.duplicates_removed}")
     lines.append("split: " + ", ".join(f"{name} {size}" for name, size in summary.split_sizes.items()))
     labels = [*VERDICTS, NO_LABEL]

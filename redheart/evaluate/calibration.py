@@ -241,7 +241,8 @@ def fit_target(classes: tuple[str, ...], probs: np.ndarray, target: np.ndarray, 
         validation[method] = calibration_metrics(out_of_fold, target, options.n_bins, method)
         cv_nll[method] = validation[method]["nll"]
     method = min(METHODS, key=lambda m: (cv_nll[m], METHODS.index(m)))
-    reason = f"lowest {options.folds}-fold cross-validated NLL on validation ({cv_nll[method]:.4f}; uncalibrated {cv_nll['none']:.4f})"
+    reason = (f"lowest {options.folds}-fold cross-validated NLL on validation ({cv_nll[method]:.4f}; "
+              f"uncalibrated {cv_nll['none']:.4f})")
     params = {m: fitter(probs, target) for m, fitter in FITTERS.items()}
     return TargetCalibration(list(classes), method, reason, n, params, cv_nll, validation)
 

@@ -43,7 +43,8 @@ def _baseline_predictions(train: SplitTensors, test: SplitTensors) -> dict[str, 
 
 
 def evaluate_test(run: RunDir, config: RunConfig) -> dict[str, Any]:
-    """Read the test split once; score every candidate and baseline on it with 95% intervals; write test_results.json."""
+    """Read the test split once; score every candidate and baseline on it with 95% intervals; write
+    test_results.json."""
     path = run.test_results
     if path.exists():
         return read_json(path)

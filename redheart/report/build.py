@@ -85,8 +85,9 @@ def _data(ctx: _Context) -> Section:
     section = Section("Data", [ctx.rel(run.data_stats)])
     stats = read_json(run.data_stats)
     section.paragraphs.append(
-        f"{fmt(stats['records_read'])} records read, {fmt(stats['rejected'])} rejected, {fmt(stats['duplicates_removed'])} near-duplicates "
-        f"removed, {fmt(stats['clean_records'])} clean records; near-duplicates of training texts in validation/test (leakage): {fmt(stats['leaks'])}. "
+        f"{fmt(stats['records_read'])} records read, {fmt(stats['rejected'])} rejected, "
+        f"{fmt(stats['duplicates_removed'])} near-duplicates removed, {fmt(stats['clean_records'])} clean records; "
+        f"near-duplicates of training texts in validation/test (leakage): {fmt(stats['leaks'])}. "
         f"Split stratified by {_describe(stats.get('stratified_by'))}."
     )
     labels = [v for v in (*VERDICTS, "none") if any(v in counts for counts in stats["label_distribution"].values())]
@@ -95,7 +96,8 @@ def _data(ctx: _Context) -> Section:
         counts, length, emotion = stats["label_distribution"].get(split, {}), stats["text_length"].get(split, {}), stats["emotion_argmax"].get(split, {})
         rows.append([split, fmt(size), *(fmt(counts.get(v, 0)) for v in labels), fmt(length.get("mean"), 1), fmt(length.get("median"), 1),
                      f"{emotion.get('majority') or '—'} {fmt(emotion.get('majority_share'), 3)}"])
-    section.tables.append(Table("Records per split: verdict counts, text length (characters) and the most frequent first-maximum emotion's share "
+    section.tables.append(Table("Records per split: verdict counts, text length (characters) and the most frequent "
+                                "first-maximum emotion's share "
                                 "(targets can tie for the top emotion and accuracy counts any tied class, so the class-prior "
                                 "accuracy in the results table is higher than this share)",
                                 ["split", "records", *labels, "mean length", "median length", "majority emotion"], rows, "data_statistics"))
@@ -154,7 +156,8 @@ def _training(ctx: _Context) -> Section:
         section.sources.append(ctx.rel(analysis_json))
         analysis = read_json(analysis_json)
         spots = [[g, fmt(s["sweet_spot"]), fmt(s["onset"]), s["reason"]] for g, s in analysis["groups"].items()]
-        section.tables.append(Table(f"Sweet spot per module group (smoothing {analysis['smoothing']}, window {analysis['window']}; onset: {analysis['onset_run']} widenings in a row)",
+        section.tables.append(Table(f"Sweet spot per module group (smoothing {analysis['smoothing']}, window "
+                                    f"{analysis['window']}; onset: {analysis['onset_run']} widenings in a row)",
                                     ["group", "sweet spot", "onset", "reason"], spots, "sweet_spots"))
         ctx.image(section, run.analysis_curves, "analysis_curves.png", "train/validation loss per group, sweet spot (star) and over-fitting onset (dashed)")
     else:
@@ -179,7 +182,8 @@ def _results(ctx: _Context) -> Section:
         final = results["final_model"]
         models = [(n + (" (final model)" if n == final else ""), e, e.get("val", {}).get("loss")) for n, e in results["models"].items()]
         rows = [[name, fmt(val_loss), *(fmt_ci(e["headline"].get(k), e.get("intervals", {}).get(k)) for k in HEADLINE_LABELS)] for name, e, val_loss in baselines + models]
-        section.tables.append(Table(f"Test split (n = {fmt(results['n'])}, read once), {fmt(100 * results['bootstrap']['level'], 0)}% bootstrap intervals "
+        section.tables.append(Table(f"Test split (n = {fmt(results['n'])}, read once), "
+                                    f"{fmt(100 * results['bootstrap']['level'], 0)}% bootstrap intervals "
                                     f"({fmt(results['bootstrap']['samples'])} resamples); every choice made on validation",
                                     ["model", "val loss", *HEADLINE_LABELS.values()], rows, "training_results"))
         section.paragraphs += [f"Final model (best single network on validation): {results['final_model']}.",

@@ -37,7 +37,8 @@ def _cell(value: str) -> str:
 
 
 def render_html(title: str, sections: list[Section]) -> str:
-    parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{escape(title)}</title><style>{_STYLE}</style></head><body>",
+    parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{escape(title)}</title>"
+             f"<style>{_STYLE}</style></head><body>",
              f"<h1>{escape(title)}</h1>", "<nav>" + "".join(f'<a href="#{_anchor(s.title)}">{escape(s.title)}</a>' for s in sections) + "</nav>"]
     for section in sections:
         parts.append(f'<section id="{_anchor(section.title)}"><h2>{escape(section.title)}</h2>')
@@ -50,7 +51,8 @@ def render_html(title: str, sections: list[Section]) -> str:
             body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in table.rows)
             parts.append(f"<table><caption>{escape(table.caption)}</caption><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
         for path, caption in section.images:
-            parts.append(f'<figure><img src="{escape(path)}" alt="{escape(caption)}"><figcaption>{escape(caption)}</figcaption></figure>')
+            parts.append(f'<figure><img src="{escape(path)}" alt="{escape(caption)}">'
+                         f'<figcaption>{escape(caption)}</figcaption></figure>')
         parts.append("</section>")
     parts.append("</body></html>\n")
     return "\n".join(parts)

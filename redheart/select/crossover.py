@@ -125,7 +125,8 @@ def conclusion(candidates: list[Candidate]) -> str:
             continue
         delta = by_name[name].val["loss"] - single.val["loss"]
         verdict = "beats" if delta < 0 else "does not beat"
-        lines.append(f"{name} {verdict} the {single.name} on validation (loss {by_name[name].val['loss']:.4f} vs {single.val['loss']:.4f}, {delta:+.4f}).")
+        lines.append(f"{name} {verdict} the {single.name} on validation (loss {by_name[name].val['loss']:.4f} "
+                     f"vs {single.val['loss']:.4f}, {delta:+.4f}).")
     return " ".join(lines)
 
 

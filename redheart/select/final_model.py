@@ -62,7 +62,8 @@ def save_final_model(model: RedHeartModel, path: Path, config: RunConfig, input_
     })
     name = info.get("candidate", {}).get("name", "a trained model")
     with atomic_open(path / README) as handle:
-        handle.write(f"Red Heart model ({config.preset} preset): {name}, chosen on validation. Load with redheart.select.final_model.load_final_model.\n")
+        handle.write(f"Red Heart model ({config.preset} preset): {name}, chosen on validation. "
+                     "Load with redheart.select.final_model.load_final_model.\n")
     files += [CONFIG, README]
     write_json(path / MANIFEST, {"preset": config.preset, "files": {f: sha256(path / f) for f in files}})
 

@@ -3,8 +3,9 @@
 A group's loss is the sum of its modules' losses (train and validation, both from metrics.jsonl with the
 same label smoothing, so their gap is meaningful). The curves are smoothed over checkpoints first, so one
 noisy epoch does not decide. The over-fitting onset is the first checkpoint of the first run of
-`onset_run` checkpoints in a row where the (smoothed) train-val gap, validation above training, widened; the sweet spot is the checkpoint
-with the lowest smoothed validation loss before the onset (any checkpoint when there is none).
+`onset_run` checkpoints in a row where the (smoothed) train-val gap, validation above training, widened;
+the sweet spot is the checkpoint with the lowest smoothed validation loss before the onset (any checkpoint
+when there is none).
 """
 
 from __future__ import annotations
@@ -118,17 +119,20 @@ def find_spot(group: str, modules: list[str], epochs: list[int], train: list[flo
     how = "raw" if options.smoothing == "none" else f"{options.smoothing.replace('_', ' ')}-smoothed, window {options.smoothing_window}"
     reason = f"validation loss ({how}) is lowest at epoch {epochs[best]} ({val_s[best]:.4f}, raw {val[best]:.4f})"
     if onset is None:
-        reason += f"; the train-val gap never widened {options.onset_run} checkpoints in a row, so every checkpoint was eligible"
+        reason += (f"; the train-val gap never widened {options.onset_run} checkpoints in a row, "
+                   "so every checkpoint was eligible")
     else:
         reason += (
             f" among the checkpoints before the over-fitting onset at epoch {epochs[onset]}, where the train-val gap"
-            f" began widening for {options.onset_run} checkpoints in a row ({gap[onset - 1]:+.4f} -> {gap[onset + options.onset_run - 1]:+.4f})"
+            f" began widening for {options.onset_run} checkpoints in a row "
+            f"({gap[onset - 1]:+.4f} -> {gap[onset + options.onset_run - 1]:+.4f})"
         )
     return GroupSpot(group, modules, epochs, train, val, train_s, val_s, gap, None if onset is None else epochs[onset], epochs[best], reason)
 
 
 def analyze(run: RunDir, config: RunConfig) -> Analysis:
-    """Sweet spot of every group from metrics.jsonl and the saved checkpoints; writes analysis.json/.md, curves.png, pins."""
+    """Sweet spot of every group from metrics.jsonl and the saved checkpoints; writes analysis.json/.md,
+    curves.png and the pins."""
     options = config.select
     history = {record["epoch"]: record for record in read_metrics(run.metrics_log)}
     epochs = [epoch for epoch in saved_epochs(run) if epoch in history]

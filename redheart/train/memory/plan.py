@@ -186,7 +186,8 @@ def device_memory(device: torch.device) -> int | None:
 
 
 def resolve_strategy(model: nn.Module, config: RunConfig, device: torch.device, sharded: bool = False) -> MemoryStrategy:
-    """config.train.memory, or for "auto" the plan's choice for `device` (standard off CUDA: host memory is not planned).
+    """config.train.memory, or for "auto" the plan's choice for `device` (standard off CUDA: host memory is
+    not planned).
 
     `sharded` (FSDP, parallel/fsdp.py): only "standard"; sharding is the saving, and the plan counts whole tensors.
     """
@@ -202,6 +203,7 @@ def resolve_strategy(model: nn.Module, config: RunConfig, device: torch.device, 
     if plan.chosen is None:
         raise NoStrategyFits(
             f"no memory strategy fits {device} ({vram / GiB:.2f} GiB) for preset {config.preset} at micro-batch "
-            f"{config.train.micro_batch}; `redheart memory --preset {config.preset} --vram {vram / GiB:.1f}GiB` shows why"
+            f"{config.train.micro_batch}; `redheart memory --preset {config.preset} --vram {vram / GiB:.1f}GiB` "
+            "shows why"
         )
     return STRATEGIES[plan.chosen]

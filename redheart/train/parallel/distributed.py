@@ -74,7 +74,8 @@ class Distributed:
         return tensor
 
     def sum_in_place(self, tensors: list[torch.Tensor]) -> None:
-        """Replace every tensor (gradients) by its sum over the ranks; all ranks pass the same shapes in the same order."""
+        """Replace every tensor (gradients) by its sum over the ranks; all ranks pass the same shapes in the
+        same order."""
         if self.world_size == 1:
             return
         for bucket in _buckets(tensors):

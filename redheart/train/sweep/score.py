@@ -119,7 +119,8 @@ def explain(chosen: Score, table: Sequence[Score], epochs: int, window: int = 3)
     """The choice in words: the chosen rate against the runner-up, component by component."""
     span = _epoch_span(epochs, window)
     seeds = f"mean over {chosen.trials} seeds" if chosen.trials > 1 else "1 seed"
-    head = f"{format_lr(chosen.lr)} chosen: lowest weighted score {chosen.total:.3f} ({seeds}; lower is better, 0 = best on every component)"
+    head = (f"{format_lr(chosen.lr)} chosen: lowest weighted score {chosen.total:.3f} "
+            f"({seeds}; lower is better, 0 = best on every component)")
     others = [s for s in table if s.lr != chosen.lr]
     diverged = [format_lr(s.lr) for s in others if s.diverged]
     tail = f". Diverged (non-finite loss): {', '.join(diverged)}." if diverged else "."

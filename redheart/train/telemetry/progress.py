@@ -31,7 +31,8 @@ WIDENING_RUN = 3  # consecutive widenings that flag over-fitting
 
 
 def group_losses(losses: dict[str, float]) -> dict[str, float]:
-    """Per group, the sum of its modules' losses; groups without a loss (none of their modules predicts) are left out."""
+    """Per group, the sum of its modules' losses; groups without a loss (none of their modules predicts) are
+    left out."""
     return {g: sum(losses[m] for m in modules if m in losses) for g, modules in GROUPS.items() if any(m in losses for m in modules)}
 
 
@@ -46,7 +47,8 @@ def loss_gaps(record: dict[str, Any]) -> dict[str, dict[str, float]]:
 
 
 def gap_trend(epochs: list[int], gaps: list[float]) -> dict[str, Any]:
-    """Least-squares slope of the gap per epoch over the points given, and whether it rose WIDENING_RUN times running."""
+    """Least-squares slope of the gap per epoch over the points given, and whether it rose WIDENING_RUN times
+    running."""
     slope = float(np.polyfit(epochs, gaps, 1)[0]) if len(gaps) >= 2 else None
     tail = gaps[-(WIDENING_RUN + 1):]
     widened = len(tail) == WIDENING_RUN + 1 and all(b > a for a, b in zip(tail, tail[1:]))

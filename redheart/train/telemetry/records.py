@@ -166,7 +166,8 @@ def _log_telemetry(writer: SummaryWriter, block: dict[str, Any], epoch: int) -> 
 
 
 def log_module_stats(writer: SummaryWriter, stats: dict[str, Any]) -> None:
-    """Scalars module_{parameters,gradients}/<module>/<stat> and group_{...}/<group>/<stat> at the checkpoint's epoch."""
+    """Scalars module_{parameters,gradients}/<module>/<stat> and group_{...}/<group>/<stat> at the
+    checkpoint's epoch."""
     for level in ("modules", "groups"):
         for name, entry in stats[level].items():
             for kind in ("parameters", "gradients"):
