@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from redheart.config import RunConfig, load_config, preset, save_config, with_overrides
 from redheart.core.rundir import RunDir
@@ -175,7 +177,7 @@ def _add_run_options(parser: argparse.ArgumentParser, default_run: str | None = 
     parser.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override one setting")
 
 
-def _phase_command(commands: argparse._SubParsersAction, name: str, func, help: str) -> argparse.ArgumentParser:
+def _phase_command(commands: argparse._SubParsersAction, name: str, func: Callable[..., Any], help: str) -> argparse.ArgumentParser:
     """A command that works on one run folder: the run options, and the function it calls."""
     parser = commands.add_parser(name, help=help)
     _add_run_options(parser)

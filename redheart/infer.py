@@ -13,7 +13,7 @@ import json
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -131,7 +131,7 @@ def predict_texts(model_dir: str | Path, texts: list[str], calibrated: bool = Tr
     return list(predict_records(predictor, [{"text": text} for text in texts], batch_size))
 
 
-def write_predictions(model_dir: str | Path, records: list[dict[str, str]], stream=sys.stdout, calibrated: bool = True,
+def write_predictions(model_dir: str | Path, records: list[dict[str, str]], stream: IO[str] = sys.stdout, calibrated: bool = True,
                       batch_size: int = 64, cache_dir: Path | None = None, progress: bool = False) -> int:
     """The `redheart predict` command's work: one JSON line per record on `stream`; returns the count."""
     predictor = Predictor(model_dir, calibrated=calibrated, cache_dir=cache_dir)

@@ -52,7 +52,7 @@ def write_jsonl(path: str | os.PathLike, rows: Iterable[Any]) -> None:
             handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def write_with(path: str | os.PathLike, writer: Callable[[Path], None]) -> None:
+def write_with(path: str | os.PathLike, writer: Callable[[Path], object]) -> None:
     """Atomically produce `path` with a library writer that takes a file name (safetensors, savefig)."""
     with atomic_path(path) as tmp:
         writer(tmp)

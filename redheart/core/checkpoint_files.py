@@ -25,7 +25,7 @@ class DiskFullError(OSError):
     """No space left while writing a state file; every earlier file is intact."""
 
 
-def write_state_file(path: Path, writer: Callable[[Path], None], faults: Faults = NO_FAULTS) -> None:
+def write_state_file(path: Path, writer: Callable[[Path], object], faults: Faults = NO_FAULTS) -> None:
     """Atomically write `path` with `writer(tmp)`; a full disk becomes an error that names the file."""
 
     def write(tmp: Path) -> None:

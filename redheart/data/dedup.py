@@ -17,7 +17,7 @@ result is exactly the reference's.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -124,7 +124,9 @@ def cross_pairs(queries: Sequence[str], choices: Sequence[str], threshold: float
     return sorted(pairs)
 
 
-def _score(queries: list[str], choices: list[str], candidates: np.ndarray, threshold: float):
+def _score(
+    queries: list[str], choices: list[str], candidates: np.ndarray, threshold: float
+) -> Iterator[tuple[int, int, float]]:
     """(query, choice, score) for the candidate pairs that reach the threshold, scored by cdist."""
     rows = np.flatnonzero(candidates.any(axis=1))
     cols = np.flatnonzero(candidates.any(axis=0))

@@ -88,7 +88,7 @@ class MiniLMEncoder:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self._model = AutoModel.from_pretrained(folder, local_files_only=True).to(device).eval()
 
-    def _windows(self, texts: list[str]) -> list[list[int]]:
+    def _windows(self, texts: list[str]) -> list[list[list[int]]]:
         """Token ids of every window, text after text; the text index of each is kept by the caller."""
         body = self.window_tokens - 2
         # Only the first body * max_segments tokens are kept; cutting the text first bounds the tokenizer's

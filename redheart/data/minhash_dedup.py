@@ -138,8 +138,8 @@ def _signatures(texts: Sequence[str], num_perm: int, seed: int, progress: bool) 
     sample = texts[::max(1, len(texts) // _FREQUENCY_SAMPLE)]
     frequency = np.zeros(1 << _FREQUENCY_BITS, dtype=np.int64)
     for start in range(0, len(sample), 1024):
-        grams = [_grams(t) >> np.uint64(64 - _FREQUENCY_BITS) for t in sample[start:start + 1024]]
-        frequency += np.bincount(np.concatenate(grams).astype(np.intp), minlength=1 << _FREQUENCY_BITS)
+        prefixes = [_grams(t) >> np.uint64(64 - _FREQUENCY_BITS) for t in sample[start:start + 1024]]
+        frequency += np.bincount(np.concatenate(prefixes).astype(np.intp), minlength=1 << _FREQUENCY_BITS)
     common = frequency > max(_COMMON_SHARE * len(sample), _COMMON_MIN_TEXTS)
     permutations = MinHash(num_perm=num_perm, seed=seed).permutations
     signatures = np.empty((len(texts), num_perm), dtype=np.uint32)

@@ -65,7 +65,7 @@ def prepare(data_path: str | Path, run: RunDir, config: DataConfig, strict: bool
     seconds["leakage"] = _lap(clock)
 
     by_split = _records_by_split(records, split)
-    stats = {
+    stats: dict[str, Any] = {
         "data_path": str(data_path),
         "records_read": loaded.records_read,
         "rejected": len(loaded.rejected),

@@ -20,7 +20,7 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from redheart.config import DataConfig
 from redheart.data.schema import BENTHAM_KEYS, EMOTIONS, SURD_KEYS, VERDICTS
@@ -86,6 +86,7 @@ def load_records(path: str | Path, config: DataConfig, strict: bool = False) -> 
             if problems:
                 _reject(result, index, line, value, raw, problems)
                 continue
+            assert record is not None  # normalize_record gives a record or problems
             seen_ids[record["id"]] = index
             result.records.append(record)
             result.ignored_fields.update(key for key in value if key not in KNOWN_FIELDS)
@@ -208,7 +209,9 @@ class _Checker:
             return float(item)
         return None
 
-    def vector(self, value: dict, name: str, keys: tuple[str, ...], distribution: float | None = None):
+    def vector(
+        self, value: dict, name: str, keys: tuple[str, ...], distribution: float | None = None
+    ) -> list[float] | None:
         """A list in `keys` order or an object keyed by `keys`; scores in [0,1], or a distribution."""
         item = value.get(name)
         if item is None:
@@ -233,10 +236,11 @@ class _Checker:
             values = [self._probability(v, where) for where, v in pairs]
         if len(self.problems) > before:
             return None
-        if distribution is not None and abs(sum(values) - 1.0) > distribution:
-            self.add(name, "sum_not_1", f"values sum to {sum(values):.4g}, not 1 (tolerance {distribution})")
+        checked = cast(list[float], values)  # every value passed its check
+        if distribution is not None and abs(sum(checked) - 1.0) > distribution:
+            self.add(name, "sum_not_1", f"values sum to {sum(checked):.4g}, not 1 (tolerance {distribution})")
             return None
-        return values
+        return checked
 
     def _probability(self, item: Any, where: str) -> float | None:
         if not _is_number(item):
@@ -299,7 +303,7 @@ def _display_id(value: Any) -> str | int | None:
     item = value.get("id") if isinstance(value, dict) else None
     if isinstance(item, str):
         return _safe_text(item)
-    return item if _is_number(item) and math.isfinite(item) else None
+    return item if _is_number(item) and math.isfinite(cast(float, item)) else None
 
 
 def _duplicate_id(record: dict[str, Any], first: int) -> Problem:
@@ -334,13 +338,13 @@ def _strict_message(path: str | Path, rejected: list[dict[str, Any]]) -> str:
 RawItem = tuple[int, str, Any, list[Problem]]  # line, raw text, parsed value (or None), parse problems
 
 
-def _open_binary(path: Path) -> IO[bytes]:
+def _open_binary(path: Path) -> gzip.GzipFile | io.BufferedReader:
     with open(path, "rb") as probe:
         compressed = probe.read(2) == b"\x1f\x8b"
     return gzip.open(path, "rb") if compressed else open(path, "rb")
 
 
-def _iter_raw(handle: IO[bytes]) -> Iterator[RawItem]:
+def _iter_raw(handle: gzip.GzipFile | io.BufferedReader) -> Iterator[RawItem]:
     """Yield each record of a JSON array or JSON Lines stream, told apart by the first character."""
     peek = handle.peek(4096)[:4096]
     first = peek.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
@@ -353,7 +357,7 @@ def _iter_raw(handle: IO[bytes]) -> Iterator[RawItem]:
         raise DataError(f"expected a JSON array ('[') or JSON Lines ('{{'), found {first!r} at the start of the file")
 
 
-def _iter_lines(handle: IO[bytes]) -> Iterator[RawItem]:
+def _iter_lines(handle: gzip.GzipFile | io.BufferedReader) -> Iterator[RawItem]:
     for number, raw_bytes in enumerate(handle, start=1):
         if number == 1:
             raw_bytes = raw_bytes.removeprefix(b"\xef\xbb\xbf")

@@ -86,12 +86,14 @@ def check_leakage(records: Sequence[dict[str, Any]], split: Split, threshold: fl
 
 def _length_strata(records: Sequence[dict[str, Any]], bins: int) -> list[str]:
     lengths = np.array([len(record["text"]) for record in records], dtype=float)
-    edges = np.unique(np.quantile(lengths, np.linspace(0, 1, bins + 1)[1:-1])) if len(lengths) and bins > 1 else []
+    edges: np.ndarray | list[float] = np.unique(np.quantile(lengths, np.linspace(0, 1, bins + 1)[1:-1])) if len(lengths) and bins > 1 else []
     length_bin = np.searchsorted(edges, lengths, side="right")
     return [f"{record['label'] or NO_LABEL}|{b}" for record, b in zip(records, length_bin)]
 
 
-def _stage(positions: np.ndarray, n_out: int, fine: list[str], coarse: list[str], seed: int):
+def _stage(
+    positions: np.ndarray, n_out: int, fine: list[str], coarse: list[str], seed: int
+) -> tuple[np.ndarray, np.ndarray, str]:
     """Take `n_out` of `positions` out, stratified as finely as the counts allow."""
     if n_out == 0:
         return positions, positions[:0], "none"

@@ -31,6 +31,7 @@ target distribution itself gives ECE 0, where an argmax "truth" would call it un
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,7 +88,7 @@ def nll(probs: np.ndarray, target: np.ndarray) -> float:
     return float(-(target * np.log(np.clip(probs, PROB_EPS, 1.0))).sum(axis=1).mean())
 
 
-def reliability_bins(probs: np.ndarray, target: np.ndarray, n_bins: int = N_BINS) -> list[dict[str, float | int]]:
+def reliability_bins(probs: np.ndarray, target: np.ndarray, n_bins: int = N_BINS) -> list[dict[str, Any]]:
     """Top-label reliability: per equal-width confidence bin, its bounds, row count, mean confidence and mean
     agreement (target share of the predicted class) as "accuracy"."""
     confidence = probs.max(axis=1)
@@ -164,7 +165,7 @@ def fit_isotonic(probs: np.ndarray, target: np.ndarray) -> dict[str, list[list[f
     return {"x": xs, "y": ys}
 
 
-FITTERS = {"none": lambda probs, target: {}, "temperature": fit_temperature, "vector": fit_vector, "isotonic": fit_isotonic}
+FITTERS: dict[str, Callable[[np.ndarray, np.ndarray], dict[str, Any]]] = {"none": lambda probs, target: {}, "temperature": fit_temperature, "vector": fit_vector, "isotonic": fit_isotonic}
 
 
 def apply_method(method: str, params: dict[str, Any], probs: np.ndarray) -> np.ndarray:
@@ -233,7 +234,8 @@ def fit_target(classes: tuple[str, ...], probs: np.ndarray, target: np.ndarray, 
     if n < 2 * options.folds:
         return TargetCalibration(list(classes), "none", f"only {n} validation rows: too few for {options.folds}-fold cross-validation; left uncalibrated", n, {"none": {}})
     folds = list(KFold(options.folds, shuffle=True, random_state=options.seed).split(probs))
-    validation, cv_nll = {}, {}
+    validation: dict[str, dict[str, Any]] = {}
+    cv_nll: dict[str, float] = {}
     for method, fitter in FITTERS.items():
         out_of_fold = np.empty_like(probs)
         for train, held in folds:

@@ -14,6 +14,8 @@ The verdict has one source (the community network); it passes through with a lea
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -52,8 +54,8 @@ class KalmanFusion(nn.Module):
     def reset_dynamic(self) -> None:
         """Start every input-dependent adjustment at zero, so the static noise levels alone set the weights."""
         for layer in self.dynamic.values():
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+            nn.init.zeros_(cast(nn.Linear, layer).weight)
+            nn.init.zeros_(cast(nn.Linear, layer).bias)
 
     def measurements(self, out: dict[str, dict[str, Tensor]], target: str) -> Tensor:
         """(B, n_sources, k) detached: log-probabilities for emotions, values in [0,1] for regression targets."""
@@ -78,7 +80,7 @@ class KalmanFusion(nn.Module):
         return fused
 
     def loss(self, out: dict[str, dict[str, Tensor]], batch: dict[str, Tensor]) -> Tensor:
-        return sum(target_loss(t, pred, batch) for t, pred in self.forward(out).items())
+        return cast(Tensor, sum(target_loss(t, pred, batch) for t, pred in self.forward(out).items()))
 
     @torch.no_grad()
     def _init_from_errors(self, out: dict[str, dict[str, Tensor]], batch: dict[str, Tensor]) -> None:

@@ -12,7 +12,7 @@ distribution, exp too). Regression targets are in [0,1] with shape (B,k), regret
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -80,6 +80,9 @@ def _check_mask(x: Tensor, mask: Tensor) -> None:
 class RedHeartModel(nn.Module):
     """All modules, each built at the width that puts its parameter count on `config.budgets[name]`."""
 
+    backbone: Backbone  # added with add_module; typed here for attribute access
+    kalman: KalmanFusion
+
     def __init__(self, config: ModelConfig, input_dim: int, max_segments: int) -> None:
         super().__init__()
         missing = set(MODULES) - set(config.budgets)
@@ -94,20 +97,22 @@ class RedHeartModel(nn.Module):
         # dropout only on its (narrow) hidden features, which keeps CPU random-number cost low.
         self.input_dropout = nn.Dropout(p)
 
-        backbone = self._sized(
+        backbone = cast(Backbone, self._sized(
             "backbone",
             lambda w: Backbone(input_dim, max_segments, w, config.backbone_layers, config.backbone_heads, p),
             step=config.backbone_heads,
-        )
+        ))
         self.add_module("backbone", backbone)
         for name, target in MODULE_TARGETS.items():
             out_dim = TARGET_DIMS[target]
+            build: Callable[[int], nn.Module]
             if name in HEADS:
-                build = lambda w, k=out_dim: PooledHead(backbone.width, w, k, p)  # noqa: E731
+                build = lambda w, k=out_dim: PooledHead(backbone.width, w, k, p)  # type: ignore[misc]  # noqa: E731
             elif name == "dsp":
-                build = lambda w, k=out_dim: EmotionDSP(input_dim, max_segments, w, k, p)  # noqa: E731
+                build = lambda w, k=out_dim: EmotionDSP(input_dim, max_segments, w, k, p)  # type: ignore[misc]  # noqa: E731
             else:
-                build = lambda w, k=out_dim, cls=_SEQUENCE_CLASSES[name]: cls(input_dim, w, k, p)  # noqa: E731
+                # mypy cannot type lambdas with default arguments (which bind the loop variables here)
+                build = lambda w, k=out_dim, cls=_SEQUENCE_CLASSES[name]: cls(input_dim, w, k, p)  # type: ignore[misc]  # noqa: E731
             self.add_module(name, self._sized(name, build))
         self.kalman = KalmanFusion(TARGET_DIMS)
         self.solved["kalman"] = Solved(width=0, parameters=count_parameters(self.kalman), floored=False)
@@ -144,14 +149,14 @@ class RedHeartModel(nn.Module):
         """One predicting module's output from the dropped inputs (heads read the backbone's `pooled`)."""
         target = MODULE_TARGETS[name]
         module = getattr(self, name)
-        raw = self._call(module, pooled) if name in HEADS else self._call(module, x, mask)
+        raw = self._call(module, cast(Tensor, pooled)) if name in HEADS else self._call(module, x, mask)
         return {target: raw if target in loss_fns.DISTRIBUTION_TARGETS else torch.sigmoid(raw)}
 
     def _call(self, module: nn.Module, *args: Tensor) -> Tensor:
         if self.activation_checkpointing and torch.is_grad_enabled():
             # Non-reentrant checkpointing restores the RNG state, so the recomputed dropout masks are the same.
-            return checkpoint(module, *args, use_reentrant=False)
-        return module(*args)
+            return cast(Tensor, checkpoint(module, *args, use_reentrant=False))
+        return cast(Tensor, module(*args))
 
     def losses(self, out: Outputs, batch: dict[str, Tensor], label_smoothing: float) -> dict[str, Tensor]:
         """One scalar loss per predicting module plus "kalman"; the training total is their sum."""

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from safetensors.torch import load_file
 from torch import Tensor
@@ -24,6 +24,7 @@ from redheart.model.groups import GROUPS
 from redheart.model.kalman import KalmanFusion
 from redheart.select.outputs import (
     Fused,
+    Outputs,
     SplitOutputs,
     average_fused,
     average_state,
@@ -50,6 +51,13 @@ class Candidate:
         keys = ("name", "kind", "note", "epochs", "folder", "average", "members", "val")
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
+    # The fields of a kind, for the code that has checked the kind (they are None for the other kinds).
+    def group_epochs(self) -> dict[str, int]:
+        return cast(dict[str, int], self.epochs)
+
+    def folder_name(self) -> str:
+        return cast(str, self.folder)
+
     def used_epochs(self) -> set[int]:
         """The checkpoint epochs this candidate is built from (the EMA folder is not an epoch)."""
         folder = Path(self.folder).name if self.folder else ""
@@ -57,21 +65,21 @@ class Candidate:
         return set((self.epochs or {}).values()) | set(self.average or []) | single
 
 
-def outputs_of(candidate: Candidate, cache: SplitOutputs, run: RunDir):
+def outputs_of(candidate: Candidate, cache: SplitOutputs, run: RunDir) -> Outputs:
     """Module outputs of a non-ensemble candidate on the cache's split."""
     if candidate.kind == "groups":
-        return cache.of_groups({group: run.checkpoint(epoch) for group, epoch in candidate.epochs.items()})
+        return cache.of_groups({group: run.checkpoint(epoch) for group, epoch in candidate.group_epochs().items()})
     if candidate.kind == "folder":
-        return cache.of_folder(run.root / candidate.folder)
+        return cache.of_folder(run.root / candidate.folder_name())
     if candidate.kind == "average":
-        return cache.of_state(average_state([run.checkpoint(e) for e in candidate.average]))
+        return cache.of_state(average_state([run.checkpoint(e) for e in cast(list[int], candidate.average)]))
     raise ValueError(f"candidate {candidate.name!r}: kind {candidate.kind!r} has no outputs of its own")
 
 
 def fused_of(candidate: Candidate, cache: SplitOutputs, run: RunDir, done: dict[str, Fused]) -> Fused:
     """Fused predictions with the candidate's fitted fusion; ensembles average their members' (from `done`)."""
     if candidate.kind == "ensemble":
-        return average_fused([done[name] for name in candidate.members])
+        return average_fused([done[name] for name in cast(list[str], candidate.members)])
     if candidate.fusion is None:
         raise ValueError(f"candidate {candidate.name!r} has no fitted fusion; score it on validation first")
     return fuse(candidate.fusion, outputs_of(candidate, cache, run))
@@ -80,9 +88,9 @@ def fused_of(candidate: Candidate, cache: SplitOutputs, run: RunDir, done: dict[
 def group_folders(candidate: Candidate, run: RunDir) -> dict[str, Path] | None:
     """{group: folder} of a candidate made of saved checkpoints; None for averages and ensembles."""
     if candidate.kind == "groups":
-        return {group: run.checkpoint(epoch) for group, epoch in candidate.epochs.items()}
+        return {group: run.checkpoint(epoch) for group, epoch in candidate.group_epochs().items()}
     if candidate.kind == "folder":
-        return {group: run.root / candidate.folder for group in GROUPS}
+        return {group: run.root / candidate.folder_name() for group in GROUPS}
     return None
 
 

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from redheart.config import RunConfig
 from redheart.core.atomic import atomic_open, read_json, write_json, write_with
@@ -31,6 +32,7 @@ from redheart.select.final_model import build_candidate_model, save_final_model
 from redheart.select.outputs import SplitOutputs
 from redheart.select.pins import pin_checkpoints, saved_epochs
 from redheart.select.sweet_spots import analyze, shifted_epoch
+from redheart.train.state.checkpoints import save_tensors
 
 CROSSOVER = "crossover (sweet spots)"
 REFINED = "crossover, refined on validation"
@@ -138,7 +140,7 @@ def write_crossover(run: RunDir, result: CrossoverResult, scores: dict[int, floa
         if candidate.fusion is not None:
             path = fusion_dir / f"{index:02d}.safetensors"
             state = {k: v.detach().clone().contiguous() for k, v in candidate.fusion.state_dict().items()}
-            write_with(path, lambda tmp, s=state: save_file(s, str(tmp)))
+            write_with(path, partial(save_tensors, state))
             entry["fusion"] = str(path.relative_to(run.root))
         entries.append(entry)
     write_json(run.crossover_candidates, {

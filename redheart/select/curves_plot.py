@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -13,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from redheart.core.atomic import write_with  # noqa: E402
 
 
-def plot_curves(analysis, path: Path) -> None:
+def plot_curves(analysis: Any, path: Path) -> None:  # sweet_spots.Analysis, whose module imports this one
     """One panel per group: train and validation loss per epoch, smoothed validation at the checkpoints,
     a star on the sweet spot and a dashed line at the over-fitting onset."""
     groups = list(analysis.groups.values())

@@ -11,10 +11,11 @@ Loading verifies every checksum first and loads every group strictly; nothing is
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
 from redheart.config import EncoderConfig, ModelConfig, RunConfig, to_dict
@@ -25,7 +26,7 @@ from redheart.model.groups import GROUPS, load_group_state_dict
 from redheart.model.model import RedHeartModel
 from redheart.select.candidates import Candidate
 from redheart.select.outputs import average_state
-from redheart.train.state.checkpoints import group_states, load_checkpoint, load_groups
+from redheart.train.state.checkpoints import group_states, load_checkpoint, load_groups, save_tensors
 
 CONFIG = "config.json"
 README = "README.md"
@@ -34,11 +35,11 @@ README = "README.md"
 def build_candidate_model(candidate: Candidate, run: RunDir, model: RedHeartModel) -> RedHeartModel:
     """Load a single-network candidate's weights and its fitted fusion into `model`."""
     if candidate.kind == "groups":
-        load_groups(model, candidate.epochs, run)
+        load_groups(model, candidate.group_epochs(), run)
     elif candidate.kind == "folder":
-        load_checkpoint(model, run.root / candidate.folder)
+        load_checkpoint(model, run.root / candidate.folder_name())
     elif candidate.kind == "average":
-        model.load_state_dict(average_state([run.checkpoint(e) for e in candidate.average]), strict=True)
+        model.load_state_dict(average_state([run.checkpoint(e) for e in cast(list[int], candidate.average)]), strict=True)
     else:
         raise ValueError(f"candidate {candidate.name!r} ({candidate.kind}) is not one network and cannot be saved as one")
     if candidate.fusion is None:
@@ -54,7 +55,7 @@ def save_final_model(model: RedHeartModel, path: Path, config: RunConfig, input_
     files = []
     for group, state in group_states(model).items():
         name = f"{group}.safetensors"
-        write_with(path / name, lambda tmp, s=state, g=group: save_file(s, str(tmp), metadata={"group": g, "preset": config.preset}))
+        write_with(path / name, partial(save_tensors, state, metadata={"group": group, "preset": config.preset}))
         files.append(name)
     write_json(path / CONFIG, {
         "preset": config.preset, "model": to_dict(config)["model"], "encoder": to_dict(config)["encoder"],

@@ -8,7 +8,7 @@ resamples (one seeded draw over the rows), so intervals of different models are 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 
@@ -16,7 +16,7 @@ from redheart.scoring.bootstrap import bootstrap_ci
 from redheart.scoring.metrics import REGRESSION_NAMES, TIE_TOL
 
 
-def _masked_mean(values: np.ndarray, present: np.ndarray):
+def _masked_mean(values: np.ndarray, present: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     def metric(idx: np.ndarray) -> np.ndarray:
         counts = present[idx].sum(axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -25,7 +25,7 @@ def _masked_mean(values: np.ndarray, present: np.ndarray):
     return metric
 
 
-def batched_macro_f1(true: np.ndarray, predicted: np.ndarray, n_classes: int):
+def batched_macro_f1(true: np.ndarray, predicted: np.ndarray, n_classes: int) -> Callable[[np.ndarray], np.ndarray]:
     """Macro-F1 over resamples (rows with true == -1 are left out); a class with no support and no
     prediction scores 0, as sklearn's f1_score(labels=all, zero_division=0) does."""
 
@@ -51,7 +51,7 @@ def headline_intervals(
     n = len(next(iter(present.values())))
     out: dict[str, tuple[float | None, float | None]] = {}
 
-    def interval(metric, rows: np.ndarray) -> tuple[float | None, float | None]:
+    def interval(metric: Callable[[np.ndarray], np.ndarray], rows: np.ndarray) -> tuple[float | None, float | None]:
         return bootstrap_ci(metric, n, n_boot=n_boot, seed=seed, batched=True) if rows.any() else (None, None)
 
     rows = np.asarray(present["emotions"], dtype=bool)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from redheart.config import RunConfig, SelectConfig
 from redheart.core.atomic import atomic_open, write_json
@@ -74,7 +74,7 @@ def smooth(values: list[float], method: str, window: int) -> list[float]:
         half = window // 2
         spans = [values[max(0, i - half): i + window - half] for i in range(len(values))]
         return [sum(span) / len(span) for span in spans]
-    alpha, out = 2.0 / (window + 1), []
+    alpha, out = 2.0 / (window + 1), cast(list[float], [])
     for value in values:
         out.append(value if not out else alpha * value + (1 - alpha) * out[-1])
     return out
@@ -145,7 +145,8 @@ def analyze(run: RunDir, config: RunConfig) -> Analysis:
             continue
         val = [group_loss(history[e]["val"]["loss"], members) for e in epochs]
         modules = [m for m in members if m in history[epochs[0]]["val"]["loss"]]
-        groups[group] = find_spot(group, modules, epochs, train, val, options)
+        # A group with a training loss at its first epoch has one at every epoch, on both splits.
+        groups[group] = find_spot(group, modules, epochs, cast(list[float], train), cast(list[float], val), options)
         logged = sorted(history)
         curves[group] = {
             "epoch": logged,

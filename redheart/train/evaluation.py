@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import cast
+
 import numpy as np
 import torch
 from torch import nn
 
 from redheart.data.dataset import SplitTensors, split_targets
 from redheart.data.schema import DISTRIBUTION_TARGETS, TARGET_DIMS
+from redheart.model.model import RedHeartModel
 from redheart.scoring.metrics import evaluate_predictions, headline
 from redheart.train.precision import Precision
 
@@ -18,7 +22,7 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _batches(split: SplitTensors, batch_size: int, device: torch.device):
+def _batches(split: SplitTensors, batch_size: int, device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
     for start in range(0, len(split), batch_size):
         index = torch.arange(start, min(start + batch_size, len(split)))
         yield split.batch(index, device)
@@ -47,7 +51,7 @@ def _forward_split(
             with precision.autocast() if precision else torch.autocast(device.type, enabled=False):
                 raw = model(batch["x"], batch["mask"])
             if label_smoothing is not None:
-                for name, value in model.losses(raw, batch, label_smoothing).items():
+                for name, value in cast(RedHeartModel, model).losses(raw, batch, label_smoothing).items():
                     sums[name] = sums.get(name, 0.0) + float(value) * len(batch["x"])
             for module, targets in _probabilities(raw).items():
                 for target, value in targets.items():

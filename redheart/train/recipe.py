@@ -12,7 +12,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
@@ -147,12 +147,13 @@ def train(
             record["peak_memory_bytes"] = peak_memory_bytes(device)
             telemetry.finish_epoch(record, tally)
             bar.set_postfix(loss=f"{record['train_loss']['total']:.4f}", val=f"{sum(record['val']['loss'].values()):.4f}")
-            if main:
+            if writer is not None:  # rank 0
                 append_metrics(out.metrics_log, record)
                 log_scalars(writer, record)
             if save_checkpoints and (epoch + 1) % tc.checkpoint_every == 0:
                 weights = host_view(model)  # on every rank: a collective under FSDP; None off rank 0
                 if main:
+                    weights = cast(RedHeartModel, weights)  # None only off rank 0
                     files = telemetry.checkpoint_files(epoch + 1, weights)
                     save_checkpoint(weights, out.checkpoint(epoch + 1), record, config.preset, files, faults)
                     telemetry.report_progress()
@@ -164,9 +165,9 @@ def train(
         if writer is not None:
             writer.close()
     if trainer.ema is not None and save_checkpoints and record:
-        ema_weights = host_view(trainer.ema.module)
+        ema_weights = host_view(cast(RedHeartModel, trainer.ema.module))
         if main:
-            save_checkpoint(ema_weights, out.checkpoints / "ema", record, config.preset)
+            save_checkpoint(cast(RedHeartModel, ema_weights), out.checkpoints / "ema", record, config.preset)
     distributed.barrier()  # every rank returns once the outputs are complete
     return TrainResult(lr=lr, lr_source=lr_source, epochs=epochs, seed=seed, final=record, output=out)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 import torch
 from torch import nn
@@ -20,6 +21,7 @@ from redheart.config import TrainConfig
 from redheart.core.faults import NO_FAULTS, Faults
 from redheart.data.dataset import SplitTensors, epoch_order
 from redheart.model.losses import Outputs, split_halves
+from redheart.model.model import RedHeartModel
 from redheart.train.oom import BatchPlan, release_memory
 from redheart.train.precision import Precision
 
@@ -29,7 +31,7 @@ StepCallback = Callable[[int, "EpochTally"], None]
 
 
 def forward_losses(
-    model: nn.Module, batch: Batch, config: TrainConfig, memory_saving: bool = False
+    model: RedHeartModel, batch: Batch, config: TrainConfig, memory_saving: bool = False
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The scalar to minimise and its parts (task loss per module, plus "consistency" under R-Drop).
 
@@ -40,7 +42,7 @@ def forward_losses(
     forward = (lambda *args: checkpoint(model, *args, use_reentrant=False)) if memory_saving else model
     if config.rdrop_alpha <= 0:
         parts = model.losses(forward(x, mask), batch, config.label_smoothing)
-        return sum(parts.values()), parts
+        return cast(torch.Tensor, sum(parts.values())), parts
     if memory_saving:
         out_a, out_b = forward(x, mask), forward(x, mask)
     else:
@@ -50,14 +52,14 @@ def forward_losses(
 
 
 def rdrop_losses(
-    model: nn.Module, out_a: Outputs, out_b: Outputs, batch: Batch, config: TrainConfig
+    model: RedHeartModel, out_a: Outputs, out_b: Outputs, batch: Batch, config: TrainConfig
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """R-Drop's objective from the two passes: the mean task loss per module plus alpha times their consistency."""
     losses_a = model.losses(out_a, batch, config.label_smoothing)
     losses_b = model.losses(out_b, batch, config.label_smoothing)
     parts = {name: (losses_a[name] + losses_b[name]) / 2 for name in losses_a}
-    consistency = sum(model.consistency(out_a, out_b).values())
-    total = sum(parts.values()) + config.rdrop_alpha * consistency
+    consistency = cast(torch.Tensor, sum(model.consistency(out_a, out_b).values()))
+    total = cast(torch.Tensor, sum(parts.values())) + config.rdrop_alpha * consistency
     return total, {**parts, "consistency": consistency.detach()}
 
 
@@ -108,7 +110,7 @@ class Trainer:
 
     def __init__(
         self,
-        model: nn.Module,
+        model: RedHeartModel,
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
         ema: AveragedModel | None,

@@ -12,8 +12,10 @@ not matter for sizes, and the 730M model takes about 2 s to build this way.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -72,10 +74,10 @@ def measure_activation_bytes(model: RedHeartModel, rows: int, bf16: bool) -> Act
             saved[storage.data_ptr()] = (running[-1], storage.nbytes())
         return tensor
 
-    def enter(name: str):
+    def enter(name: str) -> Callable[[nn.Module, Any], None]:
         return lambda module, args: running.append(name)
 
-    def leave(module: nn.Module, args, output) -> None:
+    def leave(module: nn.Module, args: Any, output: Any) -> None:
         running.pop()
 
     handles = []

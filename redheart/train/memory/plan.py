@@ -20,7 +20,7 @@ from torch import nn
 
 from redheart.config import RunConfig
 from redheart.model.groups import GROUPS
-from redheart.model.model import MODULES
+from redheart.model.model import MODULES, RedHeartModel
 from redheart.train.memory.activations import ActivationBytes, empty_model, measure_activation_bytes
 from redheart.train.memory.strategy import STRATEGIES, MemoryStrategy, strategy
 
@@ -155,7 +155,7 @@ def fsdp_footprint(model: nn.Module, config: RunConfig, act: ActivationBytes, pr
     return Footprint(STRATEGIES["standard"], device, {name: 0 for name in COMPONENTS}, note)
 
 
-def plan_memory(model: nn.Module, config: RunConfig, vram: int, reserve: int, processes: int = 1) -> MemoryPlan:
+def plan_memory(model: RedHeartModel, config: RunConfig, vram: int, reserve: int, processes: int = 1) -> MemoryPlan:
     """The plan for `model` (on the host; uninitialised weights will do) at the config's micro-batch; with
     `processes` > 1 the FSDP footprint per process (only the standard strategy combines with FSDP)."""
     rows = config.train.micro_batch * (2 if config.train.rdrop_alpha > 0 else 1)
@@ -185,7 +185,7 @@ def device_memory(device: torch.device) -> int | None:
     return torch.cuda.get_device_properties(device).total_memory
 
 
-def resolve_strategy(model: nn.Module, config: RunConfig, device: torch.device, sharded: bool = False) -> MemoryStrategy:
+def resolve_strategy(model: RedHeartModel, config: RunConfig, device: torch.device, sharded: bool = False) -> MemoryStrategy:
     """config.train.memory, or for "auto" the plan's choice for `device` (standard off CUDA: host memory is
     not planned).
 

@@ -27,7 +27,7 @@ saved by any number of processes, sharded or not, resumes with any other.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -84,13 +84,15 @@ def is_sharded(module: nn.Module) -> bool:
 
 def full_state(module: nn.Module) -> dict[str, torch.Tensor]:
     """module.state_dict() with whole tensors; sharded: a collective, the tensors on rank 0's host, {} elsewhere."""
-    return get_model_state_dict(module, options=_GATHER) if is_sharded(module) else module.state_dict()
+    if is_sharded(module):
+        return cast(dict[str, torch.Tensor], get_model_state_dict(module, options=_GATHER))
+    return module.state_dict()
 
 
 def load_full_state(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load whole tensors strictly (every rank passes the same `state`; each keeps its shard)."""
     if is_sharded(module):
-        set_model_state_dict(module, state, options=_SCATTER)
+        set_model_state_dict(module, cast(dict[str, Any], state), options=_SCATTER)
     else:
         module.load_state_dict(state, strict=True)
 
@@ -140,7 +142,7 @@ def full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer) -> 
     sharded: a collective, the state on rank 0's host, {} elsewhere."""
     if not is_sharded(model):
         return optimizer.state_dict()
-    state = get_optimizer_state_dict(model, optimizer, options=_GATHER)
+    state: dict[str, Any] = cast(dict[str, Any], get_optimizer_state_dict(model, optimizer, options=_GATHER))
     if not state:  # not rank 0
         return {}
     # The gathered state is keyed by parameter name; the index is the place in the optimizer's groups.
@@ -158,7 +160,7 @@ def load_full_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer
         return
     names_of = {id(param): name for name, param in model.named_parameters()}
     names = [names_of[id(param)] for group in optimizer.param_groups for param in group["params"]]
-    by_name = {
+    by_name: dict[str, Any] = {
         "state": {names[index]: values for index, values in state["state"].items()},
         "param_groups": [{**group, "params": [names[index] for index in group["params"]]} for group in state["param_groups"]],
     }

@@ -7,6 +7,7 @@ every checksum and loads strictly, and nothing is ever unpickled.
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -77,7 +78,8 @@ def save_checkpoint(
     files = []
     for group, state in group_states(model).items():
         name = f"{group}.safetensors"
-        write_state_file(folder / name, lambda tmp, s=state, g=group: save_file(s, str(tmp), metadata={"group": g, "preset": preset}), faults)
+        metadata = {"group": group, "preset": preset}
+        write_state_file(folder / name, partial(save_tensors, state, metadata=metadata), faults)
         files.append(name)
     _write_json(folder / METRICS, metrics, faults)
     files.append(METRICS)
@@ -125,3 +127,7 @@ def load_groups(model: nn.Module, epochs: dict[str, int], run: RunDir) -> nn.Mod
         load_group(model, run.checkpoint(epoch), group)
     return model
 
+
+def save_tensors(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
+    """safetensors' save_file with the path last, for write_state_file's writer."""
+    save_file(state, str(path), metadata=metadata)

@@ -14,12 +14,13 @@ import json
 import pickle
 import shutil
 import sys
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from redheart.core.atomic import read_json, write_json
 from redheart.core.checkpoint_files import sha256, write_state_file
@@ -33,7 +34,7 @@ from redheart.train.parallel.fsdp import (
     load_full_optimizer_state,
     load_full_state,
 )
-from redheart.train.state.checkpoints import host_tensors
+from redheart.train.state.checkpoints import host_tensors, save_tensors
 from redheart.train.trainer import EpochTally, Trainer
 
 POINTER = "current.json"
@@ -83,7 +84,7 @@ def save_resume(
     shutil.rmtree(slot, ignore_errors=True)
     slot.mkdir(parents=True)
     for name, state in gathered["tensors"].items():
-        write_state_file(slot / name, lambda tmp, s=state: save_file(host_tensors(s), str(tmp)), faults)
+        write_state_file(slot / name, partial(save_tensors, host_tensors(state)), faults)
     training = {
         "optimizer": gathered["optimizer"],
         "scheduler": trainer.scheduler.state_dict(),

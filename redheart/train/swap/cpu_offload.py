@@ -8,6 +8,9 @@ device is the host (CPU) every move is a no-op.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -95,7 +98,9 @@ class CpuOffload:
         for state, key, value, home in self._state_tensors(optimizer, params):
             state[key] = self._state_homes[home] = self._park(value, self._state_homes.get(home))
 
-    def _state_tensors(self, optimizer: torch.optim.Optimizer, params: list[nn.Parameter]):
+    def _state_tensors(
+        self, optimizer: torch.optim.Optimizer, params: list[nn.Parameter]
+    ) -> Iterator[tuple[dict[str, Any], str, Tensor, tuple[int, str]]]:
         """(state dict, key, tensor, home key) of every state tensor of `params`; none when nothing moves."""
         if not self.active:
             return

@@ -9,6 +9,8 @@ that group's own loss terms (tests/test_group_swap.py checks this).
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import Tensor
 
@@ -66,7 +68,7 @@ def group_loss(
     """
     if config.rdrop_alpha <= 0:
         parts = model.losses(outs[0], batch, config.label_smoothing)
-        return sum(parts.values()), parts
+        return cast(Tensor, sum(parts.values())), parts
     out_a, out_b = split_halves(outs[0]) if len(outs) == 1 else outs
     return rdrop_losses(model, out_a, out_b, batch, config)
 

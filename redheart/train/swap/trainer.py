@@ -143,8 +143,9 @@ class GroupSwapTrainer(Trainer):
                     param.grad = None
                 self.offload.leave([module], updated=True)
         if probe:
-            for group, grads in clipped.items():
-                self.offload.give_grads(self.params[group], grads)
+            for group, group_grads in clipped.items():
+                self.offload.give_grads(self.params[group], group_grads)
+            assert self.grad_probe is not None  # `probe` says so
             self.grad_probe(self.model)
         self.optimizer.zero_grad(set_to_none=True)
         self.norms.clear()

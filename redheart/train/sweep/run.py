@@ -19,7 +19,7 @@ import csv
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from redheart.config import RunConfig
 from redheart.core.atomic import atomic_open, write_json
@@ -89,7 +89,8 @@ def top_rates(run: RunDir, config: RunConfig) -> list[float]:
             f"the reseed trials (--trial {len(first)} and up) depend on the first stage's ranking, but first-stage "
             f"trials {unfinished} in {run.sweep} have not finished; run them first (redheart sweep --trial K)"
         )
-    table = rank({t.lr: [trial_components(t, r)] for t, r in done.items()}, config.sweep.weights)
+    finished = cast(dict[Trial, list[dict[str, Any]]], done)  # every record list is there (checked above)
+    table = rank({t.lr: [trial_components(t, r)] for t, r in finished.items()}, config.sweep.weights)
     return [s.lr for s in table[: max(0, config.sweep.reseed_top)]]
 
 

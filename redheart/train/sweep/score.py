@@ -32,7 +32,7 @@ components are computed per trial and averaged per rate before normalizing.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 COMPONENTS = ("val_loss", "instability", "inefficiency", "overfit_gap")
@@ -85,7 +85,7 @@ def components(curve: Curve, window: int = 3) -> dict[str, float]:
     }
 
 
-def rank(per_lr: dict[float, Sequence[dict[str, float]]], weights: Sequence[float]) -> list[Score]:
+def rank(per_lr: Mapping[float, Sequence[dict[str, float]]], weights: Sequence[float]) -> list[Score]:
     """Every rate's mean components, normalized across rates and weighted; best (lowest total) first."""
     if len(weights) != len(COMPONENTS) or any(w < 0 for w in weights) or sum(weights) <= 0:
         raise ValueError(f"sweep weights must be {len(COMPONENTS)} non-negative numbers {COMPONENTS}, got {tuple(weights)}")
@@ -128,7 +128,9 @@ def explain(chosen: Score, table: Sequence[Score], epochs: int, window: int = 3)
     if not rivals:
         return head + (", the only candidate" if not others else "") + tail
     rival = rivals[0]
-    parts, better, worse = [], [], []
+    parts: list[str] = []
+    better: list[str] = []
+    worse: list[str] = []
     for name in COMPONENTS:
         mine, theirs = chosen.raw[name], rival.raw[name]
         parts.append(f"{DESCRIPTIONS[name].format(window=span)} {mine:.3f} vs {theirs:.3f}")

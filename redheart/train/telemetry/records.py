@@ -72,7 +72,7 @@ class RunTelemetry:
     """What one training run records besides its losses; with enabled=False every method does nothing."""
 
     def __init__(
-        self, out: RunDir, trainer: Trainer, writer: SummaryWriter, epochs_total: int, enabled: bool = True, gradients: bool = True
+        self, out: RunDir, trainer: Trainer, writer: SummaryWriter | None, epochs_total: int, enabled: bool = True, gradients: bool = True
     ) -> None:
         """`gradients` False: module statistics without gradients (FSDP: each rank holds a shard of them)."""
         self.out, self.trainer, self.writer = out, trainer, writer
@@ -115,7 +115,8 @@ class RunTelemetry:
         if not self.enabled:
             return {}
         stats = module_stats(self.trainer.model if model is None else model, epoch, self.probe)
-        log_module_stats(self.writer, stats)
+        if self.writer is not None:
+            log_module_stats(self.writer, stats)
         return {MODULE_STATS: stats}
 
     def report_progress(self) -> None:
@@ -126,7 +127,8 @@ class RunTelemetry:
         saved = [row["epoch"] for row in rows if (self.out.checkpoint(row["epoch"]) / MANIFEST).exists()]
         report = progress_report(rows, saved, self.epochs_total)
         write_progress(self.out.progress, report)
-        log_progress(self.writer, report)
+        if self.writer is not None:
+            log_progress(self.writer, report)
 
 
 def log_scalars(writer: SummaryWriter, record: dict[str, Any]) -> None:
