@@ -1,4 +1,9 @@
-"""The `redheart` command: parses arguments and calls one phase. No logic lives here."""
+"""The `redheart` command: parses arguments and calls one phase. No logic lives here.
+
+Each command imports its phase inside its function, the one place in the package that does: the phases
+pull in torch, scikit-learn, matplotlib and transformers, whose import costs seconds that `redheart --help`
+or a light command (prepare, model) should not pay.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 from redheart.config import RunConfig, load_config, preset, save_config, with_overrides
 from redheart.core.rundir import RunDir
@@ -34,8 +41,6 @@ def _run_config(run: RunDir, args: argparse.Namespace) -> RunConfig:
 
 
 def load_config_file(path: Path) -> dict:
-    import yaml
-
     with open(path, encoding="utf-8") as handle:
         return yaml.safe_load(handle) or {}
 
