@@ -2,6 +2,10 @@
 
 Each feature is on by default and switched off by its config value (rdrop_alpha 0, clip_norm 0,
 ema_decay 0, amp False, accumulation 1, label_smoothing 0).
+
+Trainer.run_epoch and Trainer.run_window are the one epoch loop and the one accumulation-window loop of
+every trainer: the swap trainer (swap/trainer.py) and the data-parallel one (parallel/data_parallel.py)
+override only the hooks below run_window (how a window is accumulated, how ranks agree and sum).
 """
 
 from __future__ import annotations
