@@ -9,12 +9,12 @@ from redheart.core.atomic import read_json
 from redheart.core.checkpoint_files import verify_checkpoint
 from redheart.data.dataset import load_split
 from redheart.model.model import MODULES, RedHeartModel
-from redheart.train import module_stats as module_stats_module
 from redheart.train.optim import build_optimizer
 from redheart.train.precision import choose_precision
 from redheart.train.recipe import train
 from redheart.train.schedule import build_scheduler
-from redheart.train.telemetry.module_stats import GradientProbe, module_stats
+from redheart.train.telemetry import module_statistics as module_stats_module
+from redheart.train.telemetry.module_statistics import GradientProbe, module_stats
 from redheart.train.telemetry.progress import progress_report
 from redheart.train.telemetry.records import read_metrics
 from redheart.train.trainer import Trainer

@@ -6,7 +6,7 @@ LOCAL_RANK set; without them (or with WORLD_SIZE 1) there is one process and not
 of its own `--run-path`.) The backend is gloo on CPU and nccl on CUDA, where each process trains on
 cuda:LOCAL_RANK. Multi-node: the same command on every node with --nnodes, --node_rank and a rendezvous.
 
-Gradients are summed by an explicit all_reduce once per accumulation window (shared_window.py), not by
+Gradients are summed by an explicit all_reduce once per accumulation window (data_parallel.py), not by
 torch.nn.parallel.DistributedDataParallel: in a short last window some ranks run fewer micro-steps than
 others, or none, and DDP's per-backward hooks need every rank in every backward (or join() with shadow
 collectives); one all_reduce after the window only needs every rank to reach the window's end. It also

@@ -2,10 +2,10 @@
 gradients, the AdamW moments and the EMA copy, so the full preset trains on cards that cannot hold it whole.
 
 Used under torchrun with train.distributed "fsdp", or "auto" with the full preset (uses_fsdp). The training
-arithmetic is that of DDP (shared_window.py): ranks run their share of every window's micro-batches, each
+arithmetic is that of DDP (data_parallel.py): ranks run their share of every window's micro-batches, each
 weighted by its share of the window, and the gradients are summed over the ranks. Here FSDP sums them
 itself (a reduce-scatter after every micro-step's backward): every forward and backward gathers weights
-from all ranks, so every rank runs the same number of micro-steps, some of weight 0 (shared_window.py).
+from all ranks, so every rank runs the same number of micro-steps, some of weight 0 (data_parallel.py).
 
 Layout choices:
 - Each top-level module of RedHeartModel (model.MODULES) is one FSDP unit, the model itself the root;
@@ -14,7 +14,7 @@ Layout choices:
 - Gradients are summed, not averaged (divide factor 1, sum-only collectives: gloo has no AVG or
   PREMUL_SUM): each micro-step's loss already carries its share of the window.
 - fully_shard refuses 0-d parameters (two scalar temperatures); they stay whole on every rank, and their
-  gradients are summed by the explicit all_reduce of shared_window.py, as under DDP.
+  gradients are summed by the explicit all_reduce of data_parallel.py, as under DDP.
 - The EMA (AveragedModel) copies the model before sharding and is sharded the same way, so its shards
   line up with the model's: an update is a local lerp on every rank, with no communication and 1/N of the
   memory. Evaluating it is a forward over all ranks; every rank evaluates, as for the model.

@@ -62,7 +62,7 @@ def group_outputs(model: RedHeartModel, group: str, x: Tensor, mask: Tensor, sou
 def group_loss(
     model: RedHeartModel, outs: list[Outputs], batch: dict[str, Tensor], config: TrainConfig
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """The group's terms of loop.forward_losses: the task loss per module and, under R-Drop, its consistency.
+    """The group's terms of trainer.forward_losses: the task loss per module and, under R-Drop, its consistency.
 
     `outs` is one output per pass of `dropped_passes`: one over [x; x] or two halves under R-Drop.
     """

@@ -1,7 +1,7 @@
 """Per-epoch records: the metrics log (JSONL), TensorBoard scalars, and the run's telemetry.
 
 With telemetry on, every epoch record gains a "telemetry" block (keys below), every checkpoint folder
-a module_stats.json (see module_stats.py), and every checkpoint a progress report (see
+a module_stats.json (see module_statistics.py), and every checkpoint a progress report (see
 telemetry/progress.py). Record keys outside the block: "seconds" (training time of the epoch),
 "samples_per_second", "peak_memory_bytes" (CUDA max_memory_allocated; per epoch with telemetry on,
 since the start of the process without).
@@ -31,7 +31,7 @@ from redheart.core.atomic import write_jsonl
 from redheart.core.checkpoint_files import MANIFEST
 from redheart.core.host_memory import peak_host_memory_bytes
 from redheart.core.rundir import RunDir
-from redheart.train.telemetry.module_stats import GradientProbe, module_stats
+from redheart.train.telemetry.module_statistics import GradientProbe, module_stats
 from redheart.train.telemetry.progress import group_losses, loss_gaps, progress_report, write_progress
 from redheart.train.trainer import EpochTally, Trainer
 
