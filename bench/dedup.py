@@ -25,11 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a 
 from rapidfuzz import fuzz  # noqa: E402
 
 from redheart.config import DataConfig  # noqa: E402
+from redheart.core.host_memory import peak_host_memory_bytes  # noqa: E402
 from redheart.data.dedup import near_duplicates, reference_near_duplicates  # noqa: E402
 from redheart.data.minhash_dedup import candidate_pairs, keep_first, minhash_near_duplicates, read_texts  # noqa: E402
 from redheart.data.records import load_records  # noqa: E402
 from redheart.data.schema import bundled_data_path  # noqa: E402
-from redheart.host_memory import peak_host_memory_bytes  # noqa: E402
 
 LARGE_SET = Path(__file__).resolve().parent / "data" / "scruples_texts_30k.jsonl.gz"  # shipped, see data/README.md
 LEVELS = (85, 88, 90, 91, 92, 93, 94, 96, 98)  # fuzz.ratio of the planted copies to their source
@@ -52,8 +52,10 @@ def bundled(subset: int, threshold: float) -> None:
     print(f"near_duplicates, whole set ({len(texts)} texts): {full_seconds:.1f}s, {len(full.removed)} removed")
     fast, fast_seconds = timed(near_duplicates, texts[:subset], threshold)
     slow, slow_seconds = timed(reference_near_duplicates, texts[:subset], threshold)
-    print(f"first {subset} texts: near_duplicates {fast_seconds:.2f}s, reference loop {slow_seconds:.2f}s, "
-          f"ratio {slow_seconds / fast_seconds:.1f}x, results agree: {fast == slow} ({len(fast.removed)} removed)")
+    print(
+        f"first {subset} texts: near_duplicates {fast_seconds:.2f}s, reference loop {slow_seconds:.2f}s, "
+        f"ratio {slow_seconds / fast_seconds:.1f}x, results agree: {fast == slow} ({len(fast.removed)} removed)"
+    )
 
 
 def large(path: Path, subset: int, threshold: float) -> None:
@@ -61,9 +63,11 @@ def large(path: Path, subset: int, threshold: float) -> None:
     print(f"{len(texts)} texts from {path}; peak RSS after reading them {peak_mib():.0f} MiB")
     candidates, lsh_seconds = timed(candidate_pairs, texts, threshold)
     result, verify_seconds = timed(keep_first, texts, candidates.pairs, threshold)
-    print(f"minhash, all texts: {lsh_seconds + verify_seconds:.1f}s (LSH and bounds {lsh_seconds:.1f}s, fuzz.ratio "
-          f"{verify_seconds:.1f}s), {len(result.removed)} removed; {candidates.collisions} band collisions, "
-          f"{len(candidates.pairs)} pairs left by the length and character-count bounds; peak RSS {peak_mib():.0f} MiB")
+    print(
+        f"minhash, all texts: {lsh_seconds + verify_seconds:.1f}s (LSH and bounds {lsh_seconds:.1f}s, fuzz.ratio "
+        f"{verify_seconds:.1f}s), {len(result.removed)} removed; {candidates.collisions} band collisions, "
+        f"{len(candidates.pairs)} pairs left by the length and character-count bounds; peak RSS {peak_mib():.0f} MiB"
+    )
     base = texts[:subset]
     compare(f"first {len(base)} texts", base, threshold)
     copies, levels = planted(base, random.Random(0))
@@ -79,8 +83,10 @@ def large(path: Path, subset: int, threshold: float) -> None:
 def compare(name: str, texts: list[str], threshold: float):
     mine, mine_seconds = timed(minhash_near_duplicates, texts, threshold)
     exact, exact_seconds = timed(near_duplicates, texts, threshold)
-    print(f"{name}: minhash {mine_seconds:.1f}s ({len(mine.removed)} removed), near_duplicates "
-          f"{exact_seconds:.1f}s ({len(exact.removed)} removed), equal: {mine == exact}; peak RSS {peak_mib():.0f} MiB")
+    print(
+        f"{name}: minhash {mine_seconds:.1f}s ({len(mine.removed)} removed), near_duplicates "
+        f"{exact_seconds:.1f}s ({len(exact.removed)} removed), equal: {mine == exact}; peak RSS {peak_mib():.0f} MiB"
+    )
     return mine, exact
 
 

@@ -44,14 +44,14 @@ sys.path[:0] = [str(ROOT)]  # runnable from a checkout
 
 import torch  # noqa: E402
 
-from redheart.atomic import atomic_open, write_json, write_jsonl  # noqa: E402
 from redheart.config import DataConfig, RunConfig, preset, with_overrides  # noqa: E402
+from redheart.core.atomic import atomic_open, write_json, write_jsonl  # noqa: E402
+from redheart.core.host_memory import peak_host_memory_bytes  # noqa: E402
+from redheart.core.rundir import RunDir  # noqa: E402
 from redheart.data.encode import encode_run  # noqa: E402
 from redheart.data.records import normalize_record  # noqa: E402
 from redheart.data.schema import bundled_data_path  # noqa: E402
-from redheart.host_memory import peak_host_memory_bytes  # noqa: E402
-from redheart.rundir import RunDir  # noqa: E402
-from redheart.train.memory_plan import DEFAULT_RESERVE, GiB, MemoryPlan, parse_bytes, plan_for_config  # noqa: E402
+from redheart.train.memory.plan import DEFAULT_RESERVE, GiB, MemoryPlan, parse_bytes, plan_for_config  # noqa: E402
 
 WALL_SECONDS = 480  # the whole check; each part gets what is left, up to its own share
 SHARES = {"nccl": 60, "strategy": 150, "small": 150}
@@ -189,7 +189,7 @@ def bundled_records(count: int, clean: bool = True) -> list[dict[str, Any]]:
 
 def strategy_child(settings: Settings, strategy: str, capped: bool) -> dict[str, Any]:
     from redheart.train.recipe import train
-    from redheart.train.resume import read_resume_info
+    from redheart.train.state.resume import read_resume_info
     from redheart.train.telemetry import read_metrics
 
     memory = memory_of(settings)
@@ -226,8 +226,14 @@ def strategy_row(
     """One strategy's line. `within_limit`: reserved bytes at most `limit` and no out-of-memory retry by the
     trainer; False too when the process died of an out-of-memory error (placing the model, say); None for an
     uncapped run, or a failure of another kind (reported under "failed")."""
-    row: dict[str, Any] = {"strategy": strategy, "capped": capped, "plan_device_bytes": plan_device,
-                           "plan_host_bytes": plan_host, "ok": outcome["ok"], "seconds": outcome["seconds"]}
+    row: dict[str, Any] = {
+        "strategy": strategy,
+        "capped": capped,
+        "plan_device_bytes": plan_device,
+        "plan_host_bytes": plan_host,
+        "ok": outcome["ok"],
+        "seconds": outcome["seconds"],
+    }
     if "result" not in outcome:
         died_of_memory = "out of memory" in outcome.get("error", "").lower()
         return {**row, "within_limit": False if capped and died_of_memory else None, "error": outcome.get("error")}

@@ -24,13 +24,14 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]  # runnable from a checkout; the
 
 import torch  # noqa: E402
 
-from redheart.atomic import write_json, write_jsonl  # noqa: E402
 from redheart.config import EncoderConfig, preset, with_overrides  # noqa: E402
+from redheart.core.atomic import write_json, write_jsonl  # noqa: E402
+from redheart.core.host_memory import peak_host_memory_bytes  # noqa: E402
+from redheart.core.rundir import RunDir  # noqa: E402
 from redheart.data.encode import encode_run  # noqa: E402
-from redheart.rundir import RunDir  # noqa: E402
-from redheart.train.memory_plan import GiB, parse_bytes, plan_for_config  # noqa: E402
-from redheart.host_memory import peak_host_memory_bytes  # noqa: E402
-from redheart.train.telemetry import peak_memory_bytes, read_metrics  # noqa: E402
+from redheart.train.memory.plan import GiB, parse_bytes, plan_for_config  # noqa: E402
+from redheart.train.telemetry.records import peak_memory_bytes, read_metrics  # noqa: E402
+
 from tiny_run import synthetic_record  # noqa: E402
 
 
@@ -40,19 +41,28 @@ def synthetic_run(root: Path, train_size: int) -> RunDir:
     records = [synthetic_record(i, rng) for i in range(train_size + 8)]
     write_jsonl(run.clean_records, records)
     ids = [r["id"] for r in records]
-    write_json(run.split_manifest, {"train": ids[:train_size], "val": ids[train_size:train_size + 4], "test": ids[-4:]})
+    write_json(
+        run.split_manifest, {"train": ids[:train_size], "val": ids[train_size : train_size + 4], "test": ids[-4:]}
+    )
     encode_run(run, EncoderConfig(name="hashing", dim=384), cache_dir=root / "cache", progress=False)
     return run
 
 
 def config_for(strategy: str, args: argparse.Namespace):
-    return with_overrides(preset("full"), {
-        # On CPU amp is off (autocast is CUDA-only unless a strategy forces bf16), so the plan printed
-        # beside the measurement assumes the precision that actually ran.
-        "encoder.name": "hashing", "train.device": args.device, "train.memory": strategy,
-        "train.amp": args.device.startswith("cuda"), "train.micro_batch": args.micro_batch,
-        "train.accumulation": args.accumulation, "train.telemetry": False,
-    })
+    return with_overrides(
+        preset("full"),
+        {
+            # On CPU amp is off (autocast is CUDA-only unless a strategy forces bf16), so the plan printed
+            # beside the measurement assumes the precision that actually ran.
+            "encoder.name": "hashing",
+            "train.device": args.device,
+            "train.memory": strategy,
+            "train.amp": args.device.startswith("cuda"),
+            "train.micro_batch": args.micro_batch,
+            "train.accumulation": args.accumulation,
+            "train.telemetry": False,
+        },
+    )
 
 
 def child(strategy: str, args: argparse.Namespace) -> None:
@@ -60,8 +70,15 @@ def child(strategy: str, args: argparse.Namespace) -> None:
 
     with tempfile.TemporaryDirectory() as folder:
         run = synthetic_run(Path(folder) / "run", args.windows * args.micro_batch * args.accumulation)
-        result = train(run, config_for(strategy, args), lr=1e-4, epochs=1, log_dir=Path(folder) / "out",
-                       progress=False, save_checkpoints=False)
+        result = train(
+            run,
+            config_for(strategy, args),
+            lr=1e-4,
+            epochs=1,
+            log_dir=Path(folder) / "out",
+            progress=False,
+            save_checkpoints=False,
+        )
         speed = read_metrics(result.output.metrics_log)[-1]["samples_per_second"]
     cuda = peak_memory_bytes(torch.device("cuda")) if torch.cuda.is_available() else None
     print(json.dumps({"peak_rss": peak_host_memory_bytes(), "cuda_max_allocated": cuda, "samples_per_second": speed}))
@@ -81,17 +98,36 @@ def main() -> None:
         return
     peaks = {}
     for strategy in args.strategies:
-        command = [sys.executable, __file__, "--child", strategy, "--windows", str(args.windows), "--device", args.device,
-                   "--micro-batch", str(args.micro_batch), "--accumulation", str(args.accumulation)]
+        command = [
+            sys.executable,
+            __file__,
+            "--child",
+            strategy,
+            "--windows",
+            str(args.windows),
+            "--device",
+            args.device,
+            "--micro-batch",
+            str(args.micro_batch),
+            "--accumulation",
+            str(args.accumulation),
+        ]
         result = json.loads(subprocess.run(command, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
         plan = plan_for_config(config_for(strategy, args), parse_bytes("1000GiB"), 0).footprint(strategy)
         peaks[strategy] = result["peak_rss"]
-        line = (f"{strategy:>9}: peak RSS {result['peak_rss'] / GiB:6.2f} GiB (plan: device + host "
-                f"{(plan.device_total + plan.host_total) / GiB:5.2f} GiB)")
+        line = (
+            f"{strategy:>9}: peak RSS {result['peak_rss'] / GiB:6.2f} GiB (plan: device + host "
+            f"{(plan.device_total + plan.host_total) / GiB:5.2f} GiB)"
+        )
         if result["cuda_max_allocated"] is not None:
-            line += f", max_memory_allocated {result['cuda_max_allocated'] / GiB:5.2f} GiB (plan: {plan.device_total / GiB:5.2f})"
-        print(f"{line}, {result['samples_per_second']:.2f} samples/s over {args.windows} optimizer steps of "
-              f"{args.micro_batch}x{args.accumulation} samples")
+            line += (
+                f", max_memory_allocated {result['cuda_max_allocated'] / GiB:5.2f} GiB"
+                f" (plan: {plan.device_total / GiB:5.2f})"
+            )
+        print(
+            f"{line}, {result['samples_per_second']:.2f} samples/s over {args.windows} optimizer steps of "
+            f"{args.micro_batch}x{args.accumulation} samples"
+        )
     if {"saving", "standard"} <= set(peaks):
         print(f"saving / standard peak RSS: {peaks['saving'] / peaks['standard']:.3f}")
 

@@ -23,19 +23,19 @@ import time
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from redheart.atomic import write_json
 from redheart.config import PRESETS, RunConfig
+from redheart.core.atomic import write_json
+from redheart.core.rundir import RunDir
 from redheart.data.dataset import SplitTensors, micro_batches, targets_tensors
 from redheart.data.schema import EMOTIONS, VERDICTS
 from redheart.model.losses import split_halves
 from redheart.model.model import RedHeartModel
 from redheart.train.ema import build_ema
-from redheart.rundir import RunDir
-from redheart.train.loop import EpochTally, Trainer
 from redheart.train.optim import build_optimizer
 from redheart.train.precision import choose_precision, resolve_device
 from redheart.train.schedule import build_scheduler, steps_per_epoch
-from redheart.train.telemetry import RunTelemetry, append_metrics
+from redheart.train.telemetry.records import RunTelemetry, append_metrics
+from redheart.train.trainer import EpochTally, Trainer
 
 
 def synthetic_split(n: int, dim: int, segments: int) -> SplitTensors:
@@ -43,11 +43,16 @@ def synthetic_split(n: int, dim: int, segments: int) -> SplitTensors:
     records = []
     for i in range(n):
         emotions = [rng.random() for _ in EMOTIONS]
-        records.append({
-            "id": str(i), "label_scores": {v: rng.randrange(4) + (v == "OTHER") for v in VERDICTS},
-            "emotions": [e / sum(emotions) for e in emotions], "regret_factor": rng.random(),
-            "bentham_scores": [rng.random() for _ in range(4)], "surd_metrics": [rng.random() for _ in range(4)],
-        })
+        records.append(
+            {
+                "id": str(i),
+                "label_scores": {v: rng.randrange(4) + (v == "OTHER") for v in VERDICTS},
+                "emotions": [e / sum(emotions) for e in emotions],
+                "regret_factor": rng.random(),
+                "bentham_scores": [rng.random() for _ in range(4)],
+                "surd_metrics": [rng.random() for _ in range(4)],
+            }
+        )
     lengths = torch.randint(1, segments + 1, (n,))
     tensors = {"x": torch.randn(n, segments, dim), "mask": torch.arange(segments) < lengths[:, None]}
     tensors.update(targets_tensors(records))
@@ -63,7 +68,9 @@ def build(config: RunConfig, split: SplitTensors, device: torch.device):
 
 def redheart_epoch(config: RunConfig, split: SplitTensors, device: torch.device) -> float:
     model, optimizer, ema = build(config, split, device)
-    scheduler = build_scheduler(optimizer, config.train, steps_per_epoch(len(split), config.train.micro_batch, config.train.accumulation))
+    scheduler = build_scheduler(
+        optimizer, config.train, steps_per_epoch(len(split), config.train.micro_batch, config.train.accumulation)
+    )
     trainer = Trainer(model, optimizer, scheduler, ema, choose_precision(device, config.train.amp), config.train)
     trainer.run_epoch(split, epoch=0, seed=0)  # warm-up epoch (allocator, lazy init)
     _sync(device)
@@ -89,7 +96,9 @@ def plain_epoch(config: RunConfig, split: SplitTensors, device: torch.device) ->
                 out_a, out_b = split_halves(model(torch.cat([x, x]), torch.cat([mask, mask])))
                 la = model.losses(out_a, batch, tc.label_smoothing)
                 lb = model.losses(out_b, batch, tc.label_smoothing)
-                loss = (sum(la.values()) + sum(lb.values())) / 2 + tc.rdrop_alpha * sum(model.consistency(out_a, out_b).values())
+                loss = (sum(la.values()) + sum(lb.values())) / 2 + tc.rdrop_alpha * sum(
+                    model.consistency(out_a, out_b).values()
+                )
             scaler.scale(loss / tc.accumulation).backward()
             if (i + 1) % tc.accumulation == 0 or i + 1 == len(batches):
                 scaler.unscale_(optimizer)
@@ -107,11 +116,15 @@ def plain_epoch(config: RunConfig, split: SplitTensors, device: torch.device) ->
     return len(split) / (time.perf_counter() - started)
 
 
-def telemetry_epochs(config: RunConfig, split: SplitTensors, device: torch.device, rounds: int) -> list[tuple[float, float, float]]:
+def telemetry_epochs(
+    config: RunConfig, split: SplitTensors, device: torch.device, rounds: int
+) -> list[tuple[float, float, float]]:
     """(seconds with telemetry, seconds without, seconds of telemetry after the last step) of checkpoint epochs
     run back to back on one trainer, on and off in turn, so both see the same load and the same weights' age."""
     model, optimizer, ema = build(config, split, device)
-    scheduler = build_scheduler(optimizer, config.train, steps_per_epoch(len(split), config.train.micro_batch, config.train.accumulation))
+    scheduler = build_scheduler(
+        optimizer, config.train, steps_per_epoch(len(split), config.train.micro_batch, config.train.accumulation)
+    )
     trainer = Trainer(model, optimizer, scheduler, ema, choose_precision(device, config.train.amp), config.train)
     trainer.run_epoch(split, epoch=0, seed=0)  # warm-up epoch (allocator, lazy init)
     pairs = []
@@ -130,7 +143,12 @@ def telemetry_epochs(config: RunConfig, split: SplitTensors, device: torch.devic
                 _sync(device)
                 after_steps = time.perf_counter()
                 # Training losses stand in for the validation losses, which the real run computes either way.
-                record = {"epoch": epoch, "seconds": after_steps - started, "train_loss": tally.means(), "val": {"loss": tally.means()}}
+                record = {
+                    "epoch": epoch,
+                    "seconds": after_steps - started,
+                    "train_loss": tally.means(),
+                    "val": {"loss": tally.means()},
+                }
                 telemetry.finish_epoch(record, tally)
                 append_metrics(out.metrics_log, record)
                 for name, obj in telemetry.checkpoint_files(epoch).items():
@@ -151,7 +169,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["tiny", "small"])
     parser.add_argument("--samples", type=int, default=256)
-    parser.add_argument("--rounds", type=int, default=3, help="alternating measurements per side (loop: the best counts; telemetry: the median pair)")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="alternating measurements per side (loop: the best counts; telemetry: the median pair)",
+    )
     parser.add_argument("--parts", nargs="+", choices=("loop", "telemetry"), default=["loop", "telemetry"])
     args = parser.parse_args()
     device = resolve_device("auto")
@@ -166,7 +189,10 @@ def main() -> None:
                 ours.append(redheart_epoch(config, split, device))
                 plain.append(plain_epoch(config, split, device))
             best_ours, best_plain = max(ours), max(plain)
-            print(f"{shape}: redheart {best_ours:8.1f} samples/s, plain {best_plain:8.1f} samples/s, ratio {best_ours / best_plain:.3f}")
+            print(
+                f"{shape}: redheart {best_ours:8.1f} samples/s, plain {best_plain:8.1f} samples/s,"
+                f" ratio {best_ours / best_plain:.3f}"
+            )
         if "telemetry" in args.parts:
             pairs = telemetry_epochs(config, split, device, args.rounds)
             ratio = statistics.median(off / on for on, off, _ in pairs)
@@ -174,7 +200,8 @@ def main() -> None:
             steps = steps_per_epoch(len(split), config.train.micro_batch, config.train.accumulation)
             print(
                 f"{shape}: checkpoint epoch of {steps} optimizer steps, median of {len(pairs)} pairs: telemetry on "
-                f"{len(split) / on:8.1f} samples/s, off {len(split) / off:8.1f} samples/s, ratio {ratio:.3f} (target >= 0.95); "
+                f"{len(split) / on:8.1f} samples/s, off {len(split) / off:8.1f} samples/s, "
+                f"ratio {ratio:.3f} (target >= 0.95); "
                 f"telemetry after the last step {statistics.median(p[2] for p in pairs) * 1e3:.1f} ms per checkpoint"
             )
 

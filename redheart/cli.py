@@ -1,14 +1,22 @@
-"""The `redheart` command: parses arguments and calls one phase. No logic lives here."""
+"""The `redheart` command: parses arguments and calls one phase. No logic lives here.
+
+Each command imports its phase inside its function, the one place in the package that does: the phases
+pull in torch, scikit-learn, matplotlib and transformers, whose import costs seconds that `redheart --help`
+or a light command (prepare, model) should not pay.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from redheart.config import RunConfig, load_config, preset, save_config, with_overrides
-from redheart.rundir import RunDir
-
+from redheart.core.rundir import RunDir
 
 REREAD_HELP = "read the test split again although it was read before (recorded in test_results.json's reads)"
 
@@ -35,8 +43,6 @@ def _run_config(run: RunDir, args: argparse.Namespace) -> RunConfig:
 
 
 def load_config_file(path: Path) -> dict:
-    import yaml
-
     with open(path, encoding="utf-8") as handle:
         return yaml.safe_load(handle) or {}
 
@@ -68,8 +74,10 @@ def _extra_paths(given: list[str] | None) -> list[Path]:
     return [bundled_verdicts_path() if item == "bundled" else Path(item) for item in given or [] if item != "none"]
 
 
-_EXTRA_HELP = ("records for the training split only (e.g. verdicts without the other targets), repeatable; "
-               "'bundled' is the 13,362 community verdicts shipped in the package")
+_EXTRA_HELP = (
+    "records for the training split only (e.g. verdicts without the other targets), repeatable; "
+    "'bundled' is the 13,362 community verdicts shipped in the package"
+)
 
 
 def _cmd_prepare(args: argparse.Namespace) -> None:
@@ -77,8 +85,9 @@ def _cmd_prepare(args: argparse.Namespace) -> None:
 
     run = RunDir(args.run)
     config = _run_config(run, args)
-    summary = prepare(_data_path(args.data), run, config.data, strict=args.strict,
-                      extra=_extra_paths(args.extra_verdicts))
+    summary = prepare(
+        _data_path(args.data), run, config.data, strict=args.strict, extra=_extra_paths(args.extra_verdicts)
+    )
     print(format_summary(summary))
 
 
@@ -100,8 +109,8 @@ def _cmd_model(args: argparse.Namespace) -> None:
 
 
 def _cmd_memory(args: argparse.Namespace) -> None:
-    from redheart.train.memory_plan import parse_bytes, plan_for_config
-    from redheart.train.memory_report import format_memory_plan
+    from redheart.train.memory.format import format_memory_plan
+    from redheart.train.memory.plan import parse_bytes, plan_for_config
 
     config = preset(args.preset)
     if args.set:
@@ -132,7 +141,7 @@ def _cmd_prune(args: argparse.Namespace) -> None:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> None:
-    from redheart.train.sweep import collect, format_choice, run_sweep, run_trial, trial_count
+    from redheart.train.sweep.run import collect, format_choice, run_sweep, run_trial, trial_count
 
     run = RunDir(args.run)
     config = _run_config(run, args)
@@ -159,7 +168,7 @@ def _cmd_study(args: argparse.Namespace) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> None:
-    from redheart.train.distributed import join_job
+    from redheart.train.parallel.distributed import join_job
     from redheart.train.recipe import train
 
     run = RunDir(args.run)
@@ -183,7 +192,7 @@ def _cmd_crossover(args: argparse.Namespace) -> None:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> None:
-    from redheart.report.calibration import fit_calibrators
+    from redheart.evaluate.calibration import fit_calibrators
 
     run = RunDir(args.run)
     fit_calibrators(run, _run_config(run, args))
@@ -201,8 +210,13 @@ def _cmd_predict(args: argparse.Namespace) -> None:
 
     source = None if args.text is not None else (args.input or "-")
     write_predictions(
-        args.model, read_inputs(source, args.text), sys.stdout, calibrated=not args.uncalibrated,
-        batch_size=args.batch_size, cache_dir=args.cache, progress=source not in (None, "-"),
+        args.model,
+        read_inputs(source, args.text),
+        sys.stdout,
+        calibrated=not args.uncalibrated,
+        batch_size=args.batch_size,
+        cache_dir=args.cache,
+        progress=source not in (None, "-"),
     )
 
 
@@ -219,8 +233,14 @@ def _cmd_pipeline(args: argparse.Namespace) -> None:
 
     run = RunDir(args.run)
     config = _run_config(run, args)
-    run_pipeline(run, config, data=_data_path(args.data), cache_dir=args.cache, extra=_extra_paths(args.extra_verdicts),
-                 reread_test=args.reread_test)
+    run_pipeline(
+        run,
+        config,
+        data=_data_path(args.data),
+        cache_dir=args.cache,
+        extra=_extra_paths(args.extra_verdicts),
+        reread_test=args.reread_test,
+    )
 
 
 def _add_run_options(parser: argparse.ArgumentParser, default_run: str | None = None) -> None:
@@ -230,7 +250,9 @@ def _add_run_options(parser: argparse.ArgumentParser, default_run: str | None = 
     parser.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override one setting")
 
 
-def _phase_command(commands: argparse._SubParsersAction, name: str, func, help: str) -> argparse.ArgumentParser:
+def _phase_command(
+    commands: argparse._SubParsersAction, name: str, func: Callable[..., Any], help: str
+) -> argparse.ArgumentParser:
     """A command that works on one run folder: the run options, and the function it calls."""
     parser = commands.add_parser(name, help=help)
     _add_run_options(parser)
@@ -242,14 +264,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="redheart", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    prepare = _phase_command(commands, "prepare", _cmd_prepare, "validate, de-duplicate and split a data set into a run folder")
-    prepare.add_argument("--data", action="append",
-                         help="JSON array or JSON Lines file, repeatable (default: the bundled Red Heart set)")
+    prepare = _phase_command(
+        commands, "prepare", _cmd_prepare, "validate, de-duplicate and split a data set into a run folder"
+    )
+    prepare.add_argument(
+        "--data", action="append", help="JSON array or JSON Lines file, repeatable (default: the bundled Red Heart set)"
+    )
     prepare.add_argument("--extra-verdicts", action="append", metavar="FILE", help=_EXTRA_HELP)
-    prepare.add_argument("--strict", action="store_true", help="fail on the first invalid record instead of rejecting it")
+    prepare.add_argument(
+        "--strict", action="store_true", help="fail on the first invalid record instead of rejecting it"
+    )
 
     encode = _phase_command(commands, "encode", _cmd_encode, "embed the run's texts (cached on disk)")
-    encode.add_argument("--cache", type=Path, help="embedding cache folder (default: $REDHEART_CACHE or ~/.cache/redheart)")
+    encode.add_argument(
+        "--cache", type=Path, help="embedding cache folder (default: $REDHEART_CACHE or ~/.cache/redheart)"
+    )
 
     model = commands.add_parser("model", help="print the per-module parameter table (no weights allocated)")
     model.add_argument("--preset", default="full")
@@ -276,16 +305,23 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--dry-run", action="store_true", help="list what would be deleted")
     prune.set_defaults(func=_cmd_prune)
 
-    sweep = _phase_command(commands, "sweep", _cmd_sweep, "learning-rate sweep; train uses its choice when no rate is given")
+    sweep = _phase_command(
+        commands, "sweep", _cmd_sweep, "learning-rate sweep; train uses its choice when no rate is given"
+    )
     mode = sweep.add_mutually_exclusive_group()
     mode.add_argument("--trial", type=int, metavar="K", help="run trial K only (first stage 0..n-1, then the reseeds)")
     mode.add_argument("--collect", action="store_true", help="score the finished trials and choose; trains nothing")
 
-    study = _phase_command(commands, "study", _cmd_study,
-                           "learning curves over model size and training data, on validation (report section)")
+    study = _phase_command(
+        commands,
+        "study",
+        _cmd_study,
+        "learning curves over model size and training data, on validation (report section)",
+    )
     study_mode = study.add_mutually_exclusive_group()
-    study_mode.add_argument("--point", type=int, metavar="K",
-                            help="run point K only (sizes in order, fractions within)")
+    study_mode.add_argument(
+        "--point", type=int, metavar="K", help="run point K only (sizes in order, fractions within)"
+    )
     study_mode.add_argument("--collect", action="store_true", help="table, plots and sentences of the finished points")
 
     train = _phase_command(commands, "train", _cmd_train, "train (resumes by itself when the run has a resume state)")
@@ -293,9 +329,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     _phase_command(commands, "analyze", _cmd_analyze, "per-group sweet spots and over-fitting onsets (validation)")
 
-    _phase_command(commands, "crossover", _cmd_crossover, "assemble groups from their sweet spots; every candidate on validation")
+    _phase_command(
+        commands, "crossover", _cmd_crossover, "assemble groups from their sweet spots; every candidate on validation"
+    )
 
-    _phase_command(commands, "calibrate", _cmd_calibrate, "fit temperature, vector and isotonic calibration on validation")
+    _phase_command(
+        commands, "calibrate", _cmd_calibrate, "fit temperature, vector and isotonic calibration on validation"
+    )
 
     report = commands.add_parser("report", help="HTML + Markdown report and LaTeX tables from the run's files")
     report.add_argument("--run", required=True)
@@ -328,17 +368,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)  # before the imports below, so --help answers at once
 
-    from redheart.train.checkpoints import CheckpointError
-    from redheart.train.faults import DiskFullError
+    from redheart.core.checkpoint_files import CheckpointError, DiskFullError
+    from redheart.train.memory.plan import NoStrategyFits
     from redheart.train.oom import OutOfMemory
-    from redheart.train.resume import ResumeError
+    from redheart.train.state.resume import ResumeError
 
     try:
         args.func(args)
     except (ValueError, FileNotFoundError) as error:  # bad input or a missing artifact
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    except (ResumeError, CheckpointError, DiskFullError, OutOfMemory) as error:
+    except (ResumeError, CheckpointError, DiskFullError, OutOfMemory, NoStrategyFits) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
 

@@ -13,12 +13,13 @@ from typing import Any
 
 import yaml
 
-# Parameter budgets of the full model (SPEC section 2). The heads share 153.1M in all, each in the
-# proportions of the listed head sizes (17.3 : 13.9 : 19.9 : 12.0). The verdict head on the backbone takes a
-# share of 8.0 out of the same total, so the model stays at its 730M: the community network alone (20k
-# parameters in `small`) was too small to learn the verdict.
-_HEAD_SHARES = {"emotion_head": 17.3, "bentham_head": 13.9, "regret_head": 19.9, "surd_head": 12.0,
-                "verdict_head": 8.0}
+from redheart.core.atomic import atomic_open
+
+# Parameter budgets of the full model, per module. The heads share 153.1M in all, each in the proportions of
+# the listed head sizes (17.3 : 13.9 : 19.9 : 12.0). The verdict head on the backbone takes a share of 8.0 out of
+# the same total, so the model stays at its 730M: the community network alone (20k parameters in `small`) was
+# too small to learn the verdict.
+_HEAD_SHARES = {"emotion_head": 17.3, "bentham_head": 13.9, "regret_head": 19.9, "surd_head": 12.0, "verdict_head": 8.0}
 FULL_BUDGETS: dict[str, int] = {
     "backbone": 90_600_000,
     **{name: round(153_100_000 * share / sum(_HEAD_SHARES.values())) for name, share in _HEAD_SHARES.items()},
@@ -94,8 +95,10 @@ class TrainConfig:
     layer_decay: float = 0.85  # layer-wise lr decay per backbone layer; 1 disables
     seed: int = 13
     device: str = "auto"
-    memory: str = "auto"  # "standard", "saving", "swap" (train/memory_strategy.py), or the memory plan's choice
-    distributed: str = "auto"  # under torchrun: "ddp", "fsdp" (train/sharding.py), or "auto": fsdp for the full preset
+    memory: str = "auto"  # "standard", "saving", "swap" (train/memory/strategy.py), or the memory plan's choice
+    distributed: str = (
+        "auto"  # under torchrun: "ddp", "fsdp" (train/parallel/fsdp.py), or "auto": fsdp for the full preset
+    )
     telemetry: bool = True  # module_stats.json per checkpoint, progress reports, per-epoch "telemetry" block
     # Dtype of the epoch checkpoints' and the EMA checkpoint's floating tensors: "float32" or "bfloat16" (half the
     # disk; selection reads them back into an fp32 model). The resume state always keeps fp32, so a resumed run
@@ -111,6 +114,13 @@ class SweepConfig:
     reseed_top: int = 2  # the best candidates re-run with extra seeds; the choice uses the mean
     extra_seeds: int = 2
     weights: tuple[float, float, float, float] = (0.4, 0.2, 0.2, 0.2)  # val loss, stability, efficiency, gap
+
+    @property
+    def trials(self) -> int:
+        """How many trials a complete sweep has: every rate, plus extra seeds for the best `reseed_top`."""
+        n = len(self.lrs)
+        return n + min(n, max(0, self.reseed_top)) * self.extra_seeds
+
     # A finished trial's metrics are all the sweep reads; its resume state (weights, EMA, optimizer) is dropped
     # unless this is set.
     keep_trial_resume: bool = False
@@ -240,8 +250,15 @@ def to_dict(config: RunConfig) -> dict[str, Any]:
 
 
 def from_dict(tree: dict[str, Any]) -> RunConfig:
-    kinds = {"data": DataConfig, "encoder": EncoderConfig, "model": ModelConfig, "train": TrainConfig,
-             "sweep": SweepConfig, "select": SelectConfig, "study": StudyConfig}
+    kinds = {
+        "data": DataConfig,
+        "encoder": EncoderConfig,
+        "model": ModelConfig,
+        "train": TrainConfig,
+        "sweep": SweepConfig,
+        "select": SelectConfig,
+        "study": StudyConfig,
+    }
     unknown = set(tree) - {f.name for f in dataclasses.fields(RunConfig)}
     if unknown:
         raise ValueError(f"unknown config sections {sorted(unknown)}")
@@ -262,8 +279,6 @@ def from_dict(tree: dict[str, Any]) -> RunConfig:
 
 
 def save_config(config: RunConfig, path: Path) -> None:
-    from redheart.atomic import atomic_open
-
     with atomic_open(path) as handle:
         yaml.safe_dump(to_dict(config), handle, sort_keys=False)
 

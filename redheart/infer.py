@@ -3,7 +3,7 @@
 The model comes from a final-model folder (redheart.select.final_model: safetensors + JSON, checksums
 verified); its texts are embedded by the encoder its config.json names, through the embedding cache, so
 a text seen in training gets the vectors training used. Distributions are calibrated with the folder's
-calibrators.json (written by redheart.report.calibration.fit_calibrators; the method chosen per target on
+calibrators.json (written by redheart.evaluate.calibration.fit_calibrators; the method chosen per target on
 validation), unless `calibrated=False`.
 """
 
@@ -13,19 +13,19 @@ import json
 import sys
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from redheart.config import EncoderConfig
+from redheart.core.checkpoint_files import MANIFEST, CheckpointError, sha256
 from redheart.data.encode import encode_texts
 from redheart.data.encoders import build_encoder, document_text
-from redheart.data.schema import BENTHAM_KEYS, EMOTIONS, SURD_KEYS, VERDICTS
-from redheart.report.calibration import CALIBRATORS_FILE, load_calibrators
+from redheart.data.schema import BENTHAM_KEYS, DISTRIBUTION_TARGETS, EMOTIONS, SURD_KEYS, VERDICTS
+from redheart.evaluate.calibration import CALIBRATED_TARGETS, CALIBRATORS_FILE, load_calibrators
 from redheart.select.final_model import load_final_model
-from redheart.train.checkpoints import MANIFEST, CheckpointError, sha256
 
 NAMES = {"emotions": EMOTIONS, "bentham_scores": BENTHAM_KEYS, "surd_metrics": SURD_KEYS, "verdict": VERDICTS}
 
@@ -71,7 +71,8 @@ class Predictor:
         self.encoder = build_encoder(encoder_config)
         if (self.encoder.dim, self.encoder.max_segments) != (self.info["input_dim"], self.info["max_segments"]):
             raise CheckpointError(
-                f"{self.model_dir / 'config.json'}: encoder {self.encoder.key} gives {self.encoder.max_segments}x{self.encoder.dim}"
+                f"{self.model_dir / 'config.json'}: encoder {self.encoder.key} gives "
+                f"{self.encoder.max_segments}x{self.encoder.dim}"
                 f" vectors, the model expects {self.info['max_segments']}x{self.info['input_dim']}"
             )
         self.cache_dir = cache_dir
@@ -79,10 +80,14 @@ class Predictor:
         if calibrated:
             path = self.model_dir / CALIBRATORS_FILE
             if not path.exists():
-                raise FileNotFoundError(f"{path}: this model has no calibrators; fit them (redheart calibrate) or predict uncalibrated")
+                raise FileNotFoundError(
+                    f"{path}: this model has no calibrators; fit them (redheart calibrate) or predict uncalibrated"
+                )
             self.calibrators = load_calibrators(path)
             if self.calibrators.model_sha256 != sha256(self.model_dir / MANIFEST):
-                raise CheckpointError(f"{path}: fitted for another model (manifest sha256 differs); fit them again for this one")
+                raise CheckpointError(
+                    f"{path}: fitted for another model (manifest sha256 differs); fit them again for this one"
+                )
 
     @torch.no_grad()
     def fused(self, texts: list[str]) -> dict[str, np.ndarray]:
@@ -90,7 +95,10 @@ class Predictor:
         vectors, mask = encode_texts(texts, self.encoder, cache_dir=self.cache_dir)
         out = self.model(torch.from_numpy(vectors), torch.from_numpy(mask))["fused"]
         # Distributions leave the fusion as log-probabilities; softmax recovers them exactly.
-        probs = {t: (v.float().softmax(-1) if t in ("emotions", "verdict") else v.float()).numpy().astype(np.float64) for t, v in out.items()}
+        probs = {
+            t: (v.float().softmax(-1) if t in DISTRIBUTION_TARGETS else v.float()).numpy().astype(np.float64)
+            for t, v in out.items()
+        }
         if self.calibrators is not None:
             for target in self.calibrators.targets:
                 probs[target] = self.calibrators.apply(target, probs[target])
@@ -98,7 +106,7 @@ class Predictor:
 
     def methods(self) -> dict[str, str]:
         if self.calibrators is None:
-            return {target: "none" for target in ("emotions", "verdict")}
+            return {target: "none" for target in CALIBRATED_TARGETS}
         return {target: entry.method for target, entry in self.calibrators.targets.items()}
 
 
@@ -107,16 +115,20 @@ def named_outputs(probs: dict[str, np.ndarray], row: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for target in ("emotions", "bentham_scores", "regret_factor", "surd_metrics", "verdict"):
         values = probs[target][row].reshape(-1)
-        out[target] = float(values[0]) if target == "regret_factor" else {n: float(v) for n, v in zip(NAMES[target], values)}
+        out[target] = (
+            float(values[0]) if target == "regret_factor" else {n: float(v) for n, v in zip(NAMES[target], values)}
+        )
     return out
 
 
-def predict_records(predictor: Predictor, records: list[dict[str, str]], batch_size: int = 64, progress: bool = False) -> Iterable[dict[str, Any]]:
+def predict_records(
+    predictor: Predictor, records: list[dict[str, str]], batch_size: int = 64, progress: bool = False
+) -> Iterable[dict[str, Any]]:
     """One result per record, in order, computed in batches."""
     methods = predictor.methods()
     with tqdm(total=len(records), desc="predict", unit="text", disable=not progress) as bar:
         for start in range(0, len(records), batch_size):
-            batch = records[start:start + batch_size]
+            batch = records[start : start + batch_size]
             probs = predictor.fused([document_text(record) for record in batch])
             for row, record in enumerate(batch):
                 keep = {k: record[k] for k in ("id",) if k in record}
@@ -124,14 +136,27 @@ def predict_records(predictor: Predictor, records: list[dict[str, str]], batch_s
             bar.update(len(batch))
 
 
-def predict_texts(model_dir: str | Path, texts: list[str], calibrated: bool = True, batch_size: int = 64, cache_dir: Path | None = None) -> list[dict[str, Any]]:
+def predict_texts(
+    model_dir: str | Path,
+    texts: list[str],
+    calibrated: bool = True,
+    batch_size: int = 64,
+    cache_dir: Path | None = None,
+) -> list[dict[str, Any]]:
     """Named outputs of every text (emotions, bentham_scores, regret_factor, surd_metrics, verdict, calibration)."""
     predictor = Predictor(model_dir, calibrated=calibrated, cache_dir=cache_dir)
     return list(predict_records(predictor, [{"text": text} for text in texts], batch_size))
 
 
-def write_predictions(model_dir: str | Path, records: list[dict[str, str]], stream=sys.stdout, calibrated: bool = True,
-                      batch_size: int = 64, cache_dir: Path | None = None, progress: bool = False) -> int:
+def write_predictions(
+    model_dir: str | Path,
+    records: list[dict[str, str]],
+    stream: IO[str] = sys.stdout,
+    calibrated: bool = True,
+    batch_size: int = 64,
+    cache_dir: Path | None = None,
+    progress: bool = False,
+) -> int:
     """The `redheart predict` command's work: one JSON line per record on `stream`; returns the count."""
     predictor = Predictor(model_dir, calibrated=calibrated, cache_dir=cache_dir)
     count = 0

@@ -21,7 +21,13 @@ from pathlib import Path
 from typing import TypeVar
 
 from redheart.config import RunConfig
-from redheart.rundir import RunDir
+from redheart.core.rundir import RunDir
+from redheart.data.encode import encode_run, format_encode_summary
+from redheart.data.prepare import format_summary, prepare
+from redheart.evaluate.final import evaluate_test, format_results
+from redheart.report.build import build_report
+from redheart.select.crossover import crossover, format_crossover
+from redheart.train.recipe import train
 
 T = TypeVar("T")
 
@@ -34,16 +40,16 @@ def _phase(title: str, work: Callable[[], T]) -> T:
     return result
 
 
-def run_pipeline(run: RunDir, config: RunConfig, data: Path | Sequence[Path], cache_dir: Path | None = None,
-                 extra: Sequence[Path] = (), reread_test: bool = False) -> None:
-    from redheart.data.encode import encode_run, format_encode_summary
-    from redheart.data.prepare import format_summary, prepare
-    from redheart.evaluate.final import evaluate_test, format_results
-    from redheart.report.build import build_report
-    from redheart.report.calibration import fit_calibrators
-    from redheart.select.crossover import crossover, format_crossover
+def run_pipeline(
+    run: RunDir,
+    config: RunConfig,
+    data: Path | Sequence[Path],
+    cache_dir: Path | None = None,
+    extra: Sequence[Path] = (),
+    reread_test: bool = False,
+) -> None:
+    from redheart.evaluate.calibration import fit_calibrators
     from redheart.select.freshness import calibrators_are_current, crossover_is_current
-    from redheart.train.recipe import train
     from redheart.train.sweep import format_choice, run_sweep
 
     started = time.perf_counter()
@@ -60,8 +66,10 @@ def run_pipeline(run: RunDir, config: RunConfig, data: Path | Sequence[Path], ca
     trained = _phase("train", lambda: train(run, config))
     print(f"trained {trained.epochs} epochs at lr {trained.lr:g} ({trained.lr_source})")
     if crossover_is_current(run, config):
-        print(f"\n== sweet spots and crossover ==\nup to date: {run.crossover / 'candidates.json'} was made from the "
-              "checkpoints and settings on disk now; not re-run")
+        print(
+            f"\n== sweet spots and crossover ==\nup to date: {run.crossover / 'candidates.json'} was made from the "
+            "checkpoints and settings on disk now; not re-run"
+        )
     else:
         chosen = _phase("sweet spots and crossover (validation only)", lambda: crossover(run, config))
         print(format_crossover(chosen))

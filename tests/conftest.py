@@ -13,6 +13,16 @@ from tiny_run import make_run  # noqa: E402
 torch.set_num_threads(1)
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked `cuda` are skipped where torch sees no CUDA device (`slow` ones are deselected by addopts)."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def data(tmp_path_factory):
     """A tiny run folder of 40 synthetic records (tests/tiny_run.py), shared by the training tests.

@@ -3,8 +3,8 @@ import pytest
 from scipy.special import rel_entr, softmax
 from sklearn.linear_model import LogisticRegression
 
-from redheart.evaluate.baselines import compute_baselines, soft_logistic_regression
-from redheart.evaluate.metrics import headline
+from redheart.scoring.baselines import compute_baselines, soft_logistic_regression
+from redheart.scoring.metrics import headline
 
 
 def linear_data_set(n: int, seed: int) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, np.ndarray]]:

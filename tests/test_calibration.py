@@ -3,8 +3,13 @@
 import numpy as np
 import pytest
 
-from redheart.report.calibration import (
-    CalibrationOptions, Calibrators, apply_method, calibration_metrics, calibration_report, fit_target,
+from redheart.evaluate.calibration import (
+    CalibrationOptions,
+    Calibrators,
+    apply_method,
+    calibration_metrics,
+    calibration_report,
+    fit_target,
 )
 
 
@@ -61,7 +66,9 @@ def test_calibration_of_overconfident_predictions_lowers_ece_and_nll(overconfide
     assert fitted.method != "none" and fitted.cv_nll[fitted.method] < fitted.cv_nll["none"]
     calibrators = Calibrators("sha", 15, 5, {"emotions": fitted})
     # Scored on held-out rows, as the test split would be.
-    report = calibration_report(calibrators, {"emotions": probs[1000:]}, {"emotions": labels[1000:]}, {"emotions": np.ones(500, bool)})
+    report = calibration_report(
+        calibrators, {"emotions": probs[1000:]}, {"emotions": labels[1000:]}, {"emotions": np.ones(500, bool)}
+    )
     entry = report["targets"]["emotions"]
     for method in ("temperature", "vector", "isotonic"):
         assert entry["methods"][method]["ece"] < entry["before"]["ece"] / 2
@@ -79,7 +86,9 @@ def test_isotonic_output_is_a_valid_distribution(overconfident):
 
 def test_calibrators_round_trip_through_json_and_bad_input_is_named(overconfident):
     probs, labels, _ = overconfident
-    calibrators = Calibrators("sha", 15, 5, {"verdict": fit_target(("a", "b", "c", "d"), probs, labels, CalibrationOptions())})
+    calibrators = Calibrators(
+        "sha", 15, 5, {"verdict": fit_target(("a", "b", "c", "d"), probs, labels, CalibrationOptions())}
+    )
     again = Calibrators.from_json(calibrators.to_json())
     np.testing.assert_allclose(again.apply("verdict", probs[:5]), calibrators.apply("verdict", probs[:5]))
     with pytest.raises(ValueError, match="calibrators.json: not a valid calibrators file"):

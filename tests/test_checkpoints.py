@@ -2,10 +2,11 @@ import pytest
 import torch
 
 from redheart.config import PRESETS
+from redheart.core.checkpoint_files import CheckpointError
+from redheart.core.rundir import RunDir
 from redheart.model.groups import GROUPS
 from redheart.model.model import RedHeartModel
-from redheart.rundir import RunDir
-from redheart.train.checkpoints import CheckpointError, load_checkpoint, load_groups, save_checkpoint
+from redheart.train.state.checkpoints import load_checkpoint, load_groups, save_checkpoint
 
 
 def tiny_model(seed: int, input_dim: int = 32) -> RedHeartModel:

@@ -11,15 +11,17 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from redheart.atomic import read_json, write_json
-from redheart.model.model import RedHeartModel
-from redheart.rundir import RunDir
-from redheart.train.checkpoints import CheckpointError, load_checkpoint, save_checkpoint, sha256, verify_checkpoint
-from redheart.train.faults import DiskFullError, Faults
-from redheart.train.recipe import train
-from redheart.train.resume import ResumeError, read_resume_info
 from test_resume_kill import assert_identical, live_state
+
+from redheart.core.atomic import read_json, write_json
+from redheart.core.checkpoint_files import CheckpointError, DiskFullError, sha256, verify_checkpoint
+from redheart.core.faults import Faults
+from redheart.core.rundir import RunDir
+from redheart.model.model import RedHeartModel
+from redheart.train.recipe import train
+from redheart.train.state.checkpoints import load_checkpoint, save_checkpoint
+from redheart.train.state.resume import ResumeError, read_resume_info
+
 from tiny_run import tiny_config
 
 LR = 3e-3

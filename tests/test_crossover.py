@@ -10,19 +10,21 @@ from safetensors.torch import load_file
 from sklearn.metrics import f1_score
 
 import redheart.data.dataset as dataset
-from redheart.atomic import read_json
+from redheart.core.atomic import read_json
+from redheart.core.checkpoint_files import CheckpointError
 from redheart.data.dataset import load_split
+from redheart.evaluate.calibration import CalibrationOptions, fit_calibrators
 from redheart.evaluate.final import evaluate_test, format_results
 from redheart.model.groups import GROUPS
 from redheart.model.model import RedHeartModel
-from redheart.report.calibration import CalibrationOptions, fit_calibrators
 from redheart.select.crossover import CROSSOVER, ENSEMBLE, REFINED, crossover, format_crossover, variant_name
 from redheart.select.final_model import load_final_model
 from redheart.select.intervals import batched_macro_f1
 from redheart.select.outputs import SplitOutputs
 from redheart.select.pins import pinned_epochs
-from redheart.train.checkpoints import CheckpointError, load_groups
 from redheart.train.recipe import train
+from redheart.train.state.checkpoints import load_groups
+
 from tiny_run import make_run, tiny_config
 
 EPOCHS = 6
@@ -72,8 +74,10 @@ def test_a_model_assembled_from_two_epochs_has_exactly_their_tensors(trained):
     for group, epoch in epochs.items():
         for key, tensor in load_file(str(run.checkpoint(epoch) / f"{group}.safetensors")).items():
             assert torch.equal(state[key], tensor), (group, key)
-    assert not torch.equal(load_file(str(run.checkpoint(2) / "group_a.safetensors"))["backbone.input.weight"],
-                           load_file(str(run.checkpoint(5) / "group_a.safetensors"))["backbone.input.weight"])
+    assert not torch.equal(
+        load_file(str(run.checkpoint(2) / "group_a.safetensors"))["backbone.input.weight"],
+        load_file(str(run.checkpoint(5) / "group_a.safetensors"))["backbone.input.weight"],
+    )
     # The cached per-epoch outputs put side by side are the assembled model's outputs (groups are independent).
     cache = SplitOutputs(RedHeartModel(config.model, input_dim=val.input_dim, max_segments=val.max_segments), val)
     side_by_side = cache.of_groups({group: run.checkpoint(epoch) for group, epoch in epochs.items()})
@@ -90,7 +94,9 @@ def test_crossover_scores_every_candidate_on_validation_and_writes_them(trained,
     for expected in (CROSSOVER, REFINED, ENSEMBLE, variant_name(-4), variant_name(4), "EMA weights"):
         assert expected in names
     assert any(n.startswith("best on validation") for n in names) and any(n.startswith("greedy soup") for n in names)
-    assert any(n.startswith("average of the last 5") for n in names) and any(n.startswith("last checkpoint") for n in names)
+    assert any(n.startswith("average of the last 5") for n in names) and any(
+        n.startswith("last checkpoint") for n in names
+    )
     by_name = {c.name: c for c in result.candidates}
     assert by_name[CROSSOVER].epochs == result.sweet_spots
     # Shifted variants clamp at the first and last checkpoint.
@@ -98,9 +104,13 @@ def test_crossover_scores_every_candidate_on_validation_and_writes_them(trained,
         for group, epoch in by_name[variant_name(shift)].epochs.items():
             assert epoch == min(max(result.sweet_spots[group] + shift, 1), EPOCHS)
     assert "beat" in result.conclusion and "validation" in format_crossover(result)
-    written = read_json(run.crossover / "candidates.json")
+    written = read_json(run.crossover_candidates)
     assert [c["name"] for c in written["candidates"]] == names
-    assert set(pinned_epochs(run)) >= set().union(*(c.used_epochs() for c in result.candidates)) >= set(result.refined.values())
+    assert (
+        set(pinned_epochs(run))
+        >= set().union(*(c.used_epochs() for c in result.candidates))
+        >= set(result.refined.values())
+    )
 
 
 def test_final_model_round_trips_and_a_corrupted_one_fails_clearly(trained, result, tmp_path):
@@ -126,7 +136,7 @@ def test_final_model_round_trips_and_a_corrupted_one_fails_clearly(trained, resu
     config_json["input_dim"] += 1
     (corrupt / "config.json").write_text(json.dumps(config_json))
     manifest = read_json(corrupt / "manifest.json")
-    from redheart.train.checkpoints import sha256
+    from redheart.core.checkpoint_files import sha256
 
     manifest["files"]["config.json"] = sha256(corrupt / "config.json")
     (corrupt / "manifest.json").write_text(json.dumps(manifest))
@@ -162,5 +172,7 @@ def test_batched_macro_f1_matches_sklearn_on_every_resample():
     batched = batched_macro_f1(true, predicted, 5)(idx)
     for row, value in zip(idx, batched):
         keep = true[row] >= 0
-        expected = f1_score(true[row][keep], predicted[row][keep], labels=list(range(5)), average="macro", zero_division=0)
+        expected = f1_score(
+            true[row][keep], predicted[row][keep], labels=list(range(5)), average="macro", zero_division=0
+        )
         assert value == pytest.approx(expected)

@@ -5,6 +5,7 @@ import torch
 
 from redheart.data.dataset import epoch_order, load_split, micro_batches, record_target, split_hash
 from redheart.data.schema import VERDICTS
+
 from tiny_run import make_run, synthetic_record
 
 

@@ -24,6 +24,7 @@ from redheart.train.disk_plan import (
 )
 from redheart.train.recipe import train
 from redheart.train.sweep import run_trial
+
 from tiny_run import make_run, tiny_config
 
 EPOCHS = 4
@@ -122,6 +123,7 @@ def test_the_full_preset_plan_before_and_after_the_cuts(capsys, tmp_path):
         ["disk", "--preset", "full", "--set", "train.checkpoint_dtype=float32", "--set", "sweep.keep_trial_resume=true"]
     )
     before = capsys.readouterr().out
+
     def total(text: str) -> float:
         return float(next(line for line in text.splitlines() if line.strip().startswith("total")).split()[1])
 

@@ -12,7 +12,7 @@ texts are one segment each, so the attention's query and key weights (and its ke
 gradient in exact arithmetic, and AdamW turns the rounding noise they do get into full-size steps that
 depend on the order of additions and change no output.
 
-With train.distributed=fsdp each rank holds half of every weight (redheart/train/sharding.py); the
+With train.distributed=fsdp each rank holds half of every weight (redheart/train/parallel/fsdp.py); the
 training, and what is saved, is the same.
 """
 
@@ -30,18 +30,19 @@ import pytest
 import torch
 
 from redheart.config import PRESETS, RunConfig, load_config
+from redheart.core.faults import Faults
+from redheart.core.rundir import RunDir
 from redheart.data.dataset import load_split
 from redheart.model.model import RedHeartModel
-from redheart.rundir import RunDir
-from redheart.train.checkpoints import load_checkpoint
-from redheart.train.distributed import join_job
 from redheart.train.evaluation import predict
-from redheart.train.faults import Faults
-from redheart.train.memory_plan import resolve_strategy
+from redheart.train.memory.plan import resolve_strategy
+from redheart.train.parallel.distributed import join_job
+from redheart.train.parallel.fsdp import uses_fsdp
 from redheart.train.recipe import train
-from redheart.train.resume import read_resume_info
-from redheart.train.sharding import uses_fsdp
-from redheart.train.telemetry import read_metrics
+from redheart.train.state.checkpoints import load_checkpoint
+from redheart.train.state.resume import read_resume_info
+from redheart.train.telemetry.records import read_metrics
+
 from tiny_run import tiny_config
 
 LR, EPOCHS = 3e-3, 2
@@ -64,10 +65,28 @@ def torchrun_train(run: Path, epochs: int) -> None:
     The `--` keeps torchrun from reading `--run` as an abbreviation of its own `--run-path`.
     """
     settings = {**OVERRIDES, "train.device": "cpu", "train.checkpoint_every": 1, "train.epochs": epochs}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "redheart", "--", "train", "--run", str(run), "--preset", "tiny", "--lr", str(LR),
-               *[f"--set={key}={value}" for key, value in settings.items()]]
-    done = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "redheart",
+        "--",
+        "train",
+        "--run",
+        str(run),
+        "--preset",
+        "tiny",
+        "--lr",
+        str(LR),
+        *[f"--set={key}={value}" for key, value in settings.items()],
+    ]
+    done = subprocess.run(
+        command, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300
+    )
     assert done.returncode == 0, done.stderr[-3000:]
 
 
@@ -76,11 +95,15 @@ def train_in_two_processes(data: RunDir, out: Path, config: RunConfig = CONFIG, 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    torch.multiprocessing.start_processes(_rank, args=(data.root, out, port, config, epochs), nprocs=2, start_method="fork")
+    torch.multiprocessing.start_processes(
+        _rank, args=(data.root, out, port, config, epochs), nprocs=2, start_method="fork"
+    )
 
 
 def _rank(rank: int, data_root: Path, out: Path, port: int, config: RunConfig, epochs: int) -> None:
-    os.environ.update(WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(
+        WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
+    )
     with join_job("cpu") as distributed:
         train(RunDir(data_root), config, lr=LR, epochs=epochs, log_dir=out, progress=False, distributed=distributed)
 
@@ -104,7 +127,9 @@ def assert_same_training(out: RunDir, reference: RunDir, data: RunDir) -> None:
         got, want = predictions(out.checkpoints / folder), predictions(reference.checkpoints / folder)
         for module, targets in want.items():
             for target, values in targets.items():
-                np.testing.assert_allclose(got[module][target], values, rtol=RTOL, atol=1e-6, err_msg=f"{folder} {module} {target}")
+                np.testing.assert_allclose(
+                    got[module][target], values, rtol=RTOL, atol=1e-6, err_msg=f"{folder} {module} {target}"
+                )
 
 
 def test_torchrun_two_processes_match_one_and_one_process_resumes_their_state(data, reference, tmp_path):
@@ -134,7 +159,16 @@ def stop_at_forward(count: int) -> Faults:
 
 def test_a_window_begun_by_one_process_is_finished_by_two(data, reference, tmp_path):
     with pytest.raises(Stop):  # the state is saved after every micro-step; the third one never ends
-        train(data, CONFIG, lr=LR, epochs=EPOCHS, log_dir=tmp_path, progress=False, resume_every=1, faults=stop_at_forward(3))
+        train(
+            data,
+            CONFIG,
+            lr=LR,
+            epochs=EPOCHS,
+            log_dir=tmp_path,
+            progress=False,
+            resume_every=1,
+            faults=stop_at_forward(3),
+        )
     info = read_resume_info(tmp_path / "resume")
     assert (info["epoch"], info["sample"]) == (0, 8)  # 2 of the window's 5 micro-batches, their gradients saved
     train_in_two_processes(data, tmp_path)
@@ -155,7 +189,16 @@ def test_fsdp_two_processes_match_one_and_one_process_resumes_their_state(data, 
 def test_fsdp_finishes_a_window_begun_by_one_process(data, reference, tmp_path):
     """The saved gradients of 2 of the window's 5 micro-batches are split between the ranks' shards."""
     with pytest.raises(Stop):
-        train(data, CONFIG, lr=LR, epochs=EPOCHS, log_dir=tmp_path, progress=False, resume_every=1, faults=stop_at_forward(3))
+        train(
+            data,
+            CONFIG,
+            lr=LR,
+            epochs=EPOCHS,
+            log_dir=tmp_path,
+            progress=False,
+            resume_every=1,
+            faults=stop_at_forward(3),
+        )
     train_in_two_processes(data, tmp_path, FSDP)
     assert_same_training(RunDir(tmp_path), reference, data)
 

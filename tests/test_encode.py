@@ -1,12 +1,12 @@
 import numpy as np
 import pytest
 
-from redheart.atomic import write_jsonl
 from redheart.config import EncoderConfig
+from redheart.core.atomic import write_jsonl
+from redheart.core.rundir import RunDir
 from redheart.data.embedding_cache import EmbeddingCache, default_cache_dir
 from redheart.data.encode import encode_run, encode_texts, format_encode_summary, load_embeddings
 from redheart.data.encoders import HashingEncoder, build_encoder, document_text
-from redheart.rundir import RunDir
 
 CONFIG = EncoderConfig(name="hashing", dim=32, window_tokens=4, max_segments=3)
 RECORDS = [

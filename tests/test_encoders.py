@@ -66,13 +66,18 @@ def test_hashing_is_identical_in_a_fresh_process():
     texts = ["the same words", LONG_TEXT]
     here, _ = build_encoder(HASHING).encode(texts, progress=False)
     script = (
-        "import json, sys; from redheart.config import EncoderConfig; from redheart.data.encoders import build_encoder; "
+        "import json, sys; from redheart.config import EncoderConfig; "
+        "from redheart.data.encoders import build_encoder; "
         f"v, _ = build_encoder(EncoderConfig(**{json.dumps(HASHING.__dict__)})).encode({texts!r}, progress=False); "
         "sys.stdout.write(v.tobytes().hex())"
     )
     # A different PYTHONHASHSEED would change Python's str hash(); the encoder must not depend on it.
     out = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True, env={**os.environ, "PYTHONHASHSEED": "123"}
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONHASHSEED": "123"},
     )
     assert bytes.fromhex(out.stdout) == here.tobytes()
 

@@ -10,24 +10,27 @@ from __future__ import annotations
 import pytest
 import torch
 
+from redheart.core.faults import NO_FAULTS, Faults
 from redheart.model.groups import GROUPS
 from redheart.model.model import RedHeartModel
 from redheart.train.ema import build_ema
-from redheart.train.faults import Faults
-from redheart.train.group_forward import detached, group_loss, group_outputs
-from redheart.train.group_swap import GroupSwapTrainer
-from redheart.train.loop import EpochTally, Trainer
 from redheart.train.optim import build_optimizer
 from redheart.train.precision import choose_precision
-from redheart.train.resume import load_resume, save_resume
 from redheart.train.schedule import build_scheduler
+from redheart.train.state.resume import load_resume, save_resume
+from redheart.train.swap.forward import detached, group_loss, group_outputs
+from redheart.train.swap.trainer import GroupSwapTrainer
+from redheart.train.trainer import EpochTally, Trainer
+
 from tiny_run import synthetic_split, tiny_config
 
 TOLERANCE = {"atol": 1e-6, "rtol": 1e-6}
 LR = 1e-3
 
 
-def trainer_of(kind: type[Trainer], device: str = "cpu", memory_saving: bool = False, faults: Faults = Faults(), **overrides) -> Trainer:
+def trainer_of(
+    kind: type[Trainer], device: str = "cpu", memory_saving: bool = False, faults: Faults = NO_FAULTS, **overrides
+) -> Trainer:
     """A trainer on the tiny preset (micro-batch 8, windows of 16) with dropout off, built from seed 0."""
     config = tiny_config(**{"model.dropout": 0.0, **overrides})
     torch.manual_seed(0)
@@ -53,7 +56,9 @@ def assert_weights_close(name: str, actual: torch.Tensor, expected: torch.Tensor
 def last_grads(trainer: Trainer) -> dict[str, torch.Tensor]:
     """Arms the gradient probe: filled with the clipped gradients of the epoch's last window."""
     grads: dict[str, torch.Tensor] = {}
-    trainer.grad_probe = lambda model: grads.update({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    trainer.grad_probe = lambda model: grads.update(
+        {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    )
     return grads
 
 
@@ -83,7 +88,9 @@ def assert_same_training(standard: Trainer, swap: Trainer, epochs: int = 1) -> N
 
 
 @pytest.mark.parametrize(
-    "rdrop_alpha, memory_saving", [(0.0, False), (1.0, False), (1.0, True)], ids=["plain", "rdrop", "rdrop-memory-saving"]
+    "rdrop_alpha, memory_saving",
+    [(0.0, False), (1.0, False), (1.0, True)],
+    ids=["plain", "rdrop", "rdrop-memory-saving"],
 )
 def test_swap_trains_exactly_as_the_standard_trainer(rdrop_alpha, memory_saving):
     overrides = {"train.rdrop_alpha": rdrop_alpha}
@@ -126,7 +133,9 @@ def test_swap_trainer_finishes_a_window_the_standard_trainer_began(tmp_path):
     swap = trainer_of(GroupSwapTrainer)
     info = load_resume(tmp_path, swap, identity={})
     assert any(p.grad is not None for p in swap.model.parameters())
-    tally = swap.run_epoch(split, epoch=0, seed=0, start_sample=info["sample"], tally=EpochTally.from_json(info["tally"]))
+    tally = swap.run_epoch(
+        split, epoch=0, seed=0, start_sample=info["sample"], tally=EpochTally.from_json(info["tally"])
+    )
     standard = trainer_of(Trainer)
     reference = standard.run_epoch(split, epoch=0, seed=0)
     assert tally.means()["total"] == pytest.approx(reference.means()["total"], rel=1e-6)
@@ -155,13 +164,23 @@ def test_other_groups_weights_reach_a_group_only_through_the_detached_fusion_inp
     def module_grads(model: RedHeartModel) -> dict[str, list[torch.Tensor]]:
         model.zero_grad(set_to_none=True)
         sum(model.losses(model(batch["x"], batch["mask"]), batch, 0.1).values()).backward()
-        return {name: [p.grad.clone() for p in getattr(model, name).parameters()] for names in GROUPS.values() for name in names}
+        return {
+            name: [p.grad.clone() for p in getattr(model, name).parameters()]
+            for names in GROUPS.values()
+            for name in names
+        }
 
     model = trainer_of(Trainer).model
     reference = module_grads(model)
     for group, names in GROUPS.items():
         with torch.no_grad():
-            others = [p for other, members in GROUPS.items() if other != group for m in members for p in getattr(model, m).parameters()]
+            others = [
+                p
+                for other, members in GROUPS.items()
+                if other != group
+                for m in members
+                for p in getattr(model, m).parameters()
+            ]
             saved = [p.clone() for p in others]
             for p in others:
                 p.add_(torch.randn_like(p) * 0.5)
@@ -175,7 +194,7 @@ def test_other_groups_weights_reach_a_group_only_through_the_detached_fusion_inp
             assert same == (name != "kalman"), name
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 def test_one_group_at_a_time_is_on_the_device():
     swap = trainer_of(GroupSwapTrainer, device="cuda", **{"train.amp": False})
     model = swap.model
@@ -183,7 +202,9 @@ def test_one_group_at_a_time_is_on_the_device():
 
     def check(module: torch.nn.Module, _args) -> None:
         group = next(g for g, names in GROUPS.items() if any(getattr(model, n) is module for n in names))
-        on_device = {g for g, names in GROUPS.items() for n in names for p in getattr(model, n).parameters() if p.is_cuda}
+        on_device = {
+            g for g, names in GROUPS.items() for n in names for p in getattr(model, n).parameters() if p.is_cuda
+        }
         seen.append(group)
         assert on_device == {group}
 

@@ -5,7 +5,6 @@ does, the same texts belong in its tests.)"""
 from __future__ import annotations
 
 import json
-import os
 import random
 import subprocess
 import sys
@@ -13,12 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from redheart.atomic import read_json
 from redheart.config import DataConfig, EncoderConfig
+from redheart.core.atomic import read_json
+from redheart.core.rundir import RunDir
 from redheart.data.encoders import build_encoder, document_text
 from redheart.data.prepare import prepare
 from redheart.data.records import DataError, load_records
-from redheart.rundir import RunDir
+
 from tiny_run import synthetic_record
 
 ODD_TEXTS = {
@@ -52,7 +52,9 @@ def test_empty_file_fails_clearly_and_writes_nothing(tmp_path):
 
 
 def test_odd_scripts_and_control_characters_survive_unchanged(tmp_path):
-    odd = [json.dumps({"id": name, "text": text, "label": "OTHER"}, ensure_ascii=False) for name, text in ODD_TEXTS.items()]
+    odd = [
+        json.dumps({"id": name, "text": text, "label": "OTHER"}, ensure_ascii=False) for name, text in ODD_TEXTS.items()
+    ]
     run, clean, rejected = run_prepare(tmp_path, normal_lines() + odd)
     kept = {record["id"]: record["text"] for record in clean}
     assert rejected == [] and all(kept[name] == text for name, text in ODD_TEXTS.items())
@@ -78,7 +80,9 @@ def test_hostile_records_are_rejected_one_by_one_with_reasons(tmp_path):
 
 def test_encoders_take_odd_texts(tmp_path):
     encoder = build_encoder(EncoderConfig(name="hashing", dim=32, max_segments=4))
-    vectors, mask = encoder.encode([document_text({"title": "", "text": t}) for t in ODD_TEXTS.values()] + [""], progress=False)
+    vectors, mask = encoder.encode(
+        [document_text({"title": "", "text": t}) for t in ODD_TEXTS.values()] + [""], progress=False
+    )
     assert mask[:, 0].all() and (abs(vectors).sum(axis=(1, 2)) > 0).all()
     # Korean words are words: the text does not collapse to the vector of an empty text.
     assert not (vectors[2] == vectors[-1]).all()
@@ -90,7 +94,9 @@ def test_a_100_mb_text_loads_and_encodes(tmp_path):
     path.write_text(json.dumps({"id": "big", "text": text, "label": "AUTHOR"}) + "\n")
     loaded = load_records(path, DataConfig())
     assert len(loaded.records[0]["text"]) == len(text)
-    _, mask = build_encoder(EncoderConfig(name="hashing", dim=32, max_segments=4)).encode([loaded.records[0]["text"]], progress=False)
+    _, mask = build_encoder(EncoderConfig(name="hashing", dim=32, max_segments=4)).encode(
+        [loaded.records[0]["text"]], progress=False
+    )
     assert mask.sum() == 4  # cut to max_segments windows, not lost
 
 
@@ -102,18 +108,23 @@ from redheart.data.records import load_records
 path = Path(sys.argv[1])
 with open(path, "w") as handle:
     for i in range(1_000_000):
-        handle.write(json.dumps({"id": f"r{i}", "text": f"record number {i} about my friend", "label": "OTHER"}) + "\\n")
+        record = {"id": f"r{i}", "text": f"record number {i} about my friend", "label": "OTHER"}
+        handle.write(json.dumps(record) + "\\n")
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 started = time.perf_counter()
 records = load_records(path, DataConfig()).records
-print(json.dumps({"records": len(records), "file_mb": path.stat().st_size / 2**20, "seconds": time.perf_counter() - started,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "rss_before_mb": before / 1024}))
+seconds = time.perf_counter() - started
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"records": len(records), "file_mb": path.stat().st_size / 2**20, "seconds": seconds,
+                  "peak_rss_mb": peak / 1024, "rss_before_mb": before / 1024}))
 """
 
 
-@pytest.mark.skipif(not os.environ.get("REDHEART_SLOW"), reason="about 30 s; set REDHEART_SLOW=1 to run")
+@pytest.mark.slow  # about 30 s
 def test_a_million_records_stream_with_memory_bounded_by_the_clean_records(tmp_path):
-    result = subprocess.run([sys.executable, "-c", MILLION, str(tmp_path / "m.jsonl")], capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        [sys.executable, "-c", MILLION, str(tmp_path / "m.jsonl")], capture_output=True, text=True, check=True
+    )
     numbers = json.loads(result.stdout)
     print(numbers)
     assert numbers["records"] == 1_000_000

@@ -6,12 +6,12 @@ import random
 
 from rapidfuzz import fuzz
 
-from redheart.atomic import read_json
 from redheart.config import DataConfig
+from redheart.core.atomic import read_json
+from redheart.core.rundir import RunDir
 from redheart.data.encoders import document_text
 from redheart.data.prepare import format_summary, prepare
 from redheart.data.split import Split
-from redheart.rundir import RunDir
 
 VOCABULARY = ["".join(random.Random(k).choices("abcdefghijklmnopqrstuvwxyz", k=6)) for k in range(3000)]
 

@@ -6,9 +6,10 @@ import torch
 from redheart.cli import main
 from redheart.config import preset
 from redheart.model.model import RedHeartModel
-from redheart.train.activation_bytes import empty_model, measure_activation_bytes
-from redheart.train.memory_plan import GiB, footprints, fsdp_footprint, optimizer_state_bytes, parse_bytes, plan_memory
+from redheart.train.memory.activations import empty_model, measure_activation_bytes
+from redheart.train.memory.plan import GiB, footprints, fsdp_footprint, optimizer_state_bytes, parse_bytes, plan_memory
 from redheart.train.optim import build_optimizer
+
 from tiny_run import tiny_config
 
 
@@ -109,7 +110,9 @@ def test_memory_command_prints_the_table_and_choice(capsys):
     assert "chosen: standard" in out
 
 
-@pytest.mark.parametrize("text,size", [("8GiB", 8 * 2**30), ("8 GB", 8 * 10**9), ("7.5G", int(7.5 * 2**30)), ("1024", 1024)])
+@pytest.mark.parametrize(
+    "text,size", [("8GiB", 8 * 2**30), ("8 GB", 8 * 10**9), ("7.5G", int(7.5 * 2**30)), ("1024", 1024)]
+)
 def test_parse_bytes(text, size):
     assert parse_bytes(text) == size
 

@@ -3,15 +3,16 @@ is part of the run's identity."""
 
 import pytest
 import torch
+from test_train_recipe import live_weights
 
-from redheart.atomic import read_json
+from redheart.core.atomic import read_json
 from redheart.data.dataset import load_split
 from redheart.model.model import RedHeartModel
-from redheart.train.loop import forward_losses
 from redheart.train.recipe import train
-from redheart.train.resume import ResumeError
-from redheart.train.telemetry import read_metrics
-from test_train_recipe import live_weights
+from redheart.train.state.resume import ResumeError
+from redheart.train.telemetry.records import read_metrics
+from redheart.train.trainer import forward_losses
+
 from tiny_run import tiny_config
 
 SAVING = {"train.memory": "saving"}
@@ -82,15 +83,29 @@ def test_the_strategy_trains_with_bitsandbytes_adamw8bit(saving_run):
 
 def test_resuming_with_another_strategy_is_refused(data, saving_run):
     with pytest.raises(ResumeError, match="memory"):
-        train(data, tiny_config(**{"train.memory": "standard"}), lr=3e-3, epochs=3, log_dir=saving_run.output.root, progress=False)
+        train(
+            data,
+            tiny_config(**{"train.memory": "standard"}),
+            lr=3e-3,
+            epochs=3,
+            log_dir=saving_run.output.root,
+            progress=False,
+        )
 
 
 def test_swap_strategy_trains_like_the_standard_one(data, tmp_path):
     """Without dropout (whose draws come in another order when groups run one at a time) the runs agree."""
     no_dropout = {"model.dropout": 0.0}
     runs = {
-        name: train(data, tiny_config(**no_dropout, **{"train.memory": name}), lr=3e-3, epochs=1,
-                    log_dir=tmp_path / name, progress=False, save_checkpoints=False)
+        name: train(
+            data,
+            tiny_config(**no_dropout, **{"train.memory": name}),
+            lr=3e-3,
+            epochs=1,
+            log_dir=tmp_path / name,
+            progress=False,
+            save_checkpoints=False,
+        )
         for name in ("standard", "swap")
     }
     standard, swap = live_weights(runs["standard"]), live_weights(runs["swap"])
@@ -99,7 +114,9 @@ def test_swap_strategy_trains_like_the_standard_one(data, tmp_path):
     # 52k weights moved by up to 1.4e-4 (lr 3e-3). atol 5e-4 still fails any real difference in the updates.
     for key in standard:
         torch.testing.assert_close(swap[key], standard[key], rtol=1e-4, atol=5e-4, msg=key)
-    assert runs["swap"].final["train_loss"]["total"] == pytest.approx(runs["standard"].final["train_loss"]["total"], rel=1e-5)
+    assert runs["swap"].final["train_loss"]["total"] == pytest.approx(
+        runs["standard"].final["train_loss"]["total"], rel=1e-5
+    )
 
 
 # A larger tiny backbone: its qkv and feed-forward matrices (4,800 and 6,400 values) pass bitsandbytes'

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score
 
-from redheart.evaluate.bootstrap import bootstrap_ci
-from redheart.evaluate.metrics import (
+from redheart.scoring.bootstrap import bootstrap_ci
+from redheart.scoring.metrics import (
     emotion_metrics,
     evaluate_predictions,
     headline,
@@ -115,6 +115,7 @@ def test_headline_averages_mae_over_the_nine_regression_dimensions():
     preds["verdict"] = targets["verdict"] / targets["verdict"].sum(axis=1, keepdims=True)
     preds["regret_factor"] = targets["regret_factor"] + 0.9  # MAE 0.9 on one dimension of nine
     metrics = evaluate_predictions(preds, targets, {name: np.ones(5, dtype=bool) for name in targets})
+
     # Macro-F1 over every class, absent ones scoring 0, computed by scikit-learn from the argmax labels.
     def macro_f1(name: str, classes: int) -> float:
         true, predicted = targets[name].argmax(1), preds[name].argmax(1)
@@ -148,7 +149,7 @@ def test_bootstrap_interval_contains_the_estimate_and_narrows_with_more_rows():
     widths = []
     for n_rows in (100, 2000):
         correct = rng.random(n_rows) < 0.7
-        low, high = bootstrap_ci(lambda idx: correct[idx].mean(), n_rows, n_boot=300)
+        low, high = bootstrap_ci(lambda idx, correct=correct: correct[idx].mean(), n_rows, n_boot=300)
         assert low <= correct.mean() <= high
         widths.append(high - low)
     assert widths[1] < widths[0] / 2

@@ -29,8 +29,9 @@ def texts():
 
     The edits sit at random or evenly spaced positions: spread edits break the most shingles."""
     rng = random.Random(3)
-    vocabulary = ["".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9)))
-                  for _ in range(400)]
+    vocabulary = [
+        "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 9))) for _ in range(400)
+    ]
     texts = [story(rng, vocabulary) for _ in range(160)] + ["", "", "short", "short"]
     for k in range(48):
         source = rng.choice(texts[:160])

@@ -13,7 +13,7 @@ from redheart.model.sizing import solve_width
 from redheart.model.table import format_parameter_table
 
 
-def test_full_preset_matches_the_documents_total_and_every_budget() -> None:
+def test_full_preset_matches_the_budget_total_and_every_budget() -> None:
     rows = parameter_table(PRESETS["full"].model, input_dim=384, max_segments=4)
     total = sum(row["parameters"] for row in rows)
     assert abs(total - FULL_TOTAL) <= 0.0005 * FULL_TOTAL, total  # measured: 730,347,117, 0.02 % under

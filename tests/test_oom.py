@@ -10,12 +10,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from redheart.atomic import read_json
-from redheart.train.faults import Faults
+from redheart.core.atomic import read_json
+from redheart.core.faults import Faults
 from redheart.train.oom import BatchPlan, OutOfMemory
 from redheart.train.recipe import train
-from redheart.train.resume import read_resume_info
-from redheart.train.telemetry import read_metrics
+from redheart.train.state.resume import read_resume_info
+from redheart.train.telemetry.records import read_metrics
+
 from tiny_run import tiny_config
 
 LR = 3e-3
@@ -67,7 +68,10 @@ def test_oom_mid_window_halves_the_micro_batch_and_redoes_the_window(data, refer
     assert (plan.micro_batch, plan.accumulation, plan.window) == (4, 4, 16)  # the effective batch is unchanged
     assert plan.events == [{"epoch": 0, "sample": 0, "micro_batch": 4, "accumulation": 4, "memory_saving": False}]
     # The redone window is counted once: the epoch's mean loss is the reference's.
-    first_epoch, reference_first = read_metrics(tmp_path / "metrics.jsonl")[0], read_metrics(reference / "metrics.jsonl")[0]
+    first_epoch, reference_first = (
+        read_metrics(tmp_path / "metrics.jsonl")[0],
+        read_metrics(reference / "metrics.jsonl")[0],
+    )
     assert first_epoch["train_loss"]["total"] == pytest.approx(reference_first["train_loss"]["total"], rel=1e-5)
 
     # The resumed run keeps micro-batch 4; the weights after two epochs match the run that never failed.

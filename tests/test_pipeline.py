@@ -8,9 +8,10 @@ import pytest
 
 import redheart.data.dataset as dataset
 import redheart.train.recipe as recipe
-from redheart.atomic import read_json
 from redheart.cli import main
-from redheart.rundir import RunDir
+from redheart.core.atomic import read_json
+from redheart.core.rundir import RunDir
+
 from tiny_run import synthetic_record
 
 
@@ -25,7 +26,9 @@ def data_file(tmp_path_factory):
     return path
 
 
-def test_pipeline_runs_every_phase_and_reads_the_test_split_once_after_training(data_file, tmp_path, monkeypatch, capsys):
+def test_pipeline_runs_every_phase_and_reads_the_test_split_once_after_training(
+    data_file, tmp_path, monkeypatch, capsys
+):
     run = RunDir(tmp_path / "run")
     events: list[str] = []
     test_ids: set[str] = set()
@@ -45,14 +48,26 @@ def test_pipeline_runs_every_phase_and_reads_the_test_split_once_after_training(
 
     monkeypatch.setattr(dataset, "_read_records", logged_read)
     monkeypatch.setattr(recipe, "train", logged_train)
-    main(["pipeline", "--run", str(run.root), "--preset", "tiny", "--data", str(data_file), "--cache", str(tmp_path / "cache")])
+    main(
+        [
+            "pipeline",
+            "--run",
+            str(run.root),
+            "--preset",
+            "tiny",
+            "--data",
+            str(data_file),
+            "--cache",
+            str(tmp_path / "cache"),
+        ]
+    )
     printed = capsys.readouterr().out
 
     assert events.count("read test") == 1
     assert events.index("read test") > events.index("trained")
     for line in ("records read: 120", "baseline: linear probe", "best on validation", "EMA weights"):
         assert line in printed
-    results = read_json(run.root / "test_results.json")
+    results = read_json(run.test_results)
     assert results["n"] == len(read_json(run.split_manifest)["test"])
     assert set(results["baselines"]) == {"class_prior", "mean_predictor", "linear_probe"}
 

@@ -6,13 +6,14 @@ import numpy as np
 import pytest
 import torch
 
-from redheart.atomic import read_json
+from redheart.core.atomic import read_json
+from redheart.core.checkpoint_files import CheckpointError
 from redheart.data.schema import BENTHAM_KEYS, EMOTIONS, SURD_KEYS, VERDICTS
+from redheart.evaluate.calibration import CALIBRATORS_FILE, CalibrationOptions, fit_calibrators
 from redheart.infer import Predictor, predict_records, predict_texts, read_inputs
 from redheart.model.model import RedHeartModel
-from redheart.report.calibration import CALIBRATORS_FILE, CalibrationOptions, fit_calibrators
 from redheart.select.final_model import save_final_model
-from redheart.train.checkpoints import CheckpointError
+
 from tiny_run import make_run, tiny_config
 
 
@@ -23,7 +24,14 @@ def final_run(tmp_path_factory):
     config = tiny_config()
     torch.manual_seed(0)
     model = RedHeartModel(config.model, input_dim=config.encoder.dim, max_segments=config.encoder.max_segments)
-    save_final_model(model, run.final_model, config, config.encoder.dim, config.encoder.max_segments, {"candidate": {"name": "untrained"}})
+    save_final_model(
+        model,
+        run.final_model,
+        config,
+        config.encoder.dim,
+        config.encoder.max_segments,
+        {"candidate": {"name": "untrained"}},
+    )
     fit_calibrators(run, config, CalibrationOptions(folds=3))
     return run
 
@@ -92,7 +100,10 @@ def test_a_corrupted_or_mismatched_model_dir_fails_clearly(final_run, tmp_path):
     (broken / CALIBRATORS_FILE).write_text(json.dumps(calibrators))
     with pytest.raises(CheckpointError, match="fitted for another model"):
         predict_texts(broken, ["x"], cache_dir=tmp_path)
-    assert predict_texts(broken, ["x"], calibrated=False, cache_dir=tmp_path)[0]["calibration"] == {"emotions": "none", "verdict": "none"}
+    assert predict_texts(broken, ["x"], calibrated=False, cache_dir=tmp_path)[0]["calibration"] == {
+        "emotions": "none",
+        "verdict": "none",
+    }
     (broken / CALIBRATORS_FILE).unlink()
     with pytest.raises(FileNotFoundError, match="has no calibrators"):
         predict_texts(broken, ["x"], cache_dir=tmp_path)
@@ -101,8 +112,14 @@ def test_a_corrupted_or_mismatched_model_dir_fails_clearly(final_run, tmp_path):
 
 
 def test_odd_texts_each_get_a_complete_prediction(final_run, tmp_path):
-    odd = ["", "tab\tbell\x07 nul\x00 escape\x1b", "שלום, זה טקסט מימין לשמאל", "🙂🔥 emoji only 👍🏽",
-           "나는 동생에게 다시는 돈을 빌려주지 않겠다고 말했다.", "word " * 400_000]
+    odd = [
+        "",
+        "tab\tbell\x07 nul\x00 escape\x1b",
+        "שלום, זה טקסט מימין לשמאל",
+        "🙂🔥 emoji only 👍🏽",
+        "나는 동생에게 다시는 돈을 빌려주지 않겠다고 말했다.",
+        "word " * 400_000,
+    ]
     results = predict_texts(final_run.final_model, odd, cache_dir=tmp_path / "cache")
     assert len(results) == len(odd)
     for result in results:

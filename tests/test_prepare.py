@@ -5,23 +5,25 @@ import random
 
 import pytest
 
-from redheart.atomic import read_json
 from redheart.config import DataConfig
+from redheart.core.atomic import read_json
+from redheart.core.rundir import RunDir
 from redheart.data.prepare import format_summary, prepare
 from redheart.data.records import DataError
-from redheart.rundir import RunDir
 
 
 def story(i):
     rng = random.Random(i)
-    return f"Story {i}: " + " ".join(rng.choice(["my", "flatmate", "ate", "the", "cake", "again", "today"])
-                                     for _ in range(40 + i))
+    return f"Story {i}: " + " ".join(
+        rng.choice(["my", "flatmate", "ate", "the", "cake", "again", "today"]) for _ in range(40 + i)
+    )
 
 
 def rows():
     emotions = [0.1, 0.1, 0.1, 0.1, 0.4, 0.1, 0.1]
-    data = [{"id": f"r{i}", "text": story(i), "label": ["OTHER", "AUTHOR"][i % 2], "emotions": emotions}
-            for i in range(60)]
+    data = [
+        {"id": f"r{i}", "text": story(i), "label": ["OTHER", "AUTHOR"][i % 2], "emotions": emotions} for i in range(60)
+    ]
     data.append({"id": "dup", "text": story(7) + " yes", "label": "OTHER"})  # near-duplicate of r7
     data.append({"id": "bad", "text": story(99), "label": "MAYBE"})
     return data

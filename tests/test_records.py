@@ -14,9 +14,14 @@ CONFIG = DataConfig()
 
 def good(i, **changes):
     record = {
-        "id": f"r{i}", "title": f"AITA {i}?", "text": f"Story number {i} about my roommate.", "action": "asking",
-        "label": "OTHER", "label_scores": {"AUTHOR": 1, "OTHER": 5, "EVERYBODY": 0, "NOBODY": 0, "INFO": 0},
-        "emotions": [0.1, 0.1, 0.1, 0.1, 0.4, 0.1, 0.1], "regret_factor": 0.3,
+        "id": f"r{i}",
+        "title": f"AITA {i}?",
+        "text": f"Story number {i} about my roommate.",
+        "action": "asking",
+        "label": "OTHER",
+        "label_scores": {"AUTHOR": 1, "OTHER": 5, "EVERYBODY": 0, "NOBODY": 0, "INFO": 0},
+        "emotions": [0.1, 0.1, 0.1, 0.1, 0.4, 0.1, 0.1],
+        "regret_factor": 0.3,
         "bentham_scores": {"intensity": 0.5, "duration": 0.4, "certainty": 0.3, "propinquity": 0.2},
         "surd_metrics": {"selection": 0.1, "uncertainty": 0.2, "risk": 0.3, "decision": 0.4},
     }
@@ -33,7 +38,12 @@ BAD_LINES = [
     (json.dumps(good(3, emotions=[0.5, 0.5])), "r3", "emotions", "wrong_length"),
     (json.dumps(good(4, emotions=[-0.1, 0.2, 0.2, 0.2, 0.3, 0.1, 0.1])), "r4", "emotions[0]", "negative"),
     (json.dumps(good(5)).replace('"regret_factor": 0.3', '"regret_factor": NaN'), "r5", "regret_factor", "not_finite"),
-    (json.dumps(good(6)).replace('[0.1, 0.1, 0.1, 0.1, 0.4', '[Infinity, 0.1, 0.1, 0.1, 0.4'), "r6", "emotions[0]", "not_finite"),
+    (
+        json.dumps(good(6)).replace("[0.1, 0.1, 0.1, 0.1, 0.4", "[Infinity, 0.1, 0.1, 0.1, 0.4"),
+        "r6",
+        "emotions[0]",
+        "not_finite",
+    ),
     (json.dumps(good(7, emotions=[0.5] * 7)), "r7", "emotions", "sum_not_1"),
     (json.dumps(good(8, bentham_scores=[0.5, 1.5, 0.1, 0.1])), "r8", "bentham_scores[1]", "out_of_range"),
     (json.dumps(good(9, label="MAYBE")), "r9", "label", "unknown_label"),
@@ -41,8 +51,14 @@ BAD_LINES = [
     (json.dumps(good(11, label_scores={"AUTHOR": -1, "OTHER": 2})), "r11", "label_scores.AUTHOR", "bad_count"),
     (json.dumps(good(12, label_scores={"AUTHOR": 1.5, "OTHER": 2})), "r12", "label_scores.AUTHOR", "bad_count"),
     (json.dumps(good(13)).replace('"title"', '"label": "AUTHOR", "title"'), "r13", "label", "duplicate_key"),
-    (json.dumps(good(14, emotions=dict(zip(EMOTIONS, [0.1, 0.1, 0.1, 0.1, 0.4, 0.1, 0.1]))))
-     .replace('"joy": 0.1', '"joy": 0.1, "joy": 0.1'), "r14", "emotions.joy", "duplicate_key"),
+    (
+        json.dumps(good(14, emotions=dict(zip(EMOTIONS, [0.1, 0.1, 0.1, 0.1, 0.4, 0.1, 0.1])))).replace(
+            '"joy": 0.1', '"joy": 0.1, "joy": 0.1'
+        ),
+        "r14",
+        "emotions.joy",
+        "duplicate_key",
+    ),
     (json.dumps(good(15, surd_metrics={"selection": 0.1})), "r15", "surd_metrics.uncertainty", "missing_key"),
     (json.dumps(good(100, text="same id as the first good record")), "r100", "id", "duplicate_id"),
 ]
@@ -65,7 +81,9 @@ def test_each_bad_record_is_rejected_with_index_id_field_and_reason(tmp_path):
     for offset, (line, record_id, field, reason) in enumerate(BAD_LINES):
         row = rows[len(goods) + offset]
         assert row["id"] == record_id
-        assert {"field": field, "reason": reason} in [{k: p[k] for k in ("field", "reason")} for p in row["problems"]], row
+        assert {"field": field, "reason": reason} in [
+            {k: p[k] for k in ("field", "reason")} for p in row["problems"]
+        ], row
         assert row["raw"] == line and row["line"] == len(goods) + offset + 1
         assert all(p["message"] for p in row["problems"])
     last = rows[len(lines) - 1]
@@ -81,8 +99,10 @@ def test_malformed_line_reports_line_and_column(tmp_path):
 
 
 def test_strict_mode_raises_listing_every_problem(tmp_path):
-    path = write_lines(tmp_path / "data.jsonl", [json.dumps(good(1)), json.dumps(good(2, label="MAYBE")),
-                                                 json.dumps(good(3, regret_factor=2.0))])
+    path = write_lines(
+        tmp_path / "data.jsonl",
+        [json.dumps(good(1)), json.dumps(good(2, label="MAYBE")), json.dumps(good(3, regret_factor=2.0))],
+    )
     with pytest.raises(DataError) as error:
         load_records(path, CONFIG, strict=True)
     message = str(error.value)
@@ -90,11 +110,18 @@ def test_strict_mode_raises_listing_every_problem(tmp_path):
 
 
 def test_dict_and_list_forms_give_identical_clean_records(tmp_path):
-    as_lists = good(1, emotions=[0.1, 0.2, 0.05, 0.05, 0.3, 0.2, 0.1], bentham_scores=[0.5, 0.4, 0.3, 0.2],
-                    surd_metrics=[0.1, 0.2, 0.3, 0.4])
-    as_dicts = good(1, emotions=dict(zip(reversed(EMOTIONS), [0.1, 0.2, 0.3, 0.05, 0.05, 0.2, 0.1])),
-                    bentham_scores=dict(zip(BENTHAM_KEYS, [0.5, 0.4, 0.3, 0.2])),
-                    surd_metrics=dict(zip(reversed(SURD_KEYS), [0.4, 0.3, 0.2, 0.1])))
+    as_lists = good(
+        1,
+        emotions=[0.1, 0.2, 0.05, 0.05, 0.3, 0.2, 0.1],
+        bentham_scores=[0.5, 0.4, 0.3, 0.2],
+        surd_metrics=[0.1, 0.2, 0.3, 0.4],
+    )
+    as_dicts = good(
+        1,
+        emotions=dict(zip(reversed(EMOTIONS), [0.1, 0.2, 0.3, 0.05, 0.05, 0.2, 0.1])),
+        bentham_scores=dict(zip(BENTHAM_KEYS, [0.5, 0.4, 0.3, 0.2])),
+        surd_metrics=dict(zip(reversed(SURD_KEYS), [0.4, 0.3, 0.2, 0.1])),
+    )
     (a,) = load_records(write_lines(tmp_path / "a.jsonl", [json.dumps(as_lists)]), CONFIG).records
     (b,) = load_records(write_lines(tmp_path / "b.jsonl", [json.dumps(as_dicts)]), CONFIG).records
     assert a == b
@@ -105,16 +132,35 @@ def test_absent_fields_become_null_and_missing_id_is_derived_from_content(tmp_pa
     path = write_lines(tmp_path / "data.jsonl", [json.dumps({"text": "Only a text."})] * 2)
     result = load_records(path, CONFIG)
     (record,) = result.records
-    assert record == {"id": content_id(record), "title": "", "text": "Only a text.", "action": None, "label": None,
-                      "label_scores": None, "emotions": None, "regret_factor": None, "bentham_scores": None,
-                      "surd_metrics": None}
+    assert record == {
+        "id": content_id(record),
+        "title": "",
+        "text": "Only a text.",
+        "action": None,
+        "label": None,
+        "label_scores": None,
+        "emotions": None,
+        "regret_factor": None,
+        "bentham_scores": None,
+        "surd_metrics": None,
+    }
     assert record["id"].startswith("auto-")
     assert result.rejected[0]["problems"][0]["reason"] == "duplicate_id"  # the exact copy is not kept twice
 
 
 def test_json_array_gzip_with_a_broken_element_recovers_the_rest(tmp_path):
-    text = "[\n" + ",\n".join([json.dumps(good(1)), '{"id": "bad", "text": "x", "emotions": [0.1,, 0.2]}',
-                               json.dumps(good(2, label="MAYBE")), json.dumps(good(3))]) + "\n]\n"
+    text = (
+        "[\n"
+        + ",\n".join(
+            [
+                json.dumps(good(1)),
+                '{"id": "bad", "text": "x", "emotions": [0.1,, 0.2]}',
+                json.dumps(good(2, label="MAYBE")),
+                json.dumps(good(3)),
+            ]
+        )
+        + "\n]\n"
+    )
     path = tmp_path / "data.json.gz"
     path.write_bytes(gzip.compress(text.encode()))
     result = load_records(path, CONFIG)

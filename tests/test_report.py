@@ -9,21 +9,32 @@ from html.parser import HTMLParser
 
 import pytest
 
-from redheart.atomic import read_json, write_jsonl
 from redheart.config import save_config
+from redheart.core.atomic import read_json, write_jsonl
+from redheart.core.rundir import RunDir
 from redheart.data.encode import encode_run
 from redheart.data.prepare import prepare
+from redheart.evaluate.calibration import (
+    CalibrationOptions,
+    fit_calibrators,
+)
 from redheart.evaluate.final import evaluate_test
 from redheart.report.build import build_report, fmt
-from redheart.report.calibration import CalibrationOptions, fit_calibrators
-from redheart.rundir import RunDir
 from redheart.select.crossover import crossover
 from redheart.select.final_model import load_final_model
 from redheart.train.recipe import train
-from redheart.train.sweep import run_sweep
+from redheart.train.sweep.run import run_sweep
+
 from tiny_run import synthetic_record, tiny_config
 
-SECTIONS = ("Data", "Model", "Learning-rate sweep", "Training and sweet spots", "Crossover and test results", "Calibration")
+SECTIONS = (
+    "Data",
+    "Model",
+    "Learning-rate sweep",
+    "Training and sweet spots",
+    "Crossover and test results",
+    "Calibration",
+)
 
 
 def unique_records(n: int) -> list[dict]:
@@ -39,10 +50,19 @@ def unique_records(n: int) -> list[dict]:
 def tiny_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
     run = RunDir(root / "run")
-    config = tiny_config(**{
-        "train.epochs": 4, "train.rdrop_alpha": 0.0, "train.telemetry": False, "select.refine_rounds": 1,
-        "select.shifts": (-2, 0, 2), "select.bootstrap_samples": 100, "sweep.lrs": (1e-3, 3e-3), "sweep.epochs": 1, "sweep.reseed_top": 0,
-    })
+    config = tiny_config(
+        **{
+            "train.epochs": 4,
+            "train.rdrop_alpha": 0.0,
+            "train.telemetry": False,
+            "select.refine_rounds": 1,
+            "select.shifts": (-2, 0, 2),
+            "select.bootstrap_samples": 100,
+            "sweep.lrs": (1e-3, 3e-3),
+            "sweep.epochs": 1,
+            "sweep.reseed_top": 0,
+        }
+    )
     save_config(config, run.config)
     data = root / "data.jsonl"
     write_jsonl(data, unique_records(100))
@@ -115,13 +135,20 @@ def test_latex_tables_parse_and_hold_the_runs_numbers(tiny_run, tmp_path):
     build_report(tiny_run)
     folder = tiny_run.report / "tables"
     names = {p.stem for p in folder.glob("*.tex")}
-    assert names == {"data_statistics", "architecture", "sweet_spots", "training_results", "calibration",
-                     "decision_rule", "final_vs_probe"}
+    assert names == {
+        "data_statistics",
+        "architecture",
+        "sweet_spots",
+        "training_results",
+        "calibration",
+        "decision_rule",
+        "final_vs_probe",
+    }
     tables = {name: (folder / f"{name}.tex").read_text() for name in names}
     for tex in tables.values():
         structurally_valid(tex)
     escape = lambda s: s.replace("_", r"\_")  # noqa: E731
-    results = read_json(tiny_run.root / "test_results.json")
+    results = read_json(tiny_run.test_results)
     final = results["models"][results["final_model"]]
     key = "verdict_macro_f1"
     (final_row,) = [line for line in tables["training_results"].splitlines() if "(final model)" in line]
@@ -133,21 +160,31 @@ def test_latex_tables_parse_and_hold_the_runs_numbers(tiny_run, tmp_path):
     parameters = read_json(tiny_run.report / "parameters.json")
     assert f"total &  &  & {fmt(parameters['total'])} & " in tables["architecture"]
     calibration = read_json(tiny_run.calibration / "test_report.json")["targets"]["emotions"]
-    assert fmt(calibration["before"]["ece"]) in tables["calibration"] and fmt(calibration["before"]["brier"]) in tables["calibration"]
+    assert (
+        fmt(calibration["before"]["ece"]) in tables["calibration"]
+        and fmt(calibration["before"]["brier"]) in tables["calibration"]
+    )
     paired = results["final_vs_probe"]["verdict_cross_entropy"]
-    assert f"verdict CE & {fmt(paired['final'])} & {fmt(paired['probe'])} & {fmt(paired['difference'])} & " \
+    assert (
+        f"verdict CE & {fmt(paired['final'])} & {fmt(paired['probe'])} & {fmt(paired['difference'])} & "
         in tables["final_vs_probe"]
-    spots = read_json(tiny_run.analysis / "analysis.json")["sweet_spots"]
+    )
+    spots = read_json(tiny_run.analysis_results)["sweet_spots"]
     assert all(f"{escape(group)} & {fmt(epoch)} & " in tables["sweet_spots"] for group, epoch in spots.items())
 
 
 def compile_tables(folder, out):
     """pdflatex on a one-column article that \\inputs every table of `folder`; returns the log."""
-    wrapper = "\n".join([
-        r"\documentclass{article}", r"\usepackage{booktabs,graphicx,array}", r"\begin{document}",
-        r"Tables as they drop into a paper.", *(rf"\input{{{p.resolve()}}}" for p in sorted(folder.glob("*.tex"))),
-        r"\end{document}",
-    ])
+    wrapper = "\n".join(
+        [
+            r"\documentclass{article}",
+            r"\usepackage{booktabs,graphicx,array}",
+            r"\begin{document}",
+            r"Tables as they drop into a paper.",
+            *(rf"\input{{{p.resolve()}}}" for p in sorted(folder.glob("*.tex"))),
+            r"\end{document}",
+        ]
+    )
     (out / "tables.tex").write_text(wrapper + "\n")
     command = ["pdflatex", "-interaction=nonstopmode", "-halt-on-error", "tables.tex"]
     done = subprocess.run(command, cwd=out, capture_output=True, text=True)
@@ -211,7 +248,7 @@ def test_the_model_card_beside_the_final_model_is_written_from_the_runs_files(ti
         assert f"- {name}: {entry['method']}, {entry['reason']}." in card
     stats = read_json(tiny_run.data_stats)
     assert f"{stats['records_read']} records read" in card and "fuzz.ratio >= 80" in card
-    assert f"redheart predict \"TEXT\" --model {tiny_run.final_model}" in card
+    assert f'redheart predict "TEXT" --model {tiny_run.final_model}' in card
     assert "The test split was read 1 time(s): read 1 at " in card
     best_mae = min(e["headline"]["regression_mae"] for e in results["baselines"].values())
     assert f"regression MAE {final['headline']['regression_mae']:.4f} vs " in card and f" {best_mae:.4f} (" in card

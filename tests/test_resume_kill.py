@@ -19,11 +19,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from redheart.atomic import read_json
-from redheart.train.checkpoints import CheckpointError, verify_checkpoint
-from redheart.train.faults import Faults
+from redheart.core.atomic import read_json
+from redheart.core.checkpoint_files import CheckpointError, verify_checkpoint
+from redheart.core.faults import Faults
 from redheart.train.recipe import train
-from redheart.train.resume import read_resume_info
+from redheart.train.state.resume import read_resume_info
+
 from tiny_run import tiny_config
 
 TESTS = Path(__file__).parent
@@ -32,8 +33,8 @@ LR, EPOCHS = 3e-3, 2
 DRIVER = """
 import json, sys, time
 from pathlib import Path
-from redheart.rundir import RunDir
-from redheart.train.faults import Faults
+from redheart.core.rundir import RunDir
+from redheart.core.faults import Faults
 from redheart.train.recipe import train
 from tiny_run import tiny_config
 
@@ -59,20 +60,42 @@ def on_step(stage, size):
         time.sleep(args["step_sleep"])
 
 out = args["out"]
-train(RunDir(args["data"]), tiny_config(), lr=args["lr"], epochs=args["epochs"], log_dir=None if out is None else Path(out),
-      progress=False, resume_every=args["every"], faults=Faults(step=on_step, write=on_write))
+train(RunDir(args["data"]), tiny_config(), lr=args["lr"], epochs=args["epochs"],
+      log_dir=None if out is None else Path(out), progress=False, resume_every=args["every"],
+      faults=Faults(step=on_step, write=on_write))
 print("finished", flush=True)
 """
 
 
-def start_driver(data: Path, out: Path | None, every: int = 1, hold_in: str = "state.json", hold_at: int = 0,
-                 step_sleep: float = 0.0, write_sleep: float = 0.0) -> subprocess.Popen:
+def start_driver(
+    data: Path,
+    out: Path | None,
+    every: int = 1,
+    hold_in: str = "state.json",
+    hold_at: int = 0,
+    step_sleep: float = 0.0,
+    write_sleep: float = 0.0,
+) -> subprocess.Popen:
     """A training subprocess on `data` (outputs in `out`, or in `data` itself when None)."""
-    args = {"data": str(data), "out": None if out is None else str(out), "lr": LR, "epochs": EPOCHS, "every": every,
-            "hold_in": hold_in, "hold_at": hold_at, "step_sleep": step_sleep, "write_sleep": write_sleep}
+    args = {
+        "data": str(data),
+        "out": None if out is None else str(out),
+        "lr": LR,
+        "epochs": EPOCHS,
+        "every": every,
+        "hold_in": hold_in,
+        "hold_at": hold_at,
+        "step_sleep": step_sleep,
+        "write_sleep": write_sleep,
+    }
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen([sys.executable, "-c", DRIVER, json.dumps(args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-c", DRIVER, json.dumps(args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def wait_for(process: subprocess.Popen, prefix: str, count: int = 1) -> None:

@@ -6,10 +6,11 @@ import shutil
 import signal
 
 import pytest
+from test_resume_kill import EPOCHS, LR, assert_identical, live_state, start_driver, wait_for
 
 from redheart.train.recipe import train
-from redheart.train.resume import read_resume_info
-from test_resume_kill import EPOCHS, LR, assert_identical, live_state, start_driver, wait_for
+from redheart.train.state.resume import read_resume_info
+
 from tiny_run import tiny_config
 
 

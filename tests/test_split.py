@@ -36,7 +36,7 @@ def test_label_and_length_distributions_match_across_splits():
         part = [by_id[i] for i in getattr(split, name)]
         train = [by_id[i] for i in split.train]
         for label in ("OTHER", "AUTHOR", None):
-            share = lambda rows: sum(r["label"] == label for r in rows) / len(rows)  # noqa: E731
+            share = lambda rows, label=label: sum(r["label"] == label for r in rows) / len(rows)  # noqa: E731
             assert abs(share(part) - share(train)) < 0.02
         median = lambda rows: sorted(len(r["text"]) for r in rows)[len(rows) // 2]  # noqa: E731
         assert abs(median(part) - median(train)) / median(train) < 0.1
@@ -62,7 +62,8 @@ def test_leakage_check_catches_a_planted_near_duplicate():
     by_id = {r["id"]: r for r in data}
     leaked = by_id[split.test[0]]
     leaked["text"] = by_id[split.train[5]]["text"] + "!"
-    assert [(p["split"], p["id"], p["train_id"]) for p in leakage_pairs(data, split, 92.0)] == \
-        [("test", leaked["id"], split.train[5])]
+    assert [(p["split"], p["id"], p["train_id"]) for p in leakage_pairs(data, split, 92.0)] == [
+        ("test", leaked["id"], split.train[5])
+    ]
     with pytest.raises(LeakageError, match="1 val/test text"):
         check_leakage(data, split, 92.0)

@@ -12,25 +12,26 @@ import sys
 from pathlib import Path
 
 import pytest
-from tiny_run import make_run, synthetic_record, tiny_config
 
-from redheart.atomic import read_json, write_json
 from redheart.config import preset
+from redheart.core.atomic import read_json, write_json
 from redheart.model.model import RedHeartModel
 from redheart.report.build import build_report
 from redheart.study.points import plan, point_of, point_train_ids, run_point, training_ids
 from redheart.study.results import analyse, collect, sentences
 from redheart.study.run import run_study
-from redheart.train.resume import has_resume
+from redheart.train.state.resume import has_resume
+
+from tiny_run import make_run, synthetic_record, tiny_config
 
 TESTS = Path(__file__).parent
 STUDY = {"study.sizes": ["tiny"], "study.fractions": [0.5, 1.0], "study.epochs": 2, "train.lr": 3e-3}
 
 DRIVER = """
 import json, sys, time
-from redheart.rundir import RunDir
+from redheart.core.rundir import RunDir
 from redheart.study.points import run_point
-from redheart.train.faults import Faults
+from redheart.core.faults import Faults
 from tiny_run import tiny_config
 
 args = json.loads(sys.argv[1])
@@ -51,8 +52,13 @@ def test_points_are_sizes_by_fractions_on_nested_subsets_with_the_same_validatio
     config = tiny_config(**{"study.sizes": ["tiny", "small"], "study.fractions": [0.125, 0.5, 1.0]})
     points = plan(run, config, cuda=False)
     assert [(p.index, p.size, p.label) for p in points] == [
-        (0, "tiny", "1/8"), (1, "tiny", "1/2"), (2, "tiny", "all"), (3, "small", "1/8"), (4, "small", "1/2"),
-        (5, "small", "all")]
+        (0, "tiny", "1/8"),
+        (1, "tiny", "1/2"),
+        (2, "tiny", "all"),
+        (3, "small", "1/8"),
+        (4, "small", "1/2"),
+        (5, "small", "all"),
+    ]
     assert [p.size for p in plan(run, config, cuda=True)][-3:] == ["full"] * 3
     subsets = [set(point_train_ids(run, config, p)) for p in points[:3]]
     assert [len(s) for s in subsets] == [6, 24, 48]  # round(48 x fraction)
@@ -74,8 +80,14 @@ def test_records_of_another_source_join_only_the_extra_point(tmp_path: Path) -> 
     rng = random.Random(0)
     records = [synthetic_record(i, rng) for i in range(80)]
     extra = [
-        {"id": f"x{i}", "title": "", "text": f"extra story {i} apple", "label": "AUTHOR",
-         "label_scores": {"AUTHOR": 3, "OTHER": 1}, "source": "verdicts_only"}
+        {
+            "id": f"x{i}",
+            "title": "",
+            "text": f"extra story {i} apple",
+            "label": "AUTHOR",
+            "label_scores": {"AUTHOR": 3, "OTHER": 1},
+            "source": "verdicts_only",
+        }
         for i in range(10)
     ]
     run = make_run(tmp_path / "run", records=records + extra)  # clean records and embeddings of all 90
@@ -95,10 +107,19 @@ def test_records_of_another_source_join_only_the_extra_point(tmp_path: Path) -> 
 
 
 def _point(size: str, n: int, label: str, params: int, **model: float) -> dict:
-    probe = {k: 0.5 for k in ("emotion_accuracy", "emotion_macro_f1", "verdict_macro_f1", "verdict_cross_entropy",
-                              "regression_mae")}
-    return {"size": size, "label": label, "train_records": n, "verdict_train_records": n, "parameters": params,
-            "model": {**probe, **model}, "probe": probe}
+    probe = {
+        k: 0.5
+        for k in ("emotion_accuracy", "emotion_macro_f1", "verdict_macro_f1", "verdict_cross_entropy", "regression_mae")
+    }
+    return {
+        "size": size,
+        "label": label,
+        "train_records": n,
+        "verdict_train_records": n,
+        "parameters": params,
+        "model": {**probe, **model},
+        "probe": probe,
+    }
 
 
 def test_slope_noise_and_size_effect_are_computed_from_the_numbers() -> None:
@@ -108,10 +129,21 @@ def test_slope_noise_and_size_effect_are_computed_from_the_numbers() -> None:
     points = []
     for size, shift, params in (("small", 0.0, 1000), ("medium", 0.1, 4000)):
         for k, (label, wiggle) in enumerate(zip(labels, (1, -1, -1, 1))):
-            points.append(_point(size, 100 * 2**k, label, params, verdict_macro_f1=0.2 + shift + 0.03 * k + e * wiggle,
-                                 verdict_cross_entropy=1.0 - shift / 10))
-    points.append(_point("medium", 2000, "all+extra", 4000, verdict_macro_f1=0.2 + 0.1 + 0.09 + e + 0.02,
-                         verdict_cross_entropy=0.99))
+            points.append(
+                _point(
+                    size,
+                    100 * 2**k,
+                    label,
+                    params,
+                    verdict_macro_f1=0.2 + shift + 0.03 * k + e * wiggle,
+                    verdict_cross_entropy=1.0 - shift / 10,
+                )
+            )
+    points.append(
+        _point(
+            "medium", 2000, "all+extra", 4000, verdict_macro_f1=0.2 + 0.1 + 0.09 + e + 0.02, verdict_cross_entropy=0.99
+        )
+    )
     analysis = analyse(points, ["small", "medium"])
     f1 = analysis["verdict_macro_f1"]
     assert f1["extra"] == {"medium": pytest.approx(0.02)}  # against medium on all 800 records; not on the curve
@@ -124,8 +156,10 @@ def test_slope_noise_and_size_effect_are_computed_from_the_numbers() -> None:
     assert any("verdict macro-F1: medium (4,000 parameters) against small (1,000) helps" in s for s in words)
     assert any(s.startswith("verdict macro-F1, change per doubling") and "small +0.0300" in s for s in words)
     # Both axes help beyond the noise (slope 0.03 against 2 x 0.0141 / sqrt(5)); one size step gains more.
-    expected = ("verdict macro-F1: the next gain would come from a larger model (improvement by a doubling of data at "
-                "medium: +0.0300, improves it; small to medium: +0.1000, improves it)")
+    expected = (
+        "verdict macro-F1: the next gain would come from a larger model (improvement by a doubling of data at "
+        "medium: +0.0300, improves it; small to medium: +0.1000, improves it)"
+    )
     assert any(s.startswith(expected) for s in words)
     # Lower cross-entropy is better: medium's 0.01 lower is a help, the direction read from the metric.
     ce = analysis["verdict_cross_entropy"]
@@ -135,22 +169,33 @@ def test_slope_noise_and_size_effect_are_computed_from_the_numbers() -> None:
 
 def test_a_size_difference_inside_the_noise_is_called_no_difference() -> None:
     e, labels = 0.05, ["1/8", "1/4", "1/2", "all"]
-    points = [_point(size, 100 * 2**k, label, params, emotion_accuracy=0.6 + shift + e * wiggle)
-              for size, shift, params in (("small", 0.0, 10), ("medium", -0.01, 20))
-              for k, (label, wiggle) in enumerate(zip(labels, (1, -1, -1, 1)))]
+    points = [
+        _point(size, 100 * 2**k, label, params, emotion_accuracy=0.6 + shift + e * wiggle)
+        for size, shift, params in (("small", 0.0, 10), ("medium", -0.01, 20))
+        for k, (label, wiggle) in enumerate(zip(labels, (1, -1, -1, 1)))
+    ]
     words = sentences(analyse(points, ["small", "medium"]), points, ["small", "medium"])
     # noise e sqrt(2) = 0.0707; two standard errors of a mean of 4 paired differences: 2 x 0.0707 x sqrt(2/4) = 0.1
-    assert any("emotion accuracy: medium (20 parameters) against small (10) makes no difference beyond the noise: "
-               "mean paired difference -0.0100 over 4 data sizes (two standard errors: 0.1000)" in s for s in words)
-    assert any(s.startswith("emotion accuracy: neither more of these records nor a larger model improves it")
-               for s in words)
+    assert any(
+        "emotion accuracy: medium (20 parameters) against small (10) makes no difference beyond the noise: "
+        "mean paired difference -0.0100 over 4 data sizes (two standard errors: 0.1000)" in s
+        for s in words
+    )
+    assert any(
+        s.startswith("emotion accuracy: neither more of these records nor a larger model improves it") for s in words
+    )
 
 
 def start_driver(run: Path, point: int) -> subprocess.Popen:
     args = {"run": str(run), "point": point, "overrides": STUDY}
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen([sys.executable, "-c", DRIVER, json.dumps(args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-c", DRIVER, json.dumps(args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def test_a_point_killed_mid_way_and_resumed_gives_the_same_numbers_and_the_report_shows_the_study(
@@ -161,7 +206,9 @@ def test_a_point_killed_mid_way_and_resumed_gives_the_same_numbers_and_the_repor
     result = run_study(reference, config, progress=False)
     # Half the records for twice the epochs: both points take the same optimizer steps.
     assert [(p["size"], p["label"], p["train_records"], p["epochs"]) for p in result.points] == [
-        ("tiny", "1/2", 24, 4), ("tiny", "all", 48, 2)]
+        ("tiny", "1/2", 24, 4),
+        ("tiny", "all", 48, 2),
+    ]
 
     killed = make_run(tmp_path / "killed", n=80)  # the same records, split and embeddings
     point = point_of(killed, config, 1)
@@ -189,6 +236,8 @@ def test_a_point_killed_mid_way_and_resumed_gives_the_same_numbers_and_the_repor
     built = RedHeartModel(tiny.model, input_dim=tiny.encoder.dim, max_segments=tiny.encoder.max_segments)
     parameters = sum(p.numel() for p in built.parameters())
     assert "## Learning curves" in page and f"| tiny | all | 48 | {parameters:,} | 2 |" in page
-    assert all((reference.report / "img" / f"study_{m}.png").stat().st_size > 0
-               for m in ("emotion_accuracy", "verdict_macro_f1", "verdict_cross_entropy", "regression_mae"))
+    assert all(
+        (reference.report / "img" / f"study_{m}.png").stat().st_size > 0
+        for m in ("emotion_accuracy", "verdict_macro_f1", "verdict_cross_entropy", "regression_mae")
+    )
     assert "learning_curves" in (reference.report / "tables" / "learning_curves.tex").read_text()

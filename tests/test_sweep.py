@@ -5,12 +5,13 @@ import pytest
 import torch
 
 import redheart.train.recipe as recipe
-from redheart.atomic import read_json
+from redheart.core.atomic import read_json
+from redheart.core.rundir import RunDir
 from redheart.data.dataset import SplitTensors
-from redheart.rundir import RunDir
-from redheart.train.sweep import collect, run_sweep, run_trial, trial_count
-from redheart.train.sweep_score import Curve, choose, components, explain, format_lr, rank
-from redheart.train.telemetry import read_metrics
+from redheart.train.sweep.run import collect, run_sweep, run_trial, trial_count
+from redheart.train.sweep.score import Curve, choose, components, explain, format_lr, rank
+from redheart.train.telemetry.records import read_metrics
+
 from tiny_run import make_run, tiny_config
 
 DOCUMENTED = (0.4, 0.2, 0.2, 0.2)
@@ -80,7 +81,9 @@ def test_bad_input_is_refused_clearly():
 
 # The real thing on the tiny preset: 2 candidates x 2 epochs, the best one re-run with one more seed.
 def sweep_config():
-    return tiny_config(**{"train.rdrop_alpha": 0.0, "train.ema_decay": 0.0, "sweep.reseed_top": 1, "sweep.extra_seeds": 1})
+    return tiny_config(
+        **{"train.rdrop_alpha": 0.0, "train.ema_decay": 0.0, "sweep.reseed_top": 1, "sweep.extra_seeds": 1}
+    )
 
 
 @pytest.fixture(scope="module")
@@ -121,20 +124,30 @@ def test_every_candidate_starts_from_the_same_weights_and_data_order(single):
 
 def test_the_sweep_writes_its_choice_curves_and_tables(single):
     run, result, _, _ = single
-    choice = read_json(run.sweep / "choice.json")
+    choice = read_json(run.sweep_choice)
     assert choice["lr"] == result.lr and choice["reason"] == result.reason and choice["complete"]
     assert result.reason.startswith(f"{format_lr(result.lr)} chosen") and choice["seeds"] == 2
     assert recipe.resolve_lr(run, sweep_config(), None) == (result.lr, "sweep")
-    results = read_json(run.sweep / "results.json")
+    results = read_json(run.sweep_results)
     assert [t["trial"] for t in results["trials"]] == [0, 1, 2]
     assert results["trials"][2]["lr"] == result.lr and results["trials"][2]["seed"] == 14
     assert {c["lr"] for c in results["candidates"]} == {1e-4, 1e-3}
-    assert set(results["trials"][0]["epochs"][0]) >= {"train_loss", "val_loss", "grad_norm_mean", "seconds", "val_verdict_accuracy"}
+    assert set(results["trials"][0]["epochs"][0]) >= {
+        "train_loss",
+        "val_loss",
+        "grad_norm_mean",
+        "seconds",
+        "val_verdict_accuracy",
+    }
     with open(run.sweep / "results.csv", encoding="utf-8") as handle:
         rows = list(csv.DictReader(handle))
     assert [(row["trial"], row["epoch"]) for row in rows] == [(str(k), str(e)) for k in range(3) for e in (1, 2)]
-    assert (run.sweep / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert sorted(p.name for p in run.sweep.glob("trial_*")) == ["trial_0_lr1e-4_seed13", "trial_1_lr1e-3_seed13", f"trial_2_lr{format_lr(result.lr)}_seed14"]
+    assert (run.sweep_curves).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in run.sweep.glob("trial_*")) == [
+        "trial_0_lr1e-4_seed13",
+        "trial_1_lr1e-3_seed13",
+        f"trial_2_lr{format_lr(result.lr)}_seed14",
+    ]
 
 
 def test_finished_trials_keep_their_metrics_and_drop_their_resume_state(single, tmp_path):

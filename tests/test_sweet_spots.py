@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from redheart.atomic import read_json, write_json
 from redheart.config import PRESETS, SelectConfig, with_overrides
+from redheart.core.atomic import read_json, write_json
+from redheart.core.rundir import RunDir
 from redheart.model.groups import GROUPS
-from redheart.rundir import RunDir
 from redheart.select.pins import pin_checkpoints, pinned_epochs, prunable_checkpoints
 from redheart.select.sweet_spots import analyze, find_spot, onset_index, shifted_epoch, smooth, sweet_spot_index
 
@@ -56,7 +56,9 @@ def fake_run(root, epochs=(1, 2, 3, 4, 5, 6, 7, 8)) -> RunDir:
     for e in epochs:
         train = {m: 1.0 - 0.02 * e for modules in GROUPS.values() for m in modules if m != "backbone"}
         val = {m: 1.0 + abs(e - 4) * 0.1 for m in train}  # best at epoch 4, over-fits afterwards
-        rows.append({"epoch": e, "train_loss": {**train, "total": sum(train.values())}, "val": {"loss": val, "modules": {}}})
+        rows.append(
+            {"epoch": e, "train_loss": {**train, "total": sum(train.values())}, "val": {"loss": val, "modules": {}}}
+        )
         write_json(run.checkpoint(e) / "manifest.json", {"preset": "tiny", "files": {}})
     run.metrics_log.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return run
@@ -69,10 +71,10 @@ def test_analyze_writes_the_report_and_pins_the_sweet_spots(tmp_path):
     assert set(analysis.sweet_spots) == set(GROUPS)
     assert analysis.groups["group_a"].sweet_spot == 4 and analysis.groups["group_a"].onset == 5
     assert analysis.groups["group_a"].modules == GROUPS["group_a"][1:]  # the backbone has no loss of its own
-    written = read_json(run.analysis / "analysis.json")
+    written = read_json(run.analysis_results)
     assert written["sweet_spots"]["phase"] == 4 and "onset" in written["groups"]["phase"]["reason"]
     assert "**group_c**" in (run.analysis / "analysis.md").read_text()
-    assert (run.analysis / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (run.analysis_curves).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # The sweet spot and its shifted variants (-4..+4 epochs, clamped) are pinned.
     assert set(pinned_epochs(run)) == {1, 2, 4, 6, 8}
 

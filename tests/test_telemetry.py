@@ -5,19 +5,20 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
-from redheart.atomic import read_json
+from redheart.core.atomic import read_json
+from redheart.core.checkpoint_files import verify_checkpoint
 from redheart.data.dataset import load_split
 from redheart.model.model import MODULES, RedHeartModel
-from redheart.train import module_stats as module_stats_module
-from redheart.train.checkpoints import verify_checkpoint
-from redheart.train.loop import Trainer
-from redheart.train.module_stats import GradientProbe, module_stats
 from redheart.train.optim import build_optimizer
 from redheart.train.precision import choose_precision
-from redheart.train.progress_report import progress_report
 from redheart.train.recipe import train
 from redheart.train.schedule import build_scheduler
-from redheart.train.telemetry import read_metrics
+from redheart.train.telemetry import module_statistics as module_stats_module
+from redheart.train.telemetry.module_statistics import GradientProbe, module_stats
+from redheart.train.telemetry.progress import progress_report
+from redheart.train.telemetry.records import read_metrics
+from redheart.train.trainer import Trainer
+
 from tiny_run import make_run, tiny_config
 
 
@@ -43,16 +44,34 @@ def approx(expected: dict) -> dict:
 def test_parameter_statistics_match_a_hand_computation():
     stats = module_stats(Toy(), epoch=3)
     # backbone holds 1, 2, 3, 4, 0, 5e-7: sum 10, sum of squares 30, two values below 1e-6.
-    backbone = {"count": 6, "mean": 10 / 6, "std": math.sqrt(30 / 6 - (10 / 6) ** 2), "norm": math.sqrt(30),
-                "max": 4.0, "min": 0.0, "near_zero_fraction": 2 / 6}
+    backbone = {
+        "count": 6,
+        "mean": 10 / 6,
+        "std": math.sqrt(30 / 6 - (10 / 6) ** 2),
+        "norm": math.sqrt(30),
+        "max": 4.0,
+        "min": 0.0,
+        "near_zero_fraction": 2 / 6,
+    }
     assert stats["modules"]["backbone"]["parameters"] == approx(backbone)
     assert stats["groups"]["group_a"]["parameters"] == approx(backbone)
     # group_c pools dsp (-2, 2) and kalman (0.5): sum 0.5, sum of squares 8.25.
-    group_c = {"count": 3, "mean": 0.5 / 3, "std": math.sqrt(8.25 / 3 - (0.5 / 3) ** 2), "norm": math.sqrt(8.25),
-               "max": 2.0, "min": -2.0, "near_zero_fraction": 0.0}
+    group_c = {
+        "count": 3,
+        "mean": 0.5 / 3,
+        "std": math.sqrt(8.25 / 3 - (0.5 / 3) ** 2),
+        "norm": math.sqrt(8.25),
+        "max": 2.0,
+        "min": -2.0,
+        "near_zero_fraction": 0.0,
+    }
     assert stats["groups"]["group_c"]["parameters"] == approx(group_c)
     assert stats["modules"]["dsp"]["group"] == "group_c" and stats["modules"]["kalman"]["parameters"]["mean"] == 0.5
-    assert stats["epoch"] == 3 and stats["gradients_captured"] is False and stats["modules"]["backbone"]["gradients"] is None
+    assert (
+        stats["epoch"] == 3
+        and stats["gradients_captured"] is False
+        and stats["modules"]["backbone"]["gradients"] is None
+    )
 
 
 def test_gradient_statistics_of_a_known_gradient():
@@ -64,8 +83,15 @@ def test_gradient_statistics_of_a_known_gradient():
     probe(model)
     stats = module_stats(model, epoch=1, gradients=probe)
     # 0.5, -0.5, 1, -1, 0, 2: sum 2, sum of squares 6.5.
-    expected = {"count": 6, "mean": 2 / 6, "std": math.sqrt(6.5 / 6 - (2 / 6) ** 2), "norm": math.sqrt(6.5),
-                "max": 2.0, "min": -1.0, "near_zero_fraction": 1 / 6}
+    expected = {
+        "count": 6,
+        "mean": 2 / 6,
+        "std": math.sqrt(6.5 / 6 - (2 / 6) ** 2),
+        "norm": math.sqrt(6.5),
+        "max": 2.0,
+        "min": -1.0,
+        "near_zero_fraction": 1 / 6,
+    }
     assert stats["gradients_captured"] is True
     assert stats["modules"]["backbone"]["gradients"] == approx(expected)
     assert stats["modules"]["dsp"]["gradients"] is None
@@ -79,7 +105,8 @@ def test_statistics_do_not_depend_on_how_a_module_is_chunked(monkeypatch):
     whole = module_stats(Toy(), epoch=1)
     monkeypatch.setattr(module_stats_module, "CHUNK", 2)  # backbone's weight and bias are then reduced apart
     assert module_stats(Toy(), epoch=1)["modules"]["backbone"] == {
-        **whole["modules"]["backbone"], "parameters": approx(whole["modules"]["backbone"]["parameters"])
+        **whole["modules"]["backbone"],
+        "parameters": approx(whole["modules"]["backbone"]["parameters"]),
     }
 
 
@@ -94,7 +121,14 @@ def test_the_probe_sees_only_the_last_optimizer_step_of_an_epoch(data):
     torch.manual_seed(0)
     model = RedHeartModel(tiny_config().model, split.input_dim, split.max_segments)
     optimizer = build_optimizer(model, 1e-3, config)
-    trainer = Trainer(model, optimizer, build_scheduler(optimizer, config, 10), None, choose_precision(torch.device("cpu"), False), config)
+    trainer = Trainer(
+        model,
+        optimizer,
+        build_scheduler(optimizer, config, 10),
+        None,
+        choose_precision(torch.device("cpu"), False),
+        config,
+    )
     seen = []
     trainer.grad_probe = lambda m: seen.append(sum(p.grad.abs().sum() for p in m.parameters() if p.grad is not None))
     tally = trainer.run_epoch(split, epoch=0, seed=0)
@@ -151,8 +185,14 @@ def test_tensorboard_holds_per_module_scalars(tiny_run):
     events = EventAccumulator(str(tiny_run.output.tensorboard))
     events.Reload()
     tags = set(events.Tags()["scalars"])
-    assert {"module_parameters/backbone/norm", "module_gradients/neural_regret/std", "group_parameters/group_b/mean",
-            "gap_groups/group_a", "overfit_gap_slope/group_a", "step_seconds"} <= tags
+    assert {
+        "module_parameters/backbone/norm",
+        "module_gradients/neural_regret/std",
+        "group_parameters/group_b/mean",
+        "gap_groups/group_a",
+        "overfit_gap_slope/group_a",
+        "step_seconds",
+    } <= tags
     assert [event.step for event in events.Scalars("module_parameters/backbone/norm")] == [2, 4]
 
 
@@ -163,8 +203,10 @@ def epoch_row(epoch: int, train: dict, val: dict, seconds: float = 10.0) -> dict
 def test_the_report_flags_a_gap_that_widened_three_times_running():
     # The emotion head's validation loss climbs while its training loss holds; the bentham analyzer stays put.
     val_head = [1.0, 1.1, 1.3, 1.6, 2.0]
-    rows = [epoch_row(2 * (i + 1), {"emotion_head": 1.0, "neural_bentham": 0.5}, {"emotion_head": v, "neural_bentham": 0.6})
-            for i, v in enumerate(val_head)]
+    rows = [
+        epoch_row(2 * (i + 1), {"emotion_head": 1.0, "neural_bentham": 0.5}, {"emotion_head": v, "neural_bentham": 0.6})
+        for i, v in enumerate(val_head)
+    ]
     report = progress_report(rows, checkpoints=[2, 4, 6, 8, 10], epochs_total=20)
     group_a, group_b = report["overfitting"]["groups"]["group_a"], report["overfitting"]["groups"]["group_b"]
     assert group_a["gaps"] == pytest.approx([0.0, 0.1, 0.3, 0.6, 1.0]) and group_a["widened_3_in_a_row"] is True

@@ -7,16 +7,17 @@ import shutil
 import pytest
 
 import redheart.data.dataset as dataset
-from redheart.atomic import read_json
 from redheart.cli import main
 from redheart.config import save_config
+from redheart.core.atomic import read_json
+from redheart.core.rundir import RunDir
+from redheart.evaluate.calibration import CalibrationOptions, fit_calibrators
 from redheart.evaluate.final import evaluate_test, format_results
 from redheart.report.build import build_report
-from redheart.report.calibration import CalibrationOptions, fit_calibrators
-from redheart.rundir import RunDir
 from redheart.select.crossover import crossover
-from redheart.train.checkpoints import sha256
 from redheart.train.recipe import train
+from redheart.train.state.checkpoints import sha256
+
 from tiny_run import make_run, tiny_config
 
 SETTINGS = {

@@ -2,10 +2,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from redheart.atomic import read_json
+from redheart.core.atomic import read_json
 from redheart.train.recipe import resolve_lr, train
-from redheart.train.resume import ResumeError, read_resume_info
-from redheart.train.telemetry import read_metrics
+from redheart.train.state.resume import ResumeError, read_resume_info
+from redheart.train.telemetry.records import read_metrics
+
 from tiny_run import tiny_config
 
 
@@ -50,7 +51,14 @@ def test_resume_after_epoch_one_matches_the_uninterrupted_run(data, straight, tm
 
 def test_resume_with_another_config_is_refused(data, straight):
     with pytest.raises(ResumeError, match="config_hash"):
-        train(data, tiny_config(**{"train.weight_decay": 0.5}), lr=3e-3, epochs=3, log_dir=straight.output.root, progress=False)
+        train(
+            data,
+            tiny_config(**{"train.weight_decay": 0.5}),
+            lr=3e-3,
+            epochs=3,
+            log_dir=straight.output.root,
+            progress=False,
+        )
 
 
 def test_learning_rate_source_is_recorded(data, tmp_path):

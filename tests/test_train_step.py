@@ -6,10 +6,11 @@ import torch
 from redheart.config import TrainConfig
 from redheart.model.model import RedHeartModel
 from redheart.train.ema import build_ema
-from redheart.train.loop import Trainer
 from redheart.train.optim import parameter_groups
 from redheart.train.precision import choose_precision
 from redheart.train.schedule import build_scheduler, restart_steps
+from redheart.train.trainer import Trainer
+
 from tiny_run import synthetic_split, tiny_config
 
 

@@ -8,24 +8,26 @@ import numpy as np
 import pytest
 import torch
 from sklearn.metrics import f1_score
-from tiny_run import synthetic_record, synthetic_split, tiny_config
 
-from redheart.atomic import read_json
 from redheart.config import DataConfig
+from redheart.core.atomic import read_json
+from redheart.core.rundir import RunDir
 from redheart.data.dataset import epoch_order, targets_tensors, training_order, verdict_only_rows
 from redheart.data.prepare import prepare
 from redheart.data.schema import VERDICTS
 from redheart.evaluate.decision_rule import apply_weights, fit_class_weights
 from redheart.model.losses import dirichlet_multinomial_nll, vote_loss
 from redheart.model.model import MODULE_TARGETS, VERDICT_MODULES, RedHeartModel
-from redheart.rundir import RunDir
 from redheart.select.intervals import paired_difference_intervals
-from redheart.train.loop import forward_losses
+from redheart.train.trainer import forward_losses
+
+from tiny_run import synthetic_record, synthetic_split, tiny_config
 
 EMOTION_MODULES = [name for name, target in MODULE_TARGETS.items() if target == "emotions"]
 
 
 # ---- the Dirichlet-multinomial likelihood of the votes ---------------------------------------------------------
+
 
 def test_dirichlet_multinomial_equals_a_hand_computation() -> None:
     # Concentrations all 1 make every split of N votes over K verdicts equally likely: 1 / C(N+K-1, K-1).
@@ -42,8 +44,10 @@ def test_dirichlet_multinomial_equals_a_hand_computation() -> None:
 
 def test_vote_loss_averages_over_rows_with_a_verdict_only() -> None:
     logits = torch.zeros(3, 5)
-    batch = {"verdict_votes": torch.tensor([[3.0, 1, 0, 0, 0], [float("nan")] * 5, [3.0, 1, 0, 0, 0]]),
-             "verdict_present": torch.tensor([True, False, True])}
+    batch = {
+        "verdict_votes": torch.tensor([[3.0, 1, 0, 0, 0], [float("nan")] * 5, [3.0, 1, 0, 0, 0]]),
+        "verdict_present": torch.tensor([True, False, True]),
+    }
     assert float(vote_loss(logits, batch)) == pytest.approx(math.log(70) / 4, rel=1e-6)
 
 
@@ -58,6 +62,7 @@ def test_vote_counts_are_kept_beside_the_shares() -> None:
 
 # ---- verdict-only records: no loss, no gradient, and no work for the other modules ---------------------------
 
+
 def verdict_only(record: dict) -> dict:
     return {**record, "emotions": None, "regret_factor": None, "bentham_scores": None, "surd_metrics": None}
 
@@ -67,8 +72,10 @@ def mixed_batch(n: int = 8) -> dict[str, torch.Tensor]:
     rng = random.Random(0)
     records = [synthetic_record(i, rng) for i in range(n)]
     records = [verdict_only(r) if i % 2 else r for i, r in enumerate(records)]
-    batch = {"x": torch.randn(n, 4, 32, generator=torch.Generator().manual_seed(0)),
-             "mask": torch.ones(n, 4, dtype=torch.bool)}
+    batch = {
+        "x": torch.randn(n, 4, 32, generator=torch.Generator().manual_seed(0)),
+        "mask": torch.ones(n, 4, dtype=torch.bool),
+    }
     return {**batch, **targets_tensors(records)}
 
 
@@ -147,10 +154,15 @@ def test_training_order_makes_windows_of_one_kind() -> None:
 
 # ---- prepare with a train-only source -----------------------------------------------------------------------------
 
+
 def story(i: int) -> str:
     rng = random.Random(i)
-    return f"Story {i}: " + " ".join(rng.choice(["my", "flatmate", "ate", "the", "cake", "again", "today", "sister",
-                                                   "wedding", "dog", "borrowed", "car"]) for _ in range(40 + i % 30))
+    return f"Story {i}: " + " ".join(
+        rng.choice(
+            ["my", "flatmate", "ate", "the", "cake", "again", "today", "sister", "wedding", "dog", "borrowed", "car"]
+        )
+        for _ in range(40 + i % 30)
+    )
 
 
 def write_jsonl(path, rows) -> None:
@@ -160,8 +172,10 @@ def write_jsonl(path, rows) -> None:
 def test_extra_records_join_train_only_and_leave_validation_and_test_as_they_were(tmp_path) -> None:
     emotions = [0.1, 0.1, 0.1, 0.1, 0.4, 0.1, 0.1]
     labelled = [{"id": f"r{i}", "text": story(i), "label": VERDICTS[i % 2], "emotions": emotions} for i in range(60)]
-    extra = [{"id": f"x{i}", "text": story(1000 + i), "label": "INFO", "label_scores": {"INFO": 3, "OTHER": 1}}
-             for i in range(30)]
+    extra = [
+        {"id": f"x{i}", "text": story(1000 + i), "label": "INFO", "label_scores": {"INFO": 3, "OTHER": 1}}
+        for i in range(30)
+    ]
     extra.append({"id": "r5", "text": story(5000), "label": "OTHER"})  # an id the labelled set already uses
     write_jsonl(tmp_path / "labelled.jsonl", labelled)
     write_jsonl(tmp_path / "verdicts.jsonl", extra)
@@ -187,6 +201,7 @@ def test_extra_records_join_train_only_and_leave_validation_and_test_as_they_wer
 
 # ---- the decision rule --------------------------------------------------------------------------------------------
 
+
 def test_class_weights_raise_macro_f1_on_the_data_they_are_fitted_on() -> None:
     rng = np.random.default_rng(0)
     n = 400
@@ -209,6 +224,7 @@ def test_class_weights_raise_macro_f1_on_the_data_they_are_fitted_on() -> None:
 
 # ---- paired differences -------------------------------------------------------------------------------------------
 
+
 def test_paired_interval_of_a_difference_matches_resampling_by_hand() -> None:
     rng = np.random.default_rng(1)
     n = 200
@@ -216,8 +232,12 @@ def test_paired_interval_of_a_difference_matches_resampling_by_hand() -> None:
     votes = np.eye(5)[truth] * 3
     a = np.eye(5)[np.where(rng.random(n) < 0.6, truth, rng.integers(0, 5, size=n))] * 0.9 + 0.02
     b = np.eye(5)[np.where(rng.random(n) < 0.4, truth, rng.integers(0, 5, size=n))] * 0.9 + 0.02
-    blank = {"emotions": np.zeros((n, 7)), "bentham_scores": np.zeros((n, 4)), "regret_factor": np.zeros((n, 1)),
-             "surd_metrics": np.zeros((n, 4))}
+    blank = {
+        "emotions": np.zeros((n, 7)),
+        "bentham_scores": np.zeros((n, 4)),
+        "regret_factor": np.zeros((n, 1)),
+        "surd_metrics": np.zeros((n, 4)),
+    }
     present = {name: np.zeros(n, dtype=bool) for name in blank} | {"verdict": np.ones(n, dtype=bool)}
     targets = {**blank, "verdict": votes}
     out = paired_difference_intervals({**blank, "verdict": a}, {**blank, "verdict": b}, targets, present, 500, 3)
@@ -234,18 +254,21 @@ def test_paired_interval_of_a_difference_matches_resampling_by_hand() -> None:
 
 # ---- the decision rule reads validation only ----------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def crossed(tmp_path_factory):
-    """A tiny run trained 3 epochs and put through crossover (validation only)."""
-    from tiny_run import make_run
-
+    """A tiny run trained 3 epochs, put through crossover and calibrated (validation only)."""
+    from redheart.evaluate.calibration import fit_calibrators
     from redheart.select.crossover import crossover
     from redheart.train.recipe import train
+
+    from tiny_run import make_run
 
     run = make_run(tmp_path_factory.mktemp("rule"), n=40)
     config = tiny_config(**{"train.epochs": 3, "train.rdrop_alpha": 0.0, "select.refine_rounds": 0})
     train(run, config, lr=3e-3, progress=False)
     crossover(run, config)
+    fit_calibrators(run, config)
     return run, config
 
 

@@ -11,12 +11,12 @@ from pathlib import Path
 
 import torch
 
-from redheart.atomic import write_json, write_jsonl
 from redheart.config import PRESETS, RunConfig, with_overrides
+from redheart.core.atomic import write_json, write_jsonl
+from redheart.core.rundir import RunDir
 from redheart.data.dataset import SplitTensors, targets_tensors
 from redheart.data.encode import encode_run
 from redheart.data.schema import EMOTIONS, VERDICTS
-from redheart.rundir import RunDir
 
 CLASS_WORDS = ("apple", "brick", "cloud", "delta", "ember")
 FILLER = ("the", "a", "and", "my", "friend", "today", "said", "went", "home", "so")
@@ -33,9 +33,16 @@ def synthetic_record(index: int, rng: random.Random) -> dict:
     votes[VERDICTS[(c + 1) % 5]] = 1
     score = (c + 0.5) / 5
     return {
-        "id": f"r{index:04d}", "title": "", "text": " ".join(words), "action": None,
-        "label": VERDICTS[c], "label_scores": votes, "emotions": emotions, "regret_factor": score,
-        "bentham_scores": [score] * 4, "surd_metrics": [1 - score] * 4,
+        "id": f"r{index:04d}",
+        "title": "",
+        "text": " ".join(words),
+        "action": None,
+        "label": VERDICTS[c],
+        "label_scores": votes,
+        "emotions": emotions,
+        "regret_factor": score,
+        "bentham_scores": [score] * 4,
+        "surd_metrics": [1 - score] * 4,
     }
 
 

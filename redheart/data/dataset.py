@@ -13,14 +13,15 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
-from redheart.atomic import read_json
+from redheart.core.atomic import read_json
+from redheart.core.rundir import RunDir
+from redheart.data.encode import load_embeddings
 from redheart.data.schema import TARGET_DIMS, VERDICTS
-from redheart.rundir import RunDir
 
 SPLITS = ("train", "val", "test")
-DISTRIBUTION_TARGETS = ("emotions", "verdict")
 VOTES = "verdict_votes"  # (N, 5) raw vote counts beside the normalised "verdict" distribution
 
 
@@ -60,9 +61,9 @@ def load_split(run: RunDir, name: str) -> SplitTensors:
     records = _read_records(run, wanted)
     missing = [record_id for record_id in ids if record_id not in records]
     if missing:
-        raise ValueError(f"{run.clean_records}: {len(missing)} ids of split {name!r} are not clean records, e.g. {missing[:3]}")
-
-    from redheart.data.encode import load_embeddings
+        raise ValueError(
+            f"{run.clean_records}: {len(missing)} ids of split {name!r} are not clean records, e.g. {missing[:3]}"
+        )
 
     emb_ids, vectors, mask = load_embeddings(run)
     row_of = {record_id: row for row, record_id in enumerate(emb_ids)}
@@ -157,9 +158,13 @@ def record_target(record: dict[str, Any], name: str) -> list[float] | None:
         return None
     values = [value] if isinstance(value, (int, float)) else value
     if not isinstance(values, list) or len(values) != TARGET_DIMS[name]:
-        raise ValueError(f"record {record.get('id')!r}: field {name!r} must hold {TARGET_DIMS[name]} floats, got {value!r}")
+        raise ValueError(
+            f"record {record.get('id')!r}: field {name!r} must hold {TARGET_DIMS[name]} floats, got {value!r}"
+        )
     if not all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
-        raise ValueError(f"record {record.get('id')!r}: field {name!r} holds a non-finite or non-numeric value: {value!r}")
+        raise ValueError(
+            f"record {record.get('id')!r}: field {name!r} holds a non-finite or non-numeric value: {value!r}"
+        )
     return [float(v) for v in values]
 
 
@@ -168,7 +173,9 @@ def _verdict(record: dict[str, Any]) -> list[float] | None:
     if scores:
         unknown = set(scores) - set(VERDICTS)
         if unknown:
-            raise ValueError(f"record {record.get('id')!r}: field 'label_scores' has unknown verdicts {sorted(unknown)}")
+            raise ValueError(
+                f"record {record.get('id')!r}: field 'label_scores' has unknown verdicts {sorted(unknown)}"
+            )
         votes = [float(scores.get(verdict, 0)) for verdict in VERDICTS]
         if any(v < 0 for v in votes):
             raise ValueError(f"record {record.get('id')!r}: field 'label_scores' has negative votes: {scores!r}")
@@ -207,3 +214,10 @@ def epoch_order(size: int, seed: int, epoch: int) -> torch.Tensor:
 def micro_batches(size: int, micro_batch: int, seed: int, epoch: int) -> list[torch.Tensor]:
     """Index tensors of the micro-batches of one epoch, in order (the last one may be smaller)."""
     return list(torch.split(epoch_order(size, seed, epoch), micro_batch))
+
+
+def split_targets(split: SplitTensors) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Every target of the split and its presence flags, as numpy arrays by target name."""
+    targets = {name: split.tensors[name].numpy() for name in TARGET_DIMS}
+    present = {name: split.tensors[f"{name}_present"].numpy() for name in TARGET_DIMS}
+    return targets, present

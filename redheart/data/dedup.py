@@ -1,10 +1,9 @@
-"""Near-duplicate texts by rapidfuzz `fuzz.ratio` (0-100), with the keep-first rule of the strategy.
+"""Near-duplicate texts by rapidfuzz `fuzz.ratio` (0-100), with a keep-first rule.
 
-The definition (`reference_near_duplicates`) is the loop of the strategy documents
-(seeds/training-strategy-*.md, `remove_near_duplicates`): walk the records in order; each record not yet
+The definition (`reference_near_duplicates`) is a naive loop: walk the records in order; each record not yet
 removed is kept and removes every later record, not yet removed, whose `text` field scores at least the
-threshold against it. It compares the `text` field only (not the title). The documents write the test
-as `fuzz.ratio(a, b) / 100 >= 0.92`; here the threshold is on rapidfuzz's own 0-100 scale.
+threshold against it. It compares the `text` field only (not the title). The threshold is on
+rapidfuzz's own 0-100 scale (92 means `fuzz.ratio(a, b) / 100 >= 0.92`).
 
 `near_duplicates` finds the same result fast: `process.cdist` with `score_cutoff` on all cores, and
 blocking by length, because fuzz.ratio(a, b) <= 200 * min(la, lb) / (la + lb): a text of length l can
@@ -18,7 +17,7 @@ result is exactly the reference's.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,7 +48,7 @@ class DedupResult:
 
 
 def reference_near_duplicates(texts: Sequence[str], threshold: float) -> DedupResult:
-    """The naive all-pairs loop of the strategy documents: the definition tests and the bench verify against."""
+    """The naive all-pairs keep-first loop: the definition the tests and the bench verify against."""
     kept: list[int] = []
     removed: dict[int, Duplicate] = {}
     for i, text1 in enumerate(texts):
@@ -102,8 +101,9 @@ def similar_pairs(texts: Sequence[str], threshold: float, progress: bool = False
     return pairs
 
 
-def cross_pairs(queries: Sequence[str], choices: Sequence[str], threshold: float,
-                progress: bool = False) -> list[tuple[int, int, float]]:
+def cross_pairs(
+    queries: Sequence[str], choices: Sequence[str], threshold: float, progress: bool = False
+) -> list[tuple[int, int, float]]:
     """Every (query index, choice index, score) with fuzz.ratio >= threshold between two sets of texts."""
     check_threshold(threshold)
     order = sorted(range(len(choices)), key=lambda k: len(choices[k]))
@@ -113,7 +113,7 @@ def cross_pairs(queries: Sequence[str], choices: Sequence[str], threshold: float
     index = _GramIndex(ordered + [queries[k] for k in by_length])
     pairs = []
     for start in tqdm(range(0, len(by_length), _BLOCK), desc="leakage check", unit="block", disable=not progress):
-        block = by_length[start:start + _BLOCK]
+        block = by_length[start : start + _BLOCK]
         low = bisect.bisect_left(lengths, _shortest_match(len(queries[block[0]]), threshold))
         high = bisect.bisect_right(lengths, _longest_match(len(queries[block[-1]]), threshold))
         if low >= high:
@@ -125,15 +125,23 @@ def cross_pairs(queries: Sequence[str], choices: Sequence[str], threshold: float
     return sorted(pairs)
 
 
-def _score(queries: list[str], choices: list[str], candidates: np.ndarray, threshold: float):
+def _score(
+    queries: list[str], choices: list[str], candidates: np.ndarray, threshold: float
+) -> Iterator[tuple[int, int, float]]:
     """(query, choice, score) for the candidate pairs that reach the threshold, scored by cdist."""
     rows = np.flatnonzero(candidates.any(axis=1))
     cols = np.flatnonzero(candidates.any(axis=0))
     if not len(rows):
         return
     # float64: a float32 matrix could round a score just under the threshold up onto it.
-    scores = process.cdist([queries[r] for r in rows], [choices[c] for c in cols], scorer=fuzz.ratio,
-                           score_cutoff=threshold, dtype=np.float64, workers=-1)
+    scores = process.cdist(
+        [queries[r] for r in rows],
+        [choices[c] for c in cols],
+        scorer=fuzz.ratio,
+        score_cutoff=threshold,
+        dtype=np.float64,
+        workers=-1,
+    )
     hits = (scores >= threshold) & candidates[np.ix_(rows, cols)]
     for r, c in zip(*np.nonzero(hits)):
         yield int(rows[r]), int(cols[c]), float(scores[r, c])
@@ -162,8 +170,10 @@ class _GramIndex:
         in_dense = dense_col[cols] >= 0
         self.dense = np.zeros((len(texts), len(frequent)), dtype=np.float32)
         np.add.at(self.dense, (rows[in_dense], dense_col[cols[in_dense]]), 1)
-        self.sparse = sparse.csr_matrix((np.ones(int((~in_dense).sum()), np.float32), (rows[~in_dense], cols[~in_dense])),
-                                        shape=(len(texts), 1 << _COLUMN_BITS))
+        self.sparse = sparse.csr_matrix(
+            (np.ones(int((~in_dense).sum()), np.float32), (rows[~in_dense], cols[~in_dense])),
+            shape=(len(texts), 1 << _COLUMN_BITS),
+        )
 
     def upper_bound(self, a: slice, b: slice) -> np.ndarray:
         shared = self.dense[a] @ self.dense[b].T + (self.sparse[a] @ self.sparse[b].T).toarray()
@@ -182,7 +192,7 @@ def _gram_features(text: str) -> np.ndarray:
     grams = codes[:n].copy()
     with np.errstate(over="ignore"):
         for k in range(1, _Q):
-            grams = grams * _MIX + codes[k:n + k]
+            grams = grams * _MIX + codes[k : n + k]
         grams.sort()
         starts = np.flatnonzero(np.r_[True, grams[1:] != grams[:-1]])
         copy = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))

@@ -78,5 +78,8 @@ class EmbeddingCache:
         with self._db:
             self._db.executemany(
                 "INSERT OR REPLACE INTO embeddings VALUES (?, ?, ?, ?, ?, ?)",
-                [(encoder_key, sha, segments, dim, vectors[i].tobytes(), mask[i].tobytes()) for i, sha in enumerate(hashes)],
+                [
+                    (encoder_key, sha, segments, dim, vectors[i].tobytes(), mask[i].tobytes())
+                    for i, sha in enumerate(hashes)
+                ],
             )

@@ -16,11 +16,11 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 from tqdm.auto import tqdm
 
-from redheart.atomic import read_json, write_json, write_with
 from redheart.config import EncoderConfig
+from redheart.core.atomic import read_json, write_json, write_with
+from redheart.core.rundir import RunDir
 from redheart.data.embedding_cache import EmbeddingCache, text_sha256
 from redheart.data.encoders import Encoder, build_encoder, document_text
-from redheart.rundir import RunDir
 
 EMBEDDINGS_FILE = "embeddings.safetensors"
 INDEX_FILE = "index.json"
@@ -100,7 +100,9 @@ def _read_clean_records(path: Path) -> tuple[list[str], list[str]]:
     return ids, texts
 
 
-def encode_run(run: RunDir, config: EncoderConfig, cache_dir: Path | None = None, progress: bool = True) -> EncodeSummary:
+def encode_run(
+    run: RunDir, config: EncoderConfig, cache_dir: Path | None = None, progress: bool = True
+) -> EncodeSummary:
     """Embed every clean record of the run and write the embedding file and its index atomically."""
     started = time.perf_counter()
     ids, texts = _read_clean_records(run.clean_records)
@@ -111,7 +113,13 @@ def encode_run(run: RunDir, config: EncoderConfig, cache_dir: Path | None = None
     write_with(path, lambda tmp: save_file({"vectors": vectors, "mask": mask}, str(tmp)))
     write_json(
         run.embeddings / INDEX_FILE,
-        {"encoder_key": encoder.key, "dim": encoder.dim, "max_segments": encoder.max_segments, "file": EMBEDDINGS_FILE, "ids": ids},
+        {
+            "encoder_key": encoder.key,
+            "dim": encoder.dim,
+            "max_segments": encoder.max_segments,
+            "file": EMBEDDINGS_FILE,
+            "ids": ids,
+        },
     )
     return EncodeSummary(len(texts), hits, len(texts) - hits, time.perf_counter() - started, encoder.key, path)
 

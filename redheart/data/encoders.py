@@ -10,9 +10,10 @@ import hashlib
 import itertools
 import os
 import re
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -87,21 +88,23 @@ class MiniLMEncoder:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         self._model = AutoModel.from_pretrained(folder, local_files_only=True).to(device).eval()
 
-    def _windows(self, texts: list[str]) -> list[list[int]]:
+    def _windows(self, texts: list[str]) -> list[list[list[int]]]:
         """Token ids of every window, text after text; the text index of each is kept by the caller."""
         body = self.window_tokens - 2
         # Only the first body * max_segments tokens are kept; cutting the text first bounds the tokenizer's
         # work on a huge input (a 100 MB text) and changes nothing for text under 64 characters per token.
         limit = body * self.max_segments * _CHARS_PER_TOKEN_BOUND
         tokens = self._tokenizer(
-            [text[:limit] for text in texts], add_special_tokens=False, truncation=True,
-            max_length=body * self.max_segments, verbose=False,
+            [text[:limit] for text in texts],
+            add_special_tokens=False,
+            truncation=True,
+            max_length=body * self.max_segments,
+            verbose=False,
         )["input_ids"]
         cls, sep = self._tokenizer.cls_token_id, self._tokenizer.sep_token_id
         # An empty text still gets one window ([CLS][SEP]), as sentence-transformers would encode it.
         return [
-            [[cls, *ids[start : start + body], sep] for start in range(0, max(len(ids), 1), body)]
-            for ids in tokens
+            [[cls, *ids[start : start + body], sep] for start in range(0, max(len(ids), 1), body)] for ids in tokens
         ]
 
     def encode(self, texts: list[str], progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
@@ -110,7 +113,9 @@ class MiniLMEncoder:
         if not texts:
             return vectors, mask
         self._load()
-        windows = [(row, seg, ids) for row, per_text in enumerate(self._windows(texts)) for seg, ids in enumerate(per_text)]
+        windows = [
+            (row, seg, ids) for row, per_text in enumerate(self._windows(texts)) for seg, ids in enumerate(per_text)
+        ]
         # Longest first, so batches hold windows of similar length (little padding) and memory peaks early.
         windows.sort(key=lambda item: -len(item[2]))
         with torch.inference_mode(), tqdm(total=len(windows), desc=self.key, unit="win", disable=not progress) as bar:

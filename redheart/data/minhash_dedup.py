@@ -65,15 +65,17 @@ class Candidates:
     collisions: int  # pairs sharing a band, once per band shared: the work LSH left to the bounds
 
 
-def minhash_near_duplicates(texts: Sequence[str], threshold: float, bands: int = BANDS, rows: int = ROWS,
-                            seed: int = 1, progress: bool = False) -> DedupResult:
+def minhash_near_duplicates(
+    texts: Sequence[str], threshold: float, bands: int = BANDS, rows: int = ROWS, seed: int = 1, progress: bool = False
+) -> DedupResult:
     """Keep-first near-duplicate removal: the result of `reference_near_duplicates` for every pair LSH finds."""
     candidates = candidate_pairs(texts, threshold, bands, rows, seed, progress)
     return keep_first(texts, candidates.pairs, threshold, progress)
 
 
-def candidate_pairs(texts: Sequence[str], threshold: float, bands: int = BANDS, rows: int = ROWS, seed: int = 1,
-                    progress: bool = False) -> Candidates:
+def candidate_pairs(
+    texts: Sequence[str], threshold: float, bands: int = BANDS, rows: int = ROWS, seed: int = 1, progress: bool = False
+) -> Candidates:
     """The pairs that share at least one LSH band and pass the length and character-count bounds."""
     check_threshold(threshold)
     signatures = _signatures(texts, bands * rows, seed, progress)
@@ -82,7 +84,7 @@ def candidate_pairs(texts: Sequence[str], threshold: float, bands: int = BANDS, 
     for band in range(bands):
         keys = np.zeros(len(texts), dtype=np.uint64)
         with np.errstate(over="ignore"):  # a hash of the band's rows: a collision only adds a candidate
-            for column in signatures[:, band * rows:(band + 1) * rows].T:
+            for column in signatures[:, band * rows : (band + 1) * rows].T:
                 keys = keys * _MIX + column
         order = np.argsort(keys, kind="stable")
         ordered = keys[order]
@@ -135,11 +137,11 @@ def read_texts(path: str | Path) -> list[str]:
 
 def _signatures(texts: Sequence[str], num_perm: int, seed: int, progress: bool) -> np.ndarray:
     """One MinHash row per text over its uncommon grams, found first by document frequency in a sample."""
-    sample = texts[::max(1, len(texts) // _FREQUENCY_SAMPLE)]
+    sample = texts[:: max(1, len(texts) // _FREQUENCY_SAMPLE)]
     frequency = np.zeros(1 << _FREQUENCY_BITS, dtype=np.int64)
     for start in range(0, len(sample), 1024):
-        grams = [_grams(t) >> np.uint64(64 - _FREQUENCY_BITS) for t in sample[start:start + 1024]]
-        frequency += np.bincount(np.concatenate(grams).astype(np.intp), minlength=1 << _FREQUENCY_BITS)
+        prefixes = [_grams(t) >> np.uint64(64 - _FREQUENCY_BITS) for t in sample[start : start + 1024]]
+        frequency += np.bincount(np.concatenate(prefixes).astype(np.intp), minlength=1 << _FREQUENCY_BITS)
     common = frequency > max(_COMMON_SHARE * len(sample), _COMMON_MIN_TEXTS)
     permutations = MinHash(num_perm=num_perm, seed=seed).permutations
     signatures = np.empty((len(texts), num_perm), dtype=np.uint32)
@@ -160,7 +162,7 @@ def _grams(text: str) -> np.ndarray:
     grams = codes[:n].copy()
     with np.errstate(over="ignore"):
         for k in range(1, _Q):
-            grams = grams * _MIX + codes[k:n + k]
+            grams = grams * _MIX + codes[k : n + k]
         grams.sort()
         starts = np.flatnonzero(np.concatenate(([True], grams[1:] != grams[:-1])))
         copy = np.arange(n) - np.repeat(starts, np.diff(np.append(starts, n)))

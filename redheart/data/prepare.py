@@ -1,6 +1,6 @@
 """Phase 0 as one function: load + validate, near-duplicate removal, split, leakage check, statistics.
 
-Reads one or more data files and writes the run's data artifacts (all through redheart.atomic):
+Reads one or more data files and writes the run's data artifacts (all through redheart.core.atomic):
 clean records, rejected records, duplicates, split manifest and the statistics for the paper.
 
 Every clean record carries `source`, the stem of the file it came from. The `data` files are the fully
@@ -22,15 +22,15 @@ from typing import Any
 import numpy as np
 from scipy.stats import ks_2samp
 
-from redheart.atomic import write_json, write_jsonl
 from redheart.config import DataConfig
+from redheart.core.atomic import write_json, write_jsonl
+from redheart.core.rundir import RunDir
 from redheart.data.dedup import DedupResult, near_duplicates
 from redheart.data.leakage import format_leakage, leakage_report
 from redheart.data.minhash_dedup import minhash_near_duplicates
 from redheart.data.records import load_records
 from redheart.data.schema import EMOTIONS, VERDICTS
 from redheart.data.split import NO_LABEL, Split, check_leakage, split_records
-from redheart.rundir import RunDir
 
 _SAMPLE_PAIRS = 10
 _PREVIEW_CHARS = 200
@@ -88,12 +88,16 @@ def _load_sources(data: Sequence[Path], extra: Sequence[Path], config: DataConfi
         for record in loaded.records:
             earlier = first_source.get(record["id"])
             if earlier is not None:
-                problem = {"field": "id", "reason": "duplicate_id",
-                           "message": f"id {record['id']!r} is already used by a record of source {earlier!r}"}
+                problem = {
+                    "field": "id",
+                    "reason": "duplicate_id",
+                    "message": f"id {record['id']!r} is already used by a record of source {earlier!r}",
+                }
                 if strict:
                     raise ValueError(f"{path}: record {record['id']!r}: id: {problem['message']}")
-                out.rejected.append({"index": None, "line": None, "id": record["id"], "problems": [problem],
-                                     "raw": "", "source": name})
+                out.rejected.append(
+                    {"index": None, "line": None, "id": record["id"], "problems": [problem], "raw": "", "source": name}
+                )
                 out.rejected_by_reason["id: duplicate_id"] += 1
                 continue
             first_source[record["id"]] = name
@@ -105,8 +109,13 @@ def _paths(given: str | Path | Sequence[str | Path]) -> list[Path]:
     return [Path(given)] if isinstance(given, (str, Path)) else [Path(p) for p in given]
 
 
-def prepare(data_path: str | Path | Sequence[str | Path], run: RunDir, config: DataConfig, strict: bool = False,
-            extra: Sequence[str | Path] = ()) -> PrepareSummary:
+def prepare(
+    data_path: str | Path | Sequence[str | Path],
+    run: RunDir,
+    config: DataConfig,
+    strict: bool = False,
+    extra: Sequence[str | Path] = (),
+) -> PrepareSummary:
     """Run phase 0 on the labelled file(s) `data_path` plus the train-only `extra` files, writing the artifacts
     into `run`; see the module docstring."""
     data, extras = _paths(data_path), _paths(extra)
@@ -127,8 +136,12 @@ def prepare(data_path: str | Path | Sequence[str | Path], run: RunDir, config: D
     labelled = [record for record in records if loaded.roles[record["source"]] == "labelled"]
     split = split_records(labelled, config)
     # Extra records join train only, after the labelled ones, so validation and test are the labelled set's.
-    split = Split(train=split.train + [r["id"] for r in records if loaded.roles[r["source"]] == "extra"],
-                  val=split.val, test=split.test, stratified_by=split.stratified_by)
+    split = Split(
+        train=split.train + [r["id"] for r in records if loaded.roles[r["source"]] == "extra"],
+        val=split.val,
+        test=split.test,
+        stratified_by=split.stratified_by,
+    )
     seconds["split"] = _lap(clock)
     clock = time.perf_counter()
     leaks = check_leakage(records, split, config.dedup_threshold, progress=True)
@@ -159,11 +172,19 @@ def prepare(data_path: str | Path | Sequence[str | Path], run: RunDir, config: D
     write_jsonl(run.clean_records, records)
     write_jsonl(run.rejected_records, loaded.rejected)
     write_json(run.duplicates, _duplicates_report(loaded.records, dedup, config.dedup_threshold))
-    write_json(run.split_manifest, {
-        "train": split.train, "val": split.val, "test": split.test,
-        "seed": config.seed, "threshold": config.dedup_threshold, "fractions": list(config.split),
-        "length_bins": config.length_bins, "stratified_by": split.stratified_by,
-    })
+    write_json(
+        run.split_manifest,
+        {
+            "train": split.train,
+            "val": split.val,
+            "test": split.test,
+            "seed": config.seed,
+            "threshold": config.dedup_threshold,
+            "fractions": list(config.split),
+            "length_bins": config.length_bins,
+            "stratified_by": split.stratified_by,
+        },
+    )
     write_json(run.data_stats, stats)
     return PrepareSummary(
         data_path=shown_path,
@@ -187,23 +208,29 @@ def _source_stats(records: Sequence[dict[str, Any]], split: Split, roles: dict[s
     out: dict[str, Any] = {}
     for name, role in roles.items():
         mine = [record for record in records if record["source"] == name]
-        out[name] = {"role": role, "clean_records": len(mine),
-                     **{part: sum(split_of[r["id"]] == part for r in mine) for part in ("train", "val", "test")}}
+        out[name] = {
+            "role": role,
+            "clean_records": len(mine),
+            **{part: sum(split_of[r["id"]] == part for r in mine) for part in ("train", "val", "test")},
+        }
     return out
 
 
 def format_summary(summary: PrepareSummary) -> str:
     """The lines the CLI prints after `prepare`."""
-    lines = [f"data: {summary.data_path}", f"records read: {summary.records_read}",
-             f"rejected: {summary.rejected}"]
+    lines = [f"data: {summary.data_path}", f"records read: {summary.records_read}", f"rejected: {summary.rejected}"]
     lines += [f"  {reason}: {count}" for reason, count in summary.rejected_by_reason.items()]
     if summary.rejected:
         lines += [f"    {line}" for line in summary.rejected_lines]
         more = summary.rejected - len(summary.rejected_lines)
-        lines.append(f"    {'... ' + str(more) + ' more; ' if more > 0 else ''}all with reasons and raw text: {summary.rejected_path}")
+        more_text = f"... {more} more; " if more > 0 else ""
+        lines.append(f"    {more_text}all with reasons and raw text: {summary.rejected_path}")
     if len(summary.sources) > 1:
-        lines += [f"  source {name} ({entry['role']}): {entry['clean_records']} clean, train {entry['train']},"
-                  f" val {entry['val']}, test {entry['test']}" for name, entry in summary.sources.items()]
+        lines += [
+            f"  source {name} ({entry['role']}): {entry['clean_records']} clean, train {entry['train']},"
+            f" val {entry['val']}, test {entry['test']}"
+            for name, entry in summary.sources.items()
+        ]
     lines.append(f"near-duplicates removed: {summary.duplicates_removed}")
     lines.append("split: " + ", ".join(f"{name} {size}" for name, size in summary.split_sizes.items()))
     labels = [*VERDICTS, NO_LABEL]
@@ -251,8 +278,13 @@ def _length_stats(by_split: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             stats[name] = {"count": 0}
             continue
         p10, median, p90 = np.percentile(values, [10, 50, 90])
-        stats[name] = {"count": int(len(values)), "mean": float(values.mean()), "median": float(median),
-                       "p10": float(p10), "p90": float(p90)}
+        stats[name] = {
+            "count": int(len(values)),
+            "mean": float(values.mean()),
+            "median": float(median),
+            "p10": float(p10),
+            "p90": float(p90),
+        }
     for name in ("val", "test"):
         if len(lengths[name]) and len(lengths["train"]):
             result = ks_2samp(lengths[name], lengths["train"])
@@ -265,8 +297,12 @@ def _emotion_argmax(rows: list[dict[str, Any]]) -> dict[str, Any]:
     counts = Counter(EMOTIONS[int(np.argmax(row["emotions"]))] for row in rows if row["emotions"] is not None)
     total = sum(counts.values())
     majority = counts.most_common(1)[0] if counts else (None, 0)
-    return {"counts": {name: counts[name] for name in EMOTIONS}, "labelled": total,
-            "majority": majority[0], "majority_share": majority[1] / total if total else None}
+    return {
+        "counts": {name: counts[name] for name in EMOTIONS},
+        "labelled": total,
+        "majority": majority[0],
+        "majority_share": majority[1] / total if total else None,
+    }
 
 
 def dedup_method(count: int, config: DataConfig) -> str:
@@ -286,9 +322,22 @@ def remove_near_duplicates(texts: Sequence[str], config: DataConfig) -> DedupRes
 
 
 def _duplicates_report(records: Sequence[dict[str, Any]], dedup: DedupResult, threshold: float) -> dict[str, Any]:
-    pairs = [{"removed_id": records[d.removed]["id"], "kept_id": records[d.kept]["id"], "score": d.score}
-             for d in dedup.removed]
-    samples = [{"score": d.score, "kept_text": records[d.kept]["text"][:_PREVIEW_CHARS],
-                "removed_text": records[d.removed]["text"][:_PREVIEW_CHARS]} for d in dedup.removed[:_SAMPLE_PAIRS]]
-    return {"count": len(pairs), "threshold": threshold, "compared": "text field, rapidfuzz fuzz.ratio, keep first",
-            "pairs": pairs, "samples": samples}
+    pairs = [
+        {"removed_id": records[d.removed]["id"], "kept_id": records[d.kept]["id"], "score": d.score}
+        for d in dedup.removed
+    ]
+    samples = [
+        {
+            "score": d.score,
+            "kept_text": records[d.kept]["text"][:_PREVIEW_CHARS],
+            "removed_text": records[d.removed]["text"][:_PREVIEW_CHARS],
+        }
+        for d in dedup.removed[:_SAMPLE_PAIRS]
+    ]
+    return {
+        "count": len(pairs),
+        "threshold": threshold,
+        "compared": "text field, rapidfuzz fuzz.ratio, keep first",
+        "pairs": pairs,
+        "samples": samples,
+    }

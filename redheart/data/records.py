@@ -1,4 +1,4 @@
-"""Load a user's data file (SPEC section 3) into clean records, rejecting bad ones with their reasons.
+"""Load a user's data file into clean records, rejecting bad ones with their reasons.
 
 Input: a JSON array or JSON Lines file, optionally gzip-compressed (detected from its first bytes). The
 file is streamed: JSON Lines line by line, a JSON array element by element with `raw_decode` over a
@@ -20,13 +20,23 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from redheart.config import DataConfig
 from redheart.data.schema import BENTHAM_KEYS, EMOTIONS, SURD_KEYS, VERDICTS
 
-KNOWN_FIELDS = ("id", "title", "text", "action", "label", "label_scores", "emotions", "regret_factor",
-                "bentham_scores", "surd_metrics")
+KNOWN_FIELDS = (
+    "id",
+    "title",
+    "text",
+    "action",
+    "label",
+    "label_scores",
+    "emotions",
+    "regret_factor",
+    "bentham_scores",
+    "surd_metrics",
+)
 _CHUNK_CHARS = 1 << 20
 _STRICT_LISTED = 100  # problems spelled out in a strict-mode error; the rest are counted
 # json's parser recurses once per nesting level; a record nested past the recursion limit is rejected.
@@ -86,6 +96,7 @@ def load_records(path: str | Path, config: DataConfig, strict: bool = False) -> 
             if problems:
                 _reject(result, index, line, value, raw, problems)
                 continue
+            assert record is not None  # normalize_record gives a record or problems
             seen_ids[record["id"]] = index
             result.records.append(record)
             result.ignored_fields.update(key for key in value if key not in KNOWN_FIELDS)
@@ -100,8 +111,10 @@ def normalize_record(value: Any, config: DataConfig) -> tuple[dict[str, Any] | N
     """Validate one parsed record; return the clean record, or None and every problem found."""
     if not isinstance(value, dict):
         return None, [Problem("<record>", "wrong_type", f"expected a JSON object, got {_kind(value)}")]
-    problems = [Problem(name, "duplicate_key", f"key {key!r} appears more than once in one JSON object")
-                for name, key in _duplicate_keys(value)]
+    problems = [
+        Problem(name, "duplicate_key", f"key {key!r} appears more than once in one JSON object")
+        for name, key in _duplicate_keys(value)
+    ]
     check = _Checker(problems)
     record = {
         "id": check.optional_str(value, "id"),
@@ -208,7 +221,9 @@ class _Checker:
             return float(item)
         return None
 
-    def vector(self, value: dict, name: str, keys: tuple[str, ...], distribution: float | None = None):
+    def vector(
+        self, value: dict, name: str, keys: tuple[str, ...], distribution: float | None = None
+    ) -> list[float] | None:
         """A list in `keys` order or an object keyed by `keys`; scores in [0,1], or a distribution."""
         item = value.get(name)
         if item is None:
@@ -233,10 +248,11 @@ class _Checker:
             values = [self._probability(v, where) for where, v in pairs]
         if len(self.problems) > before:
             return None
-        if distribution is not None and abs(sum(values) - 1.0) > distribution:
-            self.add(name, "sum_not_1", f"values sum to {sum(values):.4g}, not 1 (tolerance {distribution})")
+        checked = cast(list[float], values)  # every value passed its check
+        if distribution is not None and abs(sum(checked) - 1.0) > distribution:
+            self.add(name, "sum_not_1", f"values sum to {sum(checked):.4g}, not 1 (tolerance {distribution})")
             return None
-        return values
+        return checked
 
     def _probability(self, item: Any, where: str) -> float | None:
         if not _is_number(item):
@@ -275,8 +291,14 @@ def _is_valid_unicode(text: str) -> bool:
 
 
 def _kind(item: Any) -> str:
-    for kind, name in ((bool, "a boolean"), (dict, "an object"), (list, "a list"), (str, "a string"),
-                       (int, "an integer"), (float, "a number")):
+    for kind, name in (
+        (bool, "a boolean"),
+        (dict, "an object"),
+        (list, "a list"),
+        (str, "a string"),
+        (int, "an integer"),
+        (float, "a number"),
+    ):
         if isinstance(item, kind):
             return name
     return "null" if item is None else type(item).__name__
@@ -299,22 +321,26 @@ def _display_id(value: Any) -> str | int | None:
     item = value.get("id") if isinstance(value, dict) else None
     if isinstance(item, str):
         return _safe_text(item)
-    return item if _is_number(item) and math.isfinite(item) else None
+    return item if _is_number(item) and math.isfinite(cast(float, item)) else None
 
 
 def _duplicate_id(record: dict[str, Any], first: int) -> Problem:
     origin = "generated from identical content" if record["id"].startswith("auto-") else "given"
-    return Problem("id", "duplicate_id", f"id {record['id']!r} ({origin}) is already used by the record at index {first}")
+    return Problem(
+        "id", "duplicate_id", f"id {record['id']!r} ({origin}) is already used by the record at index {first}"
+    )
 
 
 def _reject(result: LoadResult, index: int, line: int, value: Any, raw: str, problems: list[Problem]) -> None:
-    result.rejected.append({
-        "index": index,
-        "line": line,
-        "id": _display_id(value),
-        "problems": [{"field": p.field, "reason": p.reason, "message": p.message} for p in problems],
-        "raw": _safe_text(raw),
-    })
+    result.rejected.append(
+        {
+            "index": index,
+            "line": line,
+            "id": _display_id(value),
+            "problems": [{"field": p.field, "reason": p.reason, "message": p.message} for p in problems],
+            "raw": _safe_text(raw),
+        }
+    )
     result.rejected_by_reason.update({f"{p.field.split('.')[0].split('[')[0]}: {p.reason}" for p in problems})
 
 
@@ -322,8 +348,10 @@ def _strict_message(path: str | Path, rejected: list[dict[str, Any]]) -> str:
     lines = [f"{path}: {len(rejected)} invalid record(s):"]
     for row in rejected:
         for problem in row["problems"]:
-            lines.append(f"  record {row['index']} (id {row['id']!r}, line {row['line']}): "
-                         f"{problem['field']}: {problem['message']}")
+            lines.append(
+                f"  record {row['index']} (id {row['id']!r}, line {row['line']}): "
+                f"{problem['field']}: {problem['message']}"
+            )
     if len(lines) > _STRICT_LISTED + 1:
         lines = lines[: _STRICT_LISTED + 1] + [f"  ... and {len(lines) - _STRICT_LISTED - 1} more problem(s)"]
     return "\n".join(lines)
@@ -334,13 +362,13 @@ def _strict_message(path: str | Path, rejected: list[dict[str, Any]]) -> str:
 RawItem = tuple[int, str, Any, list[Problem]]  # line, raw text, parsed value (or None), parse problems
 
 
-def _open_binary(path: Path) -> IO[bytes]:
+def _open_binary(path: Path) -> gzip.GzipFile | io.BufferedReader:
     with open(path, "rb") as probe:
         compressed = probe.read(2) == b"\x1f\x8b"
     return gzip.open(path, "rb") if compressed else open(path, "rb")
 
 
-def _iter_raw(handle: IO[bytes]) -> Iterator[RawItem]:
+def _iter_raw(handle: gzip.GzipFile | io.BufferedReader) -> Iterator[RawItem]:
     """Yield each record of a JSON array or JSON Lines stream, told apart by the first character."""
     peek = handle.peek(4096)[:4096]
     first = peek.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
@@ -353,7 +381,7 @@ def _iter_raw(handle: IO[bytes]) -> Iterator[RawItem]:
         raise DataError(f"expected a JSON array ('[') or JSON Lines ('{{'), found {first!r} at the start of the file")
 
 
-def _iter_lines(handle: IO[bytes]) -> Iterator[RawItem]:
+def _iter_lines(handle: gzip.GzipFile | io.BufferedReader) -> Iterator[RawItem]:
     for number, raw_bytes in enumerate(handle, start=1):
         if number == 1:
             raw_bytes = raw_bytes.removeprefix(b"\xef\xbb\xbf")
@@ -363,14 +391,23 @@ def _iter_lines(handle: IO[bytes]) -> Iterator[RawItem]:
             raw = raw_bytes.decode("utf-8")
         except UnicodeDecodeError as error:
             text = raw_bytes.decode("utf-8", "backslashreplace").rstrip("\r\n")
-            yield number, text, None, [Problem("<line>", "non_utf8", f"line {number}: byte {error.start} is not valid UTF-8")]
+            yield (
+                number,
+                text,
+                None,
+                [Problem("<line>", "non_utf8", f"line {number}: byte {error.start} is not valid UTF-8")],
+            )
             continue
         raw = raw.rstrip("\r\n")
         try:
             yield number, raw, _DECODER.decode(raw), []
         except json.JSONDecodeError as error:
-            yield number, raw, None, [Problem("<line>", "malformed_json",
-                                              f"line {number} column {error.colno}: {error.msg}")]
+            yield (
+                number,
+                raw,
+                None,
+                [Problem("<line>", "malformed_json", f"line {number} column {error.colno}: {error.msg}")],
+            )
         except RecursionError:
             yield number, raw, None, [Problem("<line>", "too_deep", f"line {number}: {_TOO_DEEP}")]
 

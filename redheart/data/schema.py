@@ -1,4 +1,4 @@
-"""The record schema of SPEC section 3: field names, their fixed orders, and the bundled data set."""
+"""The record schema: field names, their fixed orders, and the bundled data set."""
 
 from importlib import resources
 from pathlib import Path
@@ -17,6 +17,8 @@ TARGET_DIMS = {
     "surd_metrics": len(SURD_KEYS),
     "verdict": len(VERDICTS),
 }
+# Targets that are probability distributions (soft labels, softmax outputs); the others are regressions.
+DISTRIBUTION_TARGETS = ("emotions", "verdict")
 
 
 def bundled_data_path() -> Path:

@@ -60,8 +60,9 @@ def split_records(records: Sequence[dict[str, Any]], config: DataConfig) -> Spli
     )
 
 
-def leakage_pairs(records: Sequence[dict[str, Any]], split: Split, threshold: float,
-                  progress: bool = False) -> list[dict[str, Any]]:
+def leakage_pairs(
+    records: Sequence[dict[str, Any]], split: Split, threshold: float, progress: bool = False
+) -> list[dict[str, Any]]:
     """Every val/test record whose text is a near-duplicate (fuzz.ratio >= threshold) of a train text."""
     by_id = {record["id"]: record for record in records}
     train = [by_id[i]["text"] for i in split.train]
@@ -77,21 +78,28 @@ def check_leakage(records: Sequence[dict[str, Any]], split: Split, threshold: fl
     """Return the number of leaking pairs, which is 0; raise LeakageError naming them otherwise."""
     leaks = leakage_pairs(records, split, threshold, progress=progress)
     if leaks:
-        listed = "\n".join(f"  {leak['split']} {leak['id']!r} ~ train {leak['train_id']!r} (fuzz.ratio {leak['score']:.1f})"
-                           for leak in leaks[:20])
-        raise LeakageError(f"{len(leaks)} val/test text(s) are near-duplicates of train texts "
-                           f"(threshold {threshold}):\n{listed}")
+        listed = "\n".join(
+            f"  {leak['split']} {leak['id']!r} ~ train {leak['train_id']!r} (fuzz.ratio {leak['score']:.1f})"
+            for leak in leaks[:20]
+        )
+        raise LeakageError(
+            f"{len(leaks)} val/test text(s) are near-duplicates of train texts (threshold {threshold}):\n{listed}"
+        )
     return 0
 
 
 def _length_strata(records: Sequence[dict[str, Any]], bins: int) -> list[str]:
     lengths = np.array([len(record["text"]) for record in records], dtype=float)
-    edges = np.unique(np.quantile(lengths, np.linspace(0, 1, bins + 1)[1:-1])) if len(lengths) and bins > 1 else []
+    edges: np.ndarray | list[float] = (
+        np.unique(np.quantile(lengths, np.linspace(0, 1, bins + 1)[1:-1])) if len(lengths) and bins > 1 else []
+    )
     length_bin = np.searchsorted(edges, lengths, side="right")
     return [f"{record['label'] or NO_LABEL}|{b}" for record, b in zip(records, length_bin)]
 
 
-def _stage(positions: np.ndarray, n_out: int, fine: list[str], coarse: list[str], seed: int):
+def _stage(
+    positions: np.ndarray, n_out: int, fine: list[str], coarse: list[str], seed: int
+) -> tuple[np.ndarray, np.ndarray, str]:
     """Take `n_out` of `positions` out, stratified as finely as the counts allow."""
     if n_out == 0:
         return positions, positions[:0], "none"

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from redheart.evaluate.metrics import PROB_EPS, _macro_f1
+from redheart.scoring.metrics import PROB_EPS, _macro_f1
 
 # The log-weights tried for one class at a time; weights are relative, so one class (the first) stays at 1.
 LOG_WEIGHT_GRID = np.linspace(-3.0, 3.0, 61)

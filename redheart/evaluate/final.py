@@ -16,36 +16,29 @@ from typing import Any
 
 import numpy as np
 
-from redheart.atomic import read_json, write_json
 from redheart.config import RunConfig
-from redheart.data.dataset import SplitTensors, load_split
-from redheart.evaluate.baselines import constant_predictions, fit_probe, probe_predict
+from redheart.core.atomic import read_json, write_json
+from redheart.core.checkpoint_files import MANIFEST, sha256
+from redheart.core.rundir import RunDir
+from redheart.data.dataset import SplitTensors, load_split, split_targets
+from redheart.evaluate.calibration import (
+    CALIBRATORS_FILE,
+    calibration_report,
+    load_calibrators,
+    write_calibration_report,
+)
 from redheart.evaluate.decision_rule import fit_class_weights, reweighted
-from redheart.evaluate.metrics import evaluate_predictions, headline
+from redheart.evaluate.model_card import write_model_card
 from redheart.evaluate.test_reads import check_fingerprint, fingerprint, format_reads, read_record
 from redheart.model.model import RedHeartModel
-from redheart.report.calibration import CALIBRATORS_FILE, calibration_report, load_calibrators, write_calibration_report
-from redheart.report.model_card import write_model_card
-from redheart.rundir import RunDir
+from redheart.scoring.baselines import constant_predictions, fit_probe, pooled_features, probe_predict
+from redheart.scoring.metrics import HEADLINE_LABELS, evaluate_predictions, headline
 from redheart.select.candidates import fused_of
 from redheart.select.crossover import CROSSOVER, ENSEMBLE, REFINED, load_candidates
 from redheart.select.intervals import headline_intervals, paired_difference_intervals
 from redheart.select.outputs import SplitOutputs, as_numpy, fused_loss
-from redheart.train.evaluation import split_targets
-from redheart.train.recipe import pooled_features
 
 CALIBRATION_METRICS = ("ece", "mce", "nll", "brier")
-HEADLINE_COLUMNS = {
-    "emotion_accuracy": "emotion acc",
-    "emotion_macro_f1": "emotion F1",
-    "verdict_accuracy": "verdict acc",
-    "verdict_macro_f1": "verdict F1",
-    "regression_mae": "regr. MAE",
-}
-
-
-def test_results_path(run: RunDir) -> Path:
-    return run.root / "test_results.json"
 
 
 def decision_rule_path(run: RunDir) -> Path:
@@ -54,9 +47,12 @@ def decision_rule_path(run: RunDir) -> Path:
 
 PROBE = "linear_probe"
 # The paired comparison: headline metrics plus the verdict's cross-entropy and its macro-F1 under the rule.
-DIFFERENCE_KEYS = (*HEADLINE_COLUMNS, "verdict_cross_entropy", "verdict_macro_f1_rule")
-DIFFERENCE_LABELS = {**HEADLINE_COLUMNS, "verdict_cross_entropy": "verdict CE",
-                     "verdict_macro_f1_rule": "verdict F1 (rule)"}
+DIFFERENCE_KEYS = (*HEADLINE_LABELS, "verdict_cross_entropy", "verdict_macro_f1_rule")
+DIFFERENCE_LABELS = {
+    **HEADLINE_LABELS,
+    "verdict_cross_entropy": "verdict CE",
+    "verdict_macro_f1_rule": "verdict F1 (rule)",
+}
 LOWER_IS_BETTER = ("regression_mae", "verdict_cross_entropy")
 
 
@@ -86,10 +82,15 @@ def fit_decision_rules(run: RunDir, config: RunConfig, probe: dict | None = None
     if not rows.any():
         raise ValueError(f"{run.split_manifest}: no validation record has a verdict to fit the decision rule on")
     votes = np.asarray(targets["verdict"])[rows]
-    sources = {"final_model": final_predictions(run, config, val_split),
-               PROBE: probe_predict(probe, pooled_features(val_split))}
-    rules = {"split": "val", "n": int(rows.sum()),
-             **{name: fit_class_weights(preds["verdict"][rows], votes) for name, preds in sources.items()}}
+    sources = {
+        "final_model": final_predictions(run, config, val_split),
+        PROBE: probe_predict(probe, pooled_features(val_split)),
+    }
+    rules = {
+        "split": "val",
+        "n": int(rows.sum()),
+        **{name: fit_class_weights(preds["verdict"][rows], votes) for name, preds in sources.items()},
+    }
     write_json(decision_rule_path(run), rules)
     return rules
 
@@ -106,14 +107,21 @@ def _rule_scores(
     ruled = _with_rule(preds, weights)
     metrics = evaluate_predictions(ruled, targets, present)["verdict"]
     intervals = headline_intervals(ruled, targets, present, n_boot, seed)
-    return {"weights": weights, "verdict_accuracy": metrics.get("accuracy"),
-            "verdict_macro_f1": metrics.get("macro_f1"),
-            "intervals": {k: intervals[k] for k in ("verdict_accuracy", "verdict_macro_f1")}}
+    return {
+        "weights": weights,
+        "verdict_accuracy": metrics.get("accuracy"),
+        "verdict_macro_f1": metrics.get("macro_f1"),
+        "intervals": {k: intervals[k] for k in ("verdict_accuracy", "verdict_macro_f1")},
+    }
 
 
 def paired_difference(
-    final: dict[str, np.ndarray], probe: dict[str, np.ndarray], rules: dict[str, Any], split: SplitTensors,
-    n_boot: int, seed: int,
+    final: dict[str, np.ndarray],
+    probe: dict[str, np.ndarray],
+    rules: dict[str, Any],
+    split: SplitTensors,
+    n_boot: int,
+    seed: int,
 ) -> dict[str, dict[str, Any]]:
     """final model - linear probe on every key of DIFFERENCE_KEYS: the point difference and its paired 95%
     bootstrap interval (both models scored on the same resampled rows)."""
@@ -124,17 +132,25 @@ def paired_difference(
         weights = weights_of[name]
         metrics = evaluate_predictions(preds, targets, present)
         ruled = evaluate_predictions(_with_rule(preds, weights), targets, present)
-        values[name] = {**headline(metrics), "verdict_cross_entropy": metrics["verdict"].get("cross_entropy"),
-                        "verdict_macro_f1_rule": ruled["verdict"].get("macro_f1")}
+        values[name] = {
+            **headline(metrics),
+            "verdict_cross_entropy": metrics["verdict"].get("cross_entropy"),
+            "verdict_macro_f1_rule": ruled["verdict"].get("macro_f1"),
+        }
     intervals = paired_difference_intervals(final, probe, targets, present, n_boot, seed)
     ruled_intervals = paired_difference_intervals(
-        _with_rule(final, weights_of["final"]), _with_rule(probe, weights_of["probe"]), targets, present, n_boot, seed)
+        _with_rule(final, weights_of["final"]), _with_rule(probe, weights_of["probe"]), targets, present, n_boot, seed
+    )
     intervals["verdict_macro_f1_rule"] = ruled_intervals["verdict_macro_f1"]
     out = {}
     for key in DIFFERENCE_KEYS:
         a, b = values["final"][key], values["probe"][key]
-        out[key] = {"final": a, "probe": b, "difference": None if a is None or b is None else a - b,
-                    "interval": list(intervals[key])}
+        out[key] = {
+            "final": a,
+            "probe": b,
+            "difference": None if a is None or b is None else a - b,
+            "interval": list(intervals[key]),
+        }
     return out
 
 
@@ -153,17 +169,26 @@ def difference_conclusion(difference: dict[str, dict[str, Any]]) -> str:
             worse.append(text)
         else:
             unclear.append(text)
-    parts = [f"better than the probe on {'; '.join(better)}" if better else "better than the probe on no metric",
-             f"worse on {'; '.join(worse)}" if worse else "worse on none",
-             f"not shown to differ (the interval holds 0) on {'; '.join(unclear)}" if unclear else ""]
-    return ("Final model - linear probe on test, paired bootstrap 95% intervals of the difference: the final model is "
-            + ", ".join(p for p in parts if p) + ".")
+    parts = [
+        f"better than the probe on {'; '.join(better)}" if better else "better than the probe on no metric",
+        f"worse on {'; '.join(worse)}" if worse else "worse on none",
+        f"not shown to differ (the interval holds 0) on {'; '.join(unclear)}" if unclear else "",
+    ]
+    return (
+        "Final model - linear probe on test, paired bootstrap 95% intervals of the difference: the final model is "
+        + ", ".join(p for p in parts if p)
+        + "."
+    )
 
 
 def _scored(preds: dict[str, np.ndarray], split: SplitTensors, n_boot: int, seed: int) -> dict[str, Any]:
     targets, present = split_targets(split)
     metrics = evaluate_predictions(preds, targets, present)
-    return {"fused": metrics, "headline": headline(metrics), "intervals": headline_intervals(preds, targets, present, n_boot, seed)}
+    return {
+        "fused": metrics,
+        "headline": headline(metrics),
+        "intervals": headline_intervals(preds, targets, present, n_boot, seed),
+    }
 
 
 def _baseline_predictions(train: SplitTensors, test: SplitTensors, probe: dict) -> dict[str, dict[str, np.ndarray]]:
@@ -173,12 +198,12 @@ def _baseline_predictions(train: SplitTensors, test: SplitTensors, probe: dict) 
 
 
 def _load_calibrators(run: RunDir) -> Any:
-    from redheart.train.checkpoints import MANIFEST, sha256
-
     calibrators = load_calibrators(run.calibration / CALIBRATORS_FILE)
     if calibrators.model_sha256 != sha256(run.final_model / MANIFEST):
-        raise FileNotFoundError(f"{run.calibration / CALIBRATORS_FILE}: fitted for another final model than "
-                                f"{run.final_model}; run `redheart calibrate --run {run.root}` first")
+        raise FileNotFoundError(
+            f"{run.calibration / CALIBRATORS_FILE}: fitted for another final model than "
+            f"{run.final_model}; run `redheart calibrate --run {run.root}` first"
+        )
     return calibrators
 
 
@@ -189,15 +214,16 @@ def evaluate_test(run: RunDir, config: RunConfig, reread: bool = False) -> dict[
     artefacts, and StaleTestResults is raised when they did not. With `reread`, the test split is read
     again and the read is appended to the file's `reads`.
     """
-    path = test_results_path(run)
+    path = run.test_results
     current = fingerprint(run)  # FileNotFoundError naming the phase to run first if an input is missing
     previous = read_json(path) if path.exists() else None
     if previous is not None and not reread:
         check_fingerprint(run, previous, current)
         return previous
     if not run.baselines.exists():
-        raise FileNotFoundError(f"{run.baselines}: no validation baselines; "
-                                f"run `redheart train --run {run.root}` first")
+        raise FileNotFoundError(
+            f"{run.baselines}: no validation baselines; run `redheart train --run {run.root}` first"
+        )
     candidates, plan = load_candidates(run)
     options = config.select
     train_split = load_split(run, "train")
@@ -211,9 +237,13 @@ def evaluate_test(run: RunDir, config: RunConfig, reread: bool = False) -> dict[
     baselines = {}
     baseline_preds = _baseline_predictions(train_split, test_split, probe)
     for name, preds in baseline_preds.items():
-        baselines[name] = {**_scored(preds, test_split, options.bootstrap_samples, options.bootstrap_seed), "val_headline": headline(val_baselines[name])}
+        baselines[name] = {
+            **_scored(preds, test_split, options.bootstrap_samples, options.bootstrap_seed),
+            "val_headline": headline(val_baselines[name]),
+        }
     baselines[PROBE]["decision_rule"] = _rule_scores(
-        baseline_preds[PROBE], rules[PROBE]["weights"], test_split, options.bootstrap_samples, options.bootstrap_seed)
+        baseline_preds[PROBE], rules[PROBE]["weights"], test_split, options.bootstrap_samples, options.bootstrap_seed
+    )
     model = RedHeartModel(config.model, input_dim=test_split.input_dim, max_segments=test_split.max_segments)
     cache = SplitOutputs(model, test_split, options.batch_size)
     fused_by_name: dict = {}
@@ -227,9 +257,11 @@ def evaluate_test(run: RunDir, config: RunConfig, reread: bool = False) -> dict[
         }
     final_preds = as_numpy(fused_by_name[plan["final_model"]])
     models[plan["final_model"]]["decision_rule"] = _rule_scores(
-        final_preds, rules["final_model"]["weights"], test_split, options.bootstrap_samples, options.bootstrap_seed)
-    difference = paired_difference(final_preds, baseline_preds[PROBE], rules, test_split, options.bootstrap_samples,
-                                   options.bootstrap_seed)
+        final_preds, rules["final_model"]["weights"], test_split, options.bootstrap_samples, options.bootstrap_seed
+    )
+    difference = paired_difference(
+        final_preds, baseline_preds[PROBE], rules, test_split, options.bootstrap_samples, options.bootstrap_seed
+    )
     final_candidate = next(c for c in candidates if c.name == plan["final_model"])
     test_targets, test_present = split_targets(test_split)
     calibration = calibration_report(calibrators, final_preds, test_targets, test_present)
@@ -237,7 +269,7 @@ def evaluate_test(run: RunDir, config: RunConfig, reread: bool = False) -> dict[
     results = {
         "split": "test",
         "n": len(test_split),
-        "evaluated_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "evaluated_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "bootstrap": {"samples": options.bootstrap_samples, "seed": options.bootstrap_seed, "level": 0.95},
         "final_model": plan["final_model"],
         "best_on_validation": plan["best"],
@@ -249,7 +281,10 @@ def evaluate_test(run: RunDir, config: RunConfig, reread: bool = False) -> dict[
         "final_vs_probe_conclusion": difference_conclusion(difference),
         "verdict_sources": final_candidate.fusion.source_weights("verdict") if final_candidate.fusion else None,
         "calibration": {
-            target: {"method": entry["method"], **{when: {m: entry[when][m] for m in CALIBRATION_METRICS} for when in ("before", "after")}}
+            target: {
+                "method": entry["method"],
+                **{when: {m: entry[when][m] for m in CALIBRATION_METRICS} for when in ("before", "after")},
+            }
             for target, entry in calibration["targets"].items()
             if entry.get("n")
         },
@@ -257,8 +292,14 @@ def evaluate_test(run: RunDir, config: RunConfig, reread: bool = False) -> dict[
     results["test_conclusion"] = test_conclusion(results)
     earlier = list((previous or {}).get("reads", []))
     if previous is not None and not earlier:  # written before reads were logged: that was read 1
-        earlier = [{"read": 1, "at": previous.get("evaluated_at"), "fingerprint": previous.get("fingerprint"),
-                    "why": "first read (no read log)"}]
+        earlier = [
+            {
+                "read": 1,
+                "at": previous.get("evaluated_at"),
+                "fingerprint": previous.get("fingerprint"),
+                "why": "first read (no read log)",
+            }
+        ]
     results["fingerprint"] = current
     results["reads"] = [*earlier, read_record(len(earlier) + 1, current, earlier[-1] if earlier else None)]
     write_json(path, results)
@@ -283,7 +324,7 @@ def test_conclusion(results: dict[str, Any]) -> str:
                 continue
             word = "better" if (a - b) * better > 0 else "not better"
             lo, hi = models[name]["intervals"][key]
-            parts.append(f"{HEADLINE_COLUMNS[key]} {a:.4f} [{lo:.4f}, {hi:.4f}] vs {b:.4f} ({word})")
+            parts.append(f"{HEADLINE_LABELS[key]} {a:.4f} [{lo:.4f}, {hi:.4f}] vs {b:.4f} ({word})")
         lines.append(f"{name} vs {single} on test: " + "; ".join(parts) + ".")
     return " ".join(lines)
 
@@ -307,14 +348,20 @@ def format_results(results: dict[str, Any]) -> str:
     if baselines.get("class_prior", {}).get("headline") == baselines.get("mean_predictor", {}).get("headline"):
         baselines = {"class_prior / mean_predictor": baselines.pop("class_prior"), **baselines}
         baselines.pop("mean_predictor")
-    rows = [(f"baseline: {name.replace('_', ' ')}", entry, entry.get("val_headline", {}), None) for name, entry in baselines.items()]
-    rows += [(name, entry, entry.get("val", {}).get("headline", {}), entry.get("val", {}).get("loss")) for name, entry in results["models"].items()]
+    rows = [
+        (f"baseline: {name.replace('_', ' ')}", entry, entry.get("val_headline", {}), None)
+        for name, entry in baselines.items()
+    ]
+    rows += [
+        (name, entry, entry.get("val", {}).get("headline", {}), entry.get("val", {}).get("loss"))
+        for name, entry in results["models"].items()
+    ]
     width = max(len(name) for name, *_ in rows)
-    labels = list(HEADLINE_COLUMNS.values())
+    labels = list(HEADLINE_LABELS.values())
     header = f"{'model':<{width}}  {'loss':>8}  " + "  ".join(f"{label:>8}" for label in labels)
     lines = ["Validation (every choice was made here; fusions re-fitted on it):", header, "-" * len(header)]
     for name, _, val, loss in rows:
-        lines.append(f"{name:<{width}}  {_cell(loss)}  " + "  ".join(_cell(val.get(key)) for key in HEADLINE_COLUMNS))
+        lines.append(f"{name:<{width}}  {_cell(loss)}  " + "  ".join(_cell(val.get(key)) for key in HEADLINE_LABELS))
     header = f"{'model':<{width}}  " + "  ".join(f"{label:<24}" for label in labels)
     reads = len(results.get("reads", [])) or 1
     at = results["evaluated_at"]
@@ -322,10 +369,17 @@ def format_results(results: dict[str, Any]) -> str:
     lines += ["", f"Test split (n={results['n']}, {when}; 95% bootstrap intervals):", header, "-" * len(header)]
     for name, entry, _, _ in rows:
         intervals = entry.get("intervals", {})
-        lines.append(f"{name:<{width}}  " + "  ".join(_ci_cell(entry["headline"].get(k), intervals.get(k)) for k in HEADLINE_COLUMNS))
+        lines.append(
+            f"{name:<{width}}  "
+            + "  ".join(_ci_cell(entry["headline"].get(k), intervals.get(k)) for k in HEADLINE_LABELS)
+        )
     lines.append("accuracy / F1: higher is better; MAE: mean over the 9 regression outputs, lower is better")
     if "final_model" in results:
-        lines += [f"final model (best single network on validation): {results['final_model']}", results["validation_conclusion"], results["test_conclusion"]]
+        lines += [
+            f"final model (best single network on validation): {results['final_model']}",
+            results["validation_conclusion"],
+            results["test_conclusion"],
+        ]
     lines += format_difference(results)
     for target, entry in results.get("calibration", {}).items():
         before, after = entry["before"], entry["after"]
@@ -341,29 +395,42 @@ def format_difference(results: dict[str, Any]) -> list[str]:
     """The decision rule's test numbers and the final - probe table with paired intervals (empty if absent)."""
     if "final_vs_probe" not in results:
         return []
-    lines = ["", (f"Verdict decision rule (class weights on the predicted distribution, fitted on validation, "
-                  f"n={results['decision_rule']['n_val']}); test:")]
+    lines = [
+        "",
+        (
+            f"Verdict decision rule (class weights on the predicted distribution, fitted on validation, "
+            f"n={results['decision_rule']['n_val']}); test:"
+        ),
+    ]
     final = results["models"][results["final_model"]]
     entries = (("final model", final), ("linear probe", results["baselines"][PROBE]))
     for name, entry in entries:
         rule = entry.get("decision_rule", {})
         lo, hi = rule.get("intervals", {}).get("verdict_macro_f1", (None, None))
         weights = ", ".join(f"{w:.2f}" for w in rule.get("weights", []))
-        lines.append(f"  {name:<12} verdict F1 argmax {entry['headline']['verdict_macro_f1']:.4f}, with the rule "
-                     f"{rule.get('verdict_macro_f1', float('nan')):.4f} [{lo:.3f},{hi:.3f}]; weights [{weights}]")
+        lines.append(
+            f"  {name:<12} verdict F1 argmax {entry['headline']['verdict_macro_f1']:.4f}, with the rule "
+            f"{rule.get('verdict_macro_f1', float('nan')):.4f} [{lo:.3f},{hi:.3f}]; weights [{weights}]"
+        )
     if results.get("verdict_sources"):
         shares = ", ".join(f"{k} {v:.2f}" for k, v in results["verdict_sources"].items())
         lines.append(f"  verdict fusion weights (fitted on validation): {shares}")
     header = f"{'metric':<18}  {'final':>8}  {'probe':>8}  {'final-probe':>11}  95% interval of the difference"
-    lines += ["", "Final model - linear probe on test (paired bootstrap: both scored on the same resampled rows):",
-              header, "-" * len(header)]
+    lines += [
+        "",
+        "Final model - linear probe on test (paired bootstrap: both scored on the same resampled rows):",
+        header,
+        "-" * len(header),
+    ]
     for key, entry in results["final_vs_probe"].items():
         if entry["difference"] is None:
             continue
         lo, hi = entry["interval"]
         band = "—" if lo is None else f"[{lo:+.4f}, {hi:+.4f}]"
-        lines.append(f"{DIFFERENCE_LABELS[key]:<18}  {entry['final']:>8.4f}  {entry['probe']:>8.4f}  "
-                     f"{entry['difference']:>+11.4f}  {band}")
+        lines.append(
+            f"{DIFFERENCE_LABELS[key]:<18}  {entry['final']:>8.4f}  {entry['probe']:>8.4f}  "
+            f"{entry['difference']:>+11.4f}  {band}"
+        )
     lines.append("CE and MAE: lower is better")
     lines.append(results["final_vs_probe_conclusion"])
     return lines

@@ -22,9 +22,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from redheart.atomic import read_json
-from redheart.rundir import RunDir
-from redheart.train.checkpoints import MANIFEST, sha256, verify_checkpoint
+from redheart.core.atomic import read_json
+from redheart.core.rundir import RunDir
+from redheart.train.state.checkpoints import MANIFEST, sha256, verify_checkpoint
 
 PARTS = ("final_model", "candidates", "calibrators", "split")
 MODEL_CARD = "README.md"
@@ -123,7 +123,7 @@ def read_record(number: int, current: dict[str, str], previous: dict[str, Any] |
         )
     return {
         "read": number,
-        "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "fingerprint": current,
         "why": why,
     }

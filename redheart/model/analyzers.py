@@ -29,7 +29,10 @@ class RecurrentAnalyzer(nn.Module):
         super().__init__()
         self.gru = nn.GRU(input_dim, width, batch_first=True, bidirectional=True)
         self.out = nn.Sequential(
-            nn.LayerNorm(4 * width), nn.Linear(4 * width, width), nn.GELU(), nn.Dropout(dropout),
+            nn.LayerNorm(4 * width),
+            nn.Linear(4 * width, width),
+            nn.GELU(),
+            nn.Dropout(dropout),
             nn.Linear(width, out_dim),
         )
 

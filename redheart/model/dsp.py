@@ -26,7 +26,10 @@ class EmotionDSP(nn.Module):
         features = 3 * channels * (self.n_fft // 2 + 1)
         self.project = nn.Linear(input_dim, channels)
         self.mlp = nn.Sequential(
-            nn.LayerNorm(features), nn.Linear(features, 2 * channels), nn.GELU(), nn.Dropout(dropout),
+            nn.LayerNorm(features),
+            nn.Linear(features, 2 * channels),
+            nn.GELU(),
+            nn.Dropout(dropout),
             nn.Linear(2 * channels, out_dim),
         )
 

@@ -18,6 +18,8 @@ A target whose sources are not all in the outputs (a verdict-only forward) is le
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -56,8 +58,8 @@ class KalmanFusion(nn.Module):
     def reset_dynamic(self) -> None:
         """Start every input-dependent adjustment at zero, so the static noise levels alone set the weights."""
         for layer in self.dynamic.values():
-            nn.init.zeros_(layer.weight)
-            nn.init.zeros_(layer.bias)
+            nn.init.zeros_(cast(nn.Linear, layer).weight)
+            nn.init.zeros_(cast(nn.Linear, layer).bias)
 
     def measurements(self, out: dict[str, dict[str, Tensor]], target: str) -> Tensor:
         """(B, n_sources, k) detached: log-probabilities for emotions, values in [0,1] for regression targets."""
@@ -88,7 +90,7 @@ class KalmanFusion(nn.Module):
         return {source: float(w) for source, w in zip(self.sources[target], weights)}
 
     def loss(self, out: dict[str, dict[str, Tensor]], batch: dict[str, Tensor]) -> Tensor:
-        return sum(target_loss(t, pred, batch) for t, pred in self.forward(out).items())
+        return cast(Tensor, sum(target_loss(t, pred, batch) for t, pred in self.forward(out).items()))
 
     @torch.no_grad()
     def _init_from_errors(self, out: dict[str, dict[str, Tensor]], batch: dict[str, Tensor]) -> None:

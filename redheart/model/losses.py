@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-DISTRIBUTION_TARGETS = ("emotions", "verdict")
+from redheart.data.schema import DISTRIBUTION_TARGETS
+
 VOTES = "verdict_votes"  # the batch key of the raw vote counts (N, 5) beside the normalised "verdict"
 # exp() of a logit past this overflows float32 concentrations; clamping keeps the loss finite.
 _MAX_LOG_CONCENTRATION = 30.0
@@ -36,8 +37,10 @@ def dirichlet_multinomial_nll(logits: Tensor, counts: Tensor) -> Tensor:
     counts = counts.float()
     total_alpha, total = alpha.sum(-1), counts.sum(-1)
     log_likelihood = (
-        torch.lgamma(total + 1) - torch.lgamma(counts + 1).sum(-1)
-        + torch.lgamma(total_alpha) - torch.lgamma(total + total_alpha)
+        torch.lgamma(total + 1)
+        - torch.lgamma(counts + 1).sum(-1)
+        + torch.lgamma(total_alpha)
+        - torch.lgamma(total + total_alpha)
         + (torch.lgamma(counts + alpha) - torch.lgamma(alpha)).sum(-1)
     )
     return -log_likelihood / total.clamp_min(1)
@@ -101,8 +104,9 @@ def _add(terms: dict[str, Tensor], key: str, value: Tensor) -> None:
     terms[key] = terms[key] + value if key in terms else value
 
 
-def module_losses(out: Outputs, batch: dict[str, Tensor], label_smoothing: float,
-                  vote_modules: Collection[str] = ()) -> dict[str, Tensor]:
+def module_losses(
+    out: Outputs, batch: dict[str, Tensor], label_smoothing: float, vote_modules: Collection[str] = ()
+) -> dict[str, Tensor]:
     """One scalar per predicting module, plus "kalman" for the fused outputs (the fusion's own loss).
 
     Modules in `vote_modules` learn the verdict by the Dirichlet-multinomial likelihood of the votes.

@@ -1,4 +1,4 @@
-"""The Red Heart model: every module of SPEC section 2, each sized to its parameter budget.
+"""The Red Heart model: every module of the architecture, each sized to its parameter budget (config.FULL_BUDGETS).
 
 Every module reads the input segment vectors (x (B,S,D), mask (B,S)) itself, except the four heads, which read
 the pooled output of the backbone of their own group (A). Predictions have fixed meanings, so groups trained to
@@ -12,7 +12,7 @@ distribution, exp too). Regression targets are in [0,1] with shape (B,k), regret
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import Tensor, nn
@@ -24,9 +24,10 @@ from redheart.model import losses as loss_fns
 from redheart.model.analyzers import ConvAnalyzer, GatedAnalyzer, NeuralAnalyzer, RecurrentAnalyzer
 from redheart.model.backbone import Backbone, PooledHead
 from redheart.model.dsp import EmotionDSP
+from redheart.model.groups import group_of
 from redheart.model.kalman import KalmanFusion
 from redheart.model.losses import Outputs
-from redheart.model.phases import Phase0Calibrator, Phase1Empathy, Phase2Community
+from redheart.model.phase_networks import Phase0Calibrator, Phase1Empathy, Phase2Community
 from redheart.model.sizing import Solved, count_parameters, solve_width
 
 # The target each predicting module learns; the order is the build order (heads after the backbone).
@@ -83,6 +84,9 @@ def _check_mask(x: Tensor, mask: Tensor) -> None:
 class RedHeartModel(nn.Module):
     """All modules, each built at the width that puts its parameter count on `config.budgets[name]`."""
 
+    backbone: Backbone  # added with add_module; typed here for attribute access
+    kalman: KalmanFusion
+
     def __init__(self, config: ModelConfig, input_dim: int, max_segments: int) -> None:
         super().__init__()
         missing = set(MODULES) - set(config.budgets)
@@ -99,20 +103,25 @@ class RedHeartModel(nn.Module):
         # dropout only on its (narrow) hidden features, which keeps CPU random-number cost low.
         self.input_dropout = nn.Dropout(p)
 
-        backbone = self._sized(
-            "backbone",
-            lambda w: Backbone(input_dim, max_segments, w, config.backbone_layers, config.backbone_heads, p),
-            step=config.backbone_heads,
+        backbone = cast(
+            Backbone,
+            self._sized(
+                "backbone",
+                lambda w: Backbone(input_dim, max_segments, w, config.backbone_layers, config.backbone_heads, p),
+                step=config.backbone_heads,
+            ),
         )
         self.add_module("backbone", backbone)
         for name, target in MODULE_TARGETS.items():
             out_dim = TARGET_DIMS[target]
+            build: Callable[[int], nn.Module]
             if name in HEADS:
-                build = lambda w, k=out_dim: PooledHead(backbone.width, w, k, p)  # noqa: E731
+                build = lambda w, k=out_dim: PooledHead(backbone.width, w, k, p)  # type: ignore[misc]  # noqa: E731
             elif name == "dsp":
-                build = lambda w, k=out_dim: EmotionDSP(input_dim, max_segments, w, k, p)  # noqa: E731
+                build = lambda w, k=out_dim: EmotionDSP(input_dim, max_segments, w, k, p)  # type: ignore[misc]  # noqa: E731
             else:
-                build = lambda w, k=out_dim, cls=_SEQUENCE_CLASSES[name]: cls(input_dim, w, k, p)  # noqa: E731
+                # mypy cannot type lambdas with default arguments (which bind the loop variables here)
+                build = lambda w, k=out_dim, cls=_SEQUENCE_CLASSES[name]: cls(input_dim, w, k, p)  # type: ignore[misc]  # noqa: E731
             self.add_module(name, self._sized(name, build))
         self.kalman = KalmanFusion(TARGET_DIMS)
         self.solved["kalman"] = Solved(width=0, parameters=count_parameters(self.kalman), floored=False)
@@ -132,7 +141,7 @@ class RedHeartModel(nn.Module):
     def backbone_depth(self, param_name: str) -> int | None:
         """Layer-wise LR decay depth: 0 input projection/positions, i the i-th layer, L+1 final norm; else None."""
         prefix = "backbone."
-        return self.backbone.depth_of(param_name[len(prefix):]) if param_name.startswith(prefix) else None
+        return self.backbone.depth_of(param_name[len(prefix) :]) if param_name.startswith(prefix) else None
 
     def forward(self, x: Tensor, mask: Tensor, verdict_only: bool = False) -> Outputs:
         """Every module's output; with `verdict_only`, only the verdict's (for records with no other target:
@@ -151,14 +160,14 @@ class RedHeartModel(nn.Module):
         """One predicting module's output from the dropped inputs (heads read the backbone's `pooled`)."""
         target = MODULE_TARGETS[name]
         module = getattr(self, name)
-        raw = self._call(module, pooled) if name in HEADS else self._call(module, x, mask)
+        raw = self._call(module, cast(Tensor, pooled)) if name in HEADS else self._call(module, x, mask)
         return {target: raw if target in loss_fns.DISTRIBUTION_TARGETS else torch.sigmoid(raw)}
 
     def _call(self, module: nn.Module, *args: Tensor) -> Tensor:
         if self.activation_checkpointing and torch.is_grad_enabled():
             # Non-reentrant checkpointing restores the RNG state, so the recomputed dropout masks are the same.
-            return checkpoint(module, *args, use_reentrant=False)
-        return module(*args)
+            return cast(Tensor, checkpoint(module, *args, use_reentrant=False))
+        return cast(Tensor, module(*args))
 
     def losses(self, out: Outputs, batch: dict[str, Tensor], label_smoothing: float) -> dict[str, Tensor]:
         """One scalar loss per predicting module plus "kalman"; the training total is their sum."""
@@ -178,8 +187,6 @@ def module_parameters(model: RedHeartModel) -> dict[str, int]:
 
 def parameter_table(model_config: ModelConfig, input_dim: int, max_segments: int) -> list[dict[str, Any]]:
     """Rows (module, group, parameters, budget, ratio, width) of the model built on the meta device (no weights)."""
-    from redheart.model.groups import group_of
-
     with torch.device("meta"):
         model = RedHeartModel(model_config, input_dim, max_segments)
     rows = []
@@ -187,8 +194,12 @@ def parameter_table(model_config: ModelConfig, input_dim: int, max_segments: int
         budget = model_config.budgets[name]
         rows.append(
             {
-                "module": name, "group": group_of(name), "parameters": count, "budget": budget,
-                "ratio": count / budget, "width": model.solved[name].width,
+                "module": name,
+                "group": group_of(name),
+                "parameters": count,
+                "budget": budget,
+                "ratio": count / budget,
+                "width": model.solved[name].width,
             }
         )
     return rows

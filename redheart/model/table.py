@@ -18,5 +18,5 @@ def format_parameter_table(config: RunConfig) -> str:
     total, budget = sum(r["parameters"] for r in rows), sum(r["budget"] for r in rows)
     lines.append(f"{'total':<44}{total:>15,}{budget:>15,}{total / budget:>8.3f}")
     if config.preset == "full":
-        lines.append(f"documents' total: {FULL_TOTAL:,} (model / documents = {total / FULL_TOTAL:.4f})")
+        lines.append(f"budget total: {FULL_TOTAL:,} (model / budget = {total / FULL_TOTAL:.4f})")
     return "\n".join(lines)

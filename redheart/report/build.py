@@ -13,34 +13,23 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from redheart.atomic import read_json, write_json, write_with
+from redheart.config import ModelConfig, load_config
+from redheart.core.atomic import atomic_open, read_json, write_json, write_with
+from redheart.core.rundir import RunDir
 from redheart.data.schema import VERDICTS
-from redheart.rundir import RunDir
-
-HEADLINE = {"emotion_accuracy": "emotion acc.", "emotion_macro_f1": "emotion F1", "verdict_accuracy": "verdict acc.",
-            "verdict_macro_f1": "verdict F1", "regression_mae": "regression MAE"}
-
-
-@dataclass
-class Table:
-    caption: str
-    columns: list[str]
-    rows: list[list[str]]
-    latex_name: str | None = None  # also written as tables/<latex_name>.tex
-
-
-@dataclass
-class Section:
-    title: str
-    sources: list[str]  # files of the run, relative to its root
-    paragraphs: list[str] = field(default_factory=list)
-    tables: list[Table] = field(default_factory=list)
-    images: list[tuple[str, str]] = field(default_factory=list)  # (path relative to the report folder, caption)
-    missing: list[str] = field(default_factory=list)  # what could not be shown, and why
+from redheart.evaluate.calibration import CALIBRATORS_FILE, TEST_REPORT_FILE
+from redheart.model.model import parameter_table
+from redheart.report.document import Section, Table
+from redheart.report.html import render_html, render_markdown
+from redheart.report.latex import write_latex_tables
+from redheart.report.training_plot import plot_training
+from redheart.scoring.metrics import HEADLINE_LABELS
+from redheart.study.points import SCORES
+from redheart.train.sweep.score import format_lr
+from redheart.train.telemetry.records import read_metrics
 
 
 def fmt(value: Any, digits: int = 4) -> str:
@@ -57,7 +46,8 @@ def fmt(value: Any, digits: int = 4) -> str:
 
 
 def fmt_lr(value: float | None) -> str:
-    return "—" if value is None else f"{value:.2e}"
+    """A learning rate as the config and the sweep write it (format_lr), None as a dash."""
+    return fmt(value) if value is None else format_lr(value)
 
 
 def fmt_ci(value: float | None, interval: list | None) -> str:
@@ -109,75 +99,139 @@ def _data(ctx: _Context) -> Section:
             "construction of the near-duplicate removal, so the looser thresholds are the finding."
         )
     else:
-        section.missing.append("leakage at looser thresholds not measured (made by redheart prepare); "
-                               f"at the dedup threshold: {fmt(stats['leaks'])}")
+        section.missing.append(
+            "leakage at looser thresholds not measured (made by redheart prepare); "
+            f"at the dedup threshold: {fmt(stats['leaks'])}"
+        )
     labels = [v for v in (*VERDICTS, "none") if any(v in counts for counts in stats["label_distribution"].values())]
     rows = []
     for split, size in stats["split_sizes"].items():
-        counts, length, emotion = stats["label_distribution"].get(split, {}), stats["text_length"].get(split, {}), stats["emotion_argmax"].get(split, {})
-        rows.append([split, fmt(size), *(fmt(counts.get(v, 0)) for v in labels), fmt(length.get("mean"), 1), fmt(length.get("median"), 1),
-                     f"{emotion.get('majority') or '—'} {fmt(emotion.get('majority_share'), 3)}"])
-    section.tables.append(Table("Records per split: verdict counts, text length (characters) and the most frequent first-maximum emotion's share "
-                                "(targets can tie for the top emotion and accuracy counts any tied class, so the class-prior "
-                                "accuracy in the results table is higher than this share)",
-                                ["split", "records", *labels, "mean length", "median length", "majority emotion"], rows, "data_statistics"))
+        counts, length, emotion = (
+            stats["label_distribution"].get(split, {}),
+            stats["text_length"].get(split, {}),
+            stats["emotion_argmax"].get(split, {}),
+        )
+        rows.append(
+            [
+                split,
+                fmt(size),
+                *(fmt(counts.get(v, 0)) for v in labels),
+                fmt(length.get("mean"), 1),
+                fmt(length.get("median"), 1),
+                f"{emotion.get('majority') or '—'} {fmt(emotion.get('majority_share'), 3)}",
+            ]
+        )
+    section.tables.append(
+        Table(
+            "Records per split: verdict counts, text length (characters) and the most frequent "
+            "first-maximum emotion's share "
+            "(targets can tie for the top emotion and accuracy counts any tied class, so the class-prior "
+            "accuracy in the results table is higher than this share)",
+            ["split", "records", *labels, "mean length", "median length", "majority emotion"],
+            rows,
+            "data_statistics",
+        )
+    )
     sources = stats.get("sources", {})
     if len(sources) > 1:
         extra = [name for name, entry in sources.items() if entry["role"] == "extra"]
         section.paragraphs.append(
             "Validation and test are drawn from the fully labelled source(s) only"
-            + (f"; {', '.join(extra)} joined the training split alone, so every validation and test number here is "
-               "comparable with a run without it." if extra else "."))
-        section.tables.append(Table("Records per source (targets a source lacks stay masked, never filled in)",
-                                    ["source", "role", "clean records", "train", "val", "test"],
-                                    [[name, e["role"], *(fmt(e[k]) for k in ("clean_records", "train", "val", "test"))]
-                                     for name, e in sources.items()], "data_sources"))
+            + (
+                f"; {', '.join(extra)} joined the training split alone, so every validation and test number here is "
+                "comparable with a run without it."
+                if extra
+                else "."
+            )
+        )
+        section.tables.append(
+            Table(
+                "Records per source (targets a source lacks stay masked, never filled in)",
+                ["source", "role", "clean records", "train", "val", "test"],
+                [
+                    [name, e["role"], *(fmt(e[k]) for k in ("clean_records", "train", "val", "test"))]
+                    for name, e in sources.items()
+                ],
+                "data_sources",
+            )
+        )
     return section
 
 
 def _model(ctx: _Context) -> Section:
-    from redheart.config import load_config
-    from redheart.model.model import parameter_table
-
     run = ctx.run
     if run.config.exists():
         config = load_config(run.config)
         model, dim, segments, source = config.model, config.encoder.dim, config.encoder.max_segments, run.config
     else:
-        from redheart.config import ModelConfig
-
-        info = read_json(run.final_model / "config.json")
-        model, dim, segments, source = ModelConfig(**info["model"]), info["input_dim"], info["max_segments"], run.final_model / "config.json"
+        info = read_json(run.final_model_config)
+        model, dim, segments, source = (
+            ModelConfig(**info["model"]),
+            info["input_dim"],
+            info["max_segments"],
+            run.final_model_config,
+        )
     rows = parameter_table(model, dim, segments)
-    write_json(ctx.out / "parameters.json", {"source": ctx.rel(source), "input_dim": dim, "max_segments": segments, "modules": rows,
-                                             "total": sum(r["parameters"] for r in rows), "budget": sum(r["budget"] for r in rows)})
+    write_json(
+        ctx.out / "parameters.json",
+        {
+            "source": ctx.rel(source),
+            "input_dim": dim,
+            "max_segments": segments,
+            "modules": rows,
+            "total": sum(r["parameters"] for r in rows),
+            "budget": sum(r["budget"] for r in rows),
+        },
+    )
     section = Section("Model", [ctx.rel(source), "report/parameters.json"])
-    section.paragraphs.append(f"Parameters counted on the meta device from the model config in {ctx.rel(source)} (no weights allocated).")
-    body = [[r["module"], r["group"], fmt(r["width"]), fmt(r["parameters"]), fmt(r["budget"]), fmt(r["ratio"], 3)] for r in rows]
+    section.paragraphs.append(
+        f"Parameters counted on the meta device from the model config in {ctx.rel(source)} (no weights allocated)."
+    )
+    body = [
+        [r["module"], r["group"], fmt(r["width"]), fmt(r["parameters"]), fmt(r["budget"]), fmt(r["ratio"], 3)]
+        for r in rows
+    ]
     total, budget = sum(r["parameters"] for r in rows), sum(r["budget"] for r in rows)
     body.append(["total", "", "", fmt(total), fmt(budget), fmt(total / budget, 3)])
-    section.tables.append(Table("Parameters per module against the documents' budget", ["module", "group", "width", "parameters", "budget", "ratio"], body, "architecture"))
+    section.tables.append(
+        Table(
+            "Parameters per module against its budget",
+            ["module", "group", "width", "parameters", "budget", "ratio"],
+            body,
+            "architecture",
+        )
+    )
     return section
 
 
 def _sweep(ctx: _Context) -> Section:
     run = ctx.run
-    results = read_json(run.sweep / "results.json")
-    section = Section("Learning-rate sweep", [ctx.rel(run.sweep / "results.json")])
+    results = read_json(run.sweep_results)
+    section = Section("Learning-rate sweep", [ctx.rel(run.sweep_results)])
     section.paragraphs.append(f"Chosen rate {fmt_lr(results['choice']['lr'])}: {results['choice']['reason']}")
-    rows = [[fmt_lr(c["lr"]), fmt(c["trials"]), fmt(c["diverged"]), *(fmt(c["components"].get(k)) for k in ("val_loss", "instability", "inefficiency", "overfit_gap")),
-             fmt(c["total"], 3)] for c in results["candidates"]]
+    rows = [
+        [
+            fmt_lr(c["lr"]),
+            fmt(c["trials"]),
+            fmt(c["diverged"]),
+            *(fmt(c["components"].get(k)) for k in ("val_loss", "instability", "inefficiency", "overfit_gap")),
+            fmt(c["total"], 3),
+        ]
+        for c in results["candidates"]
+    ]
     weights = ", ".join(f"{k} {fmt(v, 2)}" for k, v in results["weights"].items())
-    section.tables.append(Table(f"Sweep candidates (weights: {weights}; lower score is better)",
-                                ["lr", "trials", "diverged", "val loss", "instability", "inefficiency", "overfit gap", "score"], rows))
-    ctx.image(section, run.sweep / "curves.png", "sweep_curves.png", "training and validation loss per epoch of every trial")
+    section.tables.append(
+        Table(
+            f"Sweep candidates (weights: {weights}; lower score is better)",
+            ["lr", "trials", "diverged", "val loss", "instability", "inefficiency", "overfit gap", "score"],
+            rows,
+        )
+    )
+    ctx.image(section, run.sweep_curves, "sweep_curves.png", "training and validation loss per epoch of every trial")
     return section
 
 
 def _training(ctx: _Context) -> Section:
-    from redheart.report.training_plot import plot_training
-    from redheart.train.telemetry import read_metrics
-
     run = ctx.run
     records = read_metrics(run.metrics_log)
     if not records:
@@ -186,28 +240,57 @@ def _training(ctx: _Context) -> Section:
     rows = []
     for r in records:
         head = r["val"].get("headline", {})
-        rows.append([fmt(r["epoch"]), fmt_lr(r["lr"]), fmt(r["train_loss"].get("total")), fmt(sum(r["val"]["loss"].values())),
-                     *(fmt(head.get(k)) for k in HEADLINE)])
-    section.tables.append(Table("Per epoch: training objective, summed validation loss and the fused validation headline",
-                                ["epoch", "lr", "train objective", "val loss", *HEADLINE.values()], rows))
-    analysis_json = run.analysis / "analysis.json"
+        rows.append(
+            [
+                fmt(r["epoch"]),
+                fmt_lr(r["lr"]),
+                fmt(r["train_loss"].get("total")),
+                fmt(sum(r["val"]["loss"].values())),
+                *(fmt(head.get(k)) for k in HEADLINE_LABELS),
+            ]
+        )
+    section.tables.append(
+        Table(
+            "Per epoch: training objective, summed validation loss and the fused validation headline",
+            ["epoch", "lr", "train objective", "val loss", *HEADLINE_LABELS.values()],
+            rows,
+        )
+    )
+    analysis_json = run.analysis_results
     if analysis_json.exists():
         section.sources.append(ctx.rel(analysis_json))
         analysis = read_json(analysis_json)
         spots = [[g, fmt(s["sweet_spot"]), fmt(s["onset"]), s["reason"]] for g, s in analysis["groups"].items()]
-        section.tables.append(Table(f"Sweet spot per module group (smoothing {analysis['smoothing']}, window {analysis['window']}; onset: {analysis['onset_run']} widenings in a row)",
-                                    ["group", "sweet spot", "onset", "reason"], spots, "sweet_spots"))
-        ctx.image(section, run.analysis / "curves.png", "analysis_curves.png", "train/validation loss per group, sweet spot (star) and over-fitting onset (dashed)")
+        section.tables.append(
+            Table(
+                f"Sweet spot per module group (smoothing {analysis['smoothing']}, window "
+                f"{analysis['window']}; onset: {analysis['onset_run']} widenings in a row)",
+                ["group", "sweet spot", "onset", "reason"],
+                spots,
+                "sweet_spots",
+            )
+        )
+        ctx.image(
+            section,
+            run.analysis_curves,
+            "analysis_curves.png",
+            "train/validation loss per group, sweet spot (star) and over-fitting onset (dashed)",
+        )
     else:
         section.missing.append(f"{ctx.rel(analysis_json)} not found: no sweet-spot analysis yet")
         plot_training(records, ctx.out / "img" / "training_curves.png")
-        section.images.append(("img/training_curves.png", f"losses and validation headline per epoch, drawn from {ctx.rel(run.metrics_log)}"))
+        section.images.append(
+            (
+                "img/training_curves.png",
+                f"losses and validation headline per epoch, drawn from {ctx.rel(run.metrics_log)}",
+            )
+        )
     return section
 
 
 def _results(ctx: _Context) -> Section:
     run = ctx.run
-    test_path, candidates_path = run.root / "test_results.json", run.crossover / "candidates.json"
+    test_path, candidates_path = run.test_results, run.crossover_candidates
     stale = _stale_test_results(run) if test_path.exists() else None
     if test_path.exists() and stale is None:
         results = read_json(test_path)
@@ -219,29 +302,57 @@ def _results(ctx: _Context) -> Section:
             named.pop("mean_predictor")
         baselines = [(f"baseline: {n.replace('_', ' ')}", e, None) for n, e in named.items()]
         final = results["final_model"]
-        models = [(n + (" (final model)" if n == final else ""), e, e.get("val", {}).get("loss")) for n, e in results["models"].items()]
-        rows = [[name, fmt(val_loss), *(fmt_ci(e["headline"].get(k), e.get("intervals", {}).get(k)) for k in HEADLINE)] for name, e, val_loss in baselines + models]
+        models = [
+            (n + (" (final model)" if n == final else ""), e, e.get("val", {}).get("loss"))
+            for n, e in results["models"].items()
+        ]
+        rows = [
+            [
+                name,
+                fmt(val_loss),
+                *(fmt_ci(e["headline"].get(k), e.get("intervals", {}).get(k)) for k in HEADLINE_LABELS),
+            ]
+            for name, e, val_loss in baselines + models
+        ]
         reads = results.get("reads") or [{"read": 1, "at": results.get("evaluated_at"), "why": "first read"}]
         read_note = "read once" if len(reads) == 1 else f"read {len(reads)} times, the last read shown"
         level = fmt(100 * results["bootstrap"]["level"], 0)
-        section.tables.append(Table(f"Test split (n = {fmt(results['n'])}, {read_note}), {level}% bootstrap intervals "
-                                    f"({fmt(results['bootstrap']['samples'])} resamples); every choice made on validation",
-                                    ["model", "val loss", *HEADLINE.values()], rows, "training_results"))
-        section.paragraphs += [f"Final model (best single network on validation): {results['final_model']}.",
-                               results["validation_conclusion"], results["test_conclusion"]]
+        section.tables.append(
+            Table(
+                f"Test split (n = {fmt(results['n'])}, {read_note}), {level}% bootstrap intervals "
+                f"({fmt(results['bootstrap']['samples'])} resamples); every choice made on validation",
+                ["model", "val loss", *HEADLINE_LABELS.values()],
+                rows,
+                "training_results",
+            )
+        )
+        section.paragraphs += [
+            f"Final model (best single network on validation): {results['final_model']}.",
+            results["validation_conclusion"],
+            results["test_conclusion"],
+        ]
         _difference(section, results)
-        section.paragraphs.append(f"Reads of the test split: {fmt(len(reads))} ("
-                                  + "; ".join(f"read {r['read']} at {r['at']}: {r['why']}" for r in reads) + ").")
+        section.paragraphs.append(
+            f"Reads of the test split: {fmt(len(reads))} ("
+            + "; ".join(f"read {r['read']} at {r['at']}: {r['why']}" for r in reads)
+            + ")."
+        )
         return section
     plan = read_json(candidates_path)
     section = Section("Crossover (validation only)", [ctx.rel(candidates_path)])
     if stale is not None:
         section.missing.append(f"{ctx.rel(test_path)} is stale, validation numbers only: {stale}")
     else:
-        section.missing.append(f"{ctx.rel(test_path)} not found: the test split has not been evaluated; "
-                               "validation numbers only")
-    rows = [[c["name"], fmt(c["val"]["loss"]), *(fmt(c["val"]["headline"].get(k)) for k in HEADLINE)] for c in plan["candidates"]]
-    section.tables.append(Table("Candidates on validation", ["model", "val loss", *HEADLINE.values()], rows, "training_results"))
+        section.missing.append(
+            f"{ctx.rel(test_path)} not found: the test split has not been evaluated; validation numbers only"
+        )
+    rows = [
+        [c["name"], fmt(c["val"]["loss"]), *(fmt(c["val"]["headline"].get(k)) for k in HEADLINE_LABELS)]
+        for c in plan["candidates"]
+    ]
+    section.tables.append(
+        Table("Candidates on validation", ["model", "val loss", *HEADLINE_LABELS.values()], rows, "training_results")
+    )
     section.paragraphs += [f"Final model: {plan['final_model']}.", plan["conclusion"]]
     return section
 
@@ -257,29 +368,55 @@ def _difference(section: Section, results: dict[str, Any]) -> None:
     for name, entry in (("final model", final), ("linear probe", results["baselines"][PROBE])):
         rule = entry["decision_rule"]
         argmax_ci = entry.get("intervals", {}).get("verdict_macro_f1")
-        rows.append([name, fmt_ci(entry["headline"]["verdict_macro_f1"], argmax_ci),
-                     fmt_ci(rule["verdict_macro_f1"], rule["intervals"]["verdict_macro_f1"]),
-                     fmt_ci(rule["verdict_accuracy"], rule["intervals"]["verdict_accuracy"]),
-                     ", ".join(fmt(w, 2) for w in rule["weights"])])
-    section.tables.append(Table(
-        f"Verdict on test: argmax against the decision rule (class weights {', '.join(VERDICTS)} on the predicted "
-        f"distribution, fitted on validation only, n = {fmt(results['decision_rule']['n_val'])}); the distribution, "
-        "and so cross-entropy and calibration, is unchanged", ["model", "verdict F1 (argmax)", "verdict F1 (rule)",
-                                                        "verdict acc. (rule)", "class weights"], rows, "decision_rule"))
-    rows = [[DIFFERENCE_LABELS[key], fmt(e["final"]), fmt(e["probe"]), fmt(e["difference"]),
-             "—" if e["interval"][0] is None else f"[{fmt(e['interval'][0])}, {fmt(e['interval'][1])}]"]
-            for key, e in results["final_vs_probe"].items() if e["difference"] is not None]
-    section.tables.append(Table(
-        "Final model - linear probe on test: paired bootstrap 95% interval of the difference (both scored on the same "
-        "resampled rows in every resample); CE and MAE: lower is better",
-        ["metric", "final model", "linear probe", "difference", "95% interval"], rows, "final_vs_probe"))
+        rows.append(
+            [
+                name,
+                fmt_ci(entry["headline"]["verdict_macro_f1"], argmax_ci),
+                fmt_ci(rule["verdict_macro_f1"], rule["intervals"]["verdict_macro_f1"]),
+                fmt_ci(rule["verdict_accuracy"], rule["intervals"]["verdict_accuracy"]),
+                ", ".join(fmt(w, 2) for w in rule["weights"]),
+            ]
+        )
+    section.tables.append(
+        Table(
+            f"Verdict on test: argmax against the decision rule (class weights {', '.join(VERDICTS)} on the "
+            f"predicted distribution, fitted on validation only, n = {fmt(results['decision_rule']['n_val'])}); the "
+            "distribution, and so cross-entropy and calibration, is unchanged",
+            ["model", "verdict F1 (argmax)", "verdict F1 (rule)", "verdict acc. (rule)", "class weights"],
+            rows,
+            "decision_rule",
+        )
+    )
+    rows = [
+        [
+            DIFFERENCE_LABELS[key],
+            fmt(e["final"]),
+            fmt(e["probe"]),
+            fmt(e["difference"]),
+            "—" if e["interval"][0] is None else f"[{fmt(e['interval'][0])}, {fmt(e['interval'][1])}]",
+        ]
+        for key, e in results["final_vs_probe"].items()
+        if e["difference"] is not None
+    ]
+    section.tables.append(
+        Table(
+            "Final model - linear probe on test: paired bootstrap 95% interval of the difference (both scored on "
+            "the same resampled rows in every resample); CE and MAE: lower is better",
+            ["metric", "final model", "linear probe", "difference", "95% interval"],
+            rows,
+            "final_vs_probe",
+        )
+    )
     if results.get("verdict_sources"):
         shares = ", ".join(f"{k} {fmt(v, 2)}" for k, v in results["verdict_sources"].items())
         section.paragraphs.append(
             "The verdict's two sources are trained by different objectives (verdict_head: the Dirichlet-multinomial "
             "likelihood of the votes, unless the config says soft_ce; phase2_community: soft cross-entropy); the final "
-            f"model's fusion, fitted on validation, weighs them {shares}.")
+            f"model's fusion, fitted on validation, weighs them {shares}."
+        )
     section.paragraphs.append(results["final_vs_probe_conclusion"])
+
+
 def _stale_test_results(run: RunDir) -> str | None:
     """Why the run's test results no longer describe its artefacts, or None when they do."""
     from redheart.evaluate.test_reads import StaleTestResults, check_fingerprint, fingerprint
@@ -292,22 +429,30 @@ def _stale_test_results(run: RunDir) -> str | None:
 
 
 def _calibration(ctx: _Context) -> Section:
-    from redheart.report.calibration import CALIBRATORS_FILE, TEST_REPORT_FILE
-
     run = ctx.run
     fitted = read_json(run.calibration / CALIBRATORS_FILE)
     section = Section("Calibration", [ctx.rel(run.calibration / CALIBRATORS_FILE)])
     for name, entry in fitted["targets"].items():
         cv = ", ".join(f"{m} {fmt(v)}" for m, v in entry["cv_nll"].items())
-        section.paragraphs.append(f"{name}: {entry['method']} chosen on validation ({entry['reason']}). Cross-validated NLL: {cv or '—'}.")
+        section.paragraphs.append(
+            f"{name}: {entry['method']} chosen on validation ({entry['reason']}). Cross-validated NLL: {cv or '—'}."
+        )
     test_report = run.calibration / TEST_REPORT_FILE
     # The test report is written by the read of the test split; stale test results make it stale too.
     if test_report.exists() and (run.root / "test_results.json").exists() and _stale_test_results(run) is None:
         report, split = read_json(test_report), "test"
         section.sources.append(ctx.rel(test_report))
     else:
-        section.missing.append(f"{ctx.rel(test_report)} not found: validation (out-of-fold) numbers shown instead of test")
-        report = {"targets": {n: {"n": e["n"], "method": e["method"], "methods": e["validation"]} for n, e in fitted["targets"].items() if e["validation"]}}
+        section.missing.append(
+            f"{ctx.rel(test_report)} not found: validation (out-of-fold) numbers shown instead of test"
+        )
+        report = {
+            "targets": {
+                n: {"n": e["n"], "method": e["method"], "methods": e["validation"]}
+                for n, e in fitted["targets"].items()
+                if e["validation"]
+            }
+        }
         split = "validation (out-of-fold)"
     rows = []
     for name, entry in report["targets"].items():
@@ -315,21 +460,89 @@ def _calibration(ctx: _Context) -> Section:
             continue
         methods = entry.get("methods") or {"none": entry["before"], entry["method"]: entry["after"]}
         for method, m in methods.items():
-            label = ("uncalibrated" if method == "none" else method) + (" (default)" if method == entry["method"] else "")
-            rows.append([name, label, split, fmt(m["n"]), *(fmt(m[k]) for k in ("ece", "mce", "nll", "brier", "accuracy"))])
-    section.tables.append(Table(f"Calibration of every method, {fitted['n_bins']}-bin top-label ECE (default: chosen on validation)",
-                                ["target", "method", "split", "n", "ECE", "MCE", "NLL", "Brier", "accuracy"], rows, "calibration"))
+            label = ("uncalibrated" if method == "none" else method) + (
+                " (default)" if method == entry["method"] else ""
+            )
+            rows.append(
+                [name, label, split, fmt(m["n"]), *(fmt(m[k]) for k in ("ece", "mce", "nll", "brier", "accuracy"))]
+            )
+    section.tables.append(
+        Table(
+            f"Calibration of every method, {fitted['n_bins']}-bin top-label ECE (default: chosen on validation)",
+            ["target", "method", "split", "n", "ECE", "MCE", "NLL", "Brier", "accuracy"],
+            rows,
+            "calibration",
+        )
+    )
     prefix = "reliability_test" if test_report.exists() else "reliability_val"
     for name in report["targets"]:
         if report["targets"][name].get("n"):
-            ctx.image(section, run.calibration / f"{prefix}_{name}.png", f"{prefix}_{name}.png", f"reliability diagram of {name}, {split}")
+            ctx.image(
+                section,
+                run.calibration / f"{prefix}_{name}.png",
+                f"{prefix}_{name}.png",
+                f"reliability diagram of {name}, {split}",
+            )
     return section
 
 
-def _study(ctx: _Context) -> Section:
-    from redheart.report.study_section import study_section
+_STUDY_COLUMNS = {
+    "emotion_accuracy": "emotion acc.",
+    "emotion_macro_f1": "emotion F1",
+    "verdict_macro_f1": "verdict F1",
+    "verdict_cross_entropy": "verdict CE",
+    "regression_mae": "regression MAE",
+}
 
-    return study_section(ctx)
+
+def _study(ctx: _Context) -> Section:
+    """The "Learning curves" section, from RunDir.study/results.json (written by `redheart study`)."""
+    run = ctx.run
+    path = run.study / "results.json"
+    results = read_json(path)
+    section = Section("Learning curves", [ctx.rel(path)])
+    points = results["points"]
+    lrs = sorted({p["lr"] for p in points})
+    section.paragraphs.append(
+        f"Each point trains the run's recipe at learning rate {', '.join(fmt_lr(lr) for lr in lrs)} with one size "
+        f"preset's model on a nested subset of the training records (subset seed {fmt(results['seed'])}), in one "
+        f"cosine cycle of as many optimizer steps as {fmt(results['epochs'])} epochs of all the records take (a "
+        f"smaller subset is seen more often), and is scored on the validation split only (the test split is never "
+        f"read); the linear probe is fitted on the same subset. These are short runs beside the main run's 60 "
+        f"epochs. Validation is the same {fmt(points[0]['val_records'])} records at every point. "
+        f"Training time of all points (their epochs, without validation and the probes): "
+        f"{fmt(results['train_seconds'] / 60, 1)} min."
+    )
+    section.paragraphs += results["sentences"]
+    rows = [
+        [
+            p["size"],
+            p["label"],
+            fmt(p["train_records"]),
+            fmt(p["parameters"]),
+            fmt(p["epochs"]),
+            fmt(p["train_seconds"], 0),
+            *(f"{fmt(p['model'][k])} / {fmt(p['probe'][k])}" for k in SCORES),
+        ]
+        for p in points
+    ]
+    section.tables.append(
+        Table(
+            "Learning curves on validation: model / linear probe on the same training records",
+            ["size", "data", "records", "parameters", "epochs", "seconds", *(_STUDY_COLUMNS[k] for k in SCORES)],
+            rows,
+            "learning_curves",
+        )
+    )
+    for metric in SCORES:
+        ctx.image(
+            section,
+            run.study / f"curve_{metric}.png",
+            f"study_{metric}.png",
+            f"{_STUDY_COLUMNS[metric]} on validation against training records (log scale): a line per model size, "
+            f"the linear probe dashed",
+        )
+    return section
 
 
 SECTIONS: list[tuple[str, Callable[[_Context], Section], str]] = [
@@ -350,7 +563,9 @@ def collect_sections(run: RunDir) -> list[Section]:
     """Every section; one whose inputs are missing or unreadable carries the reason instead of its content."""
     ctx = _Context(run)
     sections = []
-    optional = [(title, build, producer) for title, build, producer, marker in OPTIONAL_SECTIONS if marker(run).exists()]
+    optional = [
+        (title, build, producer) for title, build, producer, marker in OPTIONAL_SECTIONS if marker(run).exists()
+    ]
     for title, build, producer in [*SECTIONS, *optional]:
         try:
             sections.append(build(ctx))
@@ -358,16 +573,16 @@ def collect_sections(run: RunDir) -> list[Section]:
             name = Path(error.filename).relative_to(run.root) if error.filename else error
             sections.append(Section(title, [], missing=[f"not available: {name} not found (made by {producer})"]))
         except (KeyError, TypeError, ValueError, json.JSONDecodeError) as error:
-            sections.append(Section(title, [], missing=[f"not available: its input could not be read ({type(error).__name__}: {error})"]))
+            sections.append(
+                Section(
+                    title, [], missing=[f"not available: its input could not be read ({type(error).__name__}: {error})"]
+                )
+            )
     return sections
 
 
 def build_report(run: RunDir) -> Path:
     """Write index.html, report.md and tables/*.tex into RunDir.report; return the HTML page's path."""
-    from redheart.atomic import atomic_open
-    from redheart.report.html import render_html, render_markdown
-    from redheart.report.latex import write_latex_tables
-
     sections = collect_sections(run)
     title = f"Red Heart run report: {run.root.resolve().name}"
     with atomic_open(run.report / "index.html") as handle:
@@ -376,7 +591,7 @@ def build_report(run: RunDir) -> Path:
         handle.write(render_markdown(title, sections))
     write_latex_tables(sections, run.report / "tables")
     if (run.final_model / "config.json").exists():
-        from redheart.report.model_card import write_model_card
+        from redheart.evaluate.model_card import write_model_card
 
         write_model_card(run)
     return run.report / "index.html"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from html import escape
 
-from redheart.report.build import Section
+from redheart.report.document import Section
 
 _STYLE = """
 body { font-family: system-ui, sans-serif; max-width: 1250px; margin: 2em auto; padding: 0 1em; color: #222; }
@@ -35,10 +35,13 @@ def _cell(value: str) -> str:
     return f"<td>{escape(value)}</td>" if _NUMBER.match(value) else f'<td class="text">{escape(value)}</td>'
 
 
-
 def render_html(title: str, sections: list[Section]) -> str:
-    parts = [f"<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>{escape(title)}</title><style>{_STYLE}</style></head><body>",
-             f"<h1>{escape(title)}</h1>", "<nav>" + "".join(f'<a href="#{_anchor(s.title)}">{escape(s.title)}</a>' for s in sections) + "</nav>"]
+    parts = [
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{escape(title)}</title>'
+        f"<style>{_STYLE}</style></head><body>",
+        f"<h1>{escape(title)}</h1>",
+        "<nav>" + "".join(f'<a href="#{_anchor(s.title)}">{escape(s.title)}</a>' for s in sections) + "</nav>",
+    ]
     for section in sections:
         parts.append(f'<section id="{_anchor(section.title)}"><h2>{escape(section.title)}</h2>')
         sources = ", ".join(f"<code>{escape(s)}</code>" for s in section.sources) or "none"
@@ -48,9 +51,14 @@ def render_html(title: str, sections: list[Section]) -> str:
         for table in section.tables:
             head = "".join(f"<th>{escape(c)}</th>" for c in table.columns)
             body = "".join("<tr>" + "".join(_cell(v) for v in row) + "</tr>" for row in table.rows)
-            parts.append(f"<table><caption>{escape(table.caption)}</caption><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>")
+            parts.append(
+                f"<table><caption>{escape(table.caption)}</caption><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+            )
         for path, caption in section.images:
-            parts.append(f'<figure><img src="{escape(path)}" alt="{escape(caption)}"><figcaption>{escape(caption)}</figcaption></figure>')
+            parts.append(
+                f'<figure><img src="{escape(path)}" alt="{escape(caption)}">'
+                f"<figcaption>{escape(caption)}</figcaption></figure>"
+            )
         parts.append("</section>")
     parts.append("</body></html>\n")
     return "\n".join(parts)
@@ -67,8 +75,12 @@ def render_markdown(title: str, sections: list[Section]) -> str:
         lines += [f"> {m}\n" for m in section.missing]
         lines += [f"{p}\n" for p in section.paragraphs]
         for table in section.tables:
-            lines += [f"**{_md(table.caption)}**", "", "| " + " | ".join(map(_md, table.columns)) + " |",
-                      "|" + "---|" * len(table.columns)]
+            lines += [
+                f"**{_md(table.caption)}**",
+                "",
+                "| " + " | ".join(map(_md, table.columns)) + " |",
+                "|" + "---|" * len(table.columns),
+            ]
             lines += ["| " + " | ".join(map(_md, row)) + " |" for row in table.rows]
             lines.append("")
         lines += [f"![{_md(caption)}]({path})\n" for path, caption in section.images]

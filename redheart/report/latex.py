@@ -13,12 +13,29 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from redheart.atomic import atomic_open
-from redheart.report.build import Section, Table
+from redheart.core.atomic import atomic_open
+from redheart.report.document import Section, Table
 
-_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
-            "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "—": "--", "→": r"$\to$",
-            "<": r"$<$", ">": r"$>$", "≥": r"$\geq$", "≤": r"$\leq$", "±": r"$\pm$", "×": r"$\times$"}
+_ESCAPES = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "—": "--",
+    "→": r"$\to$",
+    "<": r"$<$",
+    ">": r"$>$",
+    "≥": r"$\geq$",
+    "≤": r"$\leq$",
+    "±": r"$\pm$",
+    "×": r"$\times$",
+}
 # Two-character sequences first: OT1 has no "<" or ">" glyph (they print as inverted marks).
 _SEQUENCES = {"->": r"$\to$", "<-": r"$\leftarrow$", ">=": r"$\geq$", "<=": r"$\leq$"}
 _INTERVAL = re.compile(r"^(\S+) (\[[^\]]+\])$")
@@ -30,7 +47,7 @@ WIDE_COLUMNS = 5
 def escape(text: str) -> str:
     out, i = [], 0
     while i < len(text):
-        pair = text[i:i + 2]
+        pair = text[i : i + 2]
         if pair in _SEQUENCES:
             out.append(_SEQUENCES[pair])
             i += 2
@@ -70,12 +87,17 @@ def render_table(table: Table, sources: list[str]) -> str:
     environment = "table*" if len(table.columns) > WIDE_COLUMNS else "table"
     source = ", ".join(rf"\texttt{{{escape(s)}}}" for s in sources)
     lines = [
-        rf"\begin{{{environment}}}[ht]", r"\centering", r"\small",
-        rf"\caption{{{escape(table.caption)}. Source: {source}.}}", rf"\label{{tab:{table.latex_name}}}",
+        rf"\begin{{{environment}}}[ht]",
+        r"\centering",
+        r"\small",
+        rf"\caption{{{escape(table.caption)}. Source: {source}.}}",
+        rf"\label{{tab:{table.latex_name}}}",
         # Scaled down only when wider than the line; a narrower table keeps its size.
         r"\resizebox{\ifdim\width>\linewidth\linewidth\else\width\fi}{!}{%",
-        rf"\begin{{tabular}}{{{column_spec(table)}}}", r"\toprule",
-        " & ".join(escape(c) for c in table.columns) + r" \\", r"\midrule",
+        rf"\begin{{tabular}}{{{column_spec(table)}}}",
+        r"\toprule",
+        " & ".join(escape(c) for c in table.columns) + r" \\",
+        r"\midrule",
     ]
     lines += [" & ".join(cell(v) for v in row) + r" \\" for row in table.rows]
     lines += [r"\bottomrule", r"\end{tabular}}", rf"\end{{{environment}}}"]

@@ -8,7 +8,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from redheart.atomic import write_with
+from redheart.core.atomic import write_with
 
 
 def plot_training(records: list[dict[str, Any]], path: Path) -> None:
@@ -18,9 +18,18 @@ def plot_training(records: list[dict[str, Any]], path: Path) -> None:
     losses, scores = figure.subplots(1, 2)
     epochs = [r["epoch"] for r in records]
     losses.plot(epochs, [r["train_loss"].get("total") for r in records], marker=".", label="training objective")
-    losses.plot(epochs, [sum(r["val"]["loss"].values()) for r in records], marker=".", label="validation loss (sum over modules)")
+    losses.plot(
+        epochs,
+        [sum(r["val"]["loss"].values()) for r in records],
+        marker=".",
+        label="validation loss (sum over modules)",
+    )
     losses.set_title("losses")
-    for key, label in (("emotion_accuracy", "emotion accuracy"), ("verdict_macro_f1", "verdict macro-F1"), ("regression_mae", "regression MAE")):
+    for key, label in (
+        ("emotion_accuracy", "emotion accuracy"),
+        ("verdict_macro_f1", "verdict macro-F1"),
+        ("regression_mae", "regression MAE"),
+    ):
         scores.plot(epochs, [r["val"].get("headline", {}).get(key) for r in records], marker=".", label=label)
     scores.set_title("validation headline (fused)")
     for ax in (losses, scores):

@@ -13,16 +13,26 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from safetensors.torch import load_file
 from torch import Tensor
 
+from redheart.core.checkpoint_files import MANIFEST, verify_checkpoint
+from redheart.core.rundir import RunDir
 from redheart.model.groups import GROUPS
 from redheart.model.kalman import KalmanFusion
-from redheart.rundir import RunDir
-from redheart.select.outputs import Fused, SplitOutputs, average_fused, average_state, fit_fusion, fuse, fused_loss, summary
-from redheart.train.checkpoints import MANIFEST, verify_checkpoint
+from redheart.select.outputs import (
+    Fused,
+    Outputs,
+    SplitOutputs,
+    average_fused,
+    average_state,
+    fit_fusion,
+    fuse,
+    fused_loss,
+    summary,
+)
 
 
 @dataclass
@@ -41,6 +51,13 @@ class Candidate:
         keys = ("name", "kind", "note", "epochs", "folder", "average", "members", "val")
         return {k: getattr(self, k) for k in keys if getattr(self, k) is not None}
 
+    # The fields of a kind, for the code that has checked the kind (they are None for the other kinds).
+    def group_epochs(self) -> dict[str, int]:
+        return cast(dict[str, int], self.epochs)
+
+    def folder_name(self) -> str:
+        return cast(str, self.folder)
+
     def used_epochs(self) -> set[int]:
         """The checkpoint epochs this candidate is built from (the EMA folder is not an epoch)."""
         folder = Path(self.folder).name if self.folder else ""
@@ -48,21 +65,21 @@ class Candidate:
         return set((self.epochs or {}).values()) | set(self.average or []) | single
 
 
-def outputs_of(candidate: Candidate, cache: SplitOutputs, run: RunDir):
+def outputs_of(candidate: Candidate, cache: SplitOutputs, run: RunDir) -> Outputs:
     """Module outputs of a non-ensemble candidate on the cache's split."""
     if candidate.kind == "groups":
-        return cache.of_groups({group: run.checkpoint(epoch) for group, epoch in candidate.epochs.items()})
+        return cache.of_groups({group: run.checkpoint(epoch) for group, epoch in candidate.group_epochs().items()})
     if candidate.kind == "folder":
-        return cache.of_folder(run.root / candidate.folder)
+        return cache.of_folder(run.root / candidate.folder_name())
     if candidate.kind == "average":
-        return cache.of_state(average_state([run.checkpoint(e) for e in candidate.average]))
+        return cache.of_state(average_state([run.checkpoint(e) for e in cast(list[int], candidate.average)]))
     raise ValueError(f"candidate {candidate.name!r}: kind {candidate.kind!r} has no outputs of its own")
 
 
 def fused_of(candidate: Candidate, cache: SplitOutputs, run: RunDir, done: dict[str, Fused]) -> Fused:
     """Fused predictions with the candidate's fitted fusion; ensembles average their members' (from `done`)."""
     if candidate.kind == "ensemble":
-        return average_fused([done[name] for name in candidate.members])
+        return average_fused([done[name] for name in cast(list[str], candidate.members)])
     if candidate.fusion is None:
         raise ValueError(f"candidate {candidate.name!r} has no fitted fusion; score it on validation first")
     return fuse(candidate.fusion, outputs_of(candidate, cache, run))
@@ -71,9 +88,9 @@ def fused_of(candidate: Candidate, cache: SplitOutputs, run: RunDir, done: dict[
 def group_folders(candidate: Candidate, run: RunDir) -> dict[str, Path] | None:
     """{group: folder} of a candidate made of saved checkpoints; None for averages and ensembles."""
     if candidate.kind == "groups":
-        return {group: run.checkpoint(epoch) for group, epoch in candidate.epochs.items()}
+        return {group: run.checkpoint(epoch) for group, epoch in candidate.group_epochs().items()}
     if candidate.kind == "folder":
-        return {group: run.root / candidate.folder for group in GROUPS}
+        return {group: run.root / candidate.folder_name() for group in GROUPS}
     return None
 
 
@@ -122,21 +139,53 @@ def greedy_soup(run: RunDir, scores: dict[int, float], cache: SplitOutputs, step
     return sorted(soup), log
 
 
-def baseline_candidates(run: RunDir, saved: list[int], scores: dict[int, float], cache: SplitOutputs, k: int, steps: int) -> list[Candidate]:
+def baseline_candidates(
+    run: RunDir, saved: list[int], scores: dict[int, float], cache: SplitOutputs, k: int, steps: int
+) -> list[Candidate]:
     """Best single checkpoint, last checkpoint, EMA weights, uniform average of the last k, greedy soup."""
     best = min(saved, key=lambda e: (scores[e], e))
     last = saved[-1]
     rel = lambda folder: str(Path(folder).relative_to(run.root))  # noqa: E731
     out = [
-        Candidate(f"best on validation (epoch {best})", "folder", "the single checkpoint with the lowest validation loss", folder=rel(run.checkpoint(best))),
-        Candidate(f"last checkpoint (epoch {last})", "folder", "the weights at the end of training", folder=rel(run.checkpoint(last))),
+        Candidate(
+            f"best on validation (epoch {best})",
+            "folder",
+            "the single checkpoint with the lowest validation loss",
+            folder=rel(run.checkpoint(best)),
+        ),
+        Candidate(
+            f"last checkpoint (epoch {last})",
+            "folder",
+            "the weights at the end of training",
+            folder=rel(run.checkpoint(last)),
+        ),
     ]
     if (run.checkpoints / "ema" / MANIFEST).exists():
-        out.append(Candidate("EMA weights", "folder", "exponential moving average of the weights", folder=rel(run.checkpoints / "ema")))
+        out.append(
+            Candidate(
+                "EMA weights",
+                "folder",
+                "exponential moving average of the weights",
+                folder=rel(run.checkpoints / "ema"),
+            )
+        )
     tail = saved[-k:]
-    out.append(Candidate(f"average of the last {len(tail)} checkpoints", "average", f"uniform weight average of epochs {tail}", average=tail))
+    out.append(
+        Candidate(
+            f"average of the last {len(tail)} checkpoints",
+            "average",
+            f"uniform weight average of epochs {tail}",
+            average=tail,
+        )
+    )
     soup, log = greedy_soup(run, scores, cache, steps)
     tried = len(log)
-    out.append(Candidate(f"greedy soup ({len(soup)} of {tried} checkpoints)", "average", f"greedy weight soup of epochs {soup}", average=soup))
+    out.append(
+        Candidate(
+            f"greedy soup ({len(soup)} of {tried} checkpoints)",
+            "average",
+            f"greedy weight soup of epochs {soup}",
+            average=soup,
+        )
+    )
     return out
-

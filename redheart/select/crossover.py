@@ -14,25 +14,26 @@ from __future__ import annotations
 
 import datetime
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from redheart.atomic import atomic_open, read_json, write_json, write_with
 from redheart.config import RunConfig
+from redheart.core.atomic import atomic_open, read_json, write_json, write_with
+from redheart.core.rundir import RunDir
 from redheart.data.dataset import load_split
 from redheart.data.schema import TARGET_DIMS
 from redheart.model.groups import GROUPS
 from redheart.model.kalman import KalmanFusion
 from redheart.model.model import RedHeartModel
-from redheart.report.model_card import write_model_card
-from redheart.rundir import RunDir
 from redheart.select.candidates import Candidate, baseline_candidates, checkpoint_scores, score
 from redheart.select.final_model import build_candidate_model, save_final_model
 from redheart.select.freshness import crossover_inputs
 from redheart.select.outputs import SplitOutputs
 from redheart.select.pins import pin_checkpoints, saved_epochs
 from redheart.select.sweet_spots import analyze, shifted_epoch
+from redheart.train.state.checkpoints import save_tensors
 
 CROSSOVER = "crossover (sweet spots)"
 REFINED = "crossover, refined on validation"
@@ -54,7 +55,9 @@ def variant_name(shift: int) -> str:
     return f"crossover shifted {shift:+d} epochs"
 
 
-def refine(run: RunDir, start: dict[str, int], saved: list[int], cache: SplitOutputs, steps: int, rounds: int) -> tuple[dict[str, int], list[dict]]:
+def refine(
+    run: RunDir, start: dict[str, int], saved: list[int], cache: SplitOutputs, steps: int, rounds: int
+) -> tuple[dict[str, int], list[dict]]:
     """Greedy: move one group at a time to the better neighbouring checkpoint while validation improves."""
 
     def value(epochs: dict[str, int]) -> float:
@@ -70,7 +73,13 @@ def refine(run: RunDir, start: dict[str, int], saved: list[int], cache: SplitOut
                 trial = {**current, group: neighbour}
                 trial_value = value(trial)
                 if trial_value < best:
-                    log.append({"epochs": dict(trial), "score": trial_value, "move": f"{group}: {current[group]} -> {neighbour}"})
+                    log.append(
+                        {
+                            "epochs": dict(trial),
+                            "score": trial_value,
+                            "move": f"{group}: {current[group]} -> {neighbour}",
+                        }
+                    )
                     current, best, moved = trial, trial_value, True
         if not moved:
             break
@@ -99,8 +108,17 @@ def crossover(run: RunDir, config: RunConfig) -> CrossoverResult:
             variants.append(CROSSOVER)
             continue
         variants.append(variant_name(shift))
-        candidates.append(Candidate(variant_name(shift), "groups", "every sweet spot shifted, clamped to the saved checkpoints", epochs=epochs))
-    candidates.append(Candidate(ENSEMBLE, "ensemble", f"probability average of {len(variants)} variants", members=variants))
+        candidates.append(
+            Candidate(
+                variant_name(shift),
+                "groups",
+                "every sweet spot shifted, clamped to the saved checkpoints",
+                epochs=epochs,
+            )
+        )
+    candidates.append(
+        Candidate(ENSEMBLE, "ensemble", f"probability average of {len(variants)} variants", members=variants)
+    )
     scores = checkpoint_scores(run, saved, cache, options.fusion_steps)
     candidates += baseline_candidates(run, saved, scores, cache, options.average_last, options.fusion_steps)
 
@@ -114,7 +132,6 @@ def crossover(run: RunDir, config: RunConfig) -> CrossoverResult:
     pin_checkpoints(run, "crossover", {f"{c.name}: epoch {e}": e for c in candidates for e in sorted(c.used_epochs())})
     final = build_candidate_model(single, run, model)
     save_final_model(final, run.final_model, config, val.input_dim, val.max_segments, {"candidate": single.to_json()})
-    write_model_card(run)
     return result
 
 
@@ -128,7 +145,10 @@ def conclusion(candidates: list[Candidate]) -> str:
             continue
         delta = by_name[name].val["loss"] - single.val["loss"]
         verdict = "beats" if delta < 0 else "does not beat"
-        lines.append(f"{name} {verdict} the {single.name} on validation (loss {by_name[name].val['loss']:.4f} vs {single.val['loss']:.4f}, {delta:+.4f}).")
+        lines.append(
+            f"{name} {verdict} the {single.name} on validation (loss {by_name[name].val['loss']:.4f} "
+            f"vs {single.val['loss']:.4f}, {delta:+.4f})."
+        )
     return " ".join(lines)
 
 
@@ -140,23 +160,31 @@ def write_crossover(run: RunDir, result: CrossoverResult, scores: dict[int, floa
         if candidate.fusion is not None:
             path = fusion_dir / f"{index:02d}.safetensors"
             state = {k: v.detach().clone().contiguous() for k, v in candidate.fusion.state_dict().items()}
-            write_with(path, lambda tmp, s=state: save_file(s, str(tmp)))
+            write_with(path, partial(save_tensors, state))
             entry["fusion"] = str(path.relative_to(run.root))
         entries.append(entry)
-    write_json(run.crossover / "candidates.json", {
-        "written_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "sweet_spots": result.sweet_spots, "refined": result.refined, "refine_log": result.refine_log,
-        "checkpoint_scores": {str(e): s for e, s in scores.items()},
-        "best": result.best, "final_model": result.final_model, "conclusion": result.conclusion, "candidates": entries,
-        "inputs": inputs,  # freshness.crossover_inputs: what this selection was made from
-    })
+    write_json(
+        run.crossover_candidates,
+        {
+            "written_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+            "sweet_spots": result.sweet_spots,
+            "refined": result.refined,
+            "refine_log": result.refine_log,
+            "checkpoint_scores": {str(e): s for e, s in scores.items()},
+            "best": result.best,
+            "final_model": result.final_model,
+            "conclusion": result.conclusion,
+            "candidates": entries,
+            "inputs": inputs,  # freshness.crossover_inputs: what this selection was made from
+        },
+    )
     with atomic_open(run.crossover / "crossover.md") as handle:
         handle.write("# Parameter crossover (validation)\n\n" + format_crossover(result) + "\n")
 
 
 def load_candidates(run: RunDir) -> tuple[list[Candidate], dict[str, Any]]:
     """The candidates of candidates.json with their fitted fusions (strict), and the file's other fields."""
-    path = run.crossover / "candidates.json"
+    path = run.crossover_candidates
     if not path.exists():
         raise FileNotFoundError(f"{path}: no crossover results; run `redheart crossover --run {run.root}` first")
     data = read_json(path)
@@ -180,7 +208,14 @@ def format_crossover(result: CrossoverResult) -> str:
     lines += ["", f"{'candidate (validation)':<{width}}  {'loss':>8}  {'emo acc':>8}  {'verd F1':>8}  {'MAE':>8}"]
     for c in sorted(result.candidates, key=lambda c: c.val["loss"]):
         h = c.val["headline"]
-        cells = "  ".join("       —" if v is None else f"{v:>8.4f}" for v in (h["emotion_accuracy"], h["verdict_macro_f1"], h["regression_mae"]))
+        cells = "  ".join(
+            "       —" if v is None else f"{v:>8.4f}"
+            for v in (h["emotion_accuracy"], h["verdict_macro_f1"], h["regression_mae"])
+        )
         lines.append(f"{c.name:<{width}}  {c.val['loss']:>8.4f}  {cells}")
-    lines += ["", f"best on validation: {result.best}; saved as the final model: {result.final_model}", result.conclusion]
+    lines += [
+        "",
+        f"best on validation: {result.best}; saved as the final model: {result.final_model}",
+        result.conclusion,
+    ]
     return "\n".join(lines)

@@ -3,7 +3,7 @@
     config.json               model config, input_dim, max_segments, encoder config, preset, what was chosen
     <group>.safetensors       one per module group; group_c holds the fusion re-fitted on validation
     manifest.json             sha256 of every file above (written last)
-    README.md                 the model card (redheart.report.model_card), not in the manifest
+    README.md                 the model card (redheart.evaluate.model_card), not in the manifest
 
 Loading verifies every checksum first and loads every group strictly; nothing is unpickled.
 """
@@ -11,22 +11,22 @@ Loading verifies every checksum first and loads every group strictly; nothing is
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import nn
 
-from redheart.atomic import atomic_open, read_json, write_json, write_with
 from redheart.config import EncoderConfig, ModelConfig, RunConfig, to_dict
+from redheart.core.atomic import atomic_open, read_json, write_json, write_with
+from redheart.core.checkpoint_files import MANIFEST, CheckpointError, sha256, verify_checkpoint
+from redheart.core.rundir import RunDir
 from redheart.model.groups import GROUPS, load_group_state_dict
 from redheart.model.model import RedHeartModel
-from redheart.rundir import RunDir
 from redheart.select.candidates import Candidate
 from redheart.select.outputs import average_state
-from redheart.train.checkpoints import (
-    MANIFEST, CheckpointError, group_states, load_checkpoint, load_groups, sha256, verify_checkpoint,
-)
+from redheart.train.state.checkpoints import group_states, load_checkpoint, load_groups, save_tensors
 
 CONFIG = "config.json"
 README = "README.md"
@@ -35,37 +35,53 @@ README = "README.md"
 def build_candidate_model(candidate: Candidate, run: RunDir, model: RedHeartModel) -> RedHeartModel:
     """Load a single-network candidate's weights and its fitted fusion into `model`."""
     if candidate.kind == "groups":
-        load_groups(model, candidate.epochs, run)
+        load_groups(model, candidate.group_epochs(), run)
     elif candidate.kind == "folder":
-        load_checkpoint(model, run.root / candidate.folder)
+        load_checkpoint(model, run.root / candidate.folder_name())
     elif candidate.kind == "average":
-        model.load_state_dict(average_state([run.checkpoint(e) for e in candidate.average]), strict=True)
+        model.load_state_dict(
+            average_state([run.checkpoint(e) for e in cast(list[int], candidate.average)]), strict=True
+        )
     else:
-        raise ValueError(f"candidate {candidate.name!r} ({candidate.kind}) is not one network and cannot be saved as one")
+        raise ValueError(
+            f"candidate {candidate.name!r} ({candidate.kind}) is not one network and cannot be saved as one"
+        )
     if candidate.fusion is None:
         raise ValueError(f"candidate {candidate.name!r} has no fitted fusion")
     model.kalman.load_state_dict(candidate.fusion.state_dict(), strict=True)
     return model
 
 
-def save_final_model(model: RedHeartModel, path: Path, config: RunConfig, input_dim: int, max_segments: int, info: dict[str, Any]) -> None:
+def save_final_model(
+    model: RedHeartModel, path: Path, config: RunConfig, input_dim: int, max_segments: int, info: dict[str, Any]
+) -> None:
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     (path / MANIFEST).unlink(missing_ok=True)  # incomplete until the manifest is written again
     files = []
     for group, state in group_states(model).items():
         name = f"{group}.safetensors"
-        write_with(path / name, lambda tmp, s=state, g=group: save_file(s, str(tmp), metadata={"group": g, "preset": config.preset}))
+        write_with(path / name, partial(save_tensors, state, metadata={"group": group, "preset": config.preset}))
         files.append(name)
-    write_json(path / CONFIG, {
-        "preset": config.preset, "model": to_dict(config)["model"], "encoder": to_dict(config)["encoder"],
-        "input_dim": input_dim, "max_segments": max_segments, "info": info,
-    })
+    write_json(
+        path / CONFIG,
+        {
+            "preset": config.preset,
+            "model": to_dict(config)["model"],
+            "encoder": to_dict(config)["encoder"],
+            "input_dim": input_dim,
+            "max_segments": max_segments,
+            "info": info,
+        },
+    )
     name = info.get("candidate", {}).get("name", "a trained model")
-    # The model card: this line until redheart.report.model_card writes it from the run's results. It is
+    # The model card: this line until redheart.evaluate.model_card writes it from the run's results. It is
     # documentation, left out of the manifest, so rewriting it never invalidates the weights' checksums.
     with atomic_open(path / README) as handle:
-        handle.write(f"Red Heart model ({config.preset} preset): {name}, chosen on validation. Load with redheart.select.final_model.load_final_model.\n")
+        handle.write(
+            f"Red Heart model ({config.preset} preset): {name}, chosen on validation. "
+            "Load with redheart.select.final_model.load_final_model.\n"
+        )
     files += [CONFIG]
     write_json(path / MANIFEST, {"preset": config.preset, "files": {f: sha256(path / f) for f in files}})
 
@@ -81,7 +97,9 @@ def load_final_model(path: Path) -> tuple[nn.Module, dict[str, Any]]:
         raise CheckpointError(f"{path}: the manifest lists no {missing}; not a final-model directory")
     try:
         info = read_json(path / CONFIG)
-        model = RedHeartModel(ModelConfig(**info["model"]), input_dim=int(info["input_dim"]), max_segments=int(info["max_segments"]))
+        model = RedHeartModel(
+            ModelConfig(**info["model"]), input_dim=int(info["input_dim"]), max_segments=int(info["max_segments"])
+        )
         EncoderConfig(**info["encoder"])
     except (KeyError, TypeError, ValueError, json.JSONDecodeError) as error:
         raise CheckpointError(f"{path / CONFIG}: not a valid final-model config ({error})") from None
@@ -89,5 +107,7 @@ def load_final_model(path: Path) -> tuple[nn.Module, dict[str, Any]]:
         try:
             load_group_state_dict(model, group, load_file(str(path / f"{group}.safetensors")))
         except ValueError as error:
-            raise CheckpointError(f"{path / f'{group}.safetensors'}: does not fit the model of {CONFIG} ({error})") from None
+            raise CheckpointError(
+                f"{path / f'{group}.safetensors'}: does not fit the model of {CONFIG} ({error})"
+            ) from None
     return model.eval(), info

@@ -14,10 +14,10 @@ import hashlib
 import json
 from pathlib import Path
 
-from redheart.atomic import read_json
 from redheart.config import RunConfig, to_dict
-from redheart.rundir import RunDir
-from redheart.train.checkpoints import MANIFEST, sha256
+from redheart.core.atomic import read_json
+from redheart.core.rundir import RunDir
+from redheart.train.state.checkpoints import MANIFEST, sha256
 
 CANDIDATES = "candidates.json"
 

@@ -1,6 +1,6 @@
 """Bootstrap 95% intervals of the headline metrics, all resamples in one numpy call per metric.
 
-The metrics match redheart.evaluate.metrics.headline: emotion accuracy (a tie in the target accepts any
+The metrics match redheart.scoring.metrics.headline: emotion accuracy (a tie in the target accepts any
 tied class) and macro-F1, verdict accuracy and macro-F1 against the majority vote, and the regression MAE
 averaged over the 9 dimensions, each on the rows where its target is present. Every metric uses the same
 resamples (one seeded draw over the rows), so intervals of different models are paired.
@@ -12,11 +12,11 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
-from redheart.evaluate.bootstrap import bootstrap_ci
-from redheart.evaluate.metrics import PROB_EPS, REGRESSION_NAMES, TIE_TOL
+from redheart.scoring.bootstrap import bootstrap_ci
+from redheart.scoring.metrics import PROB_EPS, REGRESSION_NAMES, TIE_TOL
 
 
-def _masked_mean(values: np.ndarray, present: np.ndarray):
+def _masked_mean(values: np.ndarray, present: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
     def metric(idx: np.ndarray) -> np.ndarray:
         counts = present[idx].sum(axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -25,7 +25,7 @@ def _masked_mean(values: np.ndarray, present: np.ndarray):
     return metric
 
 
-def batched_macro_f1(true: np.ndarray, predicted: np.ndarray, n_classes: int):
+def batched_macro_f1(true: np.ndarray, predicted: np.ndarray, n_classes: int) -> Callable[[np.ndarray], np.ndarray]:
     """Macro-F1 over resamples (rows with true == -1 are left out); a class with no support and no
     prediction scores 0, as sklearn's f1_score(labels=all, zero_division=0) does."""
 
@@ -47,7 +47,9 @@ Metric = Callable[[np.ndarray], np.ndarray]
 
 
 def headline_metrics(
-    preds: Mapping[str, np.ndarray], targets: Mapping[str, np.ndarray], present: Mapping[str, np.ndarray],
+    preds: Mapping[str, np.ndarray],
+    targets: Mapping[str, np.ndarray],
+    present: Mapping[str, np.ndarray],
 ) -> dict[str, Metric | None]:
     """{headline key: batched metric of an (n_boot, n) index matrix}, None where the target has no rows;
     plus "verdict_cross_entropy" (against the vote shares, as verdict_metrics computes it)."""
@@ -81,27 +83,38 @@ def headline_metrics(
         mask = np.asarray(present[name], dtype=bool)
         if not mask.any():
             continue
-        error = np.abs(np.asarray(preds[name], dtype=float).reshape(n, -1) - np.asarray(targets[name], dtype=float).reshape(n, -1))
+        error = np.abs(
+            np.asarray(preds[name], dtype=float).reshape(n, -1) - np.asarray(targets[name], dtype=float).reshape(n, -1)
+        )
         dims += [_masked_mean(error[:, d], mask) for d in range(error.shape[1])]
     out["regression_mae"] = (lambda idx: np.mean([dim(idx) for dim in dims], axis=0)) if dims else None
     return out
 
 
 def headline_intervals(
-    preds: Mapping[str, np.ndarray], targets: Mapping[str, np.ndarray], present: Mapping[str, np.ndarray],
-    n_boot: int = 1000, seed: int = 0,
+    preds: Mapping[str, np.ndarray],
+    targets: Mapping[str, np.ndarray],
+    present: Mapping[str, np.ndarray],
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> dict[str, tuple[float | None, float | None]]:
     """{headline key: (low, high)} percentile 95% intervals; (None, None) where a target has no rows."""
     n = len(next(iter(present.values())))
     metrics = headline_metrics(preds, targets, present)
     metrics.pop("verdict_cross_entropy")
-    return {key: (None, None) if metric is None else bootstrap_ci(metric, n, n_boot=n_boot, seed=seed, batched=True)
-            for key, metric in metrics.items()}
+    return {
+        key: (None, None) if metric is None else bootstrap_ci(metric, n, n_boot=n_boot, seed=seed, batched=True)
+        for key, metric in metrics.items()
+    }
 
 
 def paired_difference_intervals(
-    preds_a: Mapping[str, np.ndarray], preds_b: Mapping[str, np.ndarray], targets: Mapping[str, np.ndarray],
-    present: Mapping[str, np.ndarray], n_boot: int = 1000, seed: int = 0,
+    preds_a: Mapping[str, np.ndarray],
+    preds_b: Mapping[str, np.ndarray],
+    targets: Mapping[str, np.ndarray],
+    present: Mapping[str, np.ndarray],
+    n_boot: int = 1000,
+    seed: int = 0,
 ) -> dict[str, tuple[float | None, float | None]]:
     """{key: (low, high)}: the percentile 95% interval of metric(A) - metric(B), both computed on the SAME
     resampled rows in every resample, so the variation the two share (which texts are hard) cancels."""
@@ -113,6 +126,7 @@ def paired_difference_intervals(
         if metric_a is None or metric_b is None:
             out[key] = (None, None)
             continue
+
         def difference(idx: np.ndarray, a: Metric = metric_a, b: Metric = metric_b) -> np.ndarray:
             return a(idx) - b(idx)
 

@@ -1,6 +1,6 @@
 """Module outputs of checkpoints on one split, computed once and reused by every candidate.
 
-Every group reads the input embeddings itself and the fusion reads their outputs detached (DESIGN), so
+Every group reads the input embeddings itself and the fusion reads their outputs detached, so
 the outputs of a model assembled from several epochs are those epochs' outputs put side by side: a
 crossover, its refinements and its shifted variants cost no forward pass once each checkpoint's outputs
 are cached. Only weight averages (soups) need new forwards.
@@ -19,14 +19,15 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
-from redheart.data.dataset import DISTRIBUTION_TARGETS, SplitTensors
-from redheart.data.schema import TARGET_DIMS
-from redheart.evaluate.metrics import evaluate_predictions, headline
+from redheart.core.checkpoint_files import verify_checkpoint
+from redheart.data.dataset import SplitTensors
+from redheart.data.schema import DISTRIBUTION_TARGETS, TARGET_DIMS
 from redheart.model.groups import GROUPS, group_of
 from redheart.model.kalman import KalmanFusion
 from redheart.model.losses import target_loss
 from redheart.model.model import RedHeartModel
-from redheart.train.checkpoints import load_checkpoint, verify_checkpoint
+from redheart.scoring.metrics import evaluate_predictions, headline
+from redheart.train.state.checkpoints import load_checkpoint
 
 Outputs = dict[str, dict[str, Tensor]]
 Fused = dict[str, Tensor]

@@ -9,17 +9,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from redheart.atomic import read_json, write_json
-from redheart.rundir import RunDir
-from redheart.train.checkpoints import MANIFEST
-
-
-def pins_path(run: RunDir) -> Path:
-    return run.checkpoints / "pins.json"
+from redheart.core.atomic import read_json, write_json
+from redheart.core.checkpoint_files import MANIFEST
+from redheart.core.rundir import RunDir
 
 
 def read_pins(run: RunDir) -> dict[str, dict[str, int]]:
-    path = pins_path(run)
+    path = run.pins
     return read_json(path)["pins"] if path.exists() else {}
 
 
@@ -30,7 +26,7 @@ def pin_checkpoints(run: RunDir, owner: str, reasons: dict[str, int]) -> None:
         raise FileNotFoundError(f"{run.checkpoints}: cannot pin epochs {missing}: no complete checkpoint")
     pins = read_pins(run)
     pins[owner] = {why: int(epoch) for why, epoch in sorted(reasons.items())}
-    write_json(pins_path(run), {"pins": pins})
+    write_json(run.pins, {"pins": pins})
 
 
 def pinned_epochs(run: RunDir) -> dict[int, list[str]]:

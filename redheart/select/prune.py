@@ -11,7 +11,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from redheart.rundir import RunDir
+from redheart.core.rundir import RunDir
 from redheart.select.pins import prunable_checkpoints, read_pins
 from redheart.train.disk_plan import folder_bytes
 

@@ -3,23 +3,25 @@
 A group's loss is the sum of its modules' losses (train and validation, both from metrics.jsonl with the
 same label smoothing, so their gap is meaningful). The curves are smoothed over checkpoints first, so one
 noisy epoch does not decide. The over-fitting onset is the first checkpoint of the first run of
-`onset_run` checkpoints in a row where the (smoothed) train-val gap, validation above training, widened; the sweet spot is the checkpoint
-with the lowest smoothed validation loss before the onset (any checkpoint when there is none).
+`onset_run` checkpoints in a row where the (smoothed) train-val gap, validation above training, widened;
+the sweet spot is the checkpoint with the lowest smoothed validation loss before the onset (any checkpoint
+when there is none).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from redheart.atomic import atomic_open, write_json
 from redheart.config import RunConfig, SelectConfig
-from redheart.evaluate.metrics import headline
+from redheart.core.atomic import atomic_open, write_json
+from redheart.core.rundir import RunDir
 from redheart.model.groups import GROUPS
-from redheart.rundir import RunDir
+from redheart.scoring.metrics import headline
+from redheart.select.curves_plot import plot_curves
 from redheart.select.pins import pin_checkpoints, saved_epochs
-from redheart.train.telemetry import read_metrics
+from redheart.train.telemetry.records import read_metrics
 
 SMOOTHINGS = ("ema", "moving_average", "none")
 
@@ -70,9 +72,9 @@ def smooth(values: list[float], method: str, window: int) -> list[float]:
         return list(values)
     if method == "moving_average":
         half = window // 2
-        spans = [values[max(0, i - half): i + window - half] for i in range(len(values))]
+        spans = [values[max(0, i - half) : i + window - half] for i in range(len(values))]
         return [sum(span) / len(span) for span in spans]
-    alpha, out = 2.0 / (window + 1), []
+    alpha, out = 2.0 / (window + 1), cast(list[float], [])
     for value in values:
         out.append(value if not out else alpha * value + (1 - alpha) * out[-1])
     return out
@@ -108,26 +110,49 @@ def group_loss(losses: dict[str, float], modules: list[str]) -> float | None:
     return sum(present) if present else None
 
 
-def find_spot(group: str, modules: list[str], epochs: list[int], train: list[float], val: list[float], options: SelectConfig) -> GroupSpot:
+def find_spot(
+    group: str, modules: list[str], epochs: list[int], train: list[float], val: list[float], options: SelectConfig
+) -> GroupSpot:
     train_s = smooth(train, options.smoothing, options.smoothing_window)
     val_s = smooth(val, options.smoothing, options.smoothing_window)
     gap = [v - t for v, t in zip(val_s, train_s)]
     onset = onset_index(gap, options.onset_run)
     best = sweet_spot_index(val_s, onset)
-    how = "raw" if options.smoothing == "none" else f"{options.smoothing.replace('_', ' ')}-smoothed, window {options.smoothing_window}"
+    how = (
+        "raw"
+        if options.smoothing == "none"
+        else f"{options.smoothing.replace('_', ' ')}-smoothed, window {options.smoothing_window}"
+    )
     reason = f"validation loss ({how}) is lowest at epoch {epochs[best]} ({val_s[best]:.4f}, raw {val[best]:.4f})"
     if onset is None:
-        reason += f"; the train-val gap never widened {options.onset_run} checkpoints in a row, so every checkpoint was eligible"
+        reason += (
+            f"; the train-val gap never widened {options.onset_run} checkpoints in a row, "
+            "so every checkpoint was eligible"
+        )
     else:
         reason += (
             f" among the checkpoints before the over-fitting onset at epoch {epochs[onset]}, where the train-val gap"
-            f" began widening for {options.onset_run} checkpoints in a row ({gap[onset - 1]:+.4f} -> {gap[onset + options.onset_run - 1]:+.4f})"
+            f" began widening for {options.onset_run} checkpoints in a row "
+            f"({gap[onset - 1]:+.4f} -> {gap[onset + options.onset_run - 1]:+.4f})"
         )
-    return GroupSpot(group, modules, epochs, train, val, train_s, val_s, gap, None if onset is None else epochs[onset], epochs[best], reason)
+    return GroupSpot(
+        group,
+        modules,
+        epochs,
+        train,
+        val,
+        train_s,
+        val_s,
+        gap,
+        None if onset is None else epochs[onset],
+        epochs[best],
+        reason,
+    )
 
 
 def analyze(run: RunDir, config: RunConfig) -> Analysis:
-    """Sweet spot of every group from metrics.jsonl and the saved checkpoints; writes analysis.json/.md, curves.png, pins."""
+    """Sweet spot of every group from metrics.jsonl and the saved checkpoints; writes analysis.json/.md,
+    curves.png and the pins."""
     options = config.select
     history = {record["epoch"]: record for record in read_metrics(run.metrics_log)}
     epochs = [epoch for epoch in saved_epochs(run) if epoch in history]
@@ -140,16 +165,15 @@ def analyze(run: RunDir, config: RunConfig) -> Analysis:
             continue
         val = [group_loss(history[e]["val"]["loss"], members) for e in epochs]
         modules = [m for m in members if m in history[epochs[0]]["val"]["loss"]]
-        groups[group] = find_spot(group, modules, epochs, train, val, options)
+        # A group with a training loss at its first epoch has one at every epoch, on both splits.
+        groups[group] = find_spot(group, modules, epochs, cast(list[float], train), cast(list[float], val), options)
         logged = sorted(history)
         curves[group] = {
             "epoch": logged,
             "train": [group_loss(history[e]["train_loss"], members) for e in logged],
             "val": [group_loss(history[e]["val"]["loss"], members) for e in logged],
         }
-    val_metrics = {
-        e: {m: headline(v) for m, v in history[e]["val"].get("modules", {}).items()} for e in epochs
-    }
+    val_metrics = {e: {m: headline(v) for m, v in history[e]["val"].get("modules", {}).items()} for e in epochs}
     analysis = Analysis(options.smoothing, options.smoothing_window, options.onset_run, groups, curves, val_metrics)
     write_analysis(run, analysis)
     pin_checkpoints(run, "analysis", needed_epochs(analysis.sweet_spots, epochs, options.shifts))
@@ -173,12 +197,10 @@ def needed_epochs(spots: dict[str, int], saved: list[int], shifts: tuple[int, ..
 
 
 def write_analysis(run: RunDir, analysis: Analysis) -> None:
-    from redheart.report.analysis_plot import plot_curves
-
-    write_json(run.analysis / "analysis.json", analysis.to_json())
+    write_json(run.analysis_results, analysis.to_json())
     with atomic_open(run.analysis / "analysis.md") as handle:
         handle.write(format_analysis(analysis, markdown=True) + "\n")
-    plot_curves(analysis, run.analysis / "curves.png")
+    plot_curves(analysis, run.analysis_curves)
 
 
 def format_analysis(analysis: Analysis, markdown: bool = False) -> str:
@@ -187,7 +209,9 @@ def format_analysis(analysis: Analysis, markdown: bool = False) -> str:
     for group, spot in analysis.groups.items():
         onset = "none" if spot.onset is None else f"epoch {spot.onset}"
         if markdown:
-            lines.append(f"- **{group}** ({' + '.join(spot.modules)}): epoch {spot.sweet_spot}, onset {onset}. {spot.reason}.")
+            lines.append(
+                f"- **{group}** ({' + '.join(spot.modules)}): epoch {spot.sweet_spot}, onset {onset}. {spot.reason}."
+            )
         else:
             lines.append(f"  {group:<17} epoch {spot.sweet_spot:>4}   onset {onset:<10}  {spot.reason}")
     return "\n".join(lines)

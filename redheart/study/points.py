@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from redheart.atomic import read_json, write_json
 from redheart.config import RunConfig, preset, save_config
-from redheart.rundir import RunDir
-from redheart.train.faults import NO_FAULTS, Faults
+from redheart.core.atomic import read_json, write_json
+from redheart.core.faults import NO_FAULTS, Faults
+from redheart.core.rundir import RunDir
 
 POINT_FILE = "point.json"
 EXTRA = "all+extra"  # the fraction label of a point on every training record, verdict-only ones included
@@ -114,8 +114,10 @@ def record_sources(run: RunDir) -> dict[str, str]:
                 raise ValueError(f"{run.clean_records}:{line_no}: not valid JSON ({error})") from None
             source = record.get("source", "")
             if not isinstance(source, str):
-                raise ValueError(f"{run.clean_records}:{line_no}: record {record.get('id')!r}: field 'source' must be "
-                                 f"a string, got {source!r}")
+                raise ValueError(
+                    f"{run.clean_records}:{line_no}: record {record.get('id')!r}: field 'source' must be "
+                    f"a string, got {source!r}"
+                )
             sources[record["id"]] = source
     return sources
 
@@ -163,18 +165,20 @@ def point_config(config: RunConfig, point: Point, lr: float, epochs: int) -> Run
     The warm-up is scaled with the epochs, so it spans the same number of steps at every data size.
     """
     warmup = config.train.warmup_epochs * epochs / config.study.epochs
-    train = dataclasses.replace(config.train, lr=lr, epochs=epochs, restart_epochs=epochs, restart_mult=1,
-                                warmup_epochs=warmup, telemetry=False)
+    train = dataclasses.replace(
+        config.train, lr=lr, epochs=epochs, restart_epochs=epochs, restart_mult=1, warmup_epochs=warmup, telemetry=False
+    )
     return dataclasses.replace(config, preset=point.size, model=preset(point.size).model, train=train)
 
 
 def scores(metrics: dict[str, dict]) -> dict[str, float | None]:
     """The study's five numbers from evaluate_predictions-style metrics (a target without rows gives None)."""
-    from redheart.evaluate.metrics import headline
+    from redheart.scoring.metrics import headline
 
     head = headline(metrics)
     return {
-        "emotion_accuracy": head["emotion_accuracy"], "emotion_macro_f1": head["emotion_macro_f1"],
+        "emotion_accuracy": head["emotion_accuracy"],
+        "emotion_macro_f1": head["emotion_macro_f1"],
         "verdict_macro_f1": head["verdict_macro_f1"],
         "verdict_cross_entropy": metrics.get("verdict", {}).get("cross_entropy"),
         "regression_mae": head["regression_mae"],
@@ -189,7 +193,7 @@ def finished_point(run: RunDir, point: Point) -> dict[str, Any] | None:
 def _probe(run: RunDir, point: PointRun, label: str) -> dict[str, Any]:
     """The baselines fitted on the point's training records: shared by every size of one fraction."""
     from redheart.data.dataset import load_split
-    from redheart.train.recipe import run_baselines
+    from redheart.scoring.baselines import run_baselines
 
     shared = run.study / "probes" / f"{label.replace('/', 'of').replace('+', '_')}.json"
     if shared.exists():
@@ -202,7 +206,12 @@ def _probe(run: RunDir, point: PointRun, label: str) -> dict[str, Any]:
 
 
 def run_point(
-    run: RunDir, config: RunConfig, k: int, progress: bool = True, resume_every: int = 0, faults: Faults = NO_FAULTS,
+    run: RunDir,
+    config: RunConfig,
+    k: int,
+    progress: bool = True,
+    resume_every: int = 0,
+    faults: Faults = NO_FAULTS,
 ) -> dict[str, Any]:
     """Train point `k` alone (skipped when finished, resumed when interrupted) and write its point.json."""
     from redheart.model.model import parameter_table
@@ -222,8 +231,17 @@ def run_point(
     save_config(cfg, folder.config)
     if not folder.baselines.exists():
         write_json(folder.baselines, _probe(run, folder, point.label))
-    result = train(folder, cfg, lr=lr, epochs=cfg.train.epochs, seed=cfg.train.seed, save_checkpoints=False,
-                   progress=progress, resume_every=resume_every, faults=faults)
+    result = train(
+        folder,
+        cfg,
+        lr=lr,
+        epochs=cfg.train.epochs,
+        seed=cfg.train.seed,
+        save_checkpoints=False,
+        progress=progress,
+        resume_every=resume_every,
+        faults=faults,
+    )
     from redheart.train.telemetry import read_metrics
 
     records = read_metrics(folder.metrics_log)
@@ -231,15 +249,26 @@ def run_point(
     rows = parameter_table(cfg.model, config.encoder.dim, config.encoder.max_segments)
     verdicts = _verdict_count(run, ids)
     record = {
-        "index": point.index, "size": point.size, "fraction": point.fraction, "label": point.label,
-        "train_records": len(ids), "verdict_train_records": verdicts, "val_records": len(manifest["val"]),
-        "parameters": sum(r["parameters"] for r in rows), "lr": lr, "lr_source": lr_source, "epochs": result.epochs,
+        "index": point.index,
+        "size": point.size,
+        "fraction": point.fraction,
+        "label": point.label,
+        "train_records": len(ids),
+        "verdict_train_records": verdicts,
+        "val_records": len(manifest["val"]),
+        "parameters": sum(r["parameters"] for r in rows),
+        "lr": lr,
+        "lr_source": lr_source,
+        "epochs": result.epochs,
         "train_seconds": sum(float(r.get("seconds", 0.0)) for r in records),
         "wall_seconds_last_call": time.perf_counter() - started,
         "model": scores(result.final["val"]["fused"]),
-        "probe": scores(baselines["linear_probe"]), "prior": scores(baselines["class_prior"]),
-        "epochs_val": [{"epoch": r["epoch"], "val_loss": sum(r["val"]["loss"].values()),
-                        **scores(r["val"]["fused"])} for r in records],
+        "probe": scores(baselines["linear_probe"]),
+        "prior": scores(baselines["class_prior"]),
+        "epochs_val": [
+            {"epoch": r["epoch"], "val_loss": sum(r["val"]["loss"].values()), **scores(r["val"]["fused"])}
+            for r in records
+        ],
     }
     write_json(folder.root / POINT_FILE, record)
     return record
@@ -255,3 +284,19 @@ def _verdict_count(run: RunDir, ids: list[str]) -> int:
                 if record.get("id") in wanted and (record.get("label_scores") or record.get("label") is not None):
                     count += 1
     return count
+
+
+# Each metric's label and direction (+1: higher is better).
+METRICS: dict[str, tuple[str, int]] = {
+    "emotion_accuracy": ("emotion accuracy", 1),
+    "emotion_macro_f1": ("emotion macro-F1", 1),
+    "verdict_macro_f1": ("verdict macro-F1", 1),
+    "verdict_cross_entropy": ("verdict cross-entropy", -1),
+    "regression_mae": ("regression MAE", -1),
+}
+VERDICT_METRICS = ("verdict_macro_f1", "verdict_cross_entropy")
+
+
+def data_size(point: dict[str, Any], metric: str) -> int:
+    """The x of a point: its training records, or, on a verdict curve, those that carry a verdict."""
+    return int(point["verdict_train_records"] if metric in VERDICT_METRICS else point["train_records"])

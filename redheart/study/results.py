@@ -16,18 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from redheart.atomic import atomic_open, write_json
 from redheart.config import RunConfig
-from redheart.rundir import RunDir
-from redheart.study.points import EXTRA, SCORES, finished_point, plan
+from redheart.core.atomic import atomic_open, write_json
+from redheart.core.rundir import RunDir
+from redheart.study.points import EXTRA, METRICS, SCORES, data_size, finished_point, plan
 
 # name -> (words, +1 when higher is better, -1 when lower is better)
-METRICS: dict[str, tuple[str, int]] = {
-    "emotion_accuracy": ("emotion accuracy", 1), "emotion_macro_f1": ("emotion macro-F1", 1),
-    "verdict_macro_f1": ("verdict macro-F1", 1), "verdict_cross_entropy": ("verdict cross-entropy", -1),
-    "regression_mae": ("regression MAE", -1),
-}
-VERDICT_METRICS = ("verdict_macro_f1", "verdict_cross_entropy")
 
 
 @dataclass(frozen=True)
@@ -36,11 +30,6 @@ class StudyResult:
     missing: list[str]  # point folders not finished yet
     sentences: list[str]
     analysis: dict[str, Any]
-
-
-def data_size(point: dict[str, Any], metric: str) -> int:
-    """The x of a point: its training records, or, on a verdict curve, those that carry a verdict."""
-    return int(point["verdict_train_records"] if metric in VERDICT_METRICS else point["train_records"])
 
 
 def _fit(xs: list[float], ys: list[float]) -> tuple[float, float, list[float]]:
@@ -70,12 +59,18 @@ def analyse(points: list[dict[str, Any]], sizes: list[str]) -> dict[str, Any]:
         probe = {p["label"]: p for p in grid if p["probe"][metric] is not None}
         probe_slope = None
         if len({p["train_records"] for p in probe.values()}) >= 2:
-            probe_slope = _fit([data_size(p, metric) for p in probe.values()],
-                               [p["probe"][metric] for p in probe.values()])[0]
+            probe_slope = _fit(
+                [data_size(p, metric) for p in probe.values()], [p["probe"][metric] for p in probe.values()]
+            )[0]
         out[metric] = {
-            "sign": sign, "slopes": slopes, "probe_slope": probe_slope, "noise": noise, "noise_dof": dof,
+            "sign": sign,
+            "slopes": slopes,
+            "probe_slope": probe_slope,
+            "noise": noise,
+            "noise_dof": dof,
             "slope_se": _slope_se(noise, grid, sizes, metric),
-            "size_steps": _size_steps(grid, sizes, metric), "extra": _extra_effects(points, metric),
+            "size_steps": _size_steps(grid, sizes, metric),
+            "extra": _extra_effects(points, metric),
         }
     return out
 
@@ -104,18 +99,31 @@ def _size_steps(grid: list[dict[str, Any]], sizes: list[str], metric: str) -> li
             continue
         diffs = [b[label]["model"][metric] - a[label]["model"][metric] for label in shared]
         largest = max(shared, key=lambda label: a[label]["train_records"])
-        steps.append({"from": small, "to": large, "fractions": len(shared), "mean_difference": float(np.mean(diffs)),
-                      "difference_at_most_data": diffs[shared.index(largest)], "most_data": largest,
-                      "parameters": [a[shared[0]]["parameters"], b[shared[0]]["parameters"]]})
+        steps.append(
+            {
+                "from": small,
+                "to": large,
+                "fractions": len(shared),
+                "mean_difference": float(np.mean(diffs)),
+                "difference_at_most_data": diffs[shared.index(largest)],
+                "most_data": largest,
+                "parameters": [a[shared[0]]["parameters"], b[shared[0]]["parameters"]],
+            }
+        )
     return steps
 
 
 def _extra_effects(points: list[dict[str, Any]], metric: str) -> dict[str, float]:
     """Per size: the "all+extra" point minus the "all" point (the verdict-only records' effect)."""
     by = {(p["size"], p["label"]): p for p in points}
-    return {size: by[(size, EXTRA)]["model"][metric] - by[(size, "all")]["model"][metric]
-            for size, label in by if label == EXTRA and (size, "all") in by
-            and by[(size, EXTRA)]["model"][metric] is not None and by[(size, "all")]["model"][metric] is not None}
+    return {
+        size: by[(size, EXTRA)]["model"][metric] - by[(size, "all")]["model"][metric]
+        for size, label in by
+        if label == EXTRA
+        and (size, "all") in by
+        and by[(size, EXTRA)]["model"][metric] is not None
+        and by[(size, "all")]["model"][metric] is not None
+    }
 
 
 def _signed(value: float, digits: int = 4) -> str:
@@ -132,27 +140,41 @@ def sentences(analysis: dict[str, Any], points: list[dict[str, Any]], sizes: lis
             out.append(f"{words}: too few finished points for a curve.")
             continue
         noise, se = a["noise"], a["slope_se"]
-        parts = [f"{size} {_signed(slope)}" + (" (within noise)" if size in se and abs(slope) <= 2 * se[size] else "")
-                 for size, slope in a["slopes"].items()]
+        parts = [
+            f"{size} {_signed(slope)}" + (" (within noise)" if size in se and abs(slope) <= 2 * se[size] else "")
+            for size, slope in a["slopes"].items()
+        ]
         probe = f"; the linear probe {_signed(a['probe_slope'])}" if a["probe_slope"] is not None else ""
-        noise_words = (f" Point-to-point noise (residual sd around those lines, {a['noise_dof']} degrees of freedom): "
-                       f"{noise:.4f}." if noise is not None else " Too few points to estimate the noise.")
-        out.append(f"{words}, change per doubling of the training data (least-squares slope on log2 records): "
-                   f"{', '.join(parts)}{probe}.{noise_words}")
+        noise_words = (
+            f" Point-to-point noise (residual sd around those lines, {a['noise_dof']} degrees of freedom): {noise:.4f}."
+            if noise is not None
+            else " Too few points to estimate the noise."
+        )
+        out.append(
+            f"{words}, change per doubling of the training data (least-squares slope on log2 records): "
+            f"{', '.join(parts)}{probe}.{noise_words}"
+        )
         for step in a["size_steps"]:
             diff = step["mean_difference"]
             threshold = 2 * noise * math.sqrt(2 / step["fractions"]) if noise is not None else None
-            verdict = ("helps" if diff * sign > 0 else "hurts") if threshold is None or abs(diff) > threshold else \
-                "makes no difference beyond the noise"
+            verdict = (
+                ("helps" if diff * sign > 0 else "hurts")
+                if threshold is None or abs(diff) > threshold
+                else "makes no difference beyond the noise"
+            )
             bound = f" (two standard errors: {threshold:.4f})" if threshold is not None else ""
-            out.append(f"{words}: {step['to']} ({step['parameters'][1]:,} parameters) against {step['from']} "
-                       f"({step['parameters'][0]:,}) {verdict}: mean paired difference {_signed(diff)} over "
-                       f"{step['fractions']} data sizes{bound}, {_signed(step['difference_at_most_data'])} at "
-                       f"{step['most_data']} of the data.")
+            out.append(
+                f"{words}: {step['to']} ({step['parameters'][1]:,} parameters) against {step['from']} "
+                f"({step['parameters'][0]:,}) {verdict}: mean paired difference {_signed(diff)} over "
+                f"{step['fractions']} data sizes{bound}, {_signed(step['difference_at_most_data'])} at "
+                f"{step['most_data']} of the data."
+            )
         for size, diff in a["extra"].items():
             better = "better" if diff * sign > 0 else "worse"
-            out.append(f"{words}: adding the verdict-only records to all training records ({size}) moves it by "
-                       f"{_signed(diff)} ({better}).")
+            out.append(
+                f"{words}: adding the verdict-only records to all training records ({size}) moves it by "
+                f"{_signed(diff)} ({better})."
+            )
         out.append(_next_gain(metric, words, sign, a, points, present))
     return out
 
@@ -161,8 +183,9 @@ def _state(gain: float, real: bool) -> str:
     return ("improves it" if gain > 0 else "worsens it") if real else "no change beyond the noise"
 
 
-def _next_gain(metric: str, words: str, sign: int, a: dict[str, Any], points: list[dict[str, Any]],
-               sizes: list[str]) -> str:
+def _next_gain(
+    metric: str, words: str, sign: int, a: dict[str, Any], points: list[dict[str, Any]], sizes: list[str]
+) -> str:
     """Where the curve points: a doubling of data at the largest size against the last size step.
 
     Each axis is judged as in the sentences before it: the slope against twice its standard error, the size
@@ -175,8 +198,11 @@ def _next_gain(metric: str, words: str, sign: int, a: dict[str, Any], points: li
     data_real = largest in a["slope_se"] and abs(data_gain) > 2 * a["slope_se"][largest]
     step = a["size_steps"][-1] if a["size_steps"] else None
     size_gain = step["mean_difference"] * sign if step else 0.0
-    size_real = (step is not None and a["noise"] is not None
-                 and abs(size_gain) > 2 * a["noise"] * math.sqrt(2 / step["fractions"]))
+    size_real = (
+        step is not None
+        and a["noise"] is not None
+        and abs(size_gain) > 2 * a["noise"] * math.sqrt(2 / step["fractions"])
+    )
     found = f"a doubling of data at {largest}: {data_gain:+.4f}, {_state(data_gain, data_real)}"
     if step is not None:
         found += f"; {step['from']} to {step['to']}: {size_gain:+.4f}, {_state(size_gain, size_real)}"
@@ -186,14 +212,17 @@ def _next_gain(metric: str, words: str, sign: int, a: dict[str, Any], points: li
     elif size_helps:
         where = "the next gain would come from a larger model"
     else:
-        where = ("neither more of these records nor a larger model improves it beyond the noise, so the next gain has "
-                 "to come from elsewhere (the inputs or the objective)")
+        where = (
+            "neither more of these records nor a larger model improves it beyond the noise, so the next gain has "
+            "to come from elsewhere (the inputs or the objective)"
+        )
     full = [p for p in points if p["size"] == largest and p["label"] == "all" and p["model"][metric] is not None]
     versus = ""
     if full and full[0]["probe"][metric] is not None:
         lead = (full[0]["model"][metric] - full[0]["probe"][metric]) * sign
-        versus = (f" At all the data {largest} is {'ahead of' if lead > 0 else 'behind'} the linear probe by "
-                  f"{abs(lead):.4f}.")
+        versus = (
+            f" At all the data {largest} is {'ahead of' if lead > 0 else 'behind'} the linear probe by {abs(lead):.4f}."
+        )
     return f"{words}: {where} (improvement by {found}).{versus}"
 
 
@@ -201,7 +230,7 @@ def collect(run: RunDir, config: RunConfig) -> StudyResult:
     """Read every finished point, write results.json, results.csv and one plot per metric; train nothing."""
     import torch
 
-    from redheart.report.study_plot import plot_metric
+    from redheart.study.plot import plot_metric
 
     # Points a CUDA machine ran (the full preset) are read on any machine; only this machine's are missing.
     cuda = torch.cuda.is_available()
@@ -220,16 +249,36 @@ def collect(run: RunDir, config: RunConfig) -> StudyResult:
     if missing:
         words.append(f"Incomplete study, missing points: {', '.join(missing)}.")
     result = StudyResult(finished, missing, words, analysis)
-    write_json(run.study / "results.json", {
-        "sizes": sizes, "fractions": list(config.study.fractions), "epochs": config.study.epochs,
-        "seed": config.study.seed, "points": finished, "missing": missing, "sentences": words, "analysis": analysis,
-        "train_seconds": sum(p["train_seconds"] for p in finished),  # epochs only: no validation, no probes
-    })
-    rows = [{"point": p["index"], "size": p["size"], "data": p["label"], "train_records": p["train_records"],
-             "verdict_train_records": p["verdict_train_records"], "parameters": p["parameters"], "lr": p["lr"],
-             "epochs": p["epochs"], "train_seconds": p["train_seconds"],
-             **{f"model_{k}": p["model"][k] for k in SCORES}, **{f"probe_{k}": p["probe"][k] for k in SCORES}}
-            for p in finished]
+    write_json(
+        run.study / "results.json",
+        {
+            "sizes": sizes,
+            "fractions": list(config.study.fractions),
+            "epochs": config.study.epochs,
+            "seed": config.study.seed,
+            "points": finished,
+            "missing": missing,
+            "sentences": words,
+            "analysis": analysis,
+            "train_seconds": sum(p["train_seconds"] for p in finished),  # epochs only: no validation, no probes
+        },
+    )
+    rows = [
+        {
+            "point": p["index"],
+            "size": p["size"],
+            "data": p["label"],
+            "train_records": p["train_records"],
+            "verdict_train_records": p["verdict_train_records"],
+            "parameters": p["parameters"],
+            "lr": p["lr"],
+            "epochs": p["epochs"],
+            "train_seconds": p["train_seconds"],
+            **{f"model_{k}": p["model"][k] for k in SCORES},
+            **{f"probe_{k}": p["probe"][k] for k in SCORES},
+        }
+        for p in finished
+    ]
     with atomic_open(run.study / "results.csv", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
@@ -246,8 +295,10 @@ def format_study(result: StudyResult) -> str:
     lines = [head + "   (model / probe)"]
     for p in result.points:
         cells = "".join(f"{_pair(p, k):>16}" for k in SCORES)
-        lines.append(f"{p['size']:<7}{p['label']:>10}{p['train_records']:>9,}{p['parameters']:>12,}"
-                     f"{p['train_seconds']:>9.0f}{cells}")
+        lines.append(
+            f"{p['size']:<7}{p['label']:>10}{p['train_records']:>9,}{p['parameters']:>12,}"
+            f"{p['train_seconds']:>9.0f}{cells}"
+        )
     return "\n".join(lines + [""] + result.sentences)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from tqdm.auto import tqdm
 
 from redheart.config import RunConfig
-from redheart.rundir import RunDir
+from redheart.core.rundir import RunDir
 from redheart.study.points import finished_point, plan, run_point
 from redheart.study.results import StudyResult, collect
 

@@ -10,18 +10,19 @@ from __future__ import annotations
 import torch
 
 from redheart.config import RunConfig
+from redheart.core.faults import Faults
 from redheart.model.model import RedHeartModel
-from redheart.train.distributed import Distributed
 from redheart.train.ema import build_ema
-from redheart.train.faults import Faults
-from redheart.train.group_swap import GroupSwapTrainer
-from redheart.train.loop import Trainer
-from redheart.train.memory_plan import resolve_strategy
-from redheart.train.memory_strategy import MemoryStrategy
+from redheart.train.memory.plan import resolve_strategy
+from redheart.train.memory.strategy import MemoryStrategy
 from redheart.train.optim import build_optimizer
+from redheart.train.parallel.data_parallel import DataParallelTrainer
+from redheart.train.parallel.distributed import Distributed
+from redheart.train.parallel.fsdp import shard, uses_fsdp
 from redheart.train.precision import choose_precision
 from redheart.train.schedule import build_scheduler, steps_per_epoch
-from redheart.train.sharding import shard, uses_fsdp
+from redheart.train.swap.trainer import GroupSwapTrainer
+from redheart.train.trainer import Trainer
 
 
 def build_trainer(
@@ -32,9 +33,13 @@ def build_trainer(
     sharded = uses_fsdp(config, distributed.world_size)
     memory = resolve_strategy(model, config, device, sharded)
     if memory.group_swap and distributed.world_size > 1:
-        raise ValueError(f"memory strategy {memory.name!r} trains in one process only; with torchrun set train.memory to "
-                         "'standard' or 'saving', or train in one process")
-    precision = choose_precision(device, tc.amp, memory.bf16 is True, cache_weight_casts=not memory.activation_checkpointing)
+        raise ValueError(
+            f"memory strategy {memory.name!r} trains in one process only; with torchrun set train.memory to "
+            "'standard' or 'saving', or train in one process"
+        )
+    precision = choose_precision(
+        device, tc.amp, memory.bf16 is True, cache_weight_casts=not memory.activation_checkpointing
+    )
     model.activation_checkpointing = memory.activation_checkpointing
     ema = build_ema(model, tc.ema_decay, torch.device("cpu") if memory.ema_on_host else device)
     if not memory.group_swap:  # the swap trainer moves one group at a time itself
@@ -43,5 +48,7 @@ def build_trainer(
         shard(model, ema, precision, distributed.world_size)
     optimizer = build_optimizer(model, lr, tc, memory.optimizer)
     scheduler = build_scheduler(optimizer, tc, steps_per_epoch(train_samples, tc.micro_batch, tc.accumulation))
-    trainer = (GroupSwapTrainer if memory.group_swap else Trainer)(model, optimizer, scheduler, ema, precision, tc, faults)
-    return trainer, memory
+    parts = (model, optimizer, scheduler, ema, precision, tc, faults)
+    if distributed.world_size > 1:
+        return DataParallelTrainer(*parts, distributed=distributed), memory
+    return (GroupSwapTrainer if memory.group_swap else Trainer)(*parts), memory

@@ -26,12 +26,12 @@ from pathlib import Path
 import torch
 
 from redheart.config import RunConfig
+from redheart.core.checkpoint_files import DiskFullError
+from redheart.core.rundir import RunDir
 from redheart.model.groups import GROUPS, group_state_dict
 from redheart.model.model import RedHeartModel
-from redheart.rundir import RunDir
-from redheart.train.checkpoints import checkpoint_dtype
-from redheart.train.faults import DiskFullError
-from redheart.train.memory_strategy import strategy
+from redheart.train.memory.strategy import strategy
+from redheart.train.state.checkpoints import checkpoint_dtype
 
 # Files whose size follows the number of modules, epochs and checkpoints, never the parameter count: measured on
 # a small-preset pipeline (CPU, telemetry on, 8 epochs, a checkpoint every 2, a 3-trial sweep of 2 epochs).
@@ -115,7 +115,7 @@ def training_state_bytes(model: RedHeartModel, optimizer: str) -> int:
     """training.pt of a resume slot: the optimizer state (memory_plan's byte count per layout), the scheduler and
     the RNG states, and torch.save's record per tensor (fp32 AdamW: two moments and a step per parameter;
     8-bit AdamW: two moments and their two block scales)."""
-    from redheart.train.memory_plan import optimizer_state_bytes
+    from redheart.train.memory.plan import optimizer_state_bytes
 
     params = list(model.parameters())
     per_param = {"adamw": 3, "adamw8bit": 4}[optimizer]
@@ -163,9 +163,7 @@ def plan_disk(config: RunConfig, records: int, data_bytes: int, optimizer: str |
         DiskLine("embeddings", f"{records} records x {enc.max_segments} segments x {enc.dim} fp32 + mask", embeddings),
     ]
     if tc.lr is None:  # the pipeline sweeps only when no rate is set
-        from redheart.train.sweep import trial_count
-
-        trials = trial_count(config)
+        trials = config.sweep.trials
         fixed, per_epoch = SWEEP_OUTPUT_BYTES
         logs = trials * sweep.epochs * (EPOCH_LOG_BYTES + per_epoch) + fixed
         lines.append(DiskLine("sweep", f"{trials} trials x {sweep.epochs} epochs of metrics and logs, results", logs))

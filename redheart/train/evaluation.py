@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from typing import cast
+
 import numpy as np
 import torch
 from torch import nn
 
-from redheart.data.dataset import DISTRIBUTION_TARGETS, SplitTensors
-from redheart.data.schema import TARGET_DIMS
-from redheart.evaluate.metrics import evaluate_predictions, headline
+from redheart.data.dataset import SplitTensors, split_targets
+from redheart.data.schema import DISTRIBUTION_TARGETS, TARGET_DIMS
+from redheart.model.model import RedHeartModel
+from redheart.scoring.metrics import evaluate_predictions, headline
 from redheart.train.precision import Precision
 
 Predictions = dict[str, dict[str, np.ndarray]]
@@ -18,7 +22,7 @@ def _device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
-def _batches(split: SplitTensors, batch_size: int, device: torch.device):
+def _batches(split: SplitTensors, batch_size: int, device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
     for start in range(0, len(split), batch_size):
         index = torch.arange(start, min(start + batch_size, len(split)))
         yield split.batch(index, device)
@@ -47,26 +51,24 @@ def _forward_split(
             with precision.autocast() if precision else torch.autocast(device.type, enabled=False):
                 raw = model(batch["x"], batch["mask"])
             if label_smoothing is not None:
-                for name, value in model.losses(raw, batch, label_smoothing).items():
+                for name, value in cast(RedHeartModel, model).losses(raw, batch, label_smoothing).items():
                     sums[name] = sums.get(name, 0.0) + float(value) * len(batch["x"])
             for module, targets in _probabilities(raw).items():
                 for target, value in targets.items():
                     chunks.setdefault(module, {}).setdefault(target, []).append(value.cpu().numpy())
     finally:
         model.train(was_training)
-    predictions = {module: {t: np.concatenate(parts) for t, parts in targets.items()} for module, targets in chunks.items()}
+    predictions = {
+        module: {t: np.concatenate(parts) for t, parts in targets.items()} for module, targets in chunks.items()
+    }
     return predictions, {name: total / len(split) for name, total in sums.items()}
 
 
-def predict(model: nn.Module, split: SplitTensors, batch_size: int = 256, precision: Precision | None = None) -> Predictions:
+def predict(
+    model: nn.Module, split: SplitTensors, batch_size: int = 256, precision: Precision | None = None
+) -> Predictions:
     """Per module, per target: probabilities (distribution targets) or values, as (N, k) numpy arrays."""
     return _forward_split(model, split, batch_size, precision, label_smoothing=None)[0]
-
-
-def split_targets(split: SplitTensors) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    targets = {name: split.tensors[name].numpy() for name in TARGET_DIMS}
-    present = {name: split.tensors[f"{name}_present"].numpy() for name in TARGET_DIMS}
-    return targets, present
 
 
 def metrics_of(predictions: Predictions, split: SplitTensors) -> dict[str, dict]:

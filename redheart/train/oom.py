@@ -44,15 +44,25 @@ class BatchPlan:
                 f"sequential R-Drop) at {where}: the model does not fit on this device. Use a smaller "
                 f"preset or a device with more memory. Last error: {error.splitlines()[0]}"
             )
-        self.events.append({**where, "micro_batch": self.micro_batch, "accumulation": self.accumulation,
-                            "memory_saving": self.memory_saving})
+        self.events.append(
+            {
+                **where,
+                "micro_batch": self.micro_batch,
+                "accumulation": self.accumulation,
+                "memory_saving": self.memory_saving,
+            }
+        )
 
     def to_json(self) -> dict[str, Any]:
-        return {"window": self.window, "micro_batch": self.micro_batch, "memory_saving": self.memory_saving,
-                "events": list(self.events)}
+        return {
+            "window": self.window,
+            "micro_batch": self.micro_batch,
+            "memory_saving": self.memory_saving,
+            "events": list(self.events),
+        }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "BatchPlan":
+    def from_json(cls, data: dict[str, Any]) -> BatchPlan:
         return cls(data["window"], data["micro_batch"], data["memory_saving"], list(data["events"]))
 
 

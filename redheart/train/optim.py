@@ -6,9 +6,10 @@ import torch
 from torch import nn
 
 from redheart.config import TrainConfig
+from redheart.model.model import RedHeartModel
 
 
-def parameter_groups(model: nn.Module, lr: float, config: TrainConfig) -> list[dict]:
+def parameter_groups(model: RedHeartModel, lr: float, config: TrainConfig) -> list[dict]:
     """One group per (rate, decay) pair; backbone depth d gets lr * layer_decay ** (num_depths - 1 - d)."""
     depths = model.num_backbone_depths
     no_decay_ids = _no_decay_ids(model)
@@ -34,7 +35,7 @@ def parameter_groups(model: nn.Module, lr: float, config: TrainConfig) -> list[d
     return [groups[key] for key in sorted(groups, key=lambda k: (-1 if k[0] is None else k[0], k[1]))]
 
 
-def build_optimizer(model: nn.Module, lr: float, config: TrainConfig, kind: str = "adamw") -> torch.optim.Optimizer:
+def build_optimizer(model: RedHeartModel, lr: float, config: TrainConfig, kind: str = "adamw") -> torch.optim.Optimizer:
     """AdamW with fp32 moments ("adamw") or bitsandbytes' block-wise 8-bit moments ("adamw8bit")."""
     groups = parameter_groups(model, lr, config)
     for group in groups:

@@ -10,34 +10,33 @@ import sys
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-import numpy as np
 import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from redheart.atomic import read_json, write_json
 from redheart.config import RunConfig, to_dict
+from redheart.core.atomic import read_json, write_json
+from redheart.core.faults import NO_FAULTS, Faults
+from redheart.core.rundir import RunDir
 from redheart.data.dataset import SplitTensors, load_split, micro_batches, split_hash
-from redheart.evaluate.baselines import compute_baselines
-from redheart.evaluate.metrics import headline
 from redheart.model.model import RedHeartModel
-from redheart.rundir import RunDir
+from redheart.scoring.baselines import run_baselines
+from redheart.scoring.metrics import headline
 from redheart.train.build_trainer import build_trainer
-from redheart.train.checkpoints import MANIFEST, save_checkpoint
 from redheart.train.disk_plan import ensure_disk_space
-from redheart.train.distributed import Distributed
-from redheart.train.evaluation import evaluate, metrics_of, predict, split_targets
-from redheart.train.faults import NO_FAULTS, Faults
-from redheart.train.loop import EpochTally, Trainer
+from redheart.train.evaluation import evaluate, metrics_of, predict
+from redheart.train.parallel.distributed import Distributed
+from redheart.train.parallel.fsdp import drop_summed_grads, host_view, is_sharded
 from redheart.train.precision import resolve_device
-from redheart.train.resume import has_resume, load_resume, resume_tensors, save_resume
-from redheart.train.shared_window import run_shared_epoch
-from redheart.train.sharding import drop_summed_grads, host_view, is_sharded
 from redheart.train.signals import TrainingInterrupted, interruption, stop_on_signals
-from redheart.train.telemetry import RunTelemetry, append_metrics, log_scalars, peak_memory_bytes, read_metrics
+from redheart.train.state.checkpoints import MANIFEST, save_checkpoint
+from redheart.train.state.resume import has_resume, load_resume, resume_tensors, save_resume
+from redheart.train.telemetry.records import RunTelemetry, append_metrics, log_scalars, peak_memory_bytes, read_metrics
+from redheart.train.trainer import EpochTally, Trainer
 
 
 @dataclass(frozen=True)
@@ -70,9 +69,9 @@ def train(
     or SIGTERM stops after the current micro-step with the state saved (exit code 130 or 143).
 
     With `distributed` (a torchrun job, distributed.py) every rank calls this; each trains its share of
-    every window (shared_window.py), and rank 0 alone writes files and shows progress. The state is then
+    every window (parallel/data_parallel.py), and rank 0 alone writes files and shows progress. The state is then
     saved, and a signal obeyed, only at window ends, so it loads with any number of processes. Under FSDP
-    (sharding.py) each rank holds a shard of the model; checkpoints and the state are gathered whole.
+    (parallel/fsdp.py) each rank holds a shard of the model; checkpoints and the state are gathered whole.
     """
     tc = config.train
     out = RunDir(log_dir) if log_dir is not None else run
@@ -108,18 +107,28 @@ def train(
     def save_state(epoch: int, sample: int, micro_step: int, state: EpochTally) -> None:
         tensors = resume_tensors(trainer)  # on every rank: under FSDP gathering the shards is a collective
         if main:
-            info = {**identity, "epoch": epoch, "sample": sample, "micro_step": micro_step, "tally": state.to_json(),
-                    "lr": lr, "lr_source": lr_source, "seed": seed}
+            info = {
+                **identity,
+                "epoch": epoch,
+                "sample": sample,
+                "micro_step": micro_step,
+                "tally": state.to_json(),
+                "lr": lr,
+                "lr_source": lr_source,
+                "seed": seed,
+            }
             save_resume(out.resume, trainer, info, faults, tensors)
 
     command = f"redheart train --run {shlex.quote(str(run.root))}" if log_dir is None else "the same command again"
     signals = ExitStack()
     stop = signals.enter_context(stop_on_signals())
-    micro_done = start_micro
+    micro_done, counted = start_micro, 0  # micro-steps of this epoch, and of the trainer's count seen so far
 
-    def after_steps(epoch: int, sample: int, state: EpochTally, steps: int) -> None:
-        """Progress, the periodic resume state, and a clean stop on SIGINT/SIGTERM, after `steps` micro-steps."""
-        nonlocal micro_done
+    def after_steps(epoch: int, sample: int, state: EpochTally) -> None:
+        """Progress, the periodic resume state, and a clean stop on SIGINT/SIGTERM, after the micro-steps the
+        trainer ran since the last call."""
+        nonlocal micro_done, counted
+        steps, counted = trainer.micro_steps - counted, trainer.micro_steps
         periodic = resume_every > 0 and (micro_done + steps) // resume_every > micro_done // resume_every
         micro_done += steps
         bar.update(steps)
@@ -130,17 +139,17 @@ def train(
             distributed.barrier()  # torchrun ends every rank once one exits: not before rank 0 has saved
             raise interruption(stop, out.resume, command) if main else TrainingInterrupted(stop, "")
 
-    def run_epoch(epoch: int, start_sample: int, tally: EpochTally) -> EpochTally:
-        if distributed.world_size == 1:
-            return trainer.run_epoch(train_split, epoch, seed, start_sample, tally, lambda s, t: after_steps(epoch, s, t, 1))
-        return run_shared_epoch(trainer, distributed, train_split, epoch, seed, start_sample, tally,
-                                lambda s, t, n: after_steps(epoch, s, t, n))
-
     per_epoch_micro = len(micro_batches(len(train_split), tc.micro_batch, seed, 0))
     writer = SummaryWriter(str(out.tensorboard)) if main else None
-    telemetry = RunTelemetry(out, trainer, writer, epochs, enabled=tc.telemetry and main, gradients=not is_sharded(model))
-    bar = tqdm(total=epochs * per_epoch_micro, initial=start_epoch * per_epoch_micro + start_micro, unit="micro-step",
-               disable=not (progress and main))
+    telemetry = RunTelemetry(
+        out, trainer, writer, epochs, enabled=tc.telemetry and main, gradients=not is_sharded(model)
+    )
+    bar = tqdm(
+        total=epochs * per_epoch_micro,
+        initial=start_epoch * per_epoch_micro + start_micro,
+        unit="micro-step",
+        disable=not (progress and main),
+    )
     done = read_metrics(out.metrics_log)
     record: dict[str, Any] = done[-1] if done and start_epoch >= epochs else {}
     try:
@@ -149,22 +158,34 @@ def train(
             started = time.perf_counter()
             samples_before = tally.samples
             telemetry.start_epoch(tally, checkpoint=save_checkpoints and (epoch + 1) % tc.checkpoint_every == 0)
-            tally = run_epoch(epoch, start_sample, tally)
+            tally = trainer.run_epoch(train_split, epoch, seed, start_sample, tally, partial(after_steps, epoch))
             seconds = time.perf_counter() - started
             record = epoch_record(epoch + 1, trainer, tally, val_split, tc.label_smoothing)
-            record.update(seconds=seconds, samples_per_second=(tally.samples - samples_before) / seconds, lr_source=lr_source)
+            record.update(
+                seconds=seconds, samples_per_second=(tally.samples - samples_before) / seconds, lr_source=lr_source
+            )
             record["peak_memory_bytes"] = peak_memory_bytes(device)
             telemetry.finish_epoch(record, tally)
-            bar.set_postfix(loss=f"{record['train_loss']['total']:.4f}", val=f"{sum(record['val']['loss'].values()):.4f}")
-            if main:
+            bar.set_postfix(
+                loss=f"{record['train_loss']['total']:.4f}", val=f"{sum(record['val']['loss'].values()):.4f}"
+            )
+            if writer is not None:  # rank 0
                 append_metrics(out.metrics_log, record)
                 log_scalars(writer, record)
             if save_checkpoints and (epoch + 1) % tc.checkpoint_every == 0:
                 weights = host_view(model)  # on every rank: a collective under FSDP; None off rank 0
                 if main:
+                    weights = cast(RedHeartModel, weights)  # None only off rank 0
                     files = telemetry.checkpoint_files(epoch + 1, weights)
-                    save_checkpoint(weights, out.checkpoint(epoch + 1), record, config.preset, files, faults,
-                                    dtype=tc.checkpoint_dtype)
+                    save_checkpoint(
+                        weights,
+                        out.checkpoint(epoch + 1),
+                        record,
+                        config.preset,
+                        files,
+                        faults,
+                        dtype=tc.checkpoint_dtype,
+                    )
                     telemetry.report_progress()
             start_sample, micro_done, tally = 0, 0, EpochTally()
             save_state(epoch + 1, 0, 0, tally)
@@ -177,9 +198,15 @@ def train(
     # its weights were not bit-identical, and crossover would then see new inputs.
     ema_missing = not (out.checkpoints / "ema" / MANIFEST).exists()
     if trainer.ema is not None and save_checkpoints and record and (start_epoch < epochs or ema_missing):
-        ema_weights = host_view(trainer.ema.module)
+        ema_weights = host_view(cast(RedHeartModel, trainer.ema.module))
         if main:
-            save_checkpoint(ema_weights, out.checkpoints / "ema", record, config.preset, dtype=tc.checkpoint_dtype)
+            save_checkpoint(
+                cast(RedHeartModel, ema_weights),
+                out.checkpoints / "ema",
+                record,
+                config.preset,
+                dtype=tc.checkpoint_dtype,
+            )
     distributed.barrier()  # every rank returns once the outputs are complete
     return TrainResult(lr=lr, lr_source=lr_source, epochs=epochs, seed=seed, final=record, output=out)
 
@@ -190,7 +217,7 @@ def resolve_lr(run: RunDir, config: RunConfig, lr: float | None) -> tuple[float,
         return float(lr), "argument"
     if config.train.lr is not None:
         return float(config.train.lr), "config"
-    choice = run.sweep / "choice.json"
+    choice = run.sweep_choice
     if choice.exists():
         return float(read_json(choice)["lr"]), "sweep"
     return float(config.train.default_lr), "default"
@@ -201,8 +228,9 @@ def config_hash(config: RunConfig, lr: float, seed: int) -> str:
     switch and distributed mode are left out, so a run can be extended, moved, or resumed by other processes;
     the memory strategy enters the identity resolved (train() adds it); the data settings are covered by the
     split hash, and sweep and selection settings do not change what training computes."""
-    train = dataclasses.replace(config.train, lr=lr, seed=seed, epochs=0, device="any", telemetry=True, memory="any",
-                                distributed="any")
+    train = dataclasses.replace(
+        config.train, lr=lr, seed=seed, epochs=0, device="any", telemetry=True, memory="any", distributed="any"
+    )
     full = to_dict(dataclasses.replace(config, train=train))
     tree = {section: full[section] for section in ("encoder", "model", "train")}
     for stored_only in ("checkpoint_dtype", "check_disk"):  # how outputs are stored, not what training computes
@@ -210,7 +238,9 @@ def config_hash(config: RunConfig, lr: float, seed: int) -> str:
     return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def epoch_record(epoch: int, trainer: Trainer, tally: EpochTally, val: SplitTensors, label_smoothing: float) -> dict[str, Any]:
+def epoch_record(
+    epoch: int, trainer: Trainer, tally: EpochTally, val: SplitTensors, label_smoothing: float
+) -> dict[str, Any]:
     """Train losses, validation with the raw weights, and the EMA weights' fused headline."""
     record: dict[str, Any] = {
         "epoch": epoch,
@@ -222,17 +252,3 @@ def epoch_record(epoch: int, trainer: Trainer, tally: EpochTally, val: SplitTens
     if trainer.ema is not None:
         record["ema_headline"] = headline(metrics_of(predict(trainer.ema.module, val), val)["fused"])
     return record
-
-
-def pooled_features(split: SplitTensors) -> np.ndarray:
-    """Masked mean of the segment vectors: the features of the linear-probe baseline."""
-    mask = split.tensors["mask"].unsqueeze(-1).float()
-    return ((split.tensors["x"] * mask).sum(1) / mask.sum(1).clamp(min=1)).numpy()
-
-
-def run_baselines(train_split: SplitTensors, val_split: SplitTensors) -> dict[str, Any]:
-    train_targets, train_present = split_targets(train_split)
-    val_targets, val_present = split_targets(val_split)
-    return compute_baselines(
-        pooled_features(train_split), train_targets, train_present, pooled_features(val_split), val_targets, val_present
-    )

@@ -54,12 +54,19 @@ def stop_on_signals() -> Iterator[StopRequest]:
 
     def handle(signum: int, frame: object) -> None:
         if request.requested:
-            print(f"\n{signal.Signals(signum).name} again: already stopping, the resume state is being saved; "
-                  "please wait", file=sys.stderr, flush=True)
+            print(
+                f"\n{signal.Signals(signum).name} again: already stopping, the resume state is being saved; "
+                "please wait",
+                file=sys.stderr,
+                flush=True,
+            )
             return
         request.signum = signum
-        print(f"\n{signal.Signals(signum).name}: stopping after this micro-step and saving the resume state",
-              file=sys.stderr, flush=True)
+        print(
+            f"\n{signal.Signals(signum).name}: stopping after this micro-step and saving the resume state",
+            file=sys.stderr,
+            flush=True,
+        )
 
     previous = {sig: signal.signal(sig, handle) for sig in SIGNALS}
     try:

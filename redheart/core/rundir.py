@@ -1,0 +1,146 @@
+"""The layout of one run folder: every phase reads and writes its artifacts through these names."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class RunDir:
+    root: Path
+
+    def __init__(self, root: str | Path) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    @property
+    def config(self) -> Path:
+        return self.root / "config.yaml"
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def clean_records(self) -> Path:
+        """Validated, de-duplicated records as JSON Lines, in the input's order."""
+        return self.data / "clean.jsonl"
+
+    @property
+    def rejected_records(self) -> Path:
+        """Every record that failed validation, with its reasons."""
+        return self.data / "rejected.jsonl"
+
+    @property
+    def duplicates(self) -> Path:
+        return self.data / "duplicates.json"
+
+    @property
+    def split_manifest(self) -> Path:
+        """Ids per split; every later phase reads the split from here and only here."""
+        return self.data / "split.json"
+
+    @property
+    def data_stats(self) -> Path:
+        return self.data / "stats.json"
+
+    @property
+    def embeddings(self) -> Path:
+        return self.root / "embeddings"
+
+    @property
+    def sweep(self) -> Path:
+        return self.root / "sweep"
+
+    @property
+    def study(self) -> Path:
+        """Learning curves: one run folder per point, then results.json and the plots."""
+        return self.root / "study"
+
+    @property
+    def sweep_results(self) -> Path:
+        """Every rate's score and components, as ranked."""
+        return self.sweep / "results.json"
+
+    @property
+    def sweep_choice(self) -> Path:
+        """The chosen learning rate and the reason; training reads its rate from here."""
+        return self.sweep / "choice.json"
+
+    @property
+    def sweep_curves(self) -> Path:
+        return self.sweep / "curves.png"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def pins(self) -> Path:
+        """Checkpoints that must outlive pruning, as the sweet-spot analysis chose them."""
+        return self.checkpoints / "pins.json"
+
+    def checkpoint(self, epoch: int) -> Path:
+        return self.checkpoints / f"epoch_{epoch:03d}"
+
+    @property
+    def resume(self) -> Path:
+        return self.root / "resume"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / "tensorboard"
+
+    @property
+    def progress(self) -> Path:
+        """Progress reports: epoch_NNN.json at every checkpoint, and latest.json."""
+        return self.root / "progress"
+
+    @property
+    def metrics_log(self) -> Path:
+        """One JSON object per epoch, appended as training goes."""
+        return self.root / "metrics.jsonl"
+
+    @property
+    def baselines(self) -> Path:
+        return self.root / "baselines.json"
+
+    @property
+    def analysis(self) -> Path:
+        return self.root / "analysis"
+
+    @property
+    def analysis_results(self) -> Path:
+        return self.analysis / "analysis.json"
+
+    @property
+    def analysis_curves(self) -> Path:
+        return self.analysis / "curves.png"
+
+    @property
+    def crossover(self) -> Path:
+        return self.root / "crossover"
+
+    @property
+    def crossover_candidates(self) -> Path:
+        """Every candidate model of the crossover, its validation scores, and the plan it was built by."""
+        return self.crossover / "candidates.json"
+
+    @property
+    def calibration(self) -> Path:
+        return self.root / "calibration"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
+    @property
+    def final_model(self) -> Path:
+        return self.root / "final_model"
+
+    @property
+    def final_model_config(self) -> Path:
+        return self.final_model / "config.json"
+
+    @property
+    def test_results(self) -> Path:
+        """The one reading of the test split: every model and baseline with bootstrap intervals."""
+        return self.root / "test_results.json"

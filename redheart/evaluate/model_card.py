@@ -1,0 +1,228 @@
+"""The model card beside the final model: final_model/README.md, in the shape model hubs use.
+
+Every fact comes from a file of the run: the final model's config.json (what it is, how it was chosen),
+config.yaml (the training recipe), data/stats.json (the data and its closeness across splits),
+calibration/calibrators.json (the calibration chosen on validation) and test_results.json (test metrics
+beside the baselines with 95% intervals, and how often the test split was read). Test numbers are shown
+only while they measured this final model; otherwise the card says which command measures it. The card
+is documentation: it is not in the folder's checksum manifest and is rewritten whenever its sources change.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from redheart.core.atomic import atomic_open, read_json
+from redheart.core.rundir import RunDir
+from redheart.data.schema import BENTHAM_KEYS, EMOTIONS, SURD_KEYS, VERDICTS, bundled_data_path
+
+README = "README.md"
+HEADLINE = {
+    "emotion_accuracy": "emotion accuracy",
+    "emotion_macro_f1": "emotion macro-F1",
+    "verdict_accuracy": "verdict accuracy",
+    "verdict_macro_f1": "verdict macro-F1",
+    "regression_mae": "regression MAE (9 outputs, lower is better)",
+}
+# Provenance of the data set shipped in the package; a run on other data states only its path.
+BUNDLED_DATA = (
+    "AllenAI Scruples anecdotes (public Reddit posts; texts, titles and community verdicts), published "
+    "under Apache-2.0; emotions, regret, Bentham and SURD targets are one LLM labelling of each text"
+)
+
+
+def _number(value: float | None, digits: int = 4) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _with_interval(entry: dict[str, Any], key: str) -> str:
+    value = entry["headline"].get(key)
+    interval = entry.get("intervals", {}).get(key)
+    if value is None or not interval:
+        return _number(value)
+    return f"{value:.4f} [{interval[0]:.4f}, {interval[1]:.4f}]"
+
+
+def _against_baselines(results: dict[str, Any]) -> str:
+    """Per headline metric: the final model beside the best baseline, and whether its interval clears it."""
+    final = results["models"][results["final_model"]]
+    parts = []
+    for key, label in HEADLINE.items():
+        lower_is_better = key == "regression_mae"
+        values = {n: e["headline"][key] for n, e in results["baselines"].items() if e["headline"].get(key) is not None}
+        value, interval = final["headline"].get(key), final.get("intervals", {}).get(key)
+        if not values or value is None:
+            continue
+        best = (min if lower_is_better else max)(values, key=values.__getitem__)
+        if interval and (interval[1] < values[best] if lower_is_better else interval[0] > values[best]):
+            word = "better, its interval clear of it"
+        elif (value < values[best]) if lower_is_better else (value > values[best]):
+            word = "better, within the interval"
+        else:
+            word = "not better"
+        parts.append(f"{label.split(' (')[0]} {value:.4f} vs {best.replace('_', ' ')} {values[best]:.4f} ({word})")
+    return "; ".join(parts)
+
+
+def _current_results(run: RunDir) -> tuple[dict[str, Any] | None, str]:
+    from redheart.evaluate.test_reads import StaleTestResults, check_fingerprint, fingerprint
+
+    path = run.root / "test_results.json"
+    if not path.exists():
+        return None, f"not measured yet: run `redheart evaluate --run {run.root}`"
+    results = read_json(path)
+    try:
+        check_fingerprint(run, results, fingerprint(run))
+    except (StaleTestResults, FileNotFoundError) as error:
+        return None, f"the test results on disk measured other artefacts ({error})"
+    return results, ""
+
+
+def model_card(run: RunDir) -> str:
+    """The card's Markdown, from the run's files."""
+    info = read_json(run.final_model / "config.json")
+    candidate = info.get("info", {}).get("candidate", {})
+    lines = [
+        "---",
+        "license: apache-2.0",
+        "language: en",
+        "library_name: redheart",
+        "tags: [text-classification, multi-task, emotion, moral-judgement, scruples]",
+        "---",
+        "",
+        f"# Red Heart model ({info['preset']} preset): {candidate.get('name', 'final model')}",
+        "",
+        "## What it predicts",
+        "",
+        "From a first-person account of a social situation (title and text), one forward pass gives:",
+        f"- emotions: a distribution over {', '.join(EMOTIONS)};",
+        f"- the community's moral verdict: a distribution over {', '.join(VERDICTS)};",
+        f"- regret (one score), Bentham scores ({', '.join(BENTHAM_KEYS)}) and SURD metrics ({', '.join(SURD_KEYS)}).",
+        "",
+    ]
+    lines += ["## Data", ""]
+    stats = read_json(run.data_stats) if run.data_stats.exists() else None
+    if stats:
+        bundled = Path(stats["data_path"]).name == bundled_data_path().name
+        sizes = ", ".join(f"{name} {count}" for name, count in stats["split_sizes"].items())
+        lines += [
+            f"- source: `{Path(stats['data_path']).name}`"
+            + (f": {BUNDLED_DATA}." if bundled else " (licence: as its owner gives it; not recorded in the run)."),
+            f"- {stats['records_read']} records read, {stats['rejected']} rejected, "
+            f"{stats['duplicates_removed']} near-duplicates removed; split {sizes}.",
+        ]
+        if stats.get("leakage"):
+            counts = "; ".join(f"{k}: {v}" for k, v in stats["leakage"]["pairs"].items())
+            lines.append(
+                f"- closeness of validation/test to training ({stats['leakage']['compared']}), pairs: {counts}."
+            )
+    else:
+        lines.append("- data statistics not found (data/stats.json)")
+    lines += ["", "## Training recipe", ""]
+    lines.append(f"- chosen on validation: {candidate.get('name', '?')} ({candidate.get('note', '')}).")
+    val = candidate.get("val", {})
+    if val:
+        lines.append(
+            f"- validation loss {_number(val.get('loss'))}; "
+            + ", ".join(f"{label} {_number(val['headline'].get(k))}" for k, label in HEADLINE.items())
+            + "."
+        )
+    if run.config.exists():
+        import yaml
+
+        train = (yaml.safe_load(run.config.read_text()) or {}).get("train", {})
+        keys = (
+            "epochs",
+            "lr",
+            "default_lr",
+            "micro_batch",
+            "accumulation",
+            "weight_decay",
+            "warmup_epochs",
+            "restart_epochs",
+            "label_smoothing",
+            "rdrop_alpha",
+            "ema_decay",
+            "layer_decay",
+            "seed",
+        )
+        lines.append("- settings (config.yaml): " + ", ".join(f"{k} {train[k]}" for k in keys if k in train) + ".")
+    lines.append(
+        f"- encoder: {info['encoder']['name']} ({info['encoder'].get('dim')}-dimensional window vectors, "
+        f"up to {info['max_segments']} windows)."
+    )
+    lines += ["", "## Test metrics", ""]
+    results, why_not = _current_results(run)
+    if results is None:
+        lines.append(f"Not shown: {why_not}.")
+    else:
+        final = results["models"][results["final_model"]]
+        rows = [("this model", final)] + [
+            (f"baseline: {n.replace('_', ' ')}", e) for n, e in results["baselines"].items()
+        ]
+        lines += [
+            f"Test split, n = {results['n']}, {int(100 * results['bootstrap']['level'])}% bootstrap intervals "
+            f"({results['bootstrap']['samples']} resamples):",
+            "",
+            "| model | " + " | ".join(HEADLINE.values()) + " |",
+            "|---" * (len(HEADLINE) + 1) + "|",
+        ]
+        lines += [
+            f"| {name} | " + " | ".join(_with_interval(entry, k) for k in HEADLINE) + " |" for name, entry in rows
+        ]
+        reads = results.get("reads", [])
+        lines += [
+            "",
+            f"The test split was read {len(reads) or 1} time(s): "
+            + "; ".join(f"read {r['read']} at {r['at']} ({r['why']})" for r in reads)
+            + ".",
+        ]
+    lines += ["", "## Calibration", ""]
+    calibrators_path = run.final_model / "calibrators.json"
+    if calibrators_path.exists():
+        fitted = read_json(calibrators_path)
+        for name, entry in fitted["targets"].items():
+            lines.append(f"- {name}: {entry['method']}, {entry['reason']}.")
+        for name, entry in (results or {}).get("calibration", {}).items():
+            before, after = entry["before"], entry["after"]
+            lines.append(
+                f"- {name} on test: ECE {before['ece']:.4f} -> {after['ece']:.4f}, "
+                f"NLL {before['nll']:.4f} -> {after['nll']:.4f}."
+            )
+    else:
+        lines.append(f"Not calibrated yet: run `redheart calibrate --run {run.root}`.")
+    lines += ["", "## Known limitations", ""]
+    plan = read_json(run.crossover / "candidates.json") if (run.crossover / "candidates.json").exists() else {}
+    if plan.get("conclusion"):
+        lines.append(f"- on validation: {plan['conclusion']}")
+    if results is not None and results.get("test_conclusion"):
+        lines.append(f"- on test: {results['test_conclusion']}")
+    if results is not None:
+        lines.append("- against the best baseline on test: " + _against_baselines(results) + ".")
+    lines += [
+        "- the emotion, regret, Bentham and SURD targets are one LLM's labels, not human annotations; "
+        "the verdict is a vote share of Reddit users, whose norms it reflects.",
+        "- English Reddit anecdotes only; other kinds of text are outside what it was trained and measured on.",
+        "",
+        "## How to use",
+        "",
+        "```bash",
+        f'redheart predict "TEXT" --model {run.final_model}',
+        f"redheart predict --input texts.jsonl --model {run.final_model}   # JSON Lines with a 'text' field",
+        "```",
+        "",
+        "Each input gives one JSON object with the named emotions, verdict, regret, Bentham and SURD outputs, "
+        "calibrated with `calibrators.json` (`--uncalibrated` for the raw distributions). In Python: "
+        "`redheart.select.final_model.load_final_model(path)` verifies every checksum and loads the weights "
+        "(safetensors, nothing unpickled).",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_model_card(run: RunDir) -> Path:
+    """Write final_model/README.md from the run's files; returns its path."""
+    path = run.final_model / README
+    with atomic_open(path) as handle:
+        handle.write(model_card(run))
+    return path

@@ -1,0 +1,248 @@
+"""The memory plan: bytes each strategy puts on the device and in host memory, and the one to train with.
+
+Sizes come from the real model: parameter counts and dtypes from the model built on the meta device,
+optimizer state from the optimizers' own layouts (fp32 AdamW: two fp32 moments; bitsandbytes 8-bit
+AdamW: two uint8 moments plus one fp32 absmax per 256-value block, fp32 moments for tensors under 4,096
+values), activations measured by `activation_bytes`. The device budget is the card's memory less a
+reserve for the CUDA context and allocator fragmentation, which torch.cuda.max_memory_allocated does not
+count. Strategies are tried from the fastest (memory_strategy.STRATEGIES order); the first that fits wins.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from redheart.config import RunConfig
+from redheart.model.groups import GROUPS
+from redheart.model.model import MODULES, RedHeartModel
+from redheart.train.memory.activations import ActivationBytes, empty_model, measure_activation_bytes
+from redheart.train.memory.strategy import STRATEGIES, MemoryStrategy, strategy
+
+GiB = 2**30
+# Decimal units as written; a bare K, M or G means the binary unit, as card sizes are meant.
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "k": 2**10,
+    "kib": 2**10,
+    "m": 2**20,
+    "mib": 2**20,
+    "g": 2**30,
+    "gib": 2**30,
+}
+_MIN_8BIT_SIZE = 4096  # bitsandbytes: smaller tensors keep fp32 moments
+_BLOCK = 256  # bitsandbytes: values per absmax scale in the block-wise 8-bit state
+_QMAPS = 2 * 256 * 4  # the two shared 256-entry fp32 quantisation maps
+DEFAULT_RESERVE = GiB // 2
+COMPONENTS = ("weights", "gradients", "optimizer", "ema", "activations")
+
+
+class NoStrategyFits(RuntimeError):
+    """The plan finds no memory strategy whose bytes fit the device, before any training step has run."""
+
+
+def parse_bytes(text: str) -> int:
+    """'8GiB', '8 GB', '7.5G' (G = GiB), '8589934592' -> bytes."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    if not match or match.group(2).lower() not in _UNITS:
+        raise ValueError(f"cannot read {text!r} as a memory size; write e.g. 8GiB, 8GB or 8589934592")
+    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+
+
+def optimizer_state_bytes(params: list[nn.Parameter], kind: str) -> int:
+    """Bytes of the optimizer state once every parameter has taken a step (fused AdamW keeps step as a tensor)."""
+    if kind == "adamw":
+        return sum(2 * p.numel() * 4 + 4 for p in params)
+    if kind == "adamw8bit":
+        total = _QMAPS if any(p.numel() >= _MIN_8BIT_SIZE for p in params) else 0
+        for p in params:
+            n = p.numel()
+            total += 2 * n + 2 * 4 * math.ceil(n / _BLOCK) if n >= _MIN_8BIT_SIZE else 2 * 4 * n
+        return total
+    raise ValueError(f"unknown optimizer {kind!r}; expected 'adamw' or 'adamw8bit'")
+
+
+@dataclass(frozen=True)
+class Footprint:
+    strategy: MemoryStrategy
+    device: dict[str, int]  # component -> bytes on the device at the peak
+    host: dict[str, int]  # component -> bytes held in host memory for the device's sake
+    note: str
+
+    @property
+    def device_total(self) -> int:
+        return sum(self.device.values())
+
+    @property
+    def host_total(self) -> int:
+        return sum(self.host.values())
+
+
+@dataclass(frozen=True)
+class MemoryPlan:
+    preset: str
+    parameters: int
+    micro_batch: int
+    rows: int  # forward rows per micro-step (micro-batch, doubled by R-Drop's concatenated batch)
+    vram: int
+    reserve: int
+    footprints: list[Footprint]
+    chosen: str | None  # None: nothing fits
+
+    @property
+    def budget(self) -> int:
+        return self.vram - self.reserve
+
+    def footprint(self, name: str) -> Footprint:
+        return next(f for f in self.footprints if f.strategy.name == name)
+
+
+def _nbytes(tensors: Iterable[torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def _params(model: nn.Module, modules: list[str]) -> list[nn.Parameter]:
+    return [p for name in modules for p in getattr(model, name).parameters()]
+
+
+def footprints(model: nn.Module, config: RunConfig, activations: dict[bool, ActivationBytes]) -> list[Footprint]:
+    """Each strategy's bytes; `activations[bf16]` is the measurement under that precision."""
+    params = list(model.parameters())
+    weights = _nbytes(params)
+    buffers = _nbytes(model.buffers())
+    ema = weights + buffers if config.train.ema_decay > 0 else 0
+    out = []
+    for s in STRATEGIES.values():
+        bf16 = config.train.amp if s.bf16 is None else s.bf16
+        act = activations[bf16]
+        optimizer = optimizer_state_bytes(params, s.optimizer)
+        if s.group_swap:
+            # The device holds one group's weights, gradients and activations for its forward and backward
+            # passes, then one module's weights, gradients and optimizer state for its update; everything
+            # lives in host memory between turns. The peak is the larger of the two turns.
+            turns = {}
+            for group, modules in GROUPS.items():
+                group_weights = _nbytes(_params(model, modules))
+                turns[f"forward and backward of {group}"] = {
+                    "weights": group_weights,
+                    "gradients": group_weights,
+                    "optimizer": 0,
+                    "ema": 0,
+                    "activations": act.of(modules) + act.inputs + act.per_module["other"],
+                }
+                for name in modules:
+                    module_params = _params(model, [name])
+                    module_weights = _nbytes(module_params)
+                    turns[f"update of {name}"] = {
+                        "weights": module_weights,
+                        "gradients": module_weights,
+                        "ema": 0,
+                        "optimizer": optimizer_state_bytes(module_params, s.optimizer),
+                        "activations": 0,
+                    }
+            largest = max(turns, key=lambda turn: sum(turns[turn].values()))
+            host = {"weights": weights, "gradients": weights, "optimizer": optimizer, "ema": ema, "activations": 0}
+            out.append(Footprint(s, turns[largest], host, f"largest turn: {largest}"))
+            continue
+        activation = act.checkpointed if s.activation_checkpointing else act.total
+        device = {
+            "weights": weights + buffers,
+            "gradients": weights,
+            "optimizer": optimizer,
+            "ema": 0 if s.ema_on_host else ema,
+            "activations": activation,
+        }
+        host = {name: 0 for name in COMPONENTS} | ({"ema": ema} if s.ema_on_host else {})
+        out.append(Footprint(s, device, host, "bf16 activations" if bf16 else "fp32 activations"))
+    return out
+
+
+def fsdp_footprint(model: nn.Module, config: RunConfig, act: ActivationBytes, processes: int) -> Footprint:
+    """Per process under FSDP (parallel/fsdp.py, the standard strategy): 1/N of the weights, gradients, AdamW
+    state and EMA, plus one module gathered whole (weights, then its unsharded gradients) at a time."""
+    params = list(model.parameters())
+    weights = _nbytes(params)
+    ema = weights if config.train.ema_decay > 0 else 0
+    largest = max(_nbytes(_params(model, [name])) for name in MODULES)
+    device = {
+        "weights": weights // processes + largest,
+        "gradients": weights // processes + largest,
+        "optimizer": optimizer_state_bytes(params, "adamw") // processes,
+        "ema": ema // processes,
+        "activations": act.total,
+    }
+    note = f"FSDP over {processes} processes, per process; the largest module is gathered whole in its turn"
+    return Footprint(STRATEGIES["standard"], device, {name: 0 for name in COMPONENTS}, note)
+
+
+def plan_memory(model: RedHeartModel, config: RunConfig, vram: int, reserve: int, processes: int = 1) -> MemoryPlan:
+    """The plan for `model` (on the host; uninitialised weights will do) at the config's micro-batch; with
+    `processes` > 1 the FSDP footprint per process (only the standard strategy combines with FSDP)."""
+    rows = config.train.micro_batch * (2 if config.train.rdrop_alpha > 0 else 1)
+    if processes > 1:
+        prints = [fsdp_footprint(model, config, measure_activation_bytes(model, rows, config.train.amp), processes)]
+    else:
+        precisions = {config.train.amp if s.bf16 is None else s.bf16 for s in STRATEGIES.values()}
+        activations = {bf16: measure_activation_bytes(model, rows, bf16) for bf16 in sorted(precisions)}
+        prints = footprints(model, config, activations)
+    chosen = next((f.strategy.name for f in prints if f.device_total <= vram - reserve), None)
+    return MemoryPlan(
+        preset=config.preset,
+        parameters=sum(p.numel() for p in model.parameters()),
+        micro_batch=config.train.micro_batch,
+        rows=rows,
+        vram=vram,
+        reserve=reserve,
+        footprints=prints,
+        chosen=chosen,
+    )
+
+
+def plan_for_config(config: RunConfig, vram: int, reserve: int, processes: int = 1) -> MemoryPlan:
+    """The plan for the model `config` describes, at the encoder's input size; no weights are initialised."""
+    model = empty_model(config, config.encoder.dim, config.encoder.max_segments)
+    return plan_memory(model, config, vram, reserve, processes)
+
+
+def device_memory(device: torch.device) -> int | None:
+    """Total memory of a CUDA device; None elsewhere (host memory is not planned)."""
+    if device.type != "cuda":
+        return None
+    return torch.cuda.get_device_properties(device).total_memory
+
+
+def resolve_strategy(
+    model: RedHeartModel, config: RunConfig, device: torch.device, sharded: bool = False
+) -> MemoryStrategy:
+    """config.train.memory, or for "auto" the plan's choice for `device` (standard off CUDA: host memory is
+    not planned).
+
+    `sharded` (FSDP, parallel/fsdp.py): only "standard"; sharding is the saving, and the plan counts whole tensors.
+    """
+    if sharded and config.train.memory not in ("auto", "standard"):
+        raise ValueError(
+            f"memory strategy {config.train.memory!r} cannot be combined with FSDP (train.distributed); "
+            "set train.memory to 'standard' or 'auto', or train.distributed to 'ddp'"
+        )
+    if config.train.memory != "auto":
+        return strategy(config.train.memory)
+    vram = device_memory(device)
+    if vram is None or sharded:
+        return STRATEGIES["standard"]
+    plan = plan_memory(model, config, vram, DEFAULT_RESERVE)
+    if plan.chosen is None:
+        raise NoStrategyFits(
+            f"no memory strategy fits {device} ({vram / GiB:.2f} GiB) for preset {config.preset} at micro-batch "
+            f"{config.train.micro_batch}; `redheart memory --preset {config.preset} --vram {vram / GiB:.1f}GiB` "
+            "shows why"
+        )
+    return STRATEGIES[plan.chosen]
