@@ -18,9 +18,10 @@ def test_full_preset_matches_the_budget_total_and_every_budget() -> None:
     total = sum(row["parameters"] for row in rows)
     assert abs(total - FULL_TOTAL) <= 0.0005 * FULL_TOTAL, total  # measured: 730,347,117, 0.02 % under
     assert {row["module"] for row in rows} == set(FULL_BUDGETS)
-    # Every module within 0.5 % of its budget but kalman, whose fixed shape gives 684 of 700 (-2.3 %).
+    # Every module within 0.5 % of its budget but kalman, whose fixed shape gives 725 of 700 (+3.6 %: the fusion
+    # weighs two verdict sources, the verdict head and the community network).
     off = {row["module"]: round(row["ratio"], 3) for row in rows if abs(row["ratio"] - 1) > 0.005}
-    assert off == {"kalman": 0.977}
+    assert off == {"kalman": 1.036}
     # The four heads share the heads' 153.1M in the listed proportions 17.3 : 13.9 : 19.9 : 12.0.
     heads = {row["module"]: row["parameters"] for row in rows if row["module"].endswith("_head")}
     assert abs(sum(heads.values()) - 153_100_000) <= 0.01 * 153_100_000
@@ -31,12 +32,12 @@ def test_full_preset_matches_the_budget_total_and_every_budget() -> None:
 def test_modules_land_within_two_percent_where_widths_are_fine_grained(preset: str) -> None:
     config = PRESETS[preset]
     rows = parameter_table(config.model, config.encoder.dim, config.encoder.max_segments)
-    # kalman is fixed (684 of 700 at every preset); the small DSP's width step (one channel) is ~3% of its budget.
+    # kalman is fixed (725 of 700 at every preset); the small DSP's width step (one channel) is ~3% of its budget.
     coarse = {"kalman", "dsp"}
     off = {r["module"]: round(r["ratio"], 3) for r in rows if r["module"] not in coarse and abs(r["ratio"] - 1) > 0.02}
     assert off == {}
     (kalman,) = [r for r in rows if r["module"] == "kalman"]
-    assert kalman["parameters"] == 684 and round(kalman["ratio"], 3) == 0.977
+    assert kalman["parameters"] == 725 and round(kalman["ratio"], 3) == 1.036
 
 
 def test_presets_are_ordered_by_size_and_tiny_is_well_under_a_million() -> None:
@@ -88,4 +89,4 @@ def test_table_text_lists_every_module_with_its_counted_parameters_and_the_total
     for name in FULL_BUDGETS:
         assert f" {counted[name]:,} " in f" {lines[name]} ", (name, lines[name])
     assert f"{sum(p.numel() for p in model.parameters()):,}" in lines["total"]
-    assert "0.977" in lines["kalman"]  # the real deviation (684 of 700), where the table is printed
+    assert "1.036" in lines["kalman"]  # the real deviation (725 of 700), where the table is printed
