@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,19 +191,21 @@ def _verdict(record: dict[str, Any]) -> list[float] | None:
     return [1.0 if verdict == label else 0.0 for verdict in VERDICTS]
 
 
-def _read_records(run: RunDir, wanted: set[str]) -> dict[str, dict[str, Any]]:
-    records: dict[str, dict[str, Any]] = {}
+def clean_records(run: RunDir) -> Iterator[tuple[int, dict[str, Any]]]:
+    """(line number, record) of every record in the run's clean.jsonl, in order; a line that is not JSON is an
+    error naming it."""
     with open(run.clean_records, encoding="utf-8") as handle:
         for line_no, line in enumerate(handle, 1):
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
+                yield line_no, json.loads(line)
             except json.JSONDecodeError as error:
                 raise ValueError(f"{run.clean_records}:{line_no}: not valid JSON ({error})") from None
-            if record.get("id") in wanted:
-                records[record["id"]] = record
-    return records
+
+
+def _read_records(run: RunDir, wanted: set[str]) -> dict[str, dict[str, Any]]:
+    return {record["id"]: record for _, record in clean_records(run) if record.get("id") in wanted}
 
 
 def epoch_order(size: int, seed: int, epoch: int) -> torch.Tensor:

@@ -14,7 +14,6 @@ point (point.json written) is not run again.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from dataclasses import dataclass
 from fractions import Fraction
@@ -28,6 +27,7 @@ from redheart.config import RunConfig, preset, save_config
 from redheart.core.atomic import read_json, write_json
 from redheart.core.faults import NO_FAULTS, Faults
 from redheart.core.rundir import RunDir
+from redheart.data.dataset import clean_records
 
 POINT_FILE = "point.json"
 EXTRA = "all+extra"  # the fraction label of a point on every training record, verdict-only ones included
@@ -104,21 +104,14 @@ def point_of(run: RunDir, config: RunConfig, k: int) -> Point:
 def record_sources(run: RunDir) -> dict[str, str]:
     """id -> source of every clean record; a record without a source field came from the one input file."""
     sources: dict[str, str] = {}
-    with open(run.clean_records, encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{run.clean_records}:{line_no}: not valid JSON ({error})") from None
-            source = record.get("source", "")
-            if not isinstance(source, str):
-                raise ValueError(
-                    f"{run.clean_records}:{line_no}: record {record.get('id')!r}: field 'source' must be "
-                    f"a string, got {source!r}"
-                )
-            sources[record["id"]] = source
+    for line_no, record in clean_records(run):
+        source = record.get("source", "")
+        if not isinstance(source, str):
+            raise ValueError(
+                f"{run.clean_records}:{line_no}: record {record.get('id')!r}: field 'source' must be "
+                f"a string, got {source!r}"
+            )
+        sources[record["id"]] = source
     return sources
 
 
@@ -276,14 +269,12 @@ def run_point(
 
 def _verdict_count(run: RunDir, ids: list[str]) -> int:
     """How many of `ids` carry a verdict (votes or a label): the data size of the verdict curves."""
-    wanted, count = set(ids), 0
-    with open(run.clean_records, encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
-                record = json.loads(line)
-                if record.get("id") in wanted and (record.get("label_scores") or record.get("label") is not None):
-                    count += 1
-    return count
+    wanted = set(ids)
+    return sum(
+        1
+        for _, record in clean_records(run)
+        if record.get("id") in wanted and (record.get("label_scores") or record.get("label") is not None)
+    )
 
 
 # Each metric's label and direction (+1: higher is better).
