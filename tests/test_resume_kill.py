@@ -9,10 +9,8 @@ the kills below fall mid-epoch and mid-accumulation, with dropout and EMA on.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -25,9 +23,9 @@ from redheart.core.faults import Faults
 from redheart.train.recipe import train
 from redheart.train.state.resume import read_resume_info
 
+from tiny_run import start_driver as run_driver
 from tiny_run import tiny_config
 
-TESTS = Path(__file__).parent
 LR, EPOCHS = 3e-3, 2
 
 DRIVER = """
@@ -88,14 +86,7 @@ def start_driver(
         "step_sleep": step_sleep,
         "write_sleep": write_sleep,
     }
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen(
-        [sys.executable, "-c", DRIVER, json.dumps(args)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    return run_driver(DRIVER, args)
 
 
 def wait_for(process: subprocess.Popen, prefix: str, count: int = 1) -> None:

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,8 +20,8 @@ from redheart.study.run import run_study
 from redheart.train.state.resume import has_resume
 
 from tiny_run import make_run, synthetic_record, tiny_config
+from tiny_run import start_driver as run_driver
 
-TESTS = Path(__file__).parent
 STUDY = {"study.sizes": ["tiny"], "study.fractions": [0.5, 1.0], "study.epochs": 2, "train.lr": 3e-3}
 
 DRIVER = """
@@ -188,14 +185,7 @@ def test_a_size_difference_inside_the_noise_is_called_no_difference() -> None:
 
 def start_driver(run: Path, point: int) -> subprocess.Popen:
     args = {"run": str(run), "point": point, "overrides": STUDY}
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.Popen(
-        [sys.executable, "-c", DRIVER, json.dumps(args)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    return run_driver(DRIVER, args)
 
 
 def test_a_point_killed_mid_way_and_resumed_gives_the_same_numbers_and_the_report_shows_the_study(

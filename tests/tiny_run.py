@@ -6,8 +6,13 @@ the class, so a model can learn the set from hashed-word features in a few epoch
 
 from __future__ import annotations
 
+import json
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -74,3 +79,17 @@ def synthetic_split(n: int) -> SplitTensors:
     tensors["mask"][::3, 2:] = False
     tensors.update(targets_tensors(records))
     return SplitTensors("train", tuple(r["id"] for r in records), tensors)
+
+
+def start_driver(driver: str, args: dict[str, Any]) -> subprocess.Popen:
+    """Run `driver` (Python source reading its JSON arguments from argv[1]) in a child process that imports
+    these test helpers, so a test can kill it mid-way and resume in this one."""
+    tests = str(Path(__file__).parent)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}
+    return subprocess.Popen(
+        [sys.executable, "-c", driver, json.dumps(args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
