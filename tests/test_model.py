@@ -132,6 +132,23 @@ def test_recurrent_analyzer_reads_every_real_segment_and_ignores_padding() -> No
     assert moved.tolist() == (mask[:, 1]).tolist()
 
 
+def test_the_gru_runs_in_fp32_with_autocast_off_inside_bf16_autocast() -> None:
+    # CUDA autocast would run the cuDNN GRU in fp16 (without loss scaling under bf16 autocast); on the CPU, a hook
+    # shows the GRU itself is called with autocast off and fp32 input, under autocast and even from bf16 segments.
+    model = make_model().train()
+    batch = make_batch(32)
+    seen = []
+    model.advanced_emotion.gru.register_forward_pre_hook(
+        lambda module, args: seen.append((torch.is_autocast_enabled("cpu"), args[0].data.dtype))
+    )
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(batch["x"], batch["mask"])
+        model.advanced_emotion(batch["x"].bfloat16(), batch["mask"])
+    assert seen == [(False, torch.float32), (False, torch.float32)]
+    out["advanced_emotion"]["emotions"].float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.advanced_emotion.gru.parameters())
+
+
 def test_mask_must_be_a_prefix() -> None:
     model = make_model()
     batch = make_batch(32)
