@@ -27,7 +27,7 @@ from redheart.core.faults import NO_FAULTS, Faults
 from redheart.data.dataset import SplitTensors, training_order, verdict_only_rows
 from redheart.model.losses import Outputs, split_halves
 from redheart.model.model import RedHeartModel
-from redheart.train.oom import BatchPlan, release_memory
+from redheart.train.oom import BatchPlan, release_memory, step_out_of_memory
 from redheart.train.precision import Precision
 
 Batch = dict[str, torch.Tensor]
@@ -262,7 +262,12 @@ class Trainer:
             self.plan.shrink(failure, {"epoch": epoch, "sample": window_start})
             tally, done = self.window_tally.copy(), 0
         self.join_gradients()
-        tally.grad_norms.append(self.optimizer_step(last_of_epoch=window_start + len(window) == len(split)))
+        try:
+            norm = self.optimizer_step(last_of_epoch=window_start + len(window) == len(split))
+        except torch.OutOfMemoryError as error:
+            release_memory(self.precision.device)
+            raise step_out_of_memory(error, {"epoch": epoch, "sample": window_start}) from None
+        tally.grad_norms.append(norm)
         tally = self.join_tally(tally, len(window) - done)
         self.report(after_micro_step, window_start + len(window), tally, steps)
         return tally
