@@ -210,3 +210,11 @@ def test_fsdp_is_the_full_presets_choice_and_trains_with_the_standard_memory_str
     assert resolve_strategy(model, FSDP, torch.device("cpu"), sharded=True).name == "standard"
     with pytest.raises(ValueError, match="'saving' cannot be combined with FSDP"):
         resolve_strategy(model, tiny_config(**{"train.memory": "saving"}), torch.device("cpu"), sharded=True)
+
+
+def test_an_explicit_gpu_index_under_torchrun_is_refused():
+    # Checked before any CUDA call or process group, so this needs neither a GPU nor other processes.
+    environ = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
+    refused = pytest.raises(ValueError, match=r"train.device is 'cuda:1' .* 2 processes.*set train.device=cuda")
+    with refused, join_job("cuda:1", environ):
+        pass
