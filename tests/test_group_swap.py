@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from redheart.core.faults import NO_FAULTS, Faults
+from redheart.data.dataset import SplitTensors, training_order, verdict_only_rows
 from redheart.model.groups import GROUPS
 from redheart.model.model import RedHeartModel
 from redheart.train.ema import build_ema
@@ -70,8 +71,8 @@ def last_grads(trainer: Trainer) -> dict[str, torch.Tensor]:
     return grads
 
 
-def assert_same_training(standard: Trainer, swap: Trainer, epochs: int = 1) -> None:
-    split = synthetic_split(44)  # windows of 16, 16 and a short one of 8 + 4 samples
+def assert_same_training(standard: Trainer, swap: Trainer, epochs: int = 1, split: SplitTensors | None = None) -> None:
+    split = split or synthetic_split(44)  # windows of 16, 16 and a short one of 8 + 4 samples
     grads = (last_grads(standard), last_grads(swap))
     for epoch in range(epochs):
         tallies = [trainer.run_epoch(split, epoch=epoch, seed=0) for trainer in (standard, swap)]
@@ -107,6 +108,24 @@ def test_swap_trains_exactly_as_the_standard_trainer(rdrop_alpha, memory_saving)
     standard = trainer_of(Trainer, memory_saving=memory_saving, **overrides)
     swap = trainer_of(GroupSwapTrainer, memory_saving=memory_saving, **overrides)
     assert_same_training(standard, swap, epochs=2 if rdrop_alpha == 0 else 1)
+
+
+@pytest.mark.parametrize("rdrop_alpha", [0.0, 1.0], ids=["plain", "rdrop"])
+def test_swap_trains_as_the_standard_trainer_with_verdict_only_windows(rdrop_alpha):
+    # Every other row keeps its verdict only (as --extra-verdicts records do): training_order deals a window of 16
+    # verdict-only rows, one of 16 full rows and a last one of 6 + 6 that mixes them. On verdict-only batches the
+    # standard trainer runs the backbone, the verdict modules and the fusion only; every other module gets no
+    # gradient there, and AdamW leaves a parameter without one untouched (no momentum, no weight decay).
+    split = synthetic_split(44)
+    for row in range(1, 44, 2):
+        for name in ("emotions", "regret_factor", "bentham_scores", "surd_metrics"):
+            split.tensors[f"{name}_present"][row] = False
+    windows = list(torch.split(training_order(split, 0, 0, 16), 16))
+    only = verdict_only_rows(split.tensors)
+    assert [int(only[w].sum()) for w in windows if bool(only[w].all())] == [16]
+    overrides = {"train.rdrop_alpha": rdrop_alpha}
+    standard, swap = trainer_of(Trainer, **overrides), trainer_of(GroupSwapTrainer, **overrides)
+    assert_same_training(standard, swap, epochs=2, split=split)
 
 
 def test_out_of_memory_redoes_the_window_group_by_group_with_smaller_micro_batches():
