@@ -48,6 +48,10 @@ from tiny_run import tiny_config
 LR, EPOCHS = 3e-3, 2
 OVERRIDES = {"model.dropout": 0.0, "train.rdrop_alpha": 0.0, "train.micro_batch": 4, "train.accumulation": 5}
 CONFIG = tiny_config(**OVERRIDES)
+# Two processes sum each window's gradient in another order (all-reduce): gradients agree to ~k * 2^-24. Weights
+# whose gradient is zero in exact arithmetic (above) change no output; the others stay within
+# tiny_run.assert_same_weights' bound, which moves losses and predictions by far less than 1e-5 (~170 ulps) of
+# their size, while one sample more or less in a window moves them by ~1e-3 and more. atol 1e-6 for values near 0.
 RTOL = 1e-5
 
 
@@ -210,3 +214,11 @@ def test_fsdp_is_the_full_presets_choice_and_trains_with_the_standard_memory_str
     assert resolve_strategy(model, FSDP, torch.device("cpu"), sharded=True).name == "standard"
     with pytest.raises(ValueError, match="'saving' cannot be combined with FSDP"):
         resolve_strategy(model, tiny_config(**{"train.memory": "saving"}), torch.device("cpu"), sharded=True)
+
+
+def test_an_explicit_gpu_index_under_torchrun_is_refused():
+    # Checked before any CUDA call or process group, so this needs neither a GPU nor other processes.
+    environ = {"WORLD_SIZE": "2", "RANK": "1", "LOCAL_RANK": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1"}
+    refused = pytest.raises(ValueError, match=r"train.device is 'cuda:1' .* 2 processes.*set train.device=cuda")
+    with refused, join_job("cuda:1", environ):
+        pass

@@ -46,7 +46,8 @@ def test_hashing_shapes_mask_and_distinct_segments():
     vectors, mask = encoder.encode(["two words", "", LONG_TEXT], progress=False)
     assert vectors.shape == (3, 3, 64) and vectors.dtype == np.float32
     assert mask.tolist() == [[True, False, False], [True, False, False], [True, True, True]]
-    assert np.allclose(np.linalg.norm(vectors[mask], axis=1), 1.0, atol=1e-6)
+    # Unit vectors stored in fp32, their norm summed in fp32 over 64 squares: within gamma_64 ~ 64 * 2^-24.
+    assert np.allclose(np.linalg.norm(vectors[mask], axis=1), 1.0, atol=64 * 2.0**-24)
     assert not vectors[~mask].any()
     long = vectors[2]
     assert all(not np.allclose(long[i], long[j]) for i in range(3) for j in range(i + 1, 3))
@@ -59,6 +60,8 @@ def test_hashing_texts_sharing_words_are_closer():
         progress=False,
     )
     a, b, c = vectors[:, 0]
+    # Hashed word counts: 4 of 5 distinct words shared against none, whatever the machine (integer hashing; fp32
+    # rounding moves a cosine by ~1e-6).
     assert a @ b > 0.6 and a @ b > a @ c + 0.4
 
 
@@ -93,6 +96,9 @@ def test_minilm_equals_sentence_transformers_on_a_short_text(minilm):
     reference = sentence_transformers.SentenceTransformer(str(minilm_model_dir()), device="cpu").encode([text])
     vectors, mask = minilm.encode([text], progress=False)
     assert vectors.shape == (1, 4, 384) and mask.tolist() == [[True, False, False, False]]
+    # Both run the same fp32 weights on this machine; they differ only in the order of float operations (padding,
+    # pooling), ~2^-24 relative per operation through 6 layers: 1e-5 of a unit vector's component (~0.05) is
+    # hundreds of ulps, while another pooling or normalisation would be off by 1e-2 and more.
     assert np.abs(vectors[0, 0] - reference[0]).max() < 1e-5
 
 
@@ -103,7 +109,9 @@ def test_minilm_long_text_gives_distinct_windows(minilm):
     windows = min(math.ceil(tokens / 126), 4)
     assert windows >= 3
     assert mask.tolist() == [[True] * windows + [False] * (4 - windows), [True, False, False, False]]
-    assert np.allclose(np.linalg.norm(vectors[mask], axis=1), 1.0, atol=1e-5)
+    # Unit vectors stored in fp32, their norm summed in fp32 over 384 squares: within gamma_384 ~ 384 * 2^-24.
+    assert np.allclose(np.linalg.norm(vectors[mask], axis=1), 1.0, atol=384 * 2.0**-24)
     assert not vectors[~mask].any()
     real = vectors[0, :windows]
+    # Different windows of text are different sentences: 0.999 is a near-copy, far above rounding's 1e-6.
     assert all(real[i] @ real[j] < 0.999 for i in range(windows) for j in range(i + 1, windows))

@@ -80,7 +80,7 @@ def test_a_reordered_copy_is_caught_by_shingles_and_a_shared_title_by_the_dedup_
     expected_jaccard = len(shingles(texts[0]) & shingles(second + " " + first)) / len(
         shingles(texts[0]) | shingles(second + " " + first)
     )
-    assert expected_jaccard > 0.9
+    assert expected_jaccard > 0.9  # exact set arithmetic on shingles: the same on any machine
     assert report["pairs"] == {"fuzz.ratio >= 92": 1, "fuzz.ratio >= 80": 1, "shingle Jaccard >= 0.5": 2}
     assert [(e["id"], e["train_id"]) for e in report["examples"]["fuzz.ratio"]] == [("r032", "r031")]
     assert {(e["id"], e["train_id"]) for e in report["examples"]["jaccard"]} == {("r030", "r000"), ("r032", "r031")}

@@ -42,7 +42,7 @@ def test_activation_bytes_exclude_weights_and_count_bf16_weight_copies():
     matrices = sum(p.numel() for p in model.parameters() if p.ndim >= 2)
     weights = sum(p.numel() * 4 for p in model.parameters())
     assert 0 < fp32.total < weights / 10  # two rows of activations are far smaller than the weights
-    assert bf16.total >= 2 * matrices * 0.9  # autocast keeps a bf16 copy of (nearly) every weight matrix
+    assert bf16.total >= 2 * matrices * 0.9  # byte counts: autocast keeps a bf16 copy of (nearly) every weight matrix
     assert fp32.checkpointed < fp32.total and bf16.checkpointed < bf16.total
     assert measure_activation_bytes(model, rows=8, bf16=False).total > 3 * fp32.total  # grows with the rows
 
@@ -75,7 +75,7 @@ def test_full_preset_needs_the_saving_strategy_on_8_gib(full_plan_parts):
     assert prints["standard"].device["weights"] >= weights and prints["standard"].device["optimizer"] >= 2 * weights
     saving = prints["saving"]
     assert saving.device["ema"] == 0 and saving.host["ema"] >= weights
-    # 8-bit moments: a quarter of fp32 AdamW's, plus one fp32 scale per 256 values.
+    # 8-bit moments (byte counts): a quarter of fp32 AdamW's, plus one fp32 scale per 256 values: 0.25 + 1/256.
     assert saving.device["optimizer"] < 0.26 * prints["standard"].device["optimizer"]
     assert saving.device_total < 7.5 * GiB < prints["standard"].device_total
     assert prints["swap"].device_total < saving.device_total and prints["swap"].host_total > 3 * weights

@@ -59,6 +59,7 @@ def test_outputs_have_fixed_shapes_and_ranges() -> None:
         assert ((out["fused"][target] >= 0) & (out["fused"][target] <= 1)).all()
     for target in ("emotions", "verdict"):
         probabilities = out["fused"][target].exp()
+        # fp32 softmax over at most 7 classes sums to 1 within gamma_7 ~ 7 * 2^-24 ~ 4e-7; 1e-5 leaves margin.
         assert torch.allclose(probabilities.sum(-1), torch.ones(5), atol=1e-5)
         assert (probabilities >= 0).all()
 
@@ -116,6 +117,8 @@ def test_rdrop_halves_differ_in_every_module_and_consistency_is_positive() -> No
     assert all(float(v) > 0 for v in terms.values()), terms
     model.eval()
     same_a, same_b = split_halves(model(torch.cat([x, x]), torch.cat([mask, mask])))
+    # Identical rows in eval mode give outputs equal up to a few fp32 ulps; a symmetric KL is second order in that
+    # difference, (1e-6)^2 at most, far under 1e-10, while the dropout draws above give values of order 1e-3 and up.
     assert all(float(v) < 1e-10 for v in model.consistency(same_a, same_b).values())
 
 
@@ -127,9 +130,28 @@ def test_recurrent_analyzer_reads_every_real_segment_and_ignores_padding() -> No
     padded, changed_real = x.clone(), x.clone()
     padded[~mask] = 100.0
     changed_real[:, 1] += 1.0  # the second segment; real in rows with 2+ segments
+    # Padding is never read, so only batched kernels' rounding may differ: a few fp32 ulps of O(1) logits, well
+    # under 1e-5; the changed real segment below moves the outputs by far more than the 1e-6 it is tested against.
     assert torch.allclose(model(padded, mask)["advanced_emotion"]["emotions"], before, atol=1e-5)
     moved = (model(changed_real, mask)["advanced_emotion"]["emotions"] - before).abs().sum(-1) > 1e-6
     assert moved.tolist() == (mask[:, 1]).tolist()
+
+
+def test_the_gru_runs_in_fp32_with_autocast_off_inside_bf16_autocast() -> None:
+    # CUDA autocast would run the cuDNN GRU in fp16 (without loss scaling under bf16 autocast); on the CPU, a hook
+    # shows the GRU itself is called with autocast off and fp32 input, under autocast and even from bf16 segments.
+    model = make_model().train()
+    batch = make_batch(32)
+    seen = []
+    model.advanced_emotion.gru.register_forward_pre_hook(
+        lambda module, args: seen.append((torch.is_autocast_enabled("cpu"), args[0].data.dtype))
+    )
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(batch["x"], batch["mask"])
+        model.advanced_emotion(batch["x"].bfloat16(), batch["mask"])
+    assert seen == [(False, torch.float32), (False, torch.float32)]
+    out["advanced_emotion"]["emotions"].float().sum().backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.advanced_emotion.gru.parameters())
 
 
 def test_mask_must_be_a_prefix() -> None:
@@ -201,6 +223,7 @@ def test_kalman_refit_trusts_the_accurate_source() -> None:
     weights = torch.softmax(-model.kalman.log_var["regret_factor"], dim=0)[:, 0]
     assert int(weights.argmax()) == 1  # sources: regret_head, neural_regret, advanced_regret
     fused = model.kalman(out)["regret_factor"]
+    # The trusted source's error is 0.01 * |N(0, 1)| (mean 0.008); sources of random weights are off by ~0.25.
     assert (fused - batch["regret_factor"]).abs().mean() < 0.05
 
 

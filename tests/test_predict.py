@@ -44,6 +44,7 @@ def test_predict_gives_every_named_output_as_valid_json(final_run, tmp_path):
         assert list(result["emotions"]) == list(EMOTIONS) and list(result["verdict"]) == list(VERDICTS)
         assert list(result["bentham_scores"]) == list(BENTHAM_KEYS) and list(result["surd_metrics"]) == list(SURD_KEYS)
         for dist in ("emotions", "verdict"):
+            # fp32 probabilities over at most 7 classes sum to 1 within ~7 * 2^-24 ~ 4e-7 (and JSON keeps them).
             assert sum(result[dist].values()) == pytest.approx(1.0, abs=1e-6)
             assert all(0.0 <= p <= 1.0 for p in result[dist].values())
         scores = [*result["bentham_scores"].values(), *result["surd_metrics"].values(), result["regret_factor"]]
@@ -57,6 +58,7 @@ def test_calibrated_and_raw_outputs_differ_only_by_the_calibrator(final_run, tmp
     raw = Predictor(final_run.final_model, calibrated=False, cache_dir=tmp_path)
     texts = ["cloud cloud cloud and delta"]
     calibrated, uncalibrated = predictor.fused(texts), raw.fused(texts)
+    # Same weights, same inputs, same operations: equal up to numpy's default rtol 1e-7 (float64 after the model).
     np.testing.assert_allclose(calibrated["bentham_scores"], uncalibrated["bentham_scores"])
     expected = predictor.calibrators.apply("emotions", uncalibrated["emotions"])
     np.testing.assert_allclose(calibrated["emotions"], expected)
@@ -72,7 +74,7 @@ def test_inputs_from_json_lines_plain_lines_and_batches(final_run, tmp_path):
     predictor = Predictor(final_run.final_model, cache_dir=tmp_path)
     one_batch = list(predict_records(predictor, read_inputs(plain), batch_size=64))
     small_batches = list(predict_records(predictor, read_inputs(plain), batch_size=2))
-    # Batching changes float rounding only.
+    # Batching changes float rounding only: a few fp32 ulps of the logits, far under 1e-5 of a probability.
     for a, b in zip(one_batch, small_batches, strict=True):
         for target in EMOTIONS:
             assert a["emotions"][target] == pytest.approx(b["emotions"][target], abs=1e-5)
@@ -122,7 +124,7 @@ def test_odd_texts_each_get_a_complete_prediction(final_run, tmp_path):
     ]
     results = predict_texts(final_run.final_model, odd, cache_dir=tmp_path / "cache")
     assert len(results) == len(odd)
-    for result in results:
+    for result in results:  # sums: the bound in test_predict_gives_every_named_output_as_valid_json
         assert sum(result["emotions"].values()) == pytest.approx(1.0, abs=1e-6)
         assert sum(result["verdict"].values()) == pytest.approx(1.0, abs=1e-6)
         json.dumps(result, allow_nan=False)

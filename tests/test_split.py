@@ -37,9 +37,11 @@ def test_label_and_length_distributions_match_across_splits():
         train = [by_id[i] for i in split.train]
         for label in ("OTHER", "AUTHOR", None):
             share = lambda rows, label=label: sum(r["label"] == label for r in rows) / len(rows)  # noqa: E731
+            # A seeded split of records built in code: integer counts, the same on any machine. Stratified by label
+            # x length bin, each share is off only by the rounding of each stratum's count (a record or so in 200).
             assert abs(share(part) - share(train)) < 0.02
         median = lambda rows: sorted(len(r["text"]) for r in rows)[len(rows) // 2]  # noqa: E731
-        assert abs(median(part) - median(train)) / median(train) < 0.1
+        assert abs(median(part) - median(train)) / median(train) < 0.1  # length bins: medians match within a bin
 
 
 def test_same_seed_same_split_other_seed_other_split():

@@ -1,15 +1,18 @@
+import json
 import math
 
 import pytest
 import torch
 
 from redheart.config import TrainConfig
+from redheart.core.atomic import read_json
 from redheart.model.model import RedHeartModel
 from redheart.train.ema import build_ema
 from redheart.train.optim import parameter_groups
 from redheart.train.precision import choose_precision
 from redheart.train.schedule import build_scheduler, restart_steps
-from redheart.train.trainer import Trainer
+from redheart.train.state.checkpoints import save_checkpoint
+from redheart.train.trainer import EpochTally, Trainer
 
 from tiny_run import synthetic_split, tiny_config
 
@@ -34,6 +37,8 @@ def test_accumulation_equals_one_big_batch(n, micro):
     accumulated = trained_once(n, micro, accumulation=math.ceil(n / micro))
     whole = trained_once(n, n, accumulation=1)
     for (name, a), (_, b) in zip(accumulated.named_parameters(), whole.named_parameters()):
+        # One SGD step (lr 0.1) of a gradient summed in another order: ~k * 2^-24 of it for k <= 16 terms; rtol 1e-5
+        # (~170 ulps) with atol 1e-6 for values near zero, while one sample more or less changes a weight by ~lr/16.
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5, msg=name)
 
 
@@ -70,8 +75,10 @@ def test_schedule_warms_up_then_restarts_at_the_right_steps():
     for peak in (5, 25, 65):
         assert rates[peak] == pytest.approx(1e-3)
         assert rates[peak - 1] < 1e-3
+    # One step before a restart the cosine is at (1 + cos(19 pi / 20)) / 2 ~ 0.006 of the peak: within 1e-5 of eta_min.
     assert rates[24] == pytest.approx(1e-6, abs=1e-5) and rates[64] == pytest.approx(1e-6, abs=1e-5)
-    assert rates[15] == pytest.approx((1e-3 + 1e-6) / 2, rel=1e-3)  # the cosine's half-way point
+    # Half-way through the first 20-step cycle: step 15 is 10 steps into it, exactly half-way, rel 1e-3 spare.
+    assert rates[15] == pytest.approx((1e-3 + 1e-6) / 2, rel=1e-3)
 
 
 def test_scheduler_state_resumes_the_same_rates():
@@ -102,3 +109,27 @@ def test_ema_follows_the_weights_with_its_decay():
         model.weight.add_(1.0)
     ema.update_parameters(model)
     torch.testing.assert_close(ema.module.weight, start + 0.1)
+
+
+@pytest.mark.parametrize("capability, dtype", [((7, 5), torch.float16), ((8, 0), torch.bfloat16)])
+def test_bf16_only_where_the_gpu_runs_it_natively(monkeypatch, capability, dtype):
+    # A T4 (7.5) emulates bf16, and torch.cuda.is_bf16_supported() counts that: fp16 with loss scaling there.
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    precision = choose_precision(torch.device("cuda"), amp=True)
+    assert precision.dtype == dtype
+
+
+def test_a_skipped_fp16_step_writes_its_gradient_norm_as_null(tmp_path):
+    # The GradScaler skips a step whose gradients overflowed; its norm is inf or nan, which strict JSON refuses.
+    tally = EpochTally(grad_norms=[torch.tensor(2.0), torch.tensor(float("inf")), torch.tensor(float("nan")), 4.0])
+    stats = tally.grad_norm_stats()
+    assert stats == {"steps": 4, "non_finite": 2, "mean": 3.0, "std": 1.0, "min": 2.0, "max": 4.0}
+    model = RedHeartModel(tiny_config().model, input_dim=32, max_segments=4)
+    save_checkpoint(model, tmp_path / "epoch_001", {"epoch": 1, "grad_norm": stats}, "tiny")
+    assert read_json(tmp_path / "epoch_001" / "metrics.json")["grad_norm"]["non_finite"] == 2
+    saved = json.loads(json.dumps(tally.to_json(), allow_nan=False))  # the resume state's tally, strict JSON
+    assert saved["grad_norms"] == [2.0, None, None, 4.0]
+    assert EpochTally.from_json(saved).grad_norm_stats() == stats
+    assert EpochTally(grad_norms=[float("inf")]).grad_norm_stats()["mean"] is None

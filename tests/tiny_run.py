@@ -93,3 +93,34 @@ def start_driver(driver: str, args: dict[str, Any]) -> subprocess.Popen:
         text=True,
         env=env,
     )
+
+
+# AdamW's step is lr * m_hat / (sqrt(v_hat) + eps): |m_hat / sqrt(v_hat)| <= (1 - beta1) / sqrt(1 - beta2) (Kingma
+# and Ba 2015, section 2.1; beta1 = 0.9, beta2 = 0.999), whatever the gradient's size, so a weight whose gradient is
+# rounding noise still moves by up to this many times lr per step.
+ADAM_STEP = (1 - 0.9) / (1 - 0.999) ** 0.5
+# A gradient entry summed in another order keeps at least this relative accuracy: fp32's 24 bits, of which up to 14
+# may be lost to cancellation. AdamW's step is invariant to the gradient's scale, so such an error changes a step by
+# at most about 2 * GRADIENT_ERROR * ADAM_STEP * lr.
+GRADIENT_ERROR = 2.0**-10
+
+
+def assert_same_weights(actual: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], lr: float, steps: int):
+    """Two trainings of the same samples whose gradients were summed in another order: equal weights up to the bound
+    the rounding allows after `steps` AdamW steps at a peak rate `lr` (ADAM_STEP, GRADIENT_ERROR above).
+
+    The attention's query and key projections (and its key bias, always) have an exactly zero gradient on inputs of
+    one segment (a softmax over one key is 1), which these runs' texts are: AdamW moves them by rounding noise, by up
+    to lr * ADAM_STEP per step in either run, and they change no output. Every other weight must agree within
+    2 * steps * lr * ADAM_STEP * GRADIENT_ERROR, far below what one more or one fewer sample in a window changes
+    (then most weights differ by a sizeable fraction of lr)."""
+    noise_only = 2 * steps * lr * ADAM_STEP
+    rounded = noise_only * GRADIENT_ERROR
+    assert actual.keys() == expected.keys()
+    for key, want in expected.items():
+        got = actual[key]
+        if key.endswith(("qkv.weight", "qkv.bias")):
+            (q, k, v), (q0, k0, v0) = got.chunk(3), want.chunk(3)
+            torch.testing.assert_close(torch.cat([q, k]), torch.cat([q0, k0]), atol=noise_only, rtol=0, msg=key)
+            got, want = v, v0
+        torch.testing.assert_close(got, want, atol=rounded, rtol=0, msg=key)

@@ -38,8 +38,12 @@ class RecurrentAnalyzer(nn.Module):
 
     def forward(self, x: Tensor, mask: Tensor) -> Tensor:
         lengths = mask.sum(1).clamp_min(1).cpu()
-        packed = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
-        states, _ = pad_packed_sequence(self.gru(packed)[0], batch_first=True, total_length=x.shape[1])
+        # CUDA autocast runs cuDNN RNNs in float16 whatever dtype it was asked for, and only fp16 autocast turns the
+        # gradient scaler on: under bf16 autocast the GRU's gradients would be unscaled fp16 and could underflow.
+        # So the GRU runs in fp32 with autocast off, on fp32 input, under every precision.
+        with torch.autocast(x.device.type, enabled=False):
+            packed = pack_padded_sequence(x.float(), lengths, batch_first=True, enforce_sorted=False)
+            states, _ = pad_packed_sequence(self.gru(packed)[0], batch_first=True, total_length=x.shape[1])
         return self.out(mean_max_pool(states, mask))
 
 

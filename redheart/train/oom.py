@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import gc
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
+
+T = TypeVar("T")
 
 
 class OutOfMemory(RuntimeError):
@@ -71,3 +74,39 @@ def release_memory(device: torch.device) -> None:
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+
+
+def first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+def step_out_of_memory(error: BaseException, where: dict[str, Any]) -> OutOfMemory:
+    """The clear error for an out-of-memory in the optimizer step or the EMA update. A smaller micro-batch frees no
+    memory there (the activations are gone by then): the first step allocates the optimizer's moments, for AdamW
+    two fp32 copies of the weights, the largest single allocation of a run."""
+    return OutOfMemory(
+        f"out of memory in the optimizer step or the EMA update at {where}: the weights, gradients and optimizer state "
+        "of this memory strategy do not fit on this device. Choose a strategy that keeps less on it "
+        "(--set train.memory=saving or swap; `redheart memory --preset PRESET --vram SIZE` prints what each needs), "
+        f"a smaller preset, or a device with more memory. Last error: {first_line(error)}"
+    )
+
+
+def with_halving_batches(
+    run: Callable[[int], T], batch_size: int, device: torch.device, what: str, retry: bool = True
+) -> T:
+    """`run(batch_size)`, redone with half the batch size after each out-of-memory error; at batch size 1 (or at once
+    without `retry`: under FSDP a rank cannot redo a pass alone) the error becomes OutOfMemory naming `what`. For
+    evaluation passes, whose results do not depend on the batch size."""
+    while True:
+        try:
+            return run(batch_size)
+        except torch.OutOfMemoryError as error:
+            message = first_line(error)  # only the message: the traceback holds the failed batch's tensors
+        release_memory(device)
+        if batch_size == 1 or not retry:
+            raise OutOfMemory(
+                f"out of memory in {what} at batch size {batch_size}: the model does not fit on this device for "
+                f"evaluation. Use a smaller preset or a device with more memory. Last error: {message}"
+            )
+        batch_size = max(1, batch_size // 2)

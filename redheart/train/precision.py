@@ -1,4 +1,5 @@
-"""Mixed precision per device: bf16 autocast where CUDA supports it, else fp16 with a GradScaler.
+"""Mixed precision per device: bf16 autocast where the CUDA device runs bf16 natively (compute capability 8.0
+and up, or ROCm), else fp16 with a GradScaler.
 
 On CPU autocast is off: CPU bf16 autocast is slower than fp32 on most CPUs without AMX and changes the
 numerics that the CPU tests rely on (exact resume, accumulation equivalence), for no memory gain worth it.
@@ -42,5 +43,13 @@ def choose_precision(
     """`force_autocast` (a memory strategy's demand) turns autocast on, on CPU too."""
     if not force_autocast and (not amp or device.type != "cuda"):
         return Precision(device, None)
-    bf16 = device.type != "cuda" or torch.cuda.is_bf16_supported()
+    bf16 = device.type != "cuda" or native_bf16(device)
     return Precision(device, torch.bfloat16 if bf16 else torch.float16, cache_weight_casts)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether the CUDA device computes in bf16 natively. torch.cuda.is_bf16_supported() also counts emulation,
+    which pre-Ampere cards (a T4, compute capability 7.5) offer at a fraction of their fp16 speed."""
+    if torch.version.hip:
+        return True
+    return torch.cuda.get_device_capability(device) >= (8, 0)

@@ -29,6 +29,7 @@ from redheart.scoring.metrics import headline
 from redheart.train.build_trainer import build_trainer
 from redheart.train.disk_plan import ensure_disk_space
 from redheart.train.evaluation import evaluate, metrics_of, predict
+from redheart.train.oom import with_halving_batches
 from redheart.train.parallel.distributed import Distributed
 from redheart.train.parallel.fsdp import drop_summed_grads, host_view, is_sharded
 from redheart.train.precision import resolve_device
@@ -238,17 +239,25 @@ def config_hash(config: RunConfig, lr: float, seed: int) -> str:
     return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()
 
 
+EVAL_BATCH = 256  # validation's batch size, halved on out-of-memory
+
+
 def epoch_record(
     epoch: int, trainer: Trainer, tally: EpochTally, val: SplitTensors, label_smoothing: float
 ) -> dict[str, Any]:
-    """Train losses, validation with the raw weights, and the EMA weights' fused headline."""
+    """Train losses, validation with the raw weights, and the EMA weights' fused headline. An out-of-memory error in
+    either pass redoes it with half the batch size (with_halving_batches)."""
+    device, retry = trainer.precision.device, trainer.can_redo_window
+    validation = partial(evaluate, trainer.model, val, label_smoothing=label_smoothing)
     record: dict[str, Any] = {
         "epoch": epoch,
         "lr": max(group["lr"] for group in trainer.optimizer.param_groups),
         "train_loss": tally.means(),
         "grad_norm": tally.grad_norm_stats(),
-        "val": evaluate(trainer.model, val, label_smoothing=label_smoothing),
+        "val": with_halving_batches(validation, EVAL_BATCH, device, f"the validation of epoch {epoch}", retry),
     }
     if trainer.ema is not None:
-        record["ema_headline"] = headline(metrics_of(predict(trainer.ema.module, val), val)["fused"])
+        ema = partial(predict, trainer.ema.module, val)
+        predictions = with_halving_batches(ema, EVAL_BATCH, device, f"the EMA validation of epoch {epoch}", retry)
+        record["ema_headline"] = headline(metrics_of(predictions, val)["fused"])
     return record

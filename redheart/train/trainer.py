@@ -11,6 +11,7 @@ override only the hooks below run_window (how a window is accumulated, how ranks
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import cast
@@ -26,7 +27,7 @@ from redheart.core.faults import NO_FAULTS, Faults
 from redheart.data.dataset import SplitTensors, training_order, verdict_only_rows
 from redheart.model.losses import Outputs, split_halves
 from redheart.model.model import RedHeartModel
-from redheart.train.oom import BatchPlan, release_memory
+from redheart.train.oom import BatchPlan, release_memory, step_out_of_memory
 from redheart.train.precision import Precision
 
 Batch = dict[str, torch.Tensor]
@@ -98,23 +99,26 @@ class EpochTally:
         }
 
     def grad_norm_stats(self) -> dict[str, float | int | None]:
-        """Mean, std (population), min and max of the pre-clipping gradient norm over the optimizer steps."""
-        if not self.grad_norms:
-            return {"steps": 0, "mean": None, "std": None, "min": None, "max": None}
-        norms = torch.stack([torch.as_tensor(n, dtype=torch.float64).cpu() for n in self.grad_norms])
+        """Mean, std (population), min and max of the pre-clipping gradient norm over the optimizer steps whose norm
+        is finite; `non_finite` counts the others (fp16 steps the GradScaler skipped), so JSON never sees inf or nan."""
+        norms = torch.tensor([float(n) for n in self.grad_norms], dtype=torch.float64)  # one read, at the epoch's end
+        finite = norms[torch.isfinite(norms)]
+        stats: dict[str, float | int | None] = {"steps": len(norms), "non_finite": len(norms) - len(finite)}
+        if not len(finite):
+            return {**stats, "mean": None, "std": None, "min": None, "max": None}
         return {
-            "steps": len(norms),
-            "mean": float(norms.mean()),
-            "std": float(norms.std(correction=0)),
-            "min": float(norms.min()),
-            "max": float(norms.max()),
+            **stats,
+            "mean": float(finite.mean()),
+            "std": float(finite.std(correction=0)),
+            "min": float(finite.min()),
+            "max": float(finite.max()),
         }
 
     def to_json(self) -> dict:
         return {
             "samples": self.samples,
             "loss_sums": {name: float(total) for name, total in self.loss_sums.items()},
-            "grad_norms": [float(n) for n in self.grad_norms],
+            "grad_norms": [float(n) if math.isfinite(float(n)) else None for n in self.grad_norms],
             "loss_samples": dict(self.loss_samples),
         }
 
@@ -126,7 +130,7 @@ class EpochTally:
         return cls(
             samples=data["samples"],
             loss_sums=dict(data["loss_sums"]),
-            grad_norms=list(data["grad_norms"]),
+            grad_norms=[float("nan") if n is None else n for n in data["grad_norms"]],
             loss_samples=dict(data.get("loss_samples", {})),
         )
 
@@ -258,7 +262,12 @@ class Trainer:
             self.plan.shrink(failure, {"epoch": epoch, "sample": window_start})
             tally, done = self.window_tally.copy(), 0
         self.join_gradients()
-        tally.grad_norms.append(self.optimizer_step(last_of_epoch=window_start + len(window) == len(split)))
+        try:
+            norm = self.optimizer_step(last_of_epoch=window_start + len(window) == len(split))
+        except torch.OutOfMemoryError as error:
+            release_memory(self.precision.device)
+            raise step_out_of_memory(error, {"epoch": epoch, "sample": window_start}) from None
+        tally.grad_norms.append(norm)
         tally = self.join_tally(tally, len(window) - done)
         self.report(after_micro_step, window_start + len(window), tally, steps)
         return tally

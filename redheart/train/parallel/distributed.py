@@ -117,13 +117,20 @@ def join_job(device_name: str, environ: Mapping[str, str] = os.environ) -> Itera
     """The process group of the torchrun job this process belongs to, left when the block ends.
 
     `device_name` is train.device; an index-less CUDA device ("auto" on a GPU machine, "cuda") becomes
-    cuda:LOCAL_RANK, so each process on a node gets its own GPU.
+    cuda:LOCAL_RANK, so each process on a node gets its own GPU. An explicit index (cuda:N) with several processes
+    is refused: it would put every process on GPU N, where nccl fails.
     """
     world_size = int(environ.get("WORLD_SIZE", "1"))
     device = resolve_device(device_name)
     if world_size == 1:
         yield Distributed.single(device)
         return
+    if device.type == "cuda" and device.index is not None:
+        raise ValueError(
+            f"train.device is {device_name!r} but torchrun started {world_size} processes, which would all use GPU "
+            f"{device.index}; set train.device=cuda (or auto) so each process takes the GPU of its LOCAL_RANK, and "
+            "choose the GPUs with CUDA_VISIBLE_DEVICES"
+        )
     missing = [name for name in ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT") if name not in environ]
     if missing:
         raise ValueError(

@@ -111,6 +111,30 @@ def save_resume(
     return slot
 
 
+def restore_cuda_rng(states: list[torch.Tensor]) -> None:
+    """Give each visible CUDA device its saved RNG state, by index. A run saved with more devices visible than now
+    (started on a 2-GPU node, resumed on one) resumes: the states of devices no longer visible are dropped, and a
+    device the state did not cover keeps its own seed; either is said on stderr."""
+    if not states or not torch.cuda.is_available():
+        return
+    visible = torch.cuda.device_count()
+    for index, state in enumerate(states[:visible]):
+        torch.cuda.set_rng_state(state, index)
+    if len(states) > visible:
+        print(
+            f"warning: the resume state holds the CUDA RNG states of {len(states)} devices and {visible} are visible; "
+            f"the states of devices {list(range(visible, len(states)))} are dropped, and the resumed run's random "
+            "draws are no longer those the uninterrupted run would have made",
+            file=sys.stderr,
+        )
+    elif len(states) < visible:
+        print(
+            f"warning: the resume state holds the CUDA RNG states of {len(states)} devices and {visible} are visible; "
+            f"devices {list(range(len(states), visible))} keep their own seeds",
+            file=sys.stderr,
+        )
+
+
 def read_resume_info(folder: Path) -> dict[str, Any]:
     folder = Path(folder)
     return read_json(folder / read_json(folder / POINTER)["slot"] / STATE)
@@ -169,8 +193,7 @@ def _load_slot(slot: Path, trainer: Trainer, identity: dict[str, str]) -> dict[s
         trainer.scheduler.load_state_dict(training["scheduler"])
         trainer.scaler.load_state_dict(training["scaler"])
         torch.set_rng_state(training["rng_cpu"])
-        if training["rng_cuda"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(training["rng_cuda"])
+        restore_cuda_rng(list(training["rng_cuda"]))
         path = slot / "grads.safetensors"
         load_full_grads(trainer.model, load_file(str(path)))
         path = slot / STATE

@@ -17,7 +17,7 @@ from torch import Tensor
 from redheart.config import TrainConfig
 from redheart.model.groups import GROUPS
 from redheart.model.losses import Outputs, split_halves
-from redheart.model.model import MODULE_TARGETS, RedHeartModel
+from redheart.model.model import MODULE_TARGETS, VERDICT_MODULES, RedHeartModel
 from redheart.train.trainer import rdrop_losses
 
 # The group holding the Kalman fusion, which reads every other group's predictions: it goes last.
@@ -43,8 +43,17 @@ def dropped_passes(model: RedHeartModel, x: Tensor, mask: Tensor, rdrop: bool, s
     return [(dropped, torch.cat([mask, mask]))]
 
 
-def group_outputs(model: RedHeartModel, group: str, x: Tensor, mask: Tensor, sources: Outputs) -> Outputs:
-    """The predictions of `group`'s modules from dropped inputs, as RedHeartModel.forward makes them.
+def runs_on_verdict_only(group: str) -> bool:
+    """Whether RedHeartModel.forward(verdict_only=True) runs any of `group`'s modules (the verdict modules, the
+    backbone they read, the fusion); a group that runs none gets no loss and no gradient from such a batch."""
+    return any(name in VERDICT_MODULES or name in ("backbone", "kalman") for name in GROUPS[group])
+
+
+def group_outputs(
+    model: RedHeartModel, group: str, x: Tensor, mask: Tensor, sources: Outputs, verdict_only: bool = False
+) -> Outputs:
+    """The predictions of `group`'s modules from dropped inputs, as RedHeartModel.forward makes them (with
+    `verdict_only`, only the verdict modules' and the fusion's, as it does for a batch of verdict-only records).
 
     `sources` holds the other groups' predictions of the same pass; only the Kalman fusion reads them.
     """
@@ -52,7 +61,7 @@ def group_outputs(model: RedHeartModel, group: str, x: Tensor, mask: Tensor, sou
     pooled = model.backbone(x, mask) if "backbone" in modules else None
     out: Outputs = {}
     for name in modules:
-        if name in MODULE_TARGETS:
+        if name in MODULE_TARGETS and (not verdict_only or name in VERDICT_MODULES):
             out[name] = model.predict_module(name, x, mask, pooled)
     if "kalman" in modules:
         out["fused"] = model.kalman({**sources, **out})

@@ -23,11 +23,18 @@ from torch import Tensor
 from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 from torch.utils.checkpoint import checkpoint
 
-from redheart.data.dataset import SplitTensors
+from redheart.data.dataset import SplitTensors, verdict_only_rows
 from redheart.model.groups import GROUPS
 from redheart.model.losses import Outputs
 from redheart.train.swap.cpu_offload import HOST, CpuOffload
-from redheart.train.swap.forward import SWAP_ORDER, detached, dropped_passes, group_loss, group_outputs
+from redheart.train.swap.forward import (
+    SWAP_ORDER,
+    detached,
+    dropped_passes,
+    group_loss,
+    group_outputs,
+    runs_on_verdict_only,
+)
 from redheart.train.trainer import EpochTally, StepCallback, Trainer
 
 
@@ -90,14 +97,21 @@ class GroupSwapTrainer(Trainer):
         # Per micro-batch and pass: the detached predictions of the groups done so far (group C fuses them).
         predictions: list[list[Outputs]] = [[{} for _ in batch_passes] for batch_passes in passes]
         parts: list[dict[str, Tensor]] = [{} for _ in batches]
+        # A batch of verdict-only records runs what the joint forward runs for it (forward_losses): a module left out
+        # keeps no gradient, so AdamW does not step it (momentum, weight decay) where the standard trainer would not.
+        verdict_only = [bool(verdict_only_rows(batch).all()) for batch in batches]
         for group in SWAP_ORDER:
             self.offload.visit(self.modules[group])
-            for batch, batch_passes, batch_predictions, batch_parts in zip(batches, passes, predictions, parts):
+            for batch, batch_passes, batch_predictions, batch_parts, only in zip(
+                batches, passes, predictions, parts, verdict_only
+            ):
+                if only and not runs_on_verdict_only(group):
+                    continue
                 size = len(batch["x"])
                 self.faults.at_step("forward", size)
                 with self.precision.autocast():
                     outs = [
-                        self._forward(group, x, mask, sources)
+                        self._forward(group, x, mask, sources, only)
                         for (x, mask), sources in zip(batch_passes, batch_predictions)
                     ]
                     total, group_parts = group_loss(self.model, outs, batch, self.config)
@@ -112,10 +126,10 @@ class GroupSwapTrainer(Trainer):
             self.offload.leave(self.modules[group], updated=False)
         return [(len(batch["x"]), _in_loop_order(batch_parts)) for batch, batch_parts in zip(batches, parts)]
 
-    def _forward(self, group: str, x: Tensor, mask: Tensor, sources: Outputs) -> Outputs:
+    def _forward(self, group: str, x: Tensor, mask: Tensor, sources: Outputs, verdict_only: bool) -> Outputs:
         if self.plan.memory_saving:
-            return checkpoint(group_outputs, self.model, group, x, mask, sources, use_reentrant=False)
-        return group_outputs(self.model, group, x, mask, sources)
+            return checkpoint(group_outputs, self.model, group, x, mask, sources, verdict_only, use_reentrant=False)
+        return group_outputs(self.model, group, x, mask, sources, verdict_only)
 
     def discard_window(self) -> None:
         """Drop the failed window's gradients and bring home the group that was on the device."""
