@@ -47,6 +47,8 @@ class TrainResult:
     seed: int
     final: dict[str, Any]  # the last epoch's record (train losses, val metrics, EMA headline)
     output: RunDir
+    # The trainer's out-of-memory retries (BatchPlan.events): each halved the micro-batch or turned on memory saving.
+    out_of_memory_events: tuple[dict[str, Any], ...] = ()
 
 
 def train(
@@ -61,6 +63,7 @@ def train(
     resume_every: int = 0,
     faults: Faults = NO_FAULTS,
     distributed: Distributed | None = None,
+    save_resume_state: bool = True,
 ) -> TrainResult:
     """Train on `run`'s data; outputs go to `log_dir` (a run-folder layout; a sweep trial) or to `run`.
 
@@ -72,6 +75,9 @@ def train(
     every window (parallel/data_parallel.py), and rank 0 alone writes files and shows progress. The state is then
     saved, and a signal obeyed, only at window ends, so it loads with any number of processes. Under FSDP
     (parallel/fsdp.py) each rank holds a shard of the model; checkpoints and the state are gathered whole.
+
+    `save_resume_state` False writes no resume state at all (a measurement that is never resumed: the full
+    preset's state is about 23 GB a save); a signal then stops without one.
     """
     tc = config.train
     out = RunDir(log_dir) if log_dir is not None else run
@@ -105,6 +111,8 @@ def train(
             drop_summed_grads(model)
 
     def save_state(epoch: int, sample: int, micro_step: int, state: EpochTally) -> None:
+        if not save_resume_state:
+            return
         tensors = resume_tensors(trainer)  # on every rank: under FSDP gathering the shards is a collective
         if main:
             info = {
@@ -208,7 +216,15 @@ def train(
                 dtype=tc.checkpoint_dtype,
             )
     distributed.barrier()  # every rank returns once the outputs are complete
-    return TrainResult(lr=lr, lr_source=lr_source, epochs=epochs, seed=seed, final=record, output=out)
+    return TrainResult(
+        lr=lr,
+        lr_source=lr_source,
+        epochs=epochs,
+        seed=seed,
+        final=record,
+        output=out,
+        out_of_memory_events=tuple(trainer.plan.events),
+    )
 
 
 def resolve_lr(run: RunDir, config: RunConfig, lr: float | None) -> tuple[float, str]:
