@@ -5,11 +5,12 @@ import torch
 
 from redheart.cli import main
 from redheart.config import preset
-from redheart.model.model import RedHeartModel
+from redheart.model.model import MODULES, RedHeartModel
 from redheart.train.memory.activations import empty_model, measure_activation_bytes
 from redheart.train.memory.plan import (
     GiB,
     footprints,
+    fsdp_choice,
     fsdp_footprint,
     optimizer_state_bytes,
     parse_bytes,
@@ -99,10 +100,18 @@ def test_full_preset_needs_the_saving_strategy_on_8_gib(full_plan_parts):
 def test_fsdp_shares_the_full_model_over_processes(full_plan_parts):
     model, config, activations = full_plan_parts
     standard = footprints(model, config, activations)[0]
-    two, four = (fsdp_footprint(model, config, activations[True], n) for n in (2, 4))
+    two, four = (fsdp_footprint(model, config, activations[True], n, accumulate_unsharded=False) for n in (2, 4))
     assert four.device["optimizer"] == standard.device["optimizer"] // 4
     assert standard.device["weights"] / 4 < four.device["weights"] < standard.device["weights"] / 2
     assert four.device_total < 7.5 * GiB < two.device_total < standard.device_total
+    # Syncing once per window holds the window's gradients unsharded (fp32, the whole model) between micro-steps.
+    once = fsdp_footprint(model, config, activations[True], 4, accumulate_unsharded=True)
+    largest = max(sum(p.numel() * 4 for p in getattr(model, name).parameters()) for name in MODULES)
+    assert once.device["gradients"] - four.device["gradients"] == standard.device["gradients"] - largest
+    # On 8 GiB cards that does not fit, so four processes sync after every micro-step; on 16 GiB cards it does.
+    eight = fsdp_choice(model, config, activations[True], 4, int(7.5 * GiB))
+    assert eight[1] is False and eight[0].device == four.device
+    assert fsdp_choice(model, config, activations[True], 4, int(15.5 * GiB)) == (once, True)
 
 
 def test_plan_of_the_tiny_preset_chooses_standard():

@@ -22,7 +22,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -182,22 +182,61 @@ def footprints(model: nn.Module, config: RunConfig, activations: dict[bool, Acti
     return out
 
 
-def fsdp_footprint(model: nn.Module, config: RunConfig, act: ActivationBytes, processes: int) -> Footprint:
+def fsdp_footprint(
+    model: nn.Module, config: RunConfig, act: ActivationBytes, processes: int, accumulate_unsharded: bool
+) -> Footprint:
     """Per process under FSDP (parallel/fsdp.py, the standard strategy): 1/N of the weights, gradients, AdamW
-    state and EMA, plus one module gathered whole (weights, then its unsharded gradients) at a time."""
+    state and EMA, plus one module gathered whole at a time; with `accumulate_unsharded`, where a process runs
+    more than one micro-step a window, the whole model's unsharded fp32 gradients, which accumulate between
+    the window's micro-steps until its last backward reduce-scatters them (else one module's, in its backward)."""
     params = list(model.parameters())
     weights = _nbytes(params)
     ema = weights if config.train.ema_decay > 0 else 0
     largest = max(_nbytes(_params(model, [name])) for name in MODULES)
+    accumulates = accumulate_unsharded and config.train.accumulation > processes
     device = {
         "weights": weights // processes + largest,
-        "gradients": weights // processes + largest,
+        "gradients": weights // processes + (weights if accumulates else largest),
         "optimizer": optimizer_state_bytes(params, "adamw") // processes,
         "ema": ema // processes,
         "activations": act.total,
     }
-    note = f"FSDP over {processes} processes, per process; the largest module is gathered whole in its turn"
+    sync = (
+        "gradients accumulate unsharded until the window's last micro-step"
+        if accumulates
+        else "gradients reduce-scattered after every micro-step"
+    )
+    note = f"FSDP over {processes} processes, per process; the largest module is gathered whole in its turn; {sync}"
     return Footprint(STRATEGIES["standard"], device, {name: 0 for name in COMPONENTS}, note)
+
+
+def fsdp_choice(
+    model: nn.Module, config: RunConfig, act: ActivationBytes, processes: int, budget: int | None
+) -> tuple[Footprint, bool]:
+    """The FSDP footprint training takes, and whether it syncs gradients once per window (the least
+    communication; where that fits `budget`, None meaning host memory, not planned) rather than after every
+    micro-step (no unsharded accumulation)."""
+    once = fsdp_footprint(model, config, act, processes, accumulate_unsharded=True)
+    if budget is None or once.device_total <= budget:
+        return once, True
+    every = fsdp_footprint(model, config, act, processes, accumulate_unsharded=False)
+    return replace(
+        every, note=f"{every.note}: syncing once per window would need {once.device_total / GiB:.2f} GiB"
+    ), False
+
+
+def fsdp_accumulates_unsharded(model: nn.Module, config: RunConfig, device: torch.device, processes: int) -> bool:
+    """Whether FSDP training on `device` accumulates a window's gradients unsharded and syncs once per window."""
+    vram = device_memory(device)
+    if vram is None:
+        return True
+    act = measure_activation_bytes(cast(RedHeartModel, model), _rows(config), config.train.amp)
+    return fsdp_choice(model, config, act, processes, vram - DEFAULT_RESERVE)[1]
+
+
+def _rows(config: RunConfig) -> int:
+    """Forward rows per micro-step: the micro-batch, doubled by R-Drop's concatenated batch."""
+    return config.train.micro_batch * (2 if config.train.rdrop_alpha > 0 else 1)
 
 
 def plan_memory(
@@ -211,9 +250,10 @@ def plan_memory(
     """The plan for `model` (on the host; uninitialised weights will do) at the config's micro-batch; with
     `processes` > 1 the FSDP footprint per process (only the standard strategy combines with FSDP); with
     `correction`, the measured bytes of the strategies it covers."""
-    rows = config.train.micro_batch * (2 if config.train.rdrop_alpha > 0 else 1)
+    rows = _rows(config)
     if processes > 1:
-        prints = [fsdp_footprint(model, config, measure_activation_bytes(model, rows, config.train.amp), processes)]
+        act = measure_activation_bytes(model, rows, config.train.amp)
+        prints = [fsdp_choice(model, config, act, processes, vram - reserve)[0]]
     else:
         precisions = {config.train.amp if s.bf16 is None else s.bf16 for s in STRATEGIES.values()}
         activations = {bf16: measure_activation_bytes(model, rows, bf16) for bf16 in sorted(precisions)}
