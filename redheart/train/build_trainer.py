@@ -41,7 +41,7 @@ def build_trainer(
         device, tc.amp, memory.bf16 is True, cache_weight_casts=not memory.activation_checkpointing
     )
     model.activation_checkpointing = memory.activation_checkpointing
-    ema = build_ema(model, tc.ema_decay, torch.device("cpu") if memory.ema_on_host else device)
+    ema = build_ema(model, tc.ema_decay, torch.device("cpu") if memory.ema_on_host else device, tc.ema_every)
     # Planned on the host model, before it moves: whether a window's unsharded gradients fit beside the shards.
     accumulate_unsharded = sharded and fsdp_accumulates_unsharded(model, config, device, distributed.world_size)
     if not memory.group_swap:  # the swap trainer moves one group at a time itself

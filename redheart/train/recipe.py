@@ -251,6 +251,8 @@ def config_hash(config: RunConfig, lr: float, seed: int) -> str:
     tree = {section: full[section] for section in ("encoder", "model", "train")}
     for stored_only in ("checkpoint_dtype", "check_disk"):  # how outputs are stored, not what training computes
         tree["train"].pop(stored_only)
+    if tree["train"]["ema_every"] == 1:  # the EMA of every step, as before the setting existed: the same identity
+        tree["train"].pop("ema_every")
     return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -266,5 +268,6 @@ def epoch_record(
         "val": evaluate(trainer.model, val, label_smoothing=label_smoothing),
     }
     if trainer.ema is not None:
+        trainer.ema.flush(trainer.model)  # the steps not yet averaged in (train.ema_every)
         record["ema_headline"] = headline(metrics_of(predict(trainer.ema.module, val), val)["fused"])
     return record

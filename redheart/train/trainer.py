@@ -18,7 +18,6 @@ from typing import cast
 import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
-from torch.optim.swa_utils import AveragedModel
 from torch.utils.checkpoint import checkpoint
 
 from redheart.config import TrainConfig
@@ -26,6 +25,7 @@ from redheart.core.faults import NO_FAULTS, Faults
 from redheart.data.dataset import SplitTensors, training_order, verdict_only_rows
 from redheart.model.losses import Outputs, split_halves
 from redheart.model.model import RedHeartModel
+from redheart.train.ema import EMA
 from redheart.train.oom import BatchPlan, release_memory
 from redheart.train.precision import Precision
 
@@ -139,7 +139,7 @@ class Trainer:
         model: RedHeartModel,
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
-        ema: AveragedModel | None,
+        ema: EMA | None,
         precision: Precision,
         config: TrainConfig,
         faults: Faults = NO_FAULTS,
