@@ -265,9 +265,11 @@ def epoch_record(
         "lr": max(group["lr"] for group in trainer.optimizer.param_groups),
         "train_loss": tally.means(),
         "grad_norm": tally.grad_norm_stats(),
-        "val": evaluate(trainer.model, val, label_smoothing=label_smoothing),
+        # On the training device even where the weights sit in host memory (swap; a host-side EMA).
+        "val": evaluate(trainer.model, val, label_smoothing=label_smoothing, device=trainer.precision.device),
     }
     if trainer.ema is not None:
         trainer.ema.flush(trainer.model)  # the steps not yet averaged in (train.ema_every)
-        record["ema_headline"] = headline(metrics_of(predict(trainer.ema.module, val), val)["fused"])
+        ema_predictions = predict(trainer.ema.module, val, device=trainer.precision.device)
+        record["ema_headline"] = headline(metrics_of(ema_predictions, val)["fused"])
     return record
