@@ -148,6 +148,7 @@ def train(
             raise interruption(stop, out.resume, command) if main else TrainingInterrupted(stop, "")
 
     per_epoch_micro = len(micro_batches(len(train_split), tc.micro_batch, seed, 0))
+    train_data = train_split.to(device)  # on a GPU: batches gathered there, no pageable copy per micro-step
     writer = SummaryWriter(str(out.tensorboard)) if main else None
     telemetry = RunTelemetry(
         out, trainer, writer, epochs, enabled=tc.telemetry and main, gradients=not is_sharded(model)
@@ -166,7 +167,7 @@ def train(
             started = time.perf_counter()
             samples_before = tally.samples
             telemetry.start_epoch(tally, checkpoint=save_checkpoints and (epoch + 1) % tc.checkpoint_every == 0)
-            tally = trainer.run_epoch(train_split, epoch, seed, start_sample, tally, partial(after_steps, epoch))
+            tally = trainer.run_epoch(train_data, epoch, seed, start_sample, tally, partial(after_steps, epoch))
             seconds = time.perf_counter() - started
             record = epoch_record(epoch + 1, trainer, tally, val_split, tc.label_smoothing)
             record.update(

@@ -93,7 +93,8 @@ class DataParallelTrainer(Trainer):
             for number, (index, share) in enumerate(steps):
                 # Sharded: the gradients are reduce-scattered by the last backward of the window only.
                 sync_gradients(self.model, number == len(steps) - 1 or not self.accumulate_unsharded)
-                parts = self.micro_step(split.batch(index, self.precision.device), share)
+                batch = split.batch(index, self.precision.device)
+                parts = self.micro_step(batch, share, split.verdict_only(index))
                 if share:
                     self.window_losses.add(parts, len(index))
         finally:
