@@ -44,12 +44,17 @@ def test_the_memory_an_evaluation_may_use_is_the_plans_budget_less_what_torch_ho
     monkeypatch.setattr(evaluation, "device_memory", lambda device: 8 * GiB if device.type == "cuda" else None)
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: allocated)
     monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: reserved)
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device=None: 1.0, raising=False)
     # The card alone: the budget of 7.5 GiB less the 3 GiB allocated; the 1 GiB torch caches is usable.
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (4 * GiB - DEFAULT_RESERVE, 8 * GiB))
     assert evaluation.available_bytes(CUDA) == 8 * GiB - DEFAULT_RESERVE - allocated
     # Another process holds 2 GiB more: what is free plus torch's cache.
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (GiB, 8 * GiB))
     assert evaluation.available_bytes(CUDA) == GiB + (reserved - allocated)
+    # The allocator capped at 6 GiB of the card (as the GPU check caps it): the cap less what is allocated.
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (4 * GiB, 8 * GiB))
+    monkeypatch.setattr(torch.cuda, "get_per_process_memory_fraction", lambda device=None: 0.75, raising=False)
+    assert evaluation.available_bytes(CUDA) == 6 * GiB - allocated
     assert evaluation.available_bytes(CPU) is None
 
 

@@ -54,14 +54,18 @@ def _bytes(modules: list[nn.Module]) -> int:
 
 def available_bytes(device: torch.device) -> int | None:
     """What an evaluation may add on a CUDA `device`: the memory plan's budget (the card less its reserve for
-    the CUDA context) less what torch holds there now, and no more than the card has free (another process's
-    share included); None off CUDA."""
+    the CUDA context; or the allocator's cap, set_per_process_memory_fraction, where one is set) less what torch
+    has allocated there now, and no more than the card has free plus what torch caches (another process's share
+    is not free); None off CUDA."""
     total = device_memory(device)
     if total is None:
         return None
+    fraction = getattr(torch.cuda, "get_per_process_memory_fraction", lambda device: 1.0)(device)
+    budget = int(total * fraction) if fraction < 1.0 else total - DEFAULT_RESERVE
     free, _ = torch.cuda.mem_get_info(device)
-    cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    return max(0, min(total - DEFAULT_RESERVE - torch.cuda.memory_allocated(device), free + cached))
+    allocated = torch.cuda.memory_allocated(device)
+    cached = torch.cuda.memory_reserved(device) - allocated
+    return max(0, min(budget - allocated, free + cached))
 
 
 def evaluation_placement(model: nn.Module, target: torch.device, free: int | None) -> Placement:
