@@ -104,6 +104,15 @@ def test_pending_steps_are_part_of_the_state():
     assert torch.equal(weights(ema.module), weights(resumed.module)) and int(resumed.n_averaged) == 1
 
 
+def test_a_state_saved_before_pending_steps_existed_loads_with_none_pending():
+    model = model_at(0)
+    old = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(DECAY), use_buffers=True)
+    old.update_parameters(model)
+    ema = EMA(model_at(1), DECAY, every=4)
+    ema.load_state_dict(old.state_dict())  # strict
+    assert int(ema.pending_steps) == 0 and torch.equal(weights(ema.module), weights(old.module))
+
+
 @pytest.mark.parametrize(("decay", "every"), [(0.0, 1), (1.0, 1), (0.9, 0)])
 def test_a_decay_outside_0_1_or_a_step_count_below_1_is_refused(decay, every):
     with pytest.raises(ValueError, match="train.ema_"):

@@ -46,6 +46,11 @@ class EMA(AveragedModel):
         self._averaged = False
         self.register_load_state_dict_post_hook(_read_counts)
 
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # A state saved before the count existed averaged every step: nothing pending.
+        state_dict.setdefault(f"{prefix}pending_steps", torch.zeros((), dtype=torch.long))
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def update_parameters(self, model: nn.Module) -> None:
         """One optimizer step: averaged in now when `every` steps are pending, else counted."""
         self._pending += 1
