@@ -1,43 +1,54 @@
-"""The full preset on a real GPU in one command: memory per strategy under an 8 GiB cap, speed, a small
-pipeline end to end, and nccl under torchrun. Results go to OUT/gpu_check.json and OUT/gpu_check.md.
+"""The full preset on a real GPU in one command: memory per strategy under an 8 GiB card's cap, speed, the CUDA
+test suite, a small pipeline end to end, and nccl under torchrun. Results go to OUT/gpu_check.json and
+OUT/gpu_check.md, and the measured bytes per strategy to OUT/memory_correction.json
+(`redheart memory --correction OUT/memory_correction.json` plans with them).
 
-    python bench/gpu_check.py OUT            # on a CUDA machine; 8 minutes at most (the parts' time limits)
+    python bench/gpu_check.py OUT            # on a CUDA machine; 9 minutes at most (the parts' time shares)
     python bench/gpu_check.py OUT --dry-run  # the same code path on CPU: tiny preset, no CUDA call
 
 Parts, each in its own process (peak memory is per process, and a crash or a timeout stays in its part):
 
 1. strategies: the memory plan of the preset at micro-batch x accumulation for a card of --limit (8 GiB).
-   Every strategy the plan says fits is trained with torch.cuda.set_per_process_memory_fraction capping the
-   process at --limit, whatever the card's size; `standard` is trained too, uncapped, when the card is large
-   enough for the plan's figure. Each runs the project's own `train()` for two epochs of --windows
-   optimizer steps on a synthetic run of 384-wide hashing embeddings (the full model's input size): the
-   first epoch is the warm-up, the second is timed (the epoch's samples/s as `train()` records it). Printed:
-   the plan's device bytes, max_memory_allocated and max_memory_reserved, samples/s, and whether the
-   process stayed within --limit (reserved bytes, and no out-of-memory retry by the trainer).
-2. small: `redheart pipeline` with the small preset on the first --small-records records of the bundled set,
+   Every strategy the plan says fits is trained with torch's allocator capped (set_per_process_memory_fraction)
+   at what the plan lets it use on such a card, whatever this card's size: the limit less the plan's reserve
+   for the CUDA context (0.5 GiB), or the limit less the context measured in the process
+   (torch.cuda.mem_get_info) when that is larger; both figures are reported. `standard` is trained too,
+   uncapped, when the card is large enough for the plan's figure. Each runs the project's own `train()` for
+   two epochs of --windows optimizer steps on a synthetic run of 384-wide hashing embeddings (the full
+   model's input size), without resume saves (23 GB each for the full preset): the first epoch is the
+   warm-up, the second is timed. Printed: the plan's device bytes, max_memory_allocated and
+   max_memory_reserved, samples/s, and whether the process stayed within the cap (reserved bytes at most the
+   cap, reserved plus the context measured after training at most the limit, and no out-of-memory retry).
+2. suite: `pytest -m cuda` (tests/test_cuda.py and the other CUDA tests), one process.
+3. small: `redheart pipeline` with the small preset on the first --small-records records of the bundled set,
    a one-trial, one-epoch sweep and one epoch of training, end to end to the report, on the GPU.
-3. nccl: torchrun with one process initialises the nccl process group and checks an all_reduce, a barrier
+4. nccl: torchrun with one process initialises the nccl process group and checks an all_reduce, a barrier
    and an all_gather_object, the collectives the trainer uses (gloo on CPU in the dry run).
 
-The exit status is 1 when a strategy that the plan calls fitting went over --limit, 2 when a part failed
-or ran out of its time, else 0. In the dry run the host stands in for the device: the peak resident set
-is reported as both allocated and reserved, and nothing is capped.
+Each part stops at its time share (SHARES, which add up to WALL_SECONDS); the report's `timings` add up to
+its wall time. The exit status is 1 when a strategy that the plan calls fitting went over the cap, 2 when a
+part failed or ran out of its time, else 0. In the dry run the host stands in for the device: the peak
+resident set is reported as both allocated and reserved, no context is measured, and nothing is capped.
 """
 
 from __future__ import annotations
 
-import argparse
-import gzip
-import itertools
-import json
-import os
-import subprocess
-import sys
-import tempfile
 import time
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
+
+STARTED = time.perf_counter()  # before the imports: the report's timings cover the whole process
+
+import argparse  # noqa: E402
+import gzip  # noqa: E402
+import itertools  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any, cast  # noqa: E402
+from xml.etree import ElementTree  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT)]  # runnable from a checkout
@@ -51,11 +62,24 @@ from redheart.core.rundir import RunDir  # noqa: E402
 from redheart.data.encode import encode_run  # noqa: E402
 from redheart.data.records import normalize_record  # noqa: E402
 from redheart.data.schema import bundled_data_path  # noqa: E402
-from redheart.train.memory.plan import DEFAULT_RESERVE, GiB, MemoryPlan, parse_bytes, plan_for_config  # noqa: E402
+from redheart.train.memory.plan import (  # noqa: E402
+    DEFAULT_RESERVE,
+    GiB,
+    MemoryPlan,
+    parse_bytes,
+    plan_for_config,
+    write_correction,
+)
 
-WALL_SECONDS = 480  # the whole check; each part gets what is left, up to its own share
-SHARES = {"nccl": 60, "strategy": 150, "small": 150}
-PARTS = ("nccl", "strategies", "small")
+# Seconds of each part; at most three strategies run (saving and swap capped, standard uncapped on a large
+# card). The shares add up to the whole check, and a part gets what is left of it, up to its own share.
+SHARES = {"startup and plan": 25, "nccl": 25, "strategy": 90, "suite": 150, "small": 70}
+MAX_STRATEGIES = 3
+WALL_SECONDS = sum(SHARES.values()) + (MAX_STRATEGIES - 1) * SHARES["strategy"]  # 540 s, 9 minutes
+PARTS = ("nccl", "strategies", "suite", "small")
+# The dry run checks the path, not the time: a CPU runs the tiny preset in about what a GPU takes for the full
+# one, and a shared CI machine may run it several times slower still.
+DRY_RUN_SLACK = 4
 
 
 @dataclass(frozen=True)
@@ -125,7 +149,44 @@ def chosen_strategies(plan: MemoryPlan, card: int | None) -> list[tuple[str, boo
     return out
 
 
-# ---- the device, or the host standing in for it --------------------------------------------------------------
+# ---- the cap, and the device or the host standing in for it ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Cap:
+    """What torch's allocator may hold on a card of `limit` bytes. The plan keeps `reserve` for the CUDA
+    context (which the allocator does not count); where the context was measured (`context`, the bytes the
+    card holds beyond torch's own after a first kernel) and is larger, the card leaves less, and the cap is
+    that. Both figures are reported."""
+
+    limit: int
+    reserve: int
+    context: int | None = None  # None: not measured (the dry run)
+
+    @property
+    def plan_budget(self) -> int:
+        """The limit less the plan's reserve: what the plan lets a strategy use."""
+        return self.limit - self.reserve
+
+    @property
+    def card_left(self) -> int | None:
+        """The limit less the measured context: what a card of `limit` bytes leaves to torch."""
+        return None if self.context is None else self.limit - self.context
+
+    @property
+    def bytes(self) -> int:
+        left = self.card_left
+        return self.plan_budget if left is None else min(self.plan_budget, left)
+
+    def describe(self) -> str:
+        card = f"{self.limit / GiB:.2f} GiB card"
+        text = f"{card} - {self.reserve / GiB:.2f} GiB plan reserve = {self.plan_budget / GiB:.2f} GiB"
+        if self.context is None:
+            return f"{text}; CUDA context not measured (no CUDA in a dry run); cap {self.bytes / GiB:.2f} GiB"
+        return (
+            f"{text}; {card} - {self.context / GiB:.2f} GiB measured CUDA context = "
+            f"{cast(int, self.card_left) / GiB:.2f} GiB; cap (the smaller) {self.bytes / GiB:.2f} GiB"
+        )
 
 
 class CudaMemory:
@@ -134,6 +195,20 @@ class CudaMemory:
 
     def total(self) -> int:
         return torch.cuda.get_device_properties(self.device).total_memory
+
+    def context(self) -> int:
+        """Bytes the card holds beyond what torch's allocator reserved: the CUDA context, the loaded kernels
+        and the libraries' handles (on a card this process has to itself)."""
+        torch.cuda.synchronize(self.device)
+        free, total = torch.cuda.mem_get_info(self.device)
+        return total - free - torch.cuda.memory_reserved(self.device)
+
+    def warm_up(self) -> None:
+        """Load what every training step loads (cuBLAS, cuDNN, a bf16 kernel), so the context is measured whole."""
+        x = torch.randn(64, 64, device=self.device)
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            torch.nn.functional.layer_norm(x @ x, (64,)).softmax(-1).sum().item()
+        torch.nn.GRU(64, 64, device=self.device)(x[None])[0].sum().item()
 
     def cap(self, limit: int) -> None:
         torch.cuda.set_per_process_memory_fraction(min(1.0, limit / self.total()), self.device)
@@ -146,6 +221,12 @@ class HostMemory:
     """The dry run's device: the host, never capped; its peak resident set stands for both peaks."""
 
     def total(self) -> None:
+        return None
+
+    def context(self) -> None:
+        return None
+
+    def warm_up(self) -> None:
         return None
 
     def cap(self, limit: int) -> None:
@@ -189,43 +270,65 @@ def bundled_records(count: int, clean: bool = True) -> list[dict[str, Any]]:
 
 def strategy_child(settings: Settings, strategy: str, capped: bool) -> dict[str, Any]:
     from redheart.train.recipe import train
-    from redheart.train.state.resume import read_resume_info
     from redheart.train.telemetry import read_metrics
 
     memory = memory_of(settings)
+    memory.warm_up()
+    cap = Cap(settings.limit, settings.reserve, memory.context())
     if capped:
-        memory.cap(settings.limit)
+        memory.cap(cap.bytes)
     config = strategy_config(settings, strategy)
     window = settings.micro_batch * settings.accumulation
     with tempfile.TemporaryDirectory() as folder:
         run = synthetic_run(Path(folder) / "run", config, settings.windows * window)
         started = time.perf_counter()
         result = train(
-            run, config, lr=1e-4, epochs=2, log_dir=Path(folder) / "out", progress=False, save_checkpoints=False
+            run,
+            config,
+            lr=1e-4,
+            epochs=2,
+            log_dir=Path(folder) / "out",
+            progress=False,
+            save_checkpoints=False,
+            save_resume_state=False,
         )
         seconds = time.perf_counter() - started
         warm_up, timed = read_metrics(result.output.metrics_log)
-        events = read_resume_info(result.output.resume)["batch_plan"]["events"]
     allocated, reserved = memory.peaks()
     return {
         "strategy": strategy,
         "capped": capped,
+        "cap_bytes": cap.bytes if capped else None,
+        "plan_budget_bytes": cap.plan_budget,
+        "context_bytes": cap.context,
+        "context_after_bytes": memory.context(),
         "max_memory_allocated": allocated,
         "max_memory_reserved": reserved,
         "samples_per_second": timed["samples_per_second"],
         "warm_up_samples_per_second": warm_up["samples_per_second"],
         "timed_samples": settings.windows * window,
-        "out_of_memory_retries": events,
+        "out_of_memory_retries": list(result.out_of_memory_events),
         "train_seconds": seconds,
     }
+
+
+def within_cap(result: dict[str, Any], limit: int) -> bool:
+    """Reserved bytes at most the cap, reserved plus the context at the end at most the limit (what a card of
+    `limit` bytes holds), and no out-of-memory retry by the trainer."""
+    context = result.get("context_after_bytes") or 0
+    return (
+        result["max_memory_reserved"] <= result["cap_bytes"]
+        and result["max_memory_reserved"] + context <= limit
+        and not result["out_of_memory_retries"]
+    )
 
 
 def strategy_row(
     strategy: str, capped: bool, plan_device: int, plan_host: int, outcome: dict[str, Any], limit: int
 ) -> dict[str, Any]:
-    """One strategy's line. `within_limit`: reserved bytes at most `limit` and no out-of-memory retry by the
-    trainer; False too when the process died of an out-of-memory error (placing the model, say); None for an
-    uncapped run, or a failure of another kind (reported under "failed")."""
+    """One strategy's line. `within_limit`: see `within_cap`; False too when the process died of an
+    out-of-memory error (placing the model, say); None for an uncapped run, or a failure of another kind
+    (reported under "failed")."""
     row: dict[str, Any] = {
         "strategy": strategy,
         "capped": capped,
@@ -238,11 +341,20 @@ def strategy_row(
         died_of_memory = "out of memory" in outcome.get("error", "").lower()
         return {**row, "within_limit": False if capped and died_of_memory else None, "error": outcome.get("error")}
     result = outcome["result"]
-    within = result["max_memory_reserved"] <= limit and not result["out_of_memory_retries"] if capped else None
-    return {**row, **result, "within_limit": within}
+    return {**row, **result, "within_limit": within_cap(result, limit) if capped else None}
 
 
-# ---- part 2: the small pipeline, part 3: nccl ------------------------------------------------------------------
+def measured_bytes(rows: list[dict[str, Any]]) -> dict[str, int]:
+    """Per strategy, the bytes reserved by a run that trained at the planned micro-batch (no out-of-memory
+    retry, which would have measured a smaller one); a capped run wins over an uncapped one."""
+    out: dict[str, int] = {}
+    for row in sorted(rows, key=lambda r: not r["capped"]):
+        if "max_memory_reserved" in row and not row["out_of_memory_retries"] and row["strategy"] not in out:
+            out[row["strategy"]] = row["max_memory_reserved"]
+    return out
+
+
+# ---- part 3: the small pipeline, part 4: nccl ------------------------------------------------------------------
 
 
 def small_pipeline(settings: Settings, folder: Path, seconds: float) -> dict[str, Any]:
@@ -337,33 +449,67 @@ def run_part(command: list[str], seconds: float) -> dict[str, Any]:
     return outcome
 
 
+# ---- part 2: the CUDA suite ----------------------------------------------------------------------------------
+
+
+def cuda_suite(settings: Settings, seconds: float) -> dict[str, Any]:
+    """`pytest -m cuda` (skipped on a machine without CUDA, as in the dry run); counts from its JUnit file."""
+    junit = settings.out / "cuda_suite.xml"
+    command = [sys.executable, "-m", "pytest", "-m", "cuda", "-q", "-p", "no:cacheprovider", f"--junitxml={junit}"]
+    outcome = run_part(command + ["tests"], seconds)
+    counts = {"passed": 0, "failed": 0, "skipped": 0}
+    tests: list[dict[str, Any]] = []
+    if junit.exists():
+        for case in ElementTree.parse(junit).getroot().iter("testcase"):
+            state = next((kind for kind in ("failure", "error", "skipped") if case.find(kind) is not None), "passed")
+            state = {"failure": "failed", "error": "failed"}.get(state, state)
+            counts[state] += 1
+            tests.append({"name": case.get("name"), "state": state, "seconds": float(case.get("time", 0))})
+    # pytest exits 5 when it selects nothing; a suite that ran and failed nothing is ok.
+    ok = outcome.get("returncode") in (0, 5) and counts["failed"] == 0
+    return {**{k: v for k, v in outcome.items() if k != "result"}, **counts, "tests": tests, "ok": ok}
+
+
 # ---- the parent --------------------------------------------------------------------------------------------------
 
 
 def check(settings: Settings) -> int:
     started = time.perf_counter()
-    left = lambda share: min(share, WALL_SECONDS - (time.perf_counter() - started))  # noqa: E731
+    timings: dict[str, float] = {}
+
+    slack = DRY_RUN_SLACK if settings.dry_run else 1
+
+    def left(share: float) -> float:
+        return min(share * slack, WALL_SECONDS * slack - (time.perf_counter() - STARTED))
+
     memory = memory_of(settings)
     card = memory.total()
     plan = plan_for_config(strategy_config(settings, "auto"), settings.limit, settings.reserve)
+    cap = Cap(settings.limit, settings.reserve)
+    timings["startup and plan"] = time.perf_counter() - STARTED
     me = [sys.executable, str(Path(__file__).resolve())]
     report: dict[str, Any] = {
         "device": "cpu (dry run)" if settings.dry_run else torch.cuda.get_device_name(0),
         "card_bytes": card,
         "preset": settings.preset,
         "limit_bytes": settings.limit,
+        "reserve_bytes": settings.reserve,
+        "plan_budget_bytes": cap.plan_budget,
         "micro_batch": settings.micro_batch,
         "accumulation": settings.accumulation,
         "timed_optimizer_steps": settings.windows,
         "plan_choice": plan.chosen,
         "torch": torch.__version__,
+        "wall_limit_seconds": WALL_SECONDS * (DRY_RUN_SLACK if settings.dry_run else 1),
     }
+    settings.out.mkdir(parents=True, exist_ok=True)
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "1"]
     if "nccl" in settings.parts:
         nccl = run_part(
             torchrun + [str(Path(__file__).resolve()), "--child-nccl", *settings.child_args()], left(SHARES["nccl"])
         )
         report["nccl"] = {**nccl, "ok": nccl["ok"] and nccl.get("result", {}).get("ok", False)}
+        timings["nccl"] = nccl["seconds"]
     rows = []
     chosen = [(name, capped) for name, capped in chosen_strategies(plan, card) if name in (settings.only or (name,))]
     for strategy, capped in chosen if "strategies" in settings.parts else []:
@@ -372,17 +518,28 @@ def check(settings: Settings) -> int:
         outcome = run_part(command, left(SHARES["strategy"]))
         row = strategy_row(strategy, capped, footprint.device_total, footprint.host_total, outcome, settings.limit)
         rows.append(row)
+        timings[f"strategy {strategy}{'' if capped else ' (uncapped)'}"] = outcome["seconds"]
     report["strategies"] = rows
+    measured = measured_bytes(rows)
+    if measured:
+        write_correction(settings.out / "memory_correction.json", plan, report["device"], measured)
+        report["correction_file"] = str(settings.out / "memory_correction.json")
+    if "suite" in settings.parts:
+        report["suite"] = cuda_suite(settings, left(SHARES["suite"]))
+        timings["suite"] = report["suite"]["seconds"]
     if "small" in settings.parts:
         with tempfile.TemporaryDirectory() as folder:
             report["small"] = small_pipeline(settings, Path(folder), left(SHARES["small"]))
-    report["wall_seconds"] = time.perf_counter() - started
+        timings["small"] = report["small"]["seconds"]
+    wall = time.perf_counter() - STARTED
+    timings["other (report, clean-up)"] = wall - sum(timings.values())
+    report["timings"], report["wall_seconds"] = timings, wall
+    report["check_seconds"] = time.perf_counter() - started
     over = [r["strategy"] for r in rows if r["within_limit"] is False]
     failed = [r["strategy"] for r in rows if not r["ok"] and r["within_limit"] is None] + [
-        p for p in ("nccl", "small") if not report.get(p, {"ok": True})["ok"]
+        p for p in ("nccl", "suite", "small") if not report.get(p, {"ok": True})["ok"]
     ]
     report["over_limit"], report["failed"] = over, failed
-    settings.out.mkdir(parents=True, exist_ok=True)
     write_json(settings.out / "gpu_check.json", report)
     table = markdown(report)
     with atomic_open(settings.out / "gpu_check.md") as handle:
@@ -396,16 +553,21 @@ def _gib(value: int | None) -> str:
 
 
 def markdown(report: dict[str, Any]) -> str:
-    limit = report["limit_bytes"] / GiB
+    limit, reserve = report["limit_bytes"], report["reserve_bytes"]
+    context = next((r["context_bytes"] for r in report["strategies"] if r.get("context_bytes") is not None), None)
     lines = [
         f"# GPU check: {report['device']}, preset {report['preset']}, micro-batch {report['micro_batch']} x "
         f"accumulation {report['accumulation']}",
         "",
-        f"Plan for a {limit:.2f} GiB card: {report['plan_choice'] or 'nothing fits'}. "
+        f"Plan for a {limit / GiB:.2f} GiB card: {report['plan_choice'] or 'nothing fits'}. "
         f"Timed: {report['timed_optimizer_steps']} optimizer steps after as many warm-up steps.",
         "",
-        "| strategy | cap | plan on device (GiB) | max allocated (GiB) | max reserved (GiB) | samples/s | within cap |",
-        "|---|---|---:|---:|---:|---:|---|",
+        f"Cap: {Cap(limit, reserve, context).describe()}."
+        + (" Each capped process measured the context itself (column context)." if context is not None else ""),
+        "",
+        "| strategy | cap (GiB) | context (GiB) | plan on device (GiB) | max allocated (GiB) | max reserved (GiB) "
+        "| reserved / plan | samples/s | within cap |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in report["strategies"]:
         within = {True: "yes", False: "**no**", None: "—"}[row.get("within_limit")]
@@ -414,12 +576,27 @@ def markdown(report: dict[str, Any]) -> str:
             if "samples_per_second" in row
             else f"failed: {(row.get('error') or '')[-60:]}"
         )
+        reserved = row.get("max_memory_reserved")
+        ratio = "—" if reserved is None else f"{reserved / row['plan_device_bytes']:.2f}"
+        cap = _gib(row.get("cap_bytes")) if row["capped"] else "none"
         lines.append(
-            f"| {row['strategy']} | {f'{limit:.0f} GiB' if row['capped'] else 'none'} | "
-            f"{_gib(row['plan_device_bytes'])} | {_gib(row.get('max_memory_allocated'))} | "
-            f"{_gib(row.get('max_memory_reserved'))} | {speed} | {within} |"
+            f"| {row['strategy']} | {cap} | {_gib(row.get('context_bytes'))} | {_gib(row['plan_device_bytes'])} | "
+            f"{_gib(row.get('max_memory_allocated'))} | {_gib(reserved)} | {ratio} | {speed} | {within} |"
         )
     lines.append("")
+    if "correction_file" in report:
+        lines.append(
+            f"Measured bytes per strategy: {report['correction_file']} "
+            f"(`redheart memory --preset {report['preset']} --set train.micro_batch={report['micro_batch']} "
+            f"--correction {report['correction_file']}`)."
+        )
+    if "suite" in report:
+        suite = report["suite"]
+        lines.append(
+            f"CUDA suite (`pytest -m cuda`): {'ok' if suite['ok'] else 'FAILED'}, {suite['passed']} passed, "
+            f"{suite['failed']} failed, {suite['skipped']} skipped in {suite['seconds']:.0f} s"
+        )
+        lines += [f"- failed: {t['name']}" for t in suite["tests"] if t["state"] == "failed"]
     if "small" in report:
         small = report["small"]
         lines.append(
@@ -432,7 +609,13 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"torchrun, one process, {nccl.get('result', {}).get('backend', '?')}: {'ok' if nccl['ok'] else 'FAILED'}"
         )
-    lines += [f"Wall time: {report['wall_seconds']:.0f} s.", ""]
+    lines += [
+        "",
+        f"Wall time: {report['wall_seconds']:.0f} s of at most {report['wall_limit_seconds']} s: "
+        + ", ".join(f"{name} {seconds:.0f} s" for name, seconds in report["timings"].items())
+        + ".",
+        "",
+    ]
     if report["over_limit"]:
         lines.append(f"Over the cap although the plan says they fit: {', '.join(report['over_limit'])}.")
     if report["failed"]:
@@ -451,7 +634,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--windows", type=int, default=2, help="timed optimizer steps, after as many warm-up steps")
     parser.add_argument("--micro-batch", type=int, default=4)
     parser.add_argument("--accumulation", type=int, default=16)
-    parser.add_argument("--small-records", type=int, default=2000, help="records of the small pipeline")
+    parser.add_argument("--small-records", type=int, default=600, help="records of the small pipeline")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--capped", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--child-nccl", action="store_true", help=argparse.SUPPRESS)

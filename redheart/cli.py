@@ -110,12 +110,13 @@ def _cmd_model(args: argparse.Namespace) -> None:
 
 def _cmd_memory(args: argparse.Namespace) -> None:
     from redheart.train.memory.format import format_memory_plan
-    from redheart.train.memory.plan import parse_bytes, plan_for_config
+    from redheart.train.memory.plan import parse_bytes, plan_for_config, read_correction
 
     config = preset(args.preset)
     if args.set:
         config = with_overrides(config, args.set)
-    plan = plan_for_config(config, parse_bytes(args.vram), parse_bytes(args.reserve), args.processes)
+    correction = read_correction(args.correction) if args.correction else None
+    plan = plan_for_config(config, parse_bytes(args.vram), parse_bytes(args.reserve), args.processes, correction)
     print(format_memory_plan(plan))
 
 
@@ -290,6 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
     memory.add_argument("--vram", default="8GiB", help="device memory, e.g. 8GiB (default), 24GB")
     memory.add_argument("--reserve", default="0.5GiB", help="kept free for the CUDA context and fragmentation")
     memory.add_argument("--processes", type=int, default=1, help="GPUs sharing the model with FSDP (per-process bytes)")
+    memory.add_argument(
+        "--correction",
+        type=Path,
+        help="bytes measured on a card (memory_correction.json written by bench/gpu_check.py) replace the plan's",
+    )
     memory.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE")
     memory.set_defaults(func=_cmd_memory)
 

@@ -92,6 +92,9 @@ class TrainConfig:
     label_smoothing: float = 0.1  # 0 disables
     rdrop_alpha: float = 1.0  # 0 disables R-Drop
     ema_decay: float = 0.999  # 0 disables EMA
+    # The EMA is averaged every this many optimizer steps with the decay raised to that power (train/ema.py):
+    # fewer copies of the weights to a host-side EMA, for an error far below the EMA's own lag.
+    ema_every: int = 1
     layer_decay: float = 0.85  # layer-wise lr decay per backbone layer; 1 disables
     seed: int = 13
     device: str = "auto"
@@ -179,7 +182,7 @@ def _scaled(budgets: dict[str, int], scale: float, floor: int) -> dict[str, int]
 
 PRESETS: dict[str, RunConfig] = {
     # 31 fp32 checkpoints of the 730M model are 90 GB; bf16 halves them (disk plan: `redheart disk`).
-    "full": RunConfig(preset="full", train=TrainConfig(checkpoint_dtype="bfloat16")),
+    "full": RunConfig(preset="full", train=TrainConfig(checkpoint_dtype="bfloat16", ema_every=16)),
     "small": RunConfig(
         preset="small",
         model=ModelConfig(budgets=_scaled(FULL_BUDGETS, 1 / 400, 20_000), backbone_layers=2, backbone_heads=4),

@@ -21,12 +21,15 @@ from tqdm.auto import tqdm
 
 from redheart.config import EncoderConfig
 from redheart.core.checkpoint_files import MANIFEST, CheckpointError, sha256
+from redheart.data.dataset import SplitTensors
 from redheart.data.encode import encode_texts
 from redheart.data.encoders import build_encoder, document_text
 from redheart.data.schema import BENTHAM_KEYS, DISTRIBUTION_TARGETS, EMOTIONS, SURD_KEYS, VERDICTS
 from redheart.evaluate.calibration import CALIBRATED_TARGETS, CALIBRATORS_FILE, load_calibrators
 from redheart.select.final_model import load_final_model
+from redheart.train.evaluation import placement_for, split_forward
 
+PREDICT_BATCH = 256  # texts per forward pass
 NAMES = {"emotions": EMOTIONS, "bentham_scores": BENTHAM_KEYS, "surd_metrics": SURD_KEYS, "verdict": VERDICTS}
 
 
@@ -64,9 +67,21 @@ def read_inputs(source: str | Path | None, text: str | None = None) -> list[dict
 class Predictor:
     """A loaded final model, its encoder and (optionally) its calibrators."""
 
-    def __init__(self, model_dir: str | Path, calibrated: bool = True, cache_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        model_dir: str | Path,
+        calibrated: bool = True,
+        cache_dir: Path | None = None,
+        device: torch.device | str = "auto",
+    ) -> None:
+        """`device`: where the model runs ("auto": a GPU where there is one, whole or one group at a time as
+        its memory allows; train.evaluation.placement_for)."""
         self.model_dir = Path(model_dir)
+        self.device = device
         self.model, self.info = load_final_model(self.model_dir)
+        placement = placement_for(self.model, device)
+        if placement.device.type == "cuda" and not placement.by_group:  # it fits: moved once, not per call
+            self.model.to(placement.device)
         encoder_config = EncoderConfig(**self.info["encoder"])
         self.encoder = build_encoder(encoder_config)
         if (self.encoder.dim, self.encoder.max_segments) != (self.info["input_dim"], self.info["max_segments"]):
@@ -93,7 +108,14 @@ class Predictor:
     def fused(self, texts: list[str]) -> dict[str, np.ndarray]:
         """Fused outputs of a batch: probabilities (N, K) for distributions, values (N, k) otherwise."""
         vectors, mask = encode_texts(texts, self.encoder, cache_dir=self.cache_dir)
-        out = self.model(torch.from_numpy(vectors), torch.from_numpy(mask))["fused"]
+        split = SplitTensors(
+            "predict",
+            tuple(map(str, range(len(texts)))),
+            {"x": torch.from_numpy(vectors), "mask": torch.from_numpy(mask)},
+        )
+        placement = placement_for(self.model, self.device)
+        batches = split_forward(self.model, split, PREDICT_BATCH, placement)
+        out = {t: torch.cat([o["fused"][t] for _, o in batches]).cpu() for t in batches[0][1]["fused"]}
         # Distributions leave the fusion as log-probabilities; softmax recovers them exactly.
         probs = {
             t: (v.float().softmax(-1) if t in DISTRIBUTION_TARGETS else v.float()).numpy().astype(np.float64)

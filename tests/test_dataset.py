@@ -3,10 +3,10 @@ import random
 import pytest
 import torch
 
-from redheart.data.dataset import epoch_order, load_split, micro_batches, record_target, split_hash
+from redheart.data.dataset import SplitTensors, epoch_order, load_split, micro_batches, record_target, split_hash
 from redheart.data.schema import VERDICTS
 
-from tiny_run import make_run, synthetic_record
+from tiny_run import make_run, synthetic_record, synthetic_split
 
 
 def records_with_gaps() -> list[dict]:
@@ -55,3 +55,24 @@ def test_epoch_order_is_a_function_of_seed_and_epoch(tmp_path):
     assert [len(b) for b in micro_batches(10, 4, seed=0, epoch=0)] == [4, 4, 2]
     run = make_run(tmp_path, n=10)
     assert split_hash(run) == split_hash(run) and len(split_hash(run)) == 64
+
+
+def test_a_split_lives_on_a_given_device_and_keeps_its_verdict_only_rows_on_the_host():
+    """The meta device stands in for a GPU: tensors there have no values to read, so a read would fail."""
+    split = synthetic_split(12)
+    split.tensors["emotions_present"][:4] = False
+    for name in ("bentham_scores", "regret_factor", "surd_metrics"):
+        split.tensors[f"{name}_present"][:4] = False
+    moved = split.to("meta")
+    assert {value.device.type for value in moved.tensors.values()} == {"meta"}
+    batch = moved.batch(torch.tensor([0, 5]), "meta")
+    assert batch["x"].device.type == "meta" and batch["x"].shape == (2, 4, 32)
+    assert moved.verdict_only(torch.tensor([0, 3])) and not moved.verdict_only(torch.tensor([3, 4]))
+
+
+def test_a_mask_that_is_not_a_prefix_of_real_segments_is_refused_when_the_split_is_made():
+    split = synthetic_split(6)
+    tensors = dict(split.tensors, mask=split.tensors["mask"].clone())
+    tensors["mask"][2] = torch.tensor([True, False, True, False])
+    with pytest.raises(ValueError, match="prefix of real segments"):
+        SplitTensors("train", split.ids, tensors)

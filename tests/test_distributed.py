@@ -222,3 +222,14 @@ def test_an_explicit_gpu_index_under_torchrun_is_refused():
     refused = pytest.raises(ValueError, match=r"train.device is 'cuda:1' .* 2 processes.*set train.device=cuda")
     with refused, join_job("cuda:1", environ):
         pass
+
+
+def test_fsdp_reduce_scatters_the_gradients_once_per_window():
+    """Two windows of 5 micro-batches: each rank runs 3 micro-steps a window (one of weight 0 on rank 1), and only
+    the third backward of each window sends gradients; the others accumulate them locally (FSDP2's no_sync)."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from fsdp_comm import measure
+
+    for rank in measure("tiny", micro_batch=4, accumulation=5, windows=2, mode="once-per-window fp32"):
+        assert rank["micro_steps"] == 6
+        assert rank["reduce_scatter_steps"] == [3, 6]

@@ -5,9 +5,19 @@ import torch
 
 from redheart.cli import main
 from redheart.config import preset
-from redheart.model.model import RedHeartModel
+from redheart.model.model import MODULES, RedHeartModel
 from redheart.train.memory.activations import empty_model, measure_activation_bytes
-from redheart.train.memory.plan import GiB, footprints, fsdp_footprint, optimizer_state_bytes, parse_bytes, plan_memory
+from redheart.train.memory.plan import (
+    GiB,
+    footprints,
+    fsdp_choice,
+    fsdp_footprint,
+    optimizer_state_bytes,
+    parse_bytes,
+    plan_memory,
+    read_correction,
+    write_correction,
+)
 from redheart.train.optim import build_optimizer
 
 from tiny_run import tiny_config
@@ -90,10 +100,18 @@ def test_full_preset_needs_the_saving_strategy_on_8_gib(full_plan_parts):
 def test_fsdp_shares_the_full_model_over_processes(full_plan_parts):
     model, config, activations = full_plan_parts
     standard = footprints(model, config, activations)[0]
-    two, four = (fsdp_footprint(model, config, activations[True], n) for n in (2, 4))
+    two, four = (fsdp_footprint(model, config, activations[True], n, accumulate_unsharded=False) for n in (2, 4))
     assert four.device["optimizer"] == standard.device["optimizer"] // 4
     assert standard.device["weights"] / 4 < four.device["weights"] < standard.device["weights"] / 2
     assert four.device_total < 7.5 * GiB < two.device_total < standard.device_total
+    # Syncing once per window holds the window's gradients unsharded (fp32, the whole model) between micro-steps.
+    once = fsdp_footprint(model, config, activations[True], 4, accumulate_unsharded=True)
+    largest = max(sum(p.numel() * 4 for p in getattr(model, name).parameters()) for name in MODULES)
+    assert once.device["gradients"] - four.device["gradients"] == standard.device["gradients"] - largest
+    # On 8 GiB cards that does not fit, so four processes sync after every micro-step; on 16 GiB cards it does.
+    eight = fsdp_choice(model, config, activations[True], 4, int(7.5 * GiB))
+    assert eight[1] is False and eight[0].device == four.device
+    assert fsdp_choice(model, config, activations[True], 4, int(15.5 * GiB)) == (once, True)
 
 
 def test_plan_of_the_tiny_preset_chooses_standard():
@@ -120,3 +138,67 @@ def test_parse_bytes(text, size):
 def test_parse_bytes_rejects_nonsense():
     with pytest.raises(ValueError, match="memory size"):
         parse_bytes("eight gigs")
+
+
+def tiny_plan(correction=None):
+    config = tiny_config()
+    return plan_memory(empty_model(config, 32, 4), config, parse_bytes("1GiB"), parse_bytes("0.5GiB"), 1, correction)
+
+
+def test_a_measured_correction_replaces_the_plans_bytes_and_is_named(tmp_path, capsys):
+    """A card that reserved 0.6 GiB for `standard` (the plan says far less) leaves it out of a 0.5 GiB budget."""
+    plan = tiny_plan()
+    assert plan.chosen == "standard"
+    path = tmp_path / "memory_correction.json"
+    write_correction(path, plan, "Some GPU", {"standard": parse_bytes("0.6GiB")})
+    corrected = tiny_plan(read_correction(path))
+    standard = corrected.footprint("standard")
+    assert (
+        standard.device_total == parse_bytes("0.6GiB")
+        and standard.planned_total == plan.footprint("standard").device_total
+    )
+    assert corrected.footprint("saving") == plan.footprint("saving")  # not measured: as planned
+    assert corrected.chosen == "saving"
+    main(["memory", "--preset", "tiny", "--vram", "1GiB", "--correction", str(path)])
+    out = capsys.readouterr().out
+    assert f"measured correction {path} (Some GPU, preset tiny" in out and "correction" in out.splitlines()[4]
+    assert "chosen: saving" in out
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        ("{not json", "not valid JSON"),
+        ('{"format": "other"}', "not a memory correction"),
+        (
+            '{"format": "redheart-memory-correction", "device": "x", "preset": "tiny", "micro_batch": 4, "rows": 8, '
+            '"strategies": {"standard": {"measured_bytes": -1, "planned_bytes": 10}}}',
+            "strategies.standard.measured_bytes must be a positive integer",
+        ),
+        (
+            '{"format": "redheart-memory-correction", "device": "x", "preset": "tiny", "micro_batch": 4, "rows": 8, '
+            '"strategies": {"turbo": {"measured_bytes": 1, "planned_bytes": 10}}}',
+            "strategies.turbo: unknown memory strategy",
+        ),
+        ('{"format": "redheart-memory-correction", "device": "x", "strategies": {}}', "field 'preset' must be a str"),
+    ],
+)
+def test_a_malformed_correction_is_a_clear_error(tmp_path, content, problem):
+    path = tmp_path / "memory_correction.json"
+    path.write_text(content)
+    with pytest.raises(ValueError, match=problem) as error:
+        read_correction(path)
+    assert str(path) in str(error.value)
+
+
+def test_a_correction_of_another_micro_batch_is_refused(tmp_path, capsys):
+    path = tmp_path / "memory_correction.json"
+    write_correction(path, tiny_plan(), "Some GPU", {"standard": GiB})
+    with pytest.raises(SystemExit) as stop:
+        main(
+            ["memory", "--preset", "tiny", "--vram", "1GiB", "--correction", str(path), "--set", "train.micro_batch=2"]
+        )
+    assert stop.value.code == 2
+    assert (
+        "at micro-batch 8 (16 forward rows); this plan is for preset tiny at micro-batch 2" in capsys.readouterr().err
+    )

@@ -12,7 +12,7 @@ import json
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -35,6 +35,10 @@ class SplitTensors:
     ids: tuple[str, ...]
     tensors: dict[str, torch.Tensor]
 
+    def __post_init__(self) -> None:
+        if self.tensors["mask"].device.type == "cpu":  # once, on the host: the model reads masks unchecked on a GPU
+            check_prefix_mask(self.tensors["mask"])
+
     def __len__(self) -> int:
         return len(self.ids)
 
@@ -47,7 +51,46 @@ class SplitTensors:
         return int(self.tensors["x"].shape[1])
 
     def batch(self, index: torch.Tensor, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+        """The rows `index` (a host tensor) of every tensor, on `device`: gathered where the split lives (on
+        the device after `to`, so only the index crosses)."""
+        where = self.tensors["x"].device
+        index = index.to(where, non_blocking=True)
         return {key: value[index].to(device, non_blocking=True) for key, value in self.tensors.items()}
+
+    def to(self, device: torch.device | str) -> SplitTensors:
+        """The split with its tensors on `device`: a whole training split is tens of MB, so on a GPU it lives
+        there and a batch is a gather on the device, not a copy from pageable host memory per micro-step. The
+        presence flags stay on the host too (verdict_only, training_order read them)."""
+        moved = SplitTensors(self.name, self.ids, {k: v.to(device) for k, v in self.tensors.items()})
+        object.__setattr__(moved, "_host_presence", {k: v.copy() for k, v in self._presence().items()})
+        return moved
+
+    def _presence(self) -> dict[str, np.ndarray]:
+        """Every target's presence flags on the host: views of a host split's tensors (so they follow changes),
+        the copies `to` made for a split on a device."""
+        if self.tensors["x"].device.type == "cpu":
+            return {f"{name}_present": self.tensors[f"{name}_present"].numpy() for name in TARGET_DIMS}
+        return cast(dict[str, np.ndarray], self.__dict__["_host_presence"])
+
+    def verdict_only_rows(self) -> np.ndarray:
+        """(N,) bool on the host: verdict_only_rows of the split's tensors, without reading the device."""
+        presence = self._presence()
+        others = np.stack([presence[f"{name}_present"] for name in TARGET_DIMS if name != "verdict"]).any(0)
+        return cast(np.ndarray, presence["verdict_present"] & ~others)
+
+    def verdict_only(self, index: torch.Tensor) -> bool:
+        """Whether every row of `index` (a host tensor) is verdict-only, read on the host: no wait for a GPU."""
+        return bool(self.verdict_only_rows()[index.numpy()].all())
+
+
+def check_prefix_mask(mask: torch.Tensor) -> None:
+    """Real segments come first in every row, and every row has one: the recurrent analyzer packs sequences
+    by their length."""
+    lengths = mask.sum(1, keepdim=True)
+    if not bool(lengths.min() > 0):
+        raise ValueError("every row of mask needs at least one real segment")
+    if not torch.equal(mask.to(torch.bool), torch.arange(mask.shape[1], device=mask.device) < lengths):
+        raise ValueError("mask must mark a prefix of real segments in every row (True, ..., True, False, ...)")
 
 
 def load_split(run: RunDir, name: str) -> SplitTensors:
@@ -137,7 +180,7 @@ def training_order(split: SplitTensors, seed: int, epoch: int, window: int) -> t
     final windows mix the kinds. Like `epoch_order`, a function of its arguments only, so resume is exact.
     """
     order = epoch_order(len(split), seed, epoch)
-    only = verdict_only_rows(split.tensors)
+    only = torch.from_numpy(split.verdict_only_rows())
     if not bool(only.any()) or bool(only.all()):
         return order
     chunks, tails = [], []

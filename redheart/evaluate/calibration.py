@@ -314,7 +314,7 @@ def fit_calibrators(run: RunDir, config: RunConfig, options: CalibrationOptions 
         raise FileNotFoundError(f"{run.final_model}: no final model; run `redheart crossover --run {run.root}` first")
     model, _ = load_final_model(run.final_model)
     val = load_split(run, "val")
-    probs = predict(model, val, batch_size=config.select.batch_size)["fused"]
+    probs = predict(model, val, batch_size=config.select.batch_size, device=config.train.device)["fused"]
     targets, present = split_targets(val)
     fitted = {}
     for name, classes in CALIBRATED_TARGETS.items():

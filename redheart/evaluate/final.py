@@ -60,7 +60,7 @@ def final_predictions(run: RunDir, config: RunConfig, split: SplitTensors) -> di
     """The final model's fused predictions on `split` (ensemble members are fused first)."""
     candidates, plan = load_candidates(run)
     model = RedHeartModel(config.model, input_dim=split.input_dim, max_segments=split.max_segments)
-    cache = SplitOutputs(model, split, config.select.batch_size)
+    cache = SplitOutputs(model, split, config.select.batch_size, config.train.device)
     done: dict = {}
     for candidate in candidates:
         done[candidate.name] = fused_of(candidate, cache, run, done)
@@ -245,7 +245,7 @@ def evaluate_test(run: RunDir, config: RunConfig, reread: bool = False) -> dict[
         baseline_preds[PROBE], rules[PROBE]["weights"], test_split, options.bootstrap_samples, options.bootstrap_seed
     )
     model = RedHeartModel(config.model, input_dim=test_split.input_dim, max_segments=test_split.max_segments)
-    cache = SplitOutputs(model, test_split, options.batch_size)
+    cache = SplitOutputs(model, test_split, options.batch_size, config.train.device)
     fused_by_name: dict = {}
     models = {}
     for candidate in candidates:

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from redheart.config import ModelConfig
+from redheart.data.dataset import check_prefix_mask
 from redheart.data.schema import TARGET_DIMS
 from redheart.model import losses as loss_fns
 from redheart.model.analyzers import ConvAnalyzer, GatedAnalyzer, NeuralAnalyzer, RecurrentAnalyzer
@@ -70,15 +71,11 @@ _SEQUENCE_CLASSES: dict[str, Callable[..., nn.Module]] = {
 }
 
 
-def _check_mask(x: Tensor, mask: Tensor) -> None:
+def _check_mask(x: Tensor, mask: Tensor, values: bool) -> None:
     if x.dim() != 3 or mask.shape != x.shape[:2]:
         raise ValueError(f"expected x (B,S,D) and mask (B,S); got x {tuple(x.shape)}, mask {tuple(mask.shape)}")
-    # Real segments must come first: the recurrent analyzer packs sequences by their length.
-    lengths = mask.sum(1, keepdim=True)
-    if not bool(lengths.min() > 0):
-        raise ValueError("every row of mask needs at least one real segment")
-    if not torch.equal(mask, torch.arange(mask.shape[1], device=mask.device) < lengths):
-        raise ValueError("mask must mark a prefix of real segments in every row (True, ..., True, False, ...)")
+    if values:
+        check_prefix_mask(mask)
 
 
 class RedHeartModel(nn.Module):
@@ -147,7 +144,9 @@ class RedHeartModel(nn.Module):
         """Every module's output; with `verdict_only`, only the verdict's (for records with no other target:
         the modules left out would get neither loss nor gradient from them, so running them is wasted)."""
         mask = mask.to(torch.bool)
-        _check_mask(x, mask)
+        # The values only where reading them costs no wait for a GPU, and not in training, whose batches come
+        # from splits checked once when they were made (SplitTensors).
+        _check_mask(x, mask, values=not self.training and mask.device.type == "cpu")
         x = self.input_dropout(x)
         pooled = self._call(self.backbone, x, mask)
         out: Outputs = {}

@@ -93,7 +93,7 @@ def crossover(run: RunDir, config: RunConfig) -> CrossoverResult:
     saved = saved_epochs(run)
     val = load_split(run, "val")
     model = RedHeartModel(config.model, input_dim=val.input_dim, max_segments=val.max_segments)
-    cache = SplitOutputs(model, val, options.batch_size)
+    cache = SplitOutputs(model, val, options.batch_size, config.train.device)
     spots = {group: spots.get(group, saved[-1]) for group in GROUPS}  # a group without a loss follows the last epoch
 
     refined, refine_log = refine(run, spots, saved, cache, options.fusion_steps, options.refine_rounds)

@@ -27,6 +27,7 @@ from redheart.model.kalman import KalmanFusion
 from redheart.model.losses import target_loss
 from redheart.model.model import RedHeartModel
 from redheart.scoring.metrics import evaluate_predictions, headline
+from redheart.train.evaluation import placement_for, split_forward
 from redheart.train.state.checkpoints import load_checkpoint
 
 Outputs = dict[str, dict[str, Tensor]]
@@ -36,10 +37,15 @@ Fused = dict[str, Tensor]
 class SplitOutputs:
     """Module outputs (no "fused") on one split, per checkpoint folder, computed on first use."""
 
-    def __init__(self, model: RedHeartModel, split: SplitTensors, batch_size: int = 512) -> None:
+    def __init__(
+        self, model: RedHeartModel, split: SplitTensors, batch_size: int = 512, device: torch.device | str = "auto"
+    ) -> None:
+        """`device`: where the forwards run ("auto": a GPU where there is one; train.evaluation.placement_for);
+        the outputs are kept in host memory."""
         self.model = model
         self.split = split
         self.batch_size = batch_size
+        self.device = device
         self._cache: dict[Path, Outputs] = {}
         self._fits: dict[tuple, tuple[KalmanFusion, float]] = {}
 
@@ -47,16 +53,15 @@ class SplitOutputs:
     def forward(self) -> Outputs:
         """The current weights' module outputs on the split, eval mode, in batches."""
         self.model.eval()
+        placement = placement_for(self.model, self.device)
         parts: dict[str, dict[str, list[Tensor]]] = {}
-        for start in range(0, len(self.split), self.batch_size):
-            index = torch.arange(start, min(start + self.batch_size, len(self.split)))
-            batch = self.split.batch(index)
-            for module, targets in self.model(batch["x"], batch["mask"]).items():
+        for _, out in split_forward(self.model, self.split, self.batch_size, placement):
+            for module, targets in out.items():
                 if module == "fused":
                     continue
                 for target, value in targets.items():
                     parts.setdefault(module, {}).setdefault(target, []).append(value.float())
-        return {module: {t: torch.cat(v) for t, v in targets.items()} for module, targets in parts.items()}
+        return {module: {t: torch.cat(v).cpu() for t, v in targets.items()} for module, targets in parts.items()}
 
     def of_folder(self, folder: Path) -> Outputs:
         folder = Path(folder)

@@ -13,7 +13,7 @@ from redheart.config import RunConfig
 from redheart.core.faults import Faults
 from redheart.model.model import RedHeartModel
 from redheart.train.ema import build_ema
-from redheart.train.memory.plan import resolve_strategy
+from redheart.train.memory.plan import fsdp_accumulates_unsharded, resolve_strategy
 from redheart.train.memory.strategy import MemoryStrategy
 from redheart.train.optim import build_optimizer
 from redheart.train.parallel.data_parallel import DataParallelTrainer
@@ -41,7 +41,9 @@ def build_trainer(
         device, tc.amp, memory.bf16 is True, cache_weight_casts=not memory.activation_checkpointing
     )
     model.activation_checkpointing = memory.activation_checkpointing
-    ema = build_ema(model, tc.ema_decay, torch.device("cpu") if memory.ema_on_host else device)
+    ema = build_ema(model, tc.ema_decay, torch.device("cpu") if memory.ema_on_host else device, tc.ema_every)
+    # Planned on the host model, before it moves: whether a window's unsharded gradients fit beside the shards.
+    accumulate_unsharded = sharded and fsdp_accumulates_unsharded(model, config, device, distributed.world_size)
     if not memory.group_swap:  # the swap trainer moves one group at a time itself
         model.to(device)
     if sharded:
@@ -50,5 +52,7 @@ def build_trainer(
     scheduler = build_scheduler(optimizer, tc, steps_per_epoch(train_samples, tc.micro_batch, tc.accumulation))
     parts = (model, optimizer, scheduler, ema, precision, tc, faults)
     if distributed.world_size > 1:
-        return DataParallelTrainer(*parts, distributed=distributed), memory
+        trainer = DataParallelTrainer(*parts, distributed=distributed)
+        trainer.accumulate_unsharded = accumulate_unsharded
+        return trainer, memory
     return (GroupSwapTrainer if memory.group_swap else Trainer)(*parts), memory

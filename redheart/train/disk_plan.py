@@ -133,8 +133,9 @@ def resume_slot_bytes(model: RedHeartModel, optimizer: str, ema: bool) -> int:
     total = (
         safetensors_bytes(state) + 16 + training_state_bytes(model, optimizer) + 2_000
     )  # empty grads file, state.json
-    if ema:  # AveragedModel's state: "module."-prefixed tensors and its n_averaged counter
-        ema_state = {f"module.{k}": v for k, v in state.items()} | {"n_averaged": torch.zeros((), dtype=torch.int64)}
+    if ema:  # the EMA's state (train/ema.py): "module."-prefixed tensors and its two step counters
+        counter = torch.zeros((), dtype=torch.int64)
+        ema_state = {f"module.{k}": v for k, v in state.items()} | {"n_averaged": counter, "pending_steps": counter}
         total += safetensors_bytes(ema_state)
     return total
 

@@ -48,6 +48,8 @@ class TrainResult:
     seed: int
     final: dict[str, Any]  # the last epoch's record (train losses, val metrics, EMA headline)
     output: RunDir
+    # The trainer's out-of-memory retries (BatchPlan.events): each halved the micro-batch or turned on memory saving.
+    out_of_memory_events: tuple[dict[str, Any], ...] = ()
 
 
 def train(
@@ -62,6 +64,7 @@ def train(
     resume_every: int = 0,
     faults: Faults = NO_FAULTS,
     distributed: Distributed | None = None,
+    save_resume_state: bool = True,
 ) -> TrainResult:
     """Train on `run`'s data; outputs go to `log_dir` (a run-folder layout; a sweep trial) or to `run`.
 
@@ -73,6 +76,9 @@ def train(
     every window (parallel/data_parallel.py), and rank 0 alone writes files and shows progress. The state is then
     saved, and a signal obeyed, only at window ends, so it loads with any number of processes. Under FSDP
     (parallel/fsdp.py) each rank holds a shard of the model; checkpoints and the state are gathered whole.
+
+    `save_resume_state` False writes no resume state at all (a measurement that is never resumed: the full
+    preset's state is about 23 GB a save); a signal then stops without one.
     """
     tc = config.train
     out = RunDir(log_dir) if log_dir is not None else run
@@ -106,6 +112,8 @@ def train(
             drop_summed_grads(model)
 
     def save_state(epoch: int, sample: int, micro_step: int, state: EpochTally) -> None:
+        if not save_resume_state:
+            return
         tensors = resume_tensors(trainer)  # on every rank: under FSDP gathering the shards is a collective
         if main:
             info = {
@@ -141,6 +149,7 @@ def train(
             raise interruption(stop, out.resume, command) if main else TrainingInterrupted(stop, "")
 
     per_epoch_micro = len(micro_batches(len(train_split), tc.micro_batch, seed, 0))
+    train_data = train_split.to(device)  # on a GPU: batches gathered there, no pageable copy per micro-step
     writer = SummaryWriter(str(out.tensorboard)) if main else None
     telemetry = RunTelemetry(
         out, trainer, writer, epochs, enabled=tc.telemetry and main, gradients=not is_sharded(model)
@@ -159,7 +168,7 @@ def train(
             started = time.perf_counter()
             samples_before = tally.samples
             telemetry.start_epoch(tally, checkpoint=save_checkpoints and (epoch + 1) % tc.checkpoint_every == 0)
-            tally = trainer.run_epoch(train_split, epoch, seed, start_sample, tally, partial(after_steps, epoch))
+            tally = trainer.run_epoch(train_data, epoch, seed, start_sample, tally, partial(after_steps, epoch))
             seconds = time.perf_counter() - started
             record = epoch_record(epoch + 1, trainer, tally, val_split, tc.label_smoothing)
             record.update(
@@ -209,7 +218,15 @@ def train(
                 dtype=tc.checkpoint_dtype,
             )
     distributed.barrier()  # every rank returns once the outputs are complete
-    return TrainResult(lr=lr, lr_source=lr_source, epochs=epochs, seed=seed, final=record, output=out)
+    return TrainResult(
+        lr=lr,
+        lr_source=lr_source,
+        epochs=epochs,
+        seed=seed,
+        final=record,
+        output=out,
+        out_of_memory_events=tuple(trainer.plan.events),
+    )
 
 
 def resolve_lr(run: RunDir, config: RunConfig, lr: float | None) -> tuple[float, str]:
@@ -236,6 +253,8 @@ def config_hash(config: RunConfig, lr: float, seed: int) -> str:
     tree = {section: full[section] for section in ("encoder", "model", "train")}
     for stored_only in ("checkpoint_dtype", "check_disk"):  # how outputs are stored, not what training computes
         tree["train"].pop(stored_only)
+    if tree["train"]["ema_every"] == 1:  # the EMA of every step, as before the setting existed: the same identity
+        tree["train"].pop("ema_every")
     return hashlib.sha256(json.dumps(tree, sort_keys=True, default=str).encode()).hexdigest()
 
 
@@ -248,16 +267,18 @@ def epoch_record(
     """Train losses, validation with the raw weights, and the EMA weights' fused headline. An out-of-memory error in
     either pass redoes it with half the batch size (with_halving_batches)."""
     device, retry = trainer.precision.device, trainer.can_redo_window
-    validation = partial(evaluate, trainer.model, val, label_smoothing=label_smoothing)
+    validation = partial(evaluate, trainer.model, val, label_smoothing=label_smoothing, device=device)
     record: dict[str, Any] = {
         "epoch": epoch,
         "lr": max(group["lr"] for group in trainer.optimizer.param_groups),
         "train_loss": tally.means(),
         "grad_norm": tally.grad_norm_stats(),
+        # On the training device even where the weights sit in host memory (swap; a host-side EMA).
         "val": with_halving_batches(validation, EVAL_BATCH, device, f"the validation of epoch {epoch}", retry),
     }
     if trainer.ema is not None:
-        ema = partial(predict, trainer.ema.module, val)
+        trainer.ema.flush(trainer.model)  # the steps not yet averaged in (train.ema_every)
+        ema = partial(predict, trainer.ema.module, val, device=device)
         predictions = with_halving_batches(ema, EVAL_BATCH, device, f"the EMA validation of epoch {epoch}", retry)
         record["ema_headline"] = headline(metrics_of(predictions, val)["fused"])
     return record

@@ -19,7 +19,6 @@ from typing import cast
 import torch
 from torch import nn
 from torch.distributed.tensor import DTensor
-from torch.optim.swa_utils import AveragedModel
 from torch.utils.checkpoint import checkpoint
 
 from redheart.config import TrainConfig
@@ -27,6 +26,7 @@ from redheart.core.faults import NO_FAULTS, Faults
 from redheart.data.dataset import SplitTensors, training_order, verdict_only_rows
 from redheart.model.losses import Outputs, split_halves
 from redheart.model.model import RedHeartModel
+from redheart.train.ema import EMA
 from redheart.train.oom import BatchPlan, release_memory, step_out_of_memory
 from redheart.train.precision import Precision
 
@@ -36,16 +36,23 @@ StepCallback = Callable[[int, "EpochTally"], None]
 
 
 def forward_losses(
-    model: RedHeartModel, batch: Batch, config: TrainConfig, memory_saving: bool = False
+    model: RedHeartModel,
+    batch: Batch,
+    config: TrainConfig,
+    memory_saving: bool = False,
+    verdict_only: bool | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The scalar to minimise and its parts (task loss per module, plus "consistency" under R-Drop).
 
     `memory_saving` recomputes activations in the backward pass (activation checkpointing) and runs
     the two R-Drop passes one after the other, so the peak holds one pass of one micro-batch.
+    `verdict_only`: whether every record of the batch is verdict-only, when the caller knows it without
+    reading the device (SplitTensors.verdict_only).
     """
     x, mask = batch["x"], batch["mask"]
     # A batch of verdict-only records (training_order makes most batches one kind) runs the verdict's modules.
-    verdict_only = bool(verdict_only_rows(batch).all())
+    if verdict_only is None:
+        verdict_only = bool(verdict_only_rows(batch).all())
 
     def forward(x: torch.Tensor, mask: torch.Tensor) -> Outputs:
         if memory_saving:
@@ -143,7 +150,7 @@ class Trainer:
         model: RedHeartModel,
         optimizer: torch.optim.Optimizer,
         scheduler: torch.optim.lr_scheduler.LRScheduler,
-        ema: AveragedModel | None,
+        ema: EMA | None,
         precision: Precision,
         config: TrainConfig,
         faults: Faults = NO_FAULTS,
@@ -158,7 +165,7 @@ class Trainer:
         self.window_tally: EpochTally | None = None
         self.micro_steps = 0  # micro-steps run so far, by every process; reported after the fact (run_epoch)
 
-    def micro_step(self, batch: Batch, share: float) -> dict[str, torch.Tensor]:
+    def micro_step(self, batch: Batch, share: float, verdict_only: bool | None = None) -> dict[str, torch.Tensor]:
         """Forward and backward of one micro-batch whose samples are `share` of its accumulation window.
 
         Task losses are means over the micro-batch, so scaling by the sample share makes the summed
@@ -168,7 +175,7 @@ class Trainer:
         size = len(batch["x"])
         self.faults.at_step("forward", size)
         with self.precision.autocast():
-            total, parts = forward_losses(self.model, batch, self.config, self.plan.memory_saving)
+            total, parts = forward_losses(self.model, batch, self.config, self.plan.memory_saving, verdict_only)
         self.faults.at_step("backward", size)
         self.scaler.scale(total * share).backward()
         return {**{k: v.detach() for k, v in parts.items()}, "total": total.detach()}
@@ -303,7 +310,8 @@ class Trainer:
         offset = done
         while True:
             index = window[offset : offset + self.plan.micro_batch]
-            parts = self.micro_step(split.batch(index, self.precision.device), len(index) / len(window))
+            batch = split.batch(index, self.precision.device)
+            parts = self.micro_step(batch, len(index) / len(window), split.verdict_only(index))
             tally.add(parts, len(index))
             offset += len(index)
             if offset == len(window):

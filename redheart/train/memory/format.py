@@ -15,11 +15,16 @@ def format_memory_plan(plan: MemoryPlan) -> str:
         f"preset {plan.preset}: {plan.parameters:,} parameters; micro-batch {plan.micro_batch}{rdrop}",
         f"device budget: {plan.vram / GiB:.2f} GiB less {plan.reserve / GiB:.2f} GiB reserve "
         f"(CUDA context, fragmentation) = {plan.budget / GiB:.2f} GiB",
+    ]
+    columns = COMPONENTS + (("correction",) if plan.correction is not None else ())
+    if plan.correction is not None:
+        lines.append(plan.correction.describe())
+    lines += [
         "",
-        f"{'GiB on the device':<20}" + "".join(f"{name:>12}" for name in (*COMPONENTS, "total", "host")) + "  fits",
+        f"{'GiB on the device':<20}" + "".join(f"{name:>12}" for name in (*columns, "total", "host")) + "  fits",
     ]
     for footprint in plan.footprints:
-        cells = [_gib(footprint.device[name]) for name in COMPONENTS]
+        cells = [_gib(footprint.device.get(name, 0)) for name in columns]
         cells += [_gib(footprint.device_total), _gib(footprint.host_total)]
         fits = "yes" if footprint.device_total <= plan.budget else "no"
         lines.append(f"{footprint.strategy.name:<20}" + "".join(f"{cell:>12}" for cell in cells) + f"  {fits}")

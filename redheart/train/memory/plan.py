@@ -6,19 +6,29 @@ AdamW: two uint8 moments plus one fp32 absmax per 256-value block, fp32 moments 
 values), activations measured by `activation_bytes`. The device budget is the card's memory less a
 reserve for the CUDA context and allocator fragmentation, which torch.cuda.max_memory_allocated does not
 count. Strategies are tried from the fastest (memory_strategy.STRATEGIES order); the first that fits wins.
+
+The activations are measured under CPU autocast; on CUDA layer norm and softmax keep fp32 outputs, cuDNN
+takes workspaces and the allocator rounds and caches blocks, so the device may hold more. A measured
+correction (a JSON file that bench/gpu_check.py writes, read by `redheart memory --correction FILE`) replaces
+a strategy's planned total by the bytes the allocator reserved when that strategy trained on a real card, as
+a "correction" component beside the others.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, cast
 
 import torch
 from torch import nn
 
 from redheart.config import RunConfig
+from redheart.core.atomic import write_json
 from redheart.model.groups import GROUPS
 from redheart.model.model import MODULES, RedHeartModel
 from redheart.train.memory.activations import ActivationBytes, empty_model, measure_activation_bytes
@@ -83,6 +93,11 @@ class Footprint:
         return sum(self.device.values())
 
     @property
+    def planned_total(self) -> int:
+        """The device bytes as planned, without a measured correction."""
+        return sum(size for name, size in self.device.items() if name != "correction")
+
+    @property
     def host_total(self) -> int:
         return sum(self.host.values())
 
@@ -97,6 +112,7 @@ class MemoryPlan:
     reserve: int
     footprints: list[Footprint]
     chosen: str | None  # None: nothing fits
+    correction: MemoryCorrection | None = None  # the measured correction applied, if any
 
     @property
     def budget(self) -> int:
@@ -166,34 +182,84 @@ def footprints(model: nn.Module, config: RunConfig, activations: dict[bool, Acti
     return out
 
 
-def fsdp_footprint(model: nn.Module, config: RunConfig, act: ActivationBytes, processes: int) -> Footprint:
+def fsdp_footprint(
+    model: nn.Module, config: RunConfig, act: ActivationBytes, processes: int, accumulate_unsharded: bool
+) -> Footprint:
     """Per process under FSDP (parallel/fsdp.py, the standard strategy): 1/N of the weights, gradients, AdamW
-    state and EMA, plus one module gathered whole (weights, then its unsharded gradients) at a time."""
+    state and EMA, plus one module gathered whole at a time; with `accumulate_unsharded`, where a process runs
+    more than one micro-step a window, the whole model's unsharded fp32 gradients, which accumulate between
+    the window's micro-steps until its last backward reduce-scatters them (else one module's, in its backward)."""
     params = list(model.parameters())
     weights = _nbytes(params)
     ema = weights if config.train.ema_decay > 0 else 0
     largest = max(_nbytes(_params(model, [name])) for name in MODULES)
+    accumulates = accumulate_unsharded and config.train.accumulation > processes
     device = {
         "weights": weights // processes + largest,
-        "gradients": weights // processes + largest,
+        "gradients": weights // processes + (weights if accumulates else largest),
         "optimizer": optimizer_state_bytes(params, "adamw") // processes,
         "ema": ema // processes,
         "activations": act.total,
     }
-    note = f"FSDP over {processes} processes, per process; the largest module is gathered whole in its turn"
+    sync = (
+        "gradients accumulate unsharded until the window's last micro-step"
+        if accumulates
+        else "gradients reduce-scattered after every micro-step"
+    )
+    note = f"FSDP over {processes} processes, per process; the largest module is gathered whole in its turn; {sync}"
     return Footprint(STRATEGIES["standard"], device, {name: 0 for name in COMPONENTS}, note)
 
 
-def plan_memory(model: RedHeartModel, config: RunConfig, vram: int, reserve: int, processes: int = 1) -> MemoryPlan:
+def fsdp_choice(
+    model: nn.Module, config: RunConfig, act: ActivationBytes, processes: int, budget: int | None
+) -> tuple[Footprint, bool]:
+    """The FSDP footprint training takes, and whether it syncs gradients once per window (the least
+    communication; where that fits `budget`, None meaning host memory, not planned) rather than after every
+    micro-step (no unsharded accumulation)."""
+    once = fsdp_footprint(model, config, act, processes, accumulate_unsharded=True)
+    if budget is None or once.device_total <= budget:
+        return once, True
+    every = fsdp_footprint(model, config, act, processes, accumulate_unsharded=False)
+    return replace(
+        every, note=f"{every.note}: syncing once per window would need {once.device_total / GiB:.2f} GiB"
+    ), False
+
+
+def fsdp_accumulates_unsharded(model: nn.Module, config: RunConfig, device: torch.device, processes: int) -> bool:
+    """Whether FSDP training on `device` accumulates a window's gradients unsharded and syncs once per window."""
+    vram = device_memory(device)
+    if vram is None:
+        return True
+    act = measure_activation_bytes(cast(RedHeartModel, model), _rows(config), config.train.amp)
+    return fsdp_choice(model, config, act, processes, vram - DEFAULT_RESERVE)[1]
+
+
+def _rows(config: RunConfig) -> int:
+    """Forward rows per micro-step: the micro-batch, doubled by R-Drop's concatenated batch."""
+    return config.train.micro_batch * (2 if config.train.rdrop_alpha > 0 else 1)
+
+
+def plan_memory(
+    model: RedHeartModel,
+    config: RunConfig,
+    vram: int,
+    reserve: int,
+    processes: int = 1,
+    correction: MemoryCorrection | None = None,
+) -> MemoryPlan:
     """The plan for `model` (on the host; uninitialised weights will do) at the config's micro-batch; with
-    `processes` > 1 the FSDP footprint per process (only the standard strategy combines with FSDP)."""
-    rows = config.train.micro_batch * (2 if config.train.rdrop_alpha > 0 else 1)
+    `processes` > 1 the FSDP footprint per process (only the standard strategy combines with FSDP); with
+    `correction`, the measured bytes of the strategies it covers."""
+    rows = _rows(config)
     if processes > 1:
-        prints = [fsdp_footprint(model, config, measure_activation_bytes(model, rows, config.train.amp), processes)]
+        act = measure_activation_bytes(model, rows, config.train.amp)
+        prints = [fsdp_choice(model, config, act, processes, vram - reserve)[0]]
     else:
         precisions = {config.train.amp if s.bf16 is None else s.bf16 for s in STRATEGIES.values()}
         activations = {bf16: measure_activation_bytes(model, rows, bf16) for bf16 in sorted(precisions)}
         prints = footprints(model, config, activations)
+    if correction is not None:
+        prints = correction.apply(prints, config, processes)
     chosen = next((f.strategy.name for f in prints if f.device_total <= vram - reserve), None)
     return MemoryPlan(
         preset=config.preset,
@@ -204,13 +270,121 @@ def plan_memory(model: RedHeartModel, config: RunConfig, vram: int, reserve: int
         reserve=reserve,
         footprints=prints,
         chosen=chosen,
+        correction=correction,
     )
 
 
-def plan_for_config(config: RunConfig, vram: int, reserve: int, processes: int = 1) -> MemoryPlan:
+def plan_for_config(
+    config: RunConfig, vram: int, reserve: int, processes: int = 1, correction: MemoryCorrection | None = None
+) -> MemoryPlan:
     """The plan for the model `config` describes, at the encoder's input size; no weights are initialised."""
     model = empty_model(config, config.encoder.dim, config.encoder.max_segments)
-    return plan_memory(model, config, vram, reserve, processes)
+    return plan_memory(model, config, vram, reserve, processes, correction)
+
+
+CORRECTION_FORMAT = "redheart-memory-correction"
+
+
+@dataclass(frozen=True)
+class MemoryCorrection:
+    """Bytes measured on a CUDA device per strategy, for one preset at one micro-batch (forward rows)."""
+
+    path: Path
+    device: str  # the card it was measured on, as torch names it
+    preset: str
+    micro_batch: int
+    rows: int
+    measured: dict[str, int]  # strategy -> max_memory_reserved while it trained
+    planned: dict[str, int]  # strategy -> the plan's device bytes at the time (for the record)
+
+    def describe(self) -> str:
+        return (
+            f"measured correction {self.path} ({self.device}, preset {self.preset}, micro-batch {self.micro_batch}): "
+            + ", ".join(f"{name} {size / GiB:.2f} GiB" for name, size in self.measured.items())
+        )
+
+    def apply(self, prints: list[Footprint], config: RunConfig, processes: int) -> list[Footprint]:
+        """The footprints with each measured strategy's total replaced by the measurement (the difference as a
+        "correction" component); a correction for another preset, micro-batch or process count is refused."""
+        rows = config.train.micro_batch * (2 if config.train.rdrop_alpha > 0 else 1)
+        if processes > 1:
+            raise ValueError(f"{self.path}: a correction is measured for one process; this plan is for {processes}")
+        if (self.preset, self.micro_batch, self.rows) != (config.preset, config.train.micro_batch, rows):
+            raise ValueError(
+                f"{self.path}: measured for preset {self.preset} at micro-batch {self.micro_batch} ({self.rows} "
+                f"forward rows); this plan is for preset {config.preset} at micro-batch {config.train.micro_batch} "
+                f"({rows} rows). Measure again with: python bench/gpu_check.py OUT --micro-batch "
+                f"{config.train.micro_batch}"
+            )
+        out = []
+        for footprint in prints:
+            measured = self.measured.get(footprint.strategy.name)
+            if measured is None:
+                out.append(footprint)
+                continue
+            device = {**footprint.device, "correction": measured - footprint.device_total}
+            note = f"{footprint.note}; corrected to the {measured / GiB:.2f} GiB reserved on {self.device}"
+            out.append(replace(footprint, device=device, note=note))
+        return out
+
+
+def read_correction(path: Path) -> MemoryCorrection:
+    """A correction file as bench/gpu_check.py writes it; anything else is an error naming the file and field."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as error:
+        raise ValueError(f"{path}: cannot read the memory correction ({error.strerror or error})") from None
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{path}: the memory correction is not valid JSON ({error})") from None
+    if not isinstance(data, dict) or data.get("format") != CORRECTION_FORMAT:
+        raise ValueError(f"{path}: not a memory correction (field 'format' must be {CORRECTION_FORMAT!r})")
+
+    def field(name: str, kind: type) -> Any:
+        value = data.get(name)
+        if not isinstance(value, kind) or isinstance(value, bool):
+            raise ValueError(f"{path}: field {name!r} must be a {kind.__name__}, got {value!r}")
+        return value
+
+    strategies = field("strategies", dict)
+    measured, planned = {}, {}
+    for name, row in strategies.items():
+        if name not in STRATEGIES:
+            raise ValueError(
+                f"{path}: strategies.{name}: unknown memory strategy; expected one of {sorted(STRATEGIES)}"
+            )
+        for key in ("measured_bytes", "planned_bytes"):
+            value = row.get(key) if isinstance(row, dict) else None
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"{path}: strategies.{name}.{key} must be a positive integer, got {value!r}")
+        measured[name], planned[name] = row["measured_bytes"], row["planned_bytes"]
+    return MemoryCorrection(
+        path=path,
+        device=field("device", str),
+        preset=field("preset", str),
+        micro_batch=field("micro_batch", int),
+        rows=field("rows", int),
+        measured=measured,
+        planned=planned,
+    )
+
+
+def write_correction(path: Path, plan: MemoryPlan, device: str, measured: dict[str, int]) -> None:
+    """The correction file of `plan`'s preset and micro-batch: what each strategy in `measured` reserved."""
+    write_json(
+        Path(path),
+        {
+            "format": CORRECTION_FORMAT,
+            "device": device,
+            "preset": plan.preset,
+            "micro_batch": plan.micro_batch,
+            "rows": plan.rows,
+            "strategies": {
+                name: {"measured_bytes": int(size), "planned_bytes": plan.footprint(name).planned_total}
+                for name, size in measured.items()
+            },
+        },
+    )
 
 
 def device_memory(device: torch.device) -> int | None:

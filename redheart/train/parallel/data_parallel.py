@@ -35,7 +35,7 @@ from torch.distributed.tensor import DTensor
 
 from redheart.data.dataset import SplitTensors
 from redheart.train.parallel.distributed import Distributed
-from redheart.train.parallel.fsdp import is_sharded
+from redheart.train.parallel.fsdp import is_sharded, sync_gradients
 from redheart.train.trainer import EpochTally, StepCallback, Trainer
 
 
@@ -55,6 +55,9 @@ class DataParallelTrainer(Trainer):
         self.can_redo_window = not self.sharded
         self.window_losses = EpochTally()  # this rank's loss sums of the current window
         self.has_grad: list[int] = []  # per parameter: whether any rank has a gradient for it
+        # Sharded: the window's micro-steps but the last accumulate unsharded gradients (one reduce-scatter per
+        # window); False where the memory plan says the unsharded gradients do not fit (build_trainer).
+        self.accumulate_unsharded = True
 
     def params(self) -> list[torch.Tensor]:
         return [p for group in self.optimizer.param_groups for p in group["params"]]
@@ -85,10 +88,17 @@ class DataParallelTrainer(Trainer):
         the ranks after the step) and the number of micro-steps of the window over all ranks."""
         pieces = torch.split(window[done:], self.plan.micro_batch)
         self.window_losses = EpochTally()
-        for index, share in _micro_steps(pieces, len(window), self.distributed, self.sharded):
-            parts = self.micro_step(split.batch(index, self.precision.device), share)
-            if share:
-                self.window_losses.add(parts, len(index))
+        steps = _micro_steps(pieces, len(window), self.distributed, self.sharded)
+        try:
+            for number, (index, share) in enumerate(steps):
+                # Sharded: the gradients are reduce-scattered by the last backward of the window only.
+                sync_gradients(self.model, number == len(steps) - 1 or not self.accumulate_unsharded)
+                batch = split.batch(index, self.precision.device)
+                parts = self.micro_step(batch, share, split.verdict_only(index))
+                if share:
+                    self.window_losses.add(parts, len(index))
+        finally:
+            sync_gradients(self.model, True)  # evaluation and a state's gradients see the default again
         return tally, len(pieces)
 
     def agree_on_failure(self, failure: str | None) -> str | None:

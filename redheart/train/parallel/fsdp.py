@@ -13,6 +13,11 @@ Layout choices:
   runs: after evaluation (a forward without backward) as after a step.
 - Gradients are summed, not averaged (divide factor 1, sum-only collectives: gloo has no AVG or
   PREMUL_SUM): each micro-step's loss already carries its share of the window.
+- Under bf16 (train.amp on a GPU with bf16) the weights are gathered in bf16 (MixedPrecisionPolicy
+  param_dtype), half the bytes of every gather; gradients are reduced and accumulated in fp32 (reduce_dtype):
+  with the sync off FSDP accumulates a window's gradients in the reduce dtype, and bf16's 8-bit mantissa
+  would round every one of the window's additions (up to accumulation x 2^-8 relative), while the reduction
+  itself now happens once per window. The EMA copy keeps fp32 gathers: it is only evaluated.
 - fully_shard refuses 0-d parameters (two scalar temperatures); they stay whole on every rank, and their
   gradients are summed by the explicit all_reduce of data_parallel.py, as under DDP.
 - The EMA (AveragedModel) copies the model before sharding and is sharded the same way, so its shards
@@ -39,7 +44,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import FSDPModule, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.optim.swa_utils import AveragedModel
 
@@ -69,13 +74,30 @@ def shard(model: RedHeartModel, ema: AveragedModel | None, precision: Precision,
     mesh = init_device_mesh(precision.device.type, (world_size,))
     for module in [model] + ([ema.module] if ema is not None else []):
         scalars = {p for p in module.parameters() if p.dim() == 0}
+        policy = mixed_precision_policy(precision if module is model else None)
         for name in MODULES:
-            fully_shard(getattr(module, name), mesh=mesh, reshard_after_forward=True, ignored_params=scalars)
-        fully_shard(module, mesh=mesh, reshard_after_forward=True, ignored_params=scalars)
+            fully_shard(
+                getattr(module, name), mesh=mesh, reshard_after_forward=True, ignored_params=scalars, mp_policy=policy
+            )
+        fully_shard(module, mesh=mesh, reshard_after_forward=True, ignored_params=scalars, mp_policy=policy)
         for unit in module.modules():
             if isinstance(unit, FSDPModule):
                 unit.set_gradient_divide_factor(1.0)
                 unit.set_force_sum_reduction_for_comms(True)
+
+
+def mixed_precision_policy(precision: Precision | None) -> MixedPrecisionPolicy:
+    """bf16 gathers with fp32 reduction and accumulation under bf16 autocast; fp32 throughout otherwise."""
+    if precision is not None and precision.dtype == torch.bfloat16:
+        return MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+    return MixedPrecisionPolicy()
+
+
+def sync_gradients(model: nn.Module, sync: bool) -> None:
+    """Whether the next backward reduce-scatters the gradients (True) or accumulates them unsharded; a no-op
+    for a model that is not sharded."""
+    if isinstance(model, FSDPModule):
+        model.set_requires_gradient_sync(sync)
 
 
 def is_sharded(module: nn.Module) -> bool:
