@@ -365,20 +365,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that write a run folder hold its lock while they run (redheart.core.runlock). The study is left
+# out: its points are run folders of their own, meant to run side by side; so is a sweep trial (--trial K),
+# which holds the lock of its own trial only.
+LOCKED = ("prepare", "encode", "sweep", "train", "analyze", "crossover", "calibrate", "evaluate", "pipeline", "prune")
+
+
+def _run_locked(args: argparse.Namespace, argv: list[str]) -> None:
+    from redheart.core.runlock import run_lock
+
+    if args.command not in LOCKED:
+        return args.func(args)
+    run = RunDir(args.run)
+    command = " ".join(["redheart", *argv])
+    trial = getattr(args, "trial", None)
+    lock = run.sweep / f".trial_{trial}.lock" if trial is not None else None
+    with run_lock(run, command, lock):
+        return args.func(args)
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)  # before the imports below, so --help answers at once
 
     from redheart.core.checkpoint_files import CheckpointError, DiskFullError
+    from redheart.core.runlock import RunFolderBusy
     from redheart.train.memory.plan import NoStrategyFits
     from redheart.train.oom import OutOfMemory
     from redheart.train.state.resume import ResumeError
 
     try:
-        args.func(args)
+        _run_locked(args, argv)
     except (ValueError, FileNotFoundError) as error:  # bad input or a missing artifact
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    except (ResumeError, CheckpointError, DiskFullError, OutOfMemory, NoStrategyFits) as error:
+    except (ResumeError, CheckpointError, DiskFullError, OutOfMemory, NoStrategyFits, RunFolderBusy) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
 
