@@ -193,10 +193,13 @@ def _cmd_crossover(args: argparse.Namespace) -> None:
 
 def _cmd_calibrate(args: argparse.Namespace) -> None:
     from redheart.evaluate.calibration import fit_calibrators
+    from redheart.evaluate.decision_rule import fit_decision_rules, format_rules
 
     run = RunDir(args.run)
-    fit_calibrators(run, _run_config(run, args))
+    config = _run_config(run, args)
+    fit_calibrators(run, config)
     print(f"calibrators fitted on validation: {run.calibration / 'calibrators.json'}")
+    print(format_rules(fit_decision_rules(run, config)))
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
@@ -206,16 +209,18 @@ def _cmd_report(args: argparse.Namespace) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
-    from redheart.infer import read_inputs, write_predictions
+    from redheart.infer import run_predict
 
     source = None if args.text is not None else (args.input or "-")
-    write_predictions(
+    run_predict(
         args.model,
-        read_inputs(source, args.text),
-        sys.stdout,
+        source,
+        args.text,
+        output=args.output,
         calibrated=not args.uncalibrated,
         batch_size=args.batch_size,
         cache_dir=args.cache,
+        on_error=args.on_error,
         progress=source not in (None, "-"),
     )
 
@@ -334,7 +339,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     _phase_command(
-        commands, "calibrate", _cmd_calibrate, "fit temperature, vector and isotonic calibration on validation"
+        commands,
+        "calibrate",
+        _cmd_calibrate,
+        "fit temperature, vector and isotonic calibration, then the verdict's decision rule, on validation",
     )
 
     report = commands.add_parser("report", help="HTML + Markdown report and LaTeX tables from the run's files")
@@ -344,8 +352,20 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="predict for a text, a file of texts (JSON Lines or lines) or stdin")
     predict.add_argument("text", nargs="?", help="one text; omit to read --input or stdin")
     predict.add_argument("--model", default="runs/main/final_model", help="a final model folder")
-    predict.add_argument("--input", help="JSON Lines with a 'text' field, or plain lines; '-' for stdin")
-    predict.add_argument("--uncalibrated", action="store_true", help="the raw model distributions")
+    predict.add_argument(
+        "--input", help="JSON Lines with a 'text' field, or plain lines (plain or .gz); '-' for stdin; read as a stream"
+    )
+    predict.add_argument("--output", help="write the JSON lines to this file (atomically) instead of stdout")
+    predict.add_argument(
+        "--on-error",
+        choices=("stop", "row"),
+        default="stop",
+        help="a bad input line: stop naming it (default; a file is checked before anything is written), or "
+        "write {line, error} in its place and go on",
+    )
+    predict.add_argument(
+        "--uncalibrated", action="store_true", help="the raw distributions (and the rule fitted on them)"
+    )
     predict.add_argument("--batch-size", type=int, default=64)
     predict.add_argument("--cache", type=Path, help="embedding cache folder")
     predict.set_defaults(func=_cmd_predict)

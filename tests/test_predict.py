@@ -10,6 +10,7 @@ from redheart.core.atomic import read_json
 from redheart.core.checkpoint_files import CheckpointError
 from redheart.data.schema import BENTHAM_KEYS, EMOTIONS, SURD_KEYS, VERDICTS
 from redheart.evaluate.calibration import CALIBRATORS_FILE, CalibrationOptions, fit_calibrators
+from redheart.evaluate.decision_rule import fit_decision_rules
 from redheart.infer import Predictor, predict_records, predict_texts, read_inputs
 from redheart.model.model import RedHeartModel
 from redheart.select.final_model import save_final_model
@@ -33,6 +34,7 @@ def final_run(tmp_path_factory):
         {"candidate": {"name": "untrained"}},
     )
     fit_calibrators(run, config, CalibrationOptions(folds=3))
+    fit_decision_rules(run, config)
     return run
 
 

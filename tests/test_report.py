@@ -18,6 +18,7 @@ from redheart.evaluate.calibration import (
     CalibrationOptions,
     fit_calibrators,
 )
+from redheart.evaluate.decision_rule import fit_decision_rules
 from redheart.evaluate.final import evaluate_test
 from redheart.report.build import build_report, fmt
 from redheart.select.crossover import crossover
@@ -72,6 +73,7 @@ def tiny_run(tmp_path_factory):
     train(run, config, lr=3e-3, progress=False)
     crossover(run, config)
     fit_calibrators(run, config, CalibrationOptions(folds=3))  # 3 folds: the tiny validation split has 10 rows
+    fit_decision_rules(run, config)
     evaluate_test(run, config)  # writes calibration/test_report.json: the report under test is evaluate's own
     return run
 

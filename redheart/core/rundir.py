@@ -41,6 +41,11 @@ class ModelDir:
         """The model card (documentation; not in the manifest)."""
         return self.root / "README.md"
 
+    @property
+    def card_data(self) -> Path:
+        """The model card's facts as JSON (metadata, metrics, rule), for programs."""
+        return self.root / "card.json"
+
     def group_weights(self, group: str) -> Path:
         return self.root / f"{group}.safetensors"
 
