@@ -366,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--uncalibrated", action="store_true", help="the raw distributions (and the rule fitted on them)"
     )
-    predict.add_argument("--batch-size", type=int, default=64)
+    predict.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default 64)")
     predict.add_argument("--cache", type=Path, help="embedding cache folder")
     predict.set_defaults(func=_cmd_predict)
 

@@ -40,7 +40,7 @@ from redheart.data.encode import encode_texts
 from redheart.data.encoders import build_encoder, document_text
 from redheart.data.schema import BENTHAM_KEYS, DISTRIBUTION_TARGETS, EMOTIONS, SURD_KEYS, VERDICTS
 from redheart.evaluate.calibration import CALIBRATED_TARGETS, load_calibrators
-from redheart.evaluate.decision_rule import load_decision_rule
+from redheart.evaluate.decision_rule import SERVED_BATCH, load_decision_rule
 from redheart.select.final_model import load_final_model
 
 NAMES = {"emotions": EMOTIONS, "bentham_scores": BENTHAM_KEYS, "surd_metrics": SURD_KEYS, "verdict": VERDICTS}
@@ -127,7 +127,11 @@ class Predictor:
     """
 
     def __init__(
-        self, model_dir: str | Path, calibrated: bool = True, cache_dir: Path | None = None, batch_size: int = 64
+        self,
+        model_dir: str | Path,
+        calibrated: bool = True,
+        cache_dir: Path | None = None,
+        batch_size: int = SERVED_BATCH,
     ) -> None:
         self.model_dir = Path(model_dir)
         self.files = ModelDir(self.model_dir)
@@ -257,7 +261,9 @@ def named_prediction(
     )
 
 
-def load(path: str | Path, calibrated: bool = True, cache_dir: Path | None = None, batch_size: int = 64) -> Predictor:
+def load(
+    path: str | Path, calibrated: bool = True, cache_dir: Path | None = None, batch_size: int = SERVED_BATCH
+) -> Predictor:
     """A Predictor for the final-model folder `path` (checksums verified, calibrators and rule checked)."""
     return Predictor(path, calibrated=calibrated, cache_dir=cache_dir, batch_size=batch_size)
 
@@ -382,7 +388,7 @@ def read_inputs(source: str | Path | None, text: str | None = None) -> list[dict
 
 
 def predict_records(
-    predictor: Predictor, records: Iterable[Mapping[str, Any]], batch_size: int = 64, progress: bool = False
+    predictor: Predictor, records: Iterable[Mapping[str, Any]], batch_size: int = SERVED_BATCH, progress: bool = False
 ) -> Iterator[dict[str, Any]]:
     """One JSON-ready result per record, in order, computed in batches."""
     rows = (InputRow(i, dict(r)) for i, r in enumerate(records, start=1))
@@ -390,7 +396,7 @@ def predict_records(
 
 
 def predict_rows(
-    predictor: Predictor, rows: Iterable[InputRow], batch_size: int = 64, progress: bool = False
+    predictor: Predictor, rows: Iterable[InputRow], batch_size: int = SERVED_BATCH, progress: bool = False
 ) -> Iterator[dict[str, Any]]:
     """One result per input row, in order: the prediction, or {"line", "error"} for a bad row. Rows are taken
     `batch_size` at a time, so memory does not depend on how many there are."""
@@ -408,7 +414,7 @@ def predict_texts(
     model_dir: str | Path,
     texts: list[str],
     calibrated: bool = True,
-    batch_size: int = 64,
+    batch_size: int = SERVED_BATCH,
     cache_dir: Path | None = None,
 ) -> list[dict[str, Any]]:
     """Named outputs of every text (emotions, bentham_scores, regret_factor, surd_metrics, verdict, calibration)."""
@@ -426,7 +432,7 @@ def run_predict(
     text: str | None = None,
     output: str | Path | None = None,
     calibrated: bool = True,
-    batch_size: int = 64,
+    batch_size: int = SERVED_BATCH,
     cache_dir: Path | None = None,
     on_error: str = "stop",
     progress: bool = False,

@@ -81,6 +81,9 @@ def fit_class_weights(probs: np.ndarray, votes: np.ndarray) -> dict[str, Any]:
 
 # ---- the rule that travels with the final model ------------------------------------------------------------------
 
+# The batch size of `redheart predict` and of the served predictions scored here: with the same batches the
+# same texts give the same floats, so predict's labels reproduce the scored ones bit for bit.
+SERVED_BATCH = 64
 # The distributions predict serves: calibrated by default, raw with --uncalibrated. One rule is fitted per mode,
 # each on exactly the distribution that mode serves.
 MODES = ("calibrated", "uncalibrated")
@@ -134,7 +137,7 @@ def fit_modes(served: dict[str, np.ndarray], votes: np.ndarray, methods: dict[st
 
 
 def served_predictions(
-    model_dir: Path, split: SplitTensors, batch_size: int, calibrators: Calibrators | None
+    model_dir: Path, split: SplitTensors, calibrators: Calibrators | None, batch_size: int = SERVED_BATCH
 ) -> dict[str, np.ndarray]:
     """The final-model folder's fused outputs on `split`, calibrated when `calibrators` are given: the
     distributions `redheart predict` serves for the same texts."""
@@ -176,8 +179,8 @@ def fit_decision_rules(run: RunDir, config: RunConfig) -> dict[str, Any]:
     if not rows.any():
         raise ValueError(f"{run.split_manifest}: no validation record has a verdict to fit the decision rule on")
     votes = np.asarray(targets["verdict"])[rows]
-    calibrated = served_predictions(run.final_model, val_split, config.select.batch_size, calibrators)["verdict"]
-    raw = served_predictions(run.final_model, val_split, config.select.batch_size, None)["verdict"]
+    calibrated = served_predictions(run.final_model, val_split, calibrators)["verdict"]
+    raw = served_predictions(run.final_model, val_split, None)["verdict"]
     method = calibrators.targets["verdict"].method
     modes = fit_modes(
         {"calibrated": calibrated[rows], "uncalibrated": raw[rows]},

@@ -205,7 +205,7 @@ def evaluate_test(run: RunDir, config: RunConfig, reread: bool = False) -> dict[
     final_preds = as_numpy(fused_by_name[plan["final_model"]])
     # The rule is scored on what predict serves: the final-model folder's outputs, calibrated, with the rule of
     # that mode, so a user's labels reproduce this figure.
-    served = served_predictions(run.final_model, test_split, options.batch_size, calibrators)
+    served = served_predictions(run.final_model, test_split, calibrators)
     served_rule = rules["final_model"]["calibrated"]
     models[plan["final_model"]]["decision_rule"] = _rule_scores(
         served, served_rule["weights"], test_split, *boot, served_rule["distribution"]
