@@ -221,7 +221,7 @@ def _cmd_predict(args: argparse.Namespace) -> None:
         batch_size=args.batch_size,
         cache_dir=args.cache,
         on_error=args.on_error,
-        progress=source not in (None, "-"),
+        progress=source not in (None, "-") and sys.stderr.isatty(),
     )
 
 

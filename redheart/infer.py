@@ -355,6 +355,7 @@ def iter_inputs(source: str | Path | None, text: str | None = None) -> Iterator[
     else:
         name = str(source)
         handle = owned = _open_source(Path(source))
+    compressed = isinstance(handle, gzip.GzipFile)
     with owned:
         for number, offset, raw in _lines(handle, name):
             if number == 1:
@@ -365,8 +366,8 @@ def iter_inputs(source: str | Path | None, text: str | None = None) -> Iterator[
                 yield InputRow(
                     number,
                     None,
-                    f"{name}:{number}: byte {error.start + 1} of the line (byte {offset + error.start} of the "
-                    f"{'decompressed ' if isinstance(handle, gzip.GzipFile) else ''}file) is not valid UTF-8",
+                    f"{name}:{number}: byte {error.start + 1} of the line ({'decompressed ' if compressed else ''}"
+                    f"file offset {offset + error.start}) is not valid UTF-8",
                 )
                 continue
             if line.strip():
