@@ -225,6 +225,20 @@ def _cmd_predict(args: argparse.Namespace) -> None:
     )
 
 
+def _cmd_serve(args: argparse.Namespace) -> None:
+    from redheart.serve import Batching, Limits, run_server
+
+    run_server(
+        args.model,
+        host=args.host,
+        port=args.port,
+        calibrated=not args.uncalibrated,
+        cache_dir=args.cache,
+        limits=Limits(args.max_texts, args.max_chars, args.max_body_bytes),
+        batching=Batching(args.max_batch, args.max_wait_ms),
+    )
+
+
 def _cmd_evaluate(args: argparse.Namespace) -> None:
     from redheart.evaluate.final import evaluate_test, format_results
 
@@ -369,6 +383,19 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default 64)")
     predict.add_argument("--cache", type=Path, help="embedding cache folder")
     predict.set_defaults(func=_cmd_predict)
+
+    serve = commands.add_parser("serve", help="serve a final model over HTTP (POST /predict, GET /health, /model)")
+    serve.add_argument("--model", default="runs/main/final_model", help="a final model folder")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--uncalibrated", action="store_true", help="serve the raw distributions and their rule")
+    serve.add_argument("--cache", type=Path, help="embedding cache folder")
+    serve.add_argument("--max-texts", type=int, default=256, help="texts per request (413 above)")
+    serve.add_argument("--max-chars", type=int, default=100_000, help="characters per text (413 above)")
+    serve.add_argument("--max-body-bytes", type=int, default=4 * 2**20, help="request body bytes (413 above)")
+    serve.add_argument("--max-batch", type=int, default=64, help="texts per forward pass, across requests")
+    serve.add_argument("--max-wait-ms", type=float, default=5.0, help="wait for more texts to join a batch")
+    serve.set_defaults(func=_cmd_serve)
 
     evaluate = _phase_command(
         commands, "evaluate", _cmd_evaluate, "the final test evaluation beside the baselines (reads the test split)"
