@@ -194,10 +194,13 @@ def _cmd_crossover(args: argparse.Namespace) -> None:
 
 def _cmd_calibrate(args: argparse.Namespace) -> None:
     from redheart.evaluate.calibration import fit_calibrators
+    from redheart.evaluate.decision_rule import fit_decision_rules, format_rules
 
     run = RunDir(args.run)
-    fit_calibrators(run, _run_config(run, args))
+    config = _run_config(run, args)
+    fit_calibrators(run, config)
     print(f"calibrators fitted on validation: {run.calibration / 'calibrators.json'}")
+    print(format_rules(fit_decision_rules(run, config)))
 
 
 def _cmd_report(args: argparse.Namespace) -> None:
@@ -207,17 +210,33 @@ def _cmd_report(args: argparse.Namespace) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> None:
-    from redheart.infer import read_inputs, write_predictions
+    from redheart.infer import run_predict
 
     source = None if args.text is not None else (args.input or "-")
-    write_predictions(
+    run_predict(
         args.model,
-        read_inputs(source, args.text),
-        sys.stdout,
+        source,
+        args.text,
+        output=args.output,
         calibrated=not args.uncalibrated,
         batch_size=args.batch_size,
         cache_dir=args.cache,
-        progress=source not in (None, "-"),
+        on_error=args.on_error,
+        progress=source not in (None, "-") and sys.stderr.isatty(),
+    )
+
+
+def _cmd_serve(args: argparse.Namespace) -> None:
+    from redheart.serve import Batching, Limits, run_server
+
+    run_server(
+        args.model,
+        host=args.host,
+        port=args.port,
+        calibrated=not args.uncalibrated,
+        cache_dir=args.cache,
+        limits=Limits(args.max_texts, args.max_chars, args.max_body_bytes),
+        batching=Batching(args.max_batch, args.max_wait_ms),
     )
 
 
@@ -340,7 +359,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     _phase_command(
-        commands, "calibrate", _cmd_calibrate, "fit temperature, vector and isotonic calibration on validation"
+        commands,
+        "calibrate",
+        _cmd_calibrate,
+        "fit temperature, vector and isotonic calibration, then the verdict's decision rule, on validation",
     )
 
     report = commands.add_parser("report", help="HTML + Markdown report and LaTeX tables from the run's files")
@@ -350,11 +372,36 @@ def build_parser() -> argparse.ArgumentParser:
     predict = commands.add_parser("predict", help="predict for a text, a file of texts (JSON Lines or lines) or stdin")
     predict.add_argument("text", nargs="?", help="one text; omit to read --input or stdin")
     predict.add_argument("--model", default="runs/main/final_model", help="a final model folder")
-    predict.add_argument("--input", help="JSON Lines with a 'text' field, or plain lines; '-' for stdin")
-    predict.add_argument("--uncalibrated", action="store_true", help="the raw model distributions")
-    predict.add_argument("--batch-size", type=int, default=64)
+    predict.add_argument(
+        "--input", help="JSON Lines with a 'text' field, or plain lines (plain or .gz); '-' for stdin; read as a stream"
+    )
+    predict.add_argument("--output", help="write the JSON lines to this file (atomically) instead of stdout")
+    predict.add_argument(
+        "--on-error",
+        choices=("stop", "row"),
+        default="stop",
+        help="a bad input line: stop naming it (default; a file is checked before anything is written), or "
+        "write {line, error} in its place and go on",
+    )
+    predict.add_argument(
+        "--uncalibrated", action="store_true", help="the raw distributions (and the rule fitted on them)"
+    )
+    predict.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default 64)")
     predict.add_argument("--cache", type=Path, help="embedding cache folder")
     predict.set_defaults(func=_cmd_predict)
+
+    serve = commands.add_parser("serve", help="serve a final model over HTTP (POST /predict, GET /health, /model)")
+    serve.add_argument("--model", default="runs/main/final_model", help="a final model folder")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--uncalibrated", action="store_true", help="serve the raw distributions and their rule")
+    serve.add_argument("--cache", type=Path, help="embedding cache folder")
+    serve.add_argument("--max-texts", type=int, default=256, help="texts per request (413 above)")
+    serve.add_argument("--max-chars", type=int, default=100_000, help="characters per text (413 above)")
+    serve.add_argument("--max-body-bytes", type=int, default=4 * 2**20, help="request body bytes (413 above)")
+    serve.add_argument("--max-batch", type=int, default=64, help="texts per forward pass, across requests")
+    serve.add_argument("--max-wait-ms", type=float, default=5.0, help="wait for more texts to join a batch")
+    serve.set_defaults(func=_cmd_serve)
 
     evaluate = _phase_command(
         commands, "evaluate", _cmd_evaluate, "the final test evaluation beside the baselines (reads the test split)"
@@ -371,20 +418,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that write a run folder hold its lock while they run (redheart.core.runlock). The study is left
+# out: its points are run folders of their own, meant to run side by side; so is a sweep trial (--trial K),
+# which holds the lock of its own trial only.
+LOCKED = ("prepare", "encode", "sweep", "train", "analyze", "crossover", "calibrate", "evaluate", "pipeline", "prune")
+
+
+def _run_locked(args: argparse.Namespace, argv: list[str]) -> None:
+    from redheart.core.runlock import run_lock
+
+    if args.command not in LOCKED:
+        return args.func(args)
+    run = RunDir(args.run)
+    command = " ".join(["redheart", *argv])
+    trial = getattr(args, "trial", None)
+    lock = run.sweep / f".trial_{trial}.lock" if trial is not None else None
+    with run_lock(run, command, lock):
+        return args.func(args)
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)  # before the imports below, so --help answers at once
 
     from redheart.core.checkpoint_files import CheckpointError, DiskFullError
+    from redheart.core.runlock import RunFolderBusy
     from redheart.train.memory.plan import NoStrategyFits
     from redheart.train.oom import OutOfMemory
     from redheart.train.state.resume import ResumeError
 
     try:
-        args.func(args)
+        _run_locked(args, argv)
     except (ValueError, FileNotFoundError) as error:  # bad input or a missing artifact
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
-    except (ResumeError, CheckpointError, DiskFullError, OutOfMemory, NoStrategyFits) as error:
+    except (ResumeError, CheckpointError, DiskFullError, OutOfMemory, NoStrategyFits, RunFolderBusy) as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
 

@@ -2,9 +2,9 @@
 
 Every phase is safe to repeat: prepare is deterministic, encode reads its cache, training resumes from
 its state (a finished run is not trained again), and the test evaluation is read back once written. The
-order is the strategy's: data, sweep, training, sweet spots and crossover on validation, calibration on
-validation, then the single read of the test split, then the report. This is the one place that chains
-phases; each phase alone stops when its input is missing.
+order is the strategy's: data, sweep, training, sweet spots and crossover on validation, calibration and the
+verdict's decision rule on validation, then the single read of the test split, then the report. This is the
+one place that chains phases; each phase alone stops when its input is missing.
 
 Crossover and calibration are re-run only when their inputs changed (redheart.select.freshness): on the
 same checkpoints they would save a final model that differs in its last bits. When the test results on disk
@@ -49,6 +49,7 @@ def run_pipeline(
     reread_test: bool = False,
 ) -> None:
     from redheart.evaluate.calibration import fit_calibrators
+    from redheart.evaluate.decision_rule import decision_rule_is_current, fit_decision_rules, format_rules
     from redheart.select.freshness import calibrators_are_current, crossover_is_current
     from redheart.train.sweep import format_choice, run_sweep
 
@@ -78,6 +79,11 @@ def run_pipeline(
     else:
         calibrators = _phase("calibrate on validation", lambda: fit_calibrators(run, config))
         print("; ".join(f"{name}: {entry.method} ({entry.reason})" for name, entry in calibrators.targets.items()))
+    if decision_rule_is_current(run):
+        print(f"\n== decision rule ==\nup to date: {run.decision_rule} was fitted for this final model and calibration")
+    else:
+        rules = _phase("verdict decision rule on validation", lambda: fit_decision_rules(run, config))
+        print(format_rules(rules))
     results = _phase("evaluate on the test split", lambda: evaluate_test(run, config, reread=reread_test))
     print(format_results(results))
     report = _phase("report", lambda: build_report(run))

@@ -14,6 +14,7 @@ from redheart.core.atomic import read_json
 from redheart.core.checkpoint_files import CheckpointError
 from redheart.data.dataset import load_split
 from redheart.evaluate.calibration import CalibrationOptions, fit_calibrators
+from redheart.evaluate.decision_rule import fit_decision_rules
 from redheart.evaluate.final import evaluate_test, format_results
 from redheart.model.groups import GROUPS
 from redheart.model.model import RedHeartModel
@@ -151,6 +152,7 @@ def test_final_model_round_trips_and_a_corrupted_one_fails_clearly(trained, resu
 def test_test_evaluation_scores_every_candidate_once_with_intervals(trained, result, monkeypatch):
     run, config = trained
     fit_calibrators(run, config, CalibrationOptions(folds=3))  # the calibrate phase: evaluate reads it, never redoes it
+    fit_decision_rules(run, config)
     results = evaluate_test(run, config)
     assert set(results["models"]) == {c.name for c in result.candidates}
     assert set(results["baselines"]) == {"class_prior", "mean_predictor", "linear_probe"}

@@ -14,10 +14,12 @@ from redheart.core.atomic import read_json, write_jsonl
 from redheart.core.rundir import RunDir
 from redheart.data.encode import encode_run
 from redheart.data.prepare import prepare
+from redheart.data.schema import VERDICTS
 from redheart.evaluate.calibration import (
     CalibrationOptions,
     fit_calibrators,
 )
+from redheart.evaluate.decision_rule import fit_decision_rules
 from redheart.evaluate.final import evaluate_test
 from redheart.report.build import build_report, fmt
 from redheart.select.crossover import crossover
@@ -69,9 +71,10 @@ def tiny_run(tmp_path_factory):
     prepare(data, run, config.data)
     encode_run(run, config.encoder, cache_dir=root / "cache", progress=False)
     run_sweep(run, config, progress=False)
-    train(run, config, lr=3e-3, progress=False)
+    train(run, config, progress=False)  # at the sweep's choice, as `redheart train` without --lr
     crossover(run, config)
     fit_calibrators(run, config, CalibrationOptions(folds=3))  # 3 folds: the tiny validation split has 10 rows
+    fit_decision_rules(run, config)
     evaluate_test(run, config)  # writes calibration/test_report.json: the report under test is evaluate's own
     return run
 
@@ -253,3 +256,13 @@ def test_the_model_card_beside_the_final_model_is_written_from_the_runs_files(ti
     best_mae = min(e["headline"]["regression_mae"] for e in results["baselines"].values())
     assert f"regression MAE {final['headline']['regression_mae']:.4f} vs " in card and f" {best_mae:.4f} (" in card
     load_final_model(tiny_run.final_model)  # the card is not in the manifest: rewriting it breaks no checksum
+    # The learning rate training ran at, and where it came from (not the config's unset `lr`).
+    chosen = read_json(tiny_run.sweep_choice)["lr"]
+    assert f"- learning rate {chosen:g}: chosen by the learning-rate sweep (sweep/choice.json)." in card
+    assert "lr None" not in card and read_json(tiny_run.model_files.card_data)["learning_rate"]["value"] == chosen
+    # Which verdict label to use, with the rule's weights as the final model's rule file holds them.
+    rule = read_json(tiny_run.model_files.decision_rule)["modes"]["calibrated"]
+    assert "`verdict.label`: the decision rule's class" in card and "`verdict.distribution`" in card
+    assert ", ".join(f"{c} {w:.2f}" for c, w in zip(VERDICTS, rule["weights"])) in card
+    scored = final["decision_rule"]["verdict_macro_f1"]
+    assert f"-> {scored:.4f} (rule)." in card

@@ -11,6 +11,7 @@ from sklearn.metrics import f1_score
 
 from redheart.config import DataConfig
 from redheart.core.atomic import read_json
+from redheart.core.checkpoint_files import sha256
 from redheart.core.rundir import RunDir
 from redheart.data.dataset import epoch_order, targets_tensors, training_order, verdict_only_rows
 from redheart.data.prepare import prepare
@@ -263,6 +264,7 @@ def test_paired_interval_of_a_difference_matches_resampling_by_hand() -> None:
 def crossed(tmp_path_factory):
     """A tiny run trained 3 epochs, put through crossover and calibrated (validation only)."""
     from redheart.evaluate.calibration import fit_calibrators
+    from redheart.evaluate.decision_rule import fit_decision_rules
     from redheart.select.crossover import crossover
     from redheart.train.recipe import train
 
@@ -273,6 +275,7 @@ def crossed(tmp_path_factory):
     train(run, config, lr=3e-3, progress=False)
     crossover(run, config)
     fit_calibrators(run, config)
+    fit_decision_rules(run, config)
     return run, config
 
 
@@ -293,7 +296,7 @@ def guard_test_reads(patch, run, allowed=lambda: False) -> list[set]:
 
 
 def test_the_decision_rule_is_fitted_on_validation_only(crossed) -> None:
-    from redheart.evaluate.final import decision_rule_path, fit_decision_rules
+    from redheart.evaluate.decision_rule import fit_decision_rules, load_decision_rule
 
     run, config = crossed
     val_ids = set(read_json(run.split_manifest)["val"])
@@ -301,23 +304,38 @@ def test_the_decision_rule_is_fitted_on_validation_only(crossed) -> None:
         seen = guard_test_reads(patch, run)
         rules = fit_decision_rules(run, config)
     assert val_ids in seen
-    assert rules == read_json(decision_rule_path(run))
+    assert rules == read_json(run.decision_rule)
     assert rules["split"] == "val" and rules["n"] == len(val_ids)
-    for name in ("final_model", "linear_probe"):
-        assert len(rules[name]["weights"]) == len(VERDICTS) and rules[name]["n"] == len(val_ids)
-        assert rules[name]["macro_f1_rule"] >= rules[name]["macro_f1_argmax"]
+    # The final model's rule travels with it: one per served distribution, bound to the model and calibrators.
+    travelling = load_decision_rule(run.model_files.decision_rule)
+    assert travelling.modes == rules["final_model"] and set(travelling.modes) == {"calibrated", "uncalibrated"}
+    assert travelling.model_sha256 == sha256(run.model_files.manifest)
+    assert travelling.calibrators_sha256 == sha256(run.model_files.calibrators)
+    for entry in [*rules["final_model"].values(), rules["linear_probe"]]:
+        assert len(entry["weights"]) == len(VERDICTS) and entry["n"] == len(val_ids)
+        assert entry["macro_f1_rule"] >= entry["macro_f1_argmax"]
 
 
-def test_evaluate_fits_the_rule_before_it_reads_the_test_split(crossed) -> None:
-    from redheart.evaluate.final import decision_rule_path, evaluate_test, format_results
+def test_evaluate_requires_the_rule_and_scores_it_on_the_served_distribution(crossed, tmp_path) -> None:
+    import shutil
 
-    run, config = crossed
-    decision_rule_path(run).unlink(missing_ok=True)
+    from redheart.core.rundir import RunDir
+    from redheart.evaluate.decision_rule import fit_decision_rules
+    from redheart.evaluate.final import evaluate_test, format_results
+
+    run = RunDir(shutil.copytree(crossed[0].root, tmp_path / "run"))
+    config = crossed[1]
+    run.decision_rule.unlink()
+    with pytest.raises(FileNotFoundError, match=f"run `redheart calibrate --run {run.root}` first"):
+        evaluate_test(run, config)
+    assert not run.test_results.exists() and not run.decision_rule.exists()  # not refitted behind the user's back
+    fit_decision_rules(run, config)
     with pytest.MonkeyPatch.context() as patch:
-        guard_test_reads(patch, run, allowed=decision_rule_path(run).exists)
+        guard_test_reads(patch, run, allowed=lambda: True)
         results = evaluate_test(run, config)
     rule = results["models"][results["final_model"]]["decision_rule"]
-    assert rule["weights"] == read_json(decision_rule_path(run))["final_model"]["weights"]
+    assert rule["weights"] == read_json(run.model_files.decision_rule)["modes"]["calibrated"]["weights"]
+    assert rule["distribution"].startswith("calibrated (")
     difference = results["final_vs_probe"]["verdict_macro_f1_rule"]
     assert difference["final"] == pytest.approx(rule["verdict_macro_f1"])
     assert difference["difference"] == pytest.approx(difference["final"] - difference["probe"])

@@ -124,3 +124,21 @@ def assert_same_weights(actual: dict[str, torch.Tensor], expected: dict[str, tor
             torch.testing.assert_close(torch.cat([q, k]), torch.cat([q0, k0]), atol=noise_only, rtol=0, msg=key)
             got, want = v, v0
         torch.testing.assert_close(got, want, atol=rounded, rtol=0, msg=key)
+
+
+def make_final_model(root: Path, n: int = 60) -> Path:
+    """A final-model folder as calibrate leaves it (untrained tiny weights, calibrators, decision rule), on a tiny
+    run of `n` records: for the tests of predict and serve, which test plumbing, not quality."""
+    from redheart.evaluate.calibration import CalibrationOptions, fit_calibrators
+    from redheart.evaluate.decision_rule import fit_decision_rules
+    from redheart.model.model import RedHeartModel
+    from redheart.select.final_model import save_final_model
+
+    run = make_run(root, n=n)
+    config = tiny_config()
+    torch.manual_seed(0)
+    model = RedHeartModel(config.model, input_dim=config.encoder.dim, max_segments=config.encoder.max_segments)
+    save_final_model(model, run.final_model, config, config.encoder.dim, config.encoder.max_segments, {})
+    fit_calibrators(run, config, CalibrationOptions(folds=3))  # 3 folds: the validation split has 12 rows
+    fit_decision_rules(run, config)
+    return run.final_model

@@ -1,7 +1,53 @@
-"""The layout of one run folder: every phase reads and writes its artifacts through these names."""
+"""The layout of one run folder, and of the final-model folder inside it: every phase reads and writes its
+artifacts through these names."""
 
 from dataclasses import dataclass
 from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ModelDir:
+    """A final-model folder: self-contained, so `redheart predict`, `redheart.load` and `redheart serve` read it
+    without the run folder it came from."""
+
+    root: Path
+
+    def __init__(self, root: str | Path) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    @property
+    def config(self) -> Path:
+        """Model and encoder settings, input sizes, and what was chosen (in the manifest)."""
+        return self.root / "config.json"
+
+    @property
+    def manifest(self) -> Path:
+        """sha256 of the weights and config.json, written last: the folder is complete when it exists."""
+        return self.root / "manifest.json"
+
+    @property
+    def calibrators(self) -> Path:
+        """Calibration fitted on validation, bound to the manifest by its sha256."""
+        return self.root / "calibrators.json"
+
+    @property
+    def decision_rule(self) -> Path:
+        """The verdict's decision rule per served distribution, fitted on validation, bound to the manifest
+        and the calibrators by their sha256."""
+        return self.root / "decision_rule.json"
+
+    @property
+    def card(self) -> Path:
+        """The model card (documentation; not in the manifest)."""
+        return self.root / "README.md"
+
+    @property
+    def card_data(self) -> Path:
+        """The model card's facts as JSON (metadata, metrics, rule), for programs."""
+        return self.root / "card.json"
+
+    def group_weights(self, group: str) -> Path:
+        return self.root / f"{group}.safetensors"
 
 
 @dataclass(frozen=True)
@@ -139,6 +185,21 @@ class RunDir:
     @property
     def final_model_config(self) -> Path:
         return self.final_model / "config.json"
+
+    @property
+    def model_files(self) -> ModelDir:
+        """The final-model folder's files by name."""
+        return ModelDir(self.final_model)
+
+    @property
+    def decision_rule(self) -> Path:
+        """The decision rules fitted on validation: the final model's (also in final_model/) and the probe's."""
+        return self.calibration / "decision_rule.json"
+
+    @property
+    def lock(self) -> Path:
+        """The lock file one process at a time holds (redheart.core.runlock)."""
+        return self.root / ".lock"
 
     @property
     def test_results(self) -> Path:

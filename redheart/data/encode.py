@@ -69,11 +69,19 @@ def _encode_cached(
 
 
 def encode_texts(
-    texts: list[str], encoder: Encoder, cache_dir: Path | None = None, progress: bool = False
+    texts: list[str],
+    encoder: Encoder,
+    cache_dir: Path | None = None,
+    progress: bool = False,
+    cache: EmbeddingCache | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Segment vectors (N,S,D) and mask (N,S) of raw texts, through the cache (for inference)."""
-    with EmbeddingCache(cache_dir) as cache:
+    """Segment vectors (N,S,D) and mask (N,S) of raw texts, through the cache (for inference): `cache`, an open
+    one a caller keeps for many batches, else the one in `cache_dir`, opened for this call."""
+    if cache is not None:
         vectors, mask, _ = _encode_cached(texts, encoder, cache, progress)
+        return vectors, mask
+    with EmbeddingCache(cache_dir) as opened:
+        vectors, mask, _ = _encode_cached(texts, encoder, opened, progress)
     return vectors, mask
 
 

@@ -16,6 +16,7 @@ import hashlib
 import io
 import json
 import math
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -86,7 +87,7 @@ def load_records(path: str | Path, config: DataConfig, strict: bool = False) -> 
     result = LoadResult([], [], 0, Counter(), Counter())
     seen_ids: dict[str, int] = {}
     with _open_binary(Path(path)) as handle:
-        for index, (line, raw, value, problems) in enumerate(_iter_raw(handle)):
+        for index, (line, raw, value, problems) in enumerate(_readable(_iter_raw(handle), path, handle)):
             result.records_read += 1
             record = None
             if not problems:
@@ -363,9 +364,42 @@ RawItem = tuple[int, str, Any, list[Problem]]  # line, raw text, parsed value (o
 
 
 def _open_binary(path: Path) -> gzip.GzipFile | io.BufferedReader:
-    with open(path, "rb") as probe:
-        compressed = probe.read(2) == b"\x1f\x8b"
-    return gzip.open(path, "rb") if compressed else open(path, "rb")
+    if path.is_dir():
+        raise DataError(f"{path}: is a folder, not a data file")
+    try:
+        with open(path, "rb") as probe:
+            compressed = probe.read(2) == b"\x1f\x8b"
+        return gzip.open(path, "rb") if compressed else open(path, "rb")
+    except FileNotFoundError:
+        raise
+    except OSError as error:
+        raise DataError(f"{path}: cannot read it ({error.strerror or error})") from None
+
+
+def _readable(
+    items: Iterator[RawItem], path: str | Path, handle: gzip.GzipFile | io.BufferedReader
+) -> Iterator[RawItem]:
+    """`items`, with a truncated or corrupt compressed file or a read error turned into one DataError naming the
+    file and how far reading got (the decompressed byte offset; the reader buffers ahead of the records)."""
+    count = 0
+    try:
+        for item in items:
+            count += 1
+            yield item
+    except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+        raise DataError(
+            f"{path}: the compressed data is truncated or corrupt (reading stopped at decompressed byte "
+            f"{_position(handle)}, {count} records read before it): {error}"
+        ) from None
+    except OSError as error:
+        raise DataError(f"{path}: cannot read it after {count} records ({error.strerror or error})") from None
+
+
+def _position(handle: gzip.GzipFile | io.BufferedReader) -> str:
+    try:
+        return str(handle.tell())
+    except (OSError, ValueError, EOFError):
+        return "unknown"
 
 
 def _iter_raw(handle: gzip.GzipFile | io.BufferedReader) -> Iterator[RawItem]:

@@ -11,23 +11,19 @@ when it does not, and reads the test split again only when asked to, recording t
 from __future__ import annotations
 
 import datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from redheart.config import RunConfig
 from redheart.core.atomic import read_json, write_json
-from redheart.core.checkpoint_files import MANIFEST, sha256
 from redheart.core.rundir import RunDir
 from redheart.data.dataset import SplitTensors, load_split, split_targets
 from redheart.evaluate.calibration import (
-    CALIBRATORS_FILE,
     calibration_report,
-    load_calibrators,
     write_calibration_report,
 )
-from redheart.evaluate.decision_rule import fit_class_weights, reweighted
+from redheart.evaluate.decision_rule import current_rules, final_model_calibrators, reweighted, served_predictions
 from redheart.evaluate.model_card import write_model_card
 from redheart.evaluate.test_reads import check_fingerprint, fingerprint, format_reads, read_record
 from redheart.model.model import RedHeartModel
@@ -41,10 +37,6 @@ from redheart.select.outputs import SplitOutputs, as_numpy, fused_loss
 CALIBRATION_METRICS = ("ece", "mce", "nll", "brier")
 
 
-def decision_rule_path(run: RunDir) -> Path:
-    return run.root / "decision_rule.json"
-
-
 PROBE = "linear_probe"
 # The paired comparison: headline metrics plus the verdict's cross-entropy and its macro-F1 under the rule.
 DIFFERENCE_KEYS = (*HEADLINE_LABELS, "verdict_cross_entropy", "verdict_macro_f1_rule")
@@ -56,61 +48,27 @@ DIFFERENCE_LABELS = {
 LOWER_IS_BETTER = ("regression_mae", "verdict_cross_entropy")
 
 
-def final_predictions(run: RunDir, config: RunConfig, split: SplitTensors) -> dict[str, np.ndarray]:
-    """The final model's fused predictions on `split` (ensemble members are fused first)."""
-    candidates, plan = load_candidates(run)
-    model = RedHeartModel(config.model, input_dim=split.input_dim, max_segments=split.max_segments)
-    cache = SplitOutputs(model, split, config.select.batch_size, config.train.device)
-    done: dict = {}
-    for candidate in candidates:
-        done[candidate.name] = fused_of(candidate, cache, run, done)
-        if candidate.name == plan["final_model"]:
-            return as_numpy(done[candidate.name])
-    raise ValueError(f"{run.crossover / 'candidates.json'}: the final model {plan['final_model']!r} is not a candidate")
-
-
-def fit_decision_rules(run: RunDir, config: RunConfig, probe: dict | None = None) -> dict[str, Any]:
-    """Class weights for the verdict of the final model and of the linear probe, fitted on validation only
-    (redheart.evaluate.decision_rule); written to decision_rule.json and returned. `probe`: fitted probe
-    models (fit_probe on the training split), fitted here when not given."""
-    train_split, val_split = load_split(run, "train"), load_split(run, "val")
-    if probe is None:
-        train_targets, train_present = split_targets(train_split)
-        probe = fit_probe(pooled_features(train_split), train_targets, train_present)
-    targets, present = split_targets(val_split)
-    rows = np.asarray(present["verdict"], dtype=bool)
-    if not rows.any():
-        raise ValueError(f"{run.split_manifest}: no validation record has a verdict to fit the decision rule on")
-    votes = np.asarray(targets["verdict"])[rows]
-    sources = {
-        "final_model": final_predictions(run, config, val_split),
-        PROBE: probe_predict(probe, pooled_features(val_split)),
-    }
-    rules = {
-        "split": "val",
-        "n": int(rows.sum()),
-        **{name: fit_class_weights(preds["verdict"][rows], votes) for name, preds in sources.items()},
-    }
-    write_json(decision_rule_path(run), rules)
-    return rules
-
-
 def _with_rule(preds: dict[str, np.ndarray], weights: list[float]) -> dict[str, np.ndarray]:
     return {**preds, "verdict": reweighted(preds["verdict"], weights)}
 
 
 def _rule_scores(
-    preds: dict[str, np.ndarray], weights: list[float], split: SplitTensors, n_boot: int, seed: int
+    preds: dict[str, np.ndarray], weights: list[float], split: SplitTensors, n_boot: int, seed: int, distribution: str
 ) -> dict[str, Any]:
-    """Verdict accuracy and macro-F1 of the rule's classes, with their bootstrap intervals."""
+    """Verdict accuracy and macro-F1 of the rule's classes and of plain argmax on the same distribution
+    (`preds`, described by `distribution`), with the rule's bootstrap intervals."""
     targets, present = split_targets(split)
     ruled = _with_rule(preds, weights)
     metrics = evaluate_predictions(ruled, targets, present)["verdict"]
+    argmax = evaluate_predictions(preds, targets, present)["verdict"]
     intervals = headline_intervals(ruled, targets, present, n_boot, seed)
     return {
+        "distribution": distribution,
         "weights": weights,
         "verdict_accuracy": metrics.get("accuracy"),
         "verdict_macro_f1": metrics.get("macro_f1"),
+        "argmax_accuracy": argmax.get("accuracy"),
+        "argmax_macro_f1": argmax.get("macro_f1"),
         "intervals": {k: intervals[k] for k in ("verdict_accuracy", "verdict_macro_f1")},
     }
 
@@ -118,29 +76,27 @@ def _rule_scores(
 def paired_difference(
     final: dict[str, np.ndarray],
     probe: dict[str, np.ndarray],
-    rules: dict[str, Any],
+    ruled_final: dict[str, np.ndarray],
+    ruled_probe: dict[str, np.ndarray],
     split: SplitTensors,
     n_boot: int,
     seed: int,
 ) -> dict[str, dict[str, Any]]:
     """final model - linear probe on every key of DIFFERENCE_KEYS: the point difference and its paired 95%
-    bootstrap interval (both models scored on the same resampled rows)."""
+    bootstrap interval (both models scored on the same resampled rows). `ruled_*`: the predictions whose
+    argmax is each one's decision rule (for the final model, on the distribution predict serves)."""
     targets, present = split_targets(split)
     values = {}
-    weights_of = {"final": rules["final_model"]["weights"], "probe": rules[PROBE]["weights"]}
-    for name, preds in (("final", final), ("probe", probe)):
-        weights = weights_of[name]
+    for name, preds, ruled_preds in (("final", final, ruled_final), ("probe", probe, ruled_probe)):
         metrics = evaluate_predictions(preds, targets, present)
-        ruled = evaluate_predictions(_with_rule(preds, weights), targets, present)
+        ruled = evaluate_predictions(ruled_preds, targets, present)
         values[name] = {
             **headline(metrics),
             "verdict_cross_entropy": metrics["verdict"].get("cross_entropy"),
             "verdict_macro_f1_rule": ruled["verdict"].get("macro_f1"),
         }
     intervals = paired_difference_intervals(final, probe, targets, present, n_boot, seed)
-    ruled_intervals = paired_difference_intervals(
-        _with_rule(final, weights_of["final"]), _with_rule(probe, weights_of["probe"]), targets, present, n_boot, seed
-    )
+    ruled_intervals = paired_difference_intervals(ruled_final, ruled_probe, targets, present, n_boot, seed)
     intervals["verdict_macro_f1_rule"] = ruled_intervals["verdict_macro_f1"]
     out = {}
     for key in DIFFERENCE_KEYS:
@@ -197,16 +153,6 @@ def _baseline_predictions(train: SplitTensors, test: SplitTensors, probe: dict) 
     return {"class_prior": constant, "mean_predictor": constant, PROBE: probe_predict(probe, pooled_features(test))}
 
 
-def _load_calibrators(run: RunDir) -> Any:
-    calibrators = load_calibrators(run.calibration / CALIBRATORS_FILE)
-    if calibrators.model_sha256 != sha256(run.final_model / MANIFEST):
-        raise FileNotFoundError(
-            f"{run.calibration / CALIBRATORS_FILE}: fitted for another final model than "
-            f"{run.final_model}; run `redheart calibrate --run {run.root}` first"
-        )
-    return calibrators
-
-
 def evaluate_test(run: RunDir, config: RunConfig, reread: bool = False) -> dict[str, Any]:
     """Score every candidate and baseline on the test split with 95% intervals; write test_results.json.
 
@@ -228,10 +174,10 @@ def evaluate_test(run: RunDir, config: RunConfig, reread: bool = False) -> dict[
     options = config.select
     train_split = load_split(run, "train")
     val_baselines = read_json(run.baselines)
-    calibrators = _load_calibrators(run)
+    calibrators = final_model_calibrators(run)  # the copy predict reads
+    rules = current_rules(run)  # fitted on validation by the calibrate phase; never refitted here
     train_targets, train_present = split_targets(train_split)
     probe = fit_probe(pooled_features(train_split), train_targets, train_present)
-    rules = fit_decision_rules(run, config, probe)  # validation only, before the test split is read
     test_split = load_split(run, "test")
 
     baselines = {}
@@ -241,8 +187,9 @@ def evaluate_test(run: RunDir, config: RunConfig, reread: bool = False) -> dict[
             **_scored(preds, test_split, options.bootstrap_samples, options.bootstrap_seed),
             "val_headline": headline(val_baselines[name]),
         }
+    boot = (options.bootstrap_samples, options.bootstrap_seed)
     baselines[PROBE]["decision_rule"] = _rule_scores(
-        baseline_preds[PROBE], rules[PROBE]["weights"], test_split, options.bootstrap_samples, options.bootstrap_seed
+        baseline_preds[PROBE], rules[PROBE]["weights"], test_split, *boot, "uncalibrated"
     )
     model = RedHeartModel(config.model, input_dim=test_split.input_dim, max_segments=test_split.max_segments)
     cache = SplitOutputs(model, test_split, options.batch_size, config.train.device)
@@ -256,11 +203,20 @@ def evaluate_test(run: RunDir, config: RunConfig, reread: bool = False) -> dict[
             "loss": fused_loss(fused, test_split),
         }
     final_preds = as_numpy(fused_by_name[plan["final_model"]])
+    # The rule is scored on what predict serves: the final-model folder's outputs, calibrated, with the rule of
+    # that mode, so a user's labels reproduce this figure.
+    served = served_predictions(run.final_model, test_split, calibrators, device=config.train.device)
+    served_rule = rules["final_model"]["calibrated"]
     models[plan["final_model"]]["decision_rule"] = _rule_scores(
-        final_preds, rules["final_model"]["weights"], test_split, options.bootstrap_samples, options.bootstrap_seed
+        served, served_rule["weights"], test_split, *boot, served_rule["distribution"]
     )
     difference = paired_difference(
-        final_preds, baseline_preds[PROBE], rules, test_split, options.bootstrap_samples, options.bootstrap_seed
+        final_preds,
+        baseline_preds[PROBE],
+        _with_rule(served, served_rule["weights"]),
+        _with_rule(baseline_preds[PROBE], rules[PROBE]["weights"]),
+        test_split,
+        *boot,
     )
     final_candidate = next(c for c in candidates if c.name == plan["final_model"])
     test_targets, test_present = split_targets(test_split)
@@ -408,9 +364,11 @@ def format_difference(results: dict[str, Any]) -> list[str]:
         rule = entry.get("decision_rule", {})
         lo, hi = rule.get("intervals", {}).get("verdict_macro_f1", (None, None))
         weights = ", ".join(f"{w:.2f}" for w in rule.get("weights", []))
+        argmax = rule.get("argmax_macro_f1", entry["headline"]["verdict_macro_f1"])
         lines.append(
-            f"  {name:<12} verdict F1 argmax {entry['headline']['verdict_macro_f1']:.4f}, with the rule "
-            f"{rule.get('verdict_macro_f1', float('nan')):.4f} [{lo:.3f},{hi:.3f}]; weights [{weights}]"
+            f"  {name:<12} on the {rule.get('distribution', 'predicted')} distribution: verdict F1 argmax "
+            f"{argmax:.4f}, with the rule {rule.get('verdict_macro_f1', float('nan')):.4f} [{lo:.3f},{hi:.3f}]; "
+            f"weights [{weights}]"
         )
     if results.get("verdict_sources"):
         shares = ", ".join(f"{k} {v:.2f}" for k, v in results["verdict_sources"].items())

@@ -2,10 +2,13 @@
 
 Every fact comes from a file of the run: the final model's config.json (what it is, how it was chosen),
 config.yaml (the training recipe), data/stats.json (the data and its closeness across splits),
-calibration/calibrators.json (the calibration chosen on validation) and test_results.json (test metrics
-beside the baselines with 95% intervals, and how often the test split was read). Test numbers are shown
-only while they measured this final model; otherwise the card says which command measures it. The card
-is documentation: it is not in the folder's checksum manifest and is rewritten whenever its sources change.
+calibration/calibrators.json (the calibration chosen on validation), final_model/decision_rule.json (the
+verdict label predict gives), the resume state (the learning rate training ran at, and its source) and
+test_results.json (test metrics beside the baselines with 95% intervals, and how often the test split was
+read). Test numbers are shown only while they measured this final model; otherwise the card says which
+command measures it. The card
+is documentation: it is not in the folder's checksum manifest and is rewritten whenever its sources change;
+card.json holds the same facts as data.
 """
 
 from __future__ import annotations
@@ -13,11 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from redheart.core.atomic import atomic_open, read_json
+from redheart.core.atomic import atomic_open, read_json, write_json
 from redheart.core.rundir import RunDir
 from redheart.data.schema import BENTHAM_KEYS, EMOTIONS, SURD_KEYS, VERDICTS, bundled_data_path
 
-README = "README.md"
 HEADLINE = {
     "emotion_accuracy": "emotion accuracy",
     "emotion_macro_f1": "emotion macro-F1",
@@ -134,8 +136,6 @@ def model_card(run: RunDir) -> str:
         train = (yaml.safe_load(run.config.read_text()) or {}).get("train", {})
         keys = (
             "epochs",
-            "lr",
-            "default_lr",
             "micro_batch",
             "accumulation",
             "weight_decay",
@@ -148,6 +148,8 @@ def model_card(run: RunDir) -> str:
             "seed",
         )
         lines.append("- settings (config.yaml): " + ", ".join(f"{k} {train[k]}" for k in keys if k in train) + ".")
+    lr, source = learning_rate(run)
+    lines.append(f"- learning rate {'not recorded' if lr is None else f'{lr:g}'}: {source}.")
     lines.append(
         f"- encoder: {info['encoder']['name']} ({info['encoder'].get('dim')}-dimensional window vectors, "
         f"up to {info['max_segments']} windows)."
@@ -192,6 +194,8 @@ def model_card(run: RunDir) -> str:
             )
     else:
         lines.append(f"Not calibrated yet: run `redheart calibrate --run {run.root}`.")
+    lines += ["", "## Which verdict label to use", ""]
+    lines += verdict_usage(run, results)
     lines += ["", "## Known limitations", ""]
     plan = read_json(run.crossover / "candidates.json") if (run.crossover / "candidates.json").exists() else {}
     if plan.get("conclusion"):
@@ -212,17 +216,106 @@ def model_card(run: RunDir) -> str:
         f"redheart predict --input texts.jsonl --model {run.final_model}   # JSON Lines with a 'text' field",
         "```",
         "",
-        "Each input gives one JSON object with the named emotions, verdict, regret, Bentham and SURD outputs, "
-        "calibrated with `calibrators.json` (`--uncalibrated` for the raw distributions). In Python: "
-        "`redheart.select.final_model.load_final_model(path)` verifies every checksum and loads the weights "
-        "(safetensors, nothing unpickled).",
+        "Each input gives one JSON object with the named emotions, verdict (`label`, `argmax`, `distribution`), "
+        "regret, Bentham and SURD outputs, calibrated with `calibrators.json` (`--uncalibrated` for the raw "
+        "distributions and the rule fitted on them). In Python: `redheart.load(path).predict(texts)` gives the "
+        "same results as typed objects (checksums verified, safetensors, nothing unpickled); "
+        f"`redheart serve --model {run.final_model}` serves them over HTTP.",
     ]
     return "\n".join(lines) + "\n"
 
 
+LR_SOURCES = {
+    "sweep": "chosen by the learning-rate sweep (sweep/choice.json)",
+    "argument": "given on the command line (redheart train --lr)",
+    "config": "set in the config (train.lr)",
+    "default": "the config's default_lr (no sweep had run and none was given)",
+}
+
+
+def learning_rate(run: RunDir) -> tuple[float | None, str]:
+    """The base learning rate training ran at and where it came from, as training recorded them."""
+    from redheart.train.state.resume import has_resume, read_resume_info
+
+    if has_resume(run.resume):
+        info = read_resume_info(run.resume)
+        if "lr" in info:
+            source = str(info.get("lr_source"))
+            return float(info["lr"]), LR_SOURCES.get(source, f"source {source!r}")
+    return None, "training recorded no resume state to read it from"
+
+
+def verdict_usage(run: RunDir, results: dict[str, Any] | None) -> list[str]:
+    """Which of predict's verdict fields answers which question, with the rule's validation (and test) F1."""
+    lines = [
+        "- `verdict.label`: the decision rule's class (class weights on the distribution, fitted on validation "
+        "to maximise macro-F1). Use it when you want one verdict per text that treats the rare verdicts fairly: "
+        'it is the label the report\'s "verdict F1 (rule)" scores.',
+        "- `verdict.distribution`: the (calibrated) probability of each verdict. Use it for probabilities, "
+        "thresholds of your own, expected costs, or ranking.",
+        "- `verdict.argmax`: the most probable class of that distribution; it rarely picks the small verdicts, so "
+        "its macro-F1 is lower.",
+    ]
+    rule_path = run.model_files.decision_rule
+    if not rule_path.exists():
+        return [*lines, f"- no decision rule yet: run `redheart calibrate --run {run.root}`."]
+    rule = read_json(rule_path)
+    for mode, entry in rule["modes"].items():
+        weights = ", ".join(f"{c} {w:.2f}" for c, w in zip(rule["classes"], entry["weights"]))
+        lines.append(
+            f"- rule for the {entry['distribution']} distribution ({mode}): weights {weights}; validation macro-F1 "
+            f"{entry['macro_f1_argmax']:.4f} (argmax) -> {entry['macro_f1_rule']:.4f} (rule), n = {entry['n']}."
+        )
+    final = results["models"][results["final_model"]] if results else {}
+    if "decision_rule" in final:
+        scored = final["decision_rule"]
+        lines.append(
+            f"- on test, the {scored.get('distribution', 'served')} distribution: macro-F1 "
+            f"{_number(scored.get('argmax_macro_f1'))} (argmax) -> {_number(scored['verdict_macro_f1'])} (rule)."
+        )
+    return lines
+
+
+def card_data(run: RunDir) -> dict[str, Any]:
+    """The card's facts as data (final_model/card.json), for programs such as `redheart serve`'s /model."""
+    info = read_json(run.final_model / "config.json")
+    results, why_not = _current_results(run)
+    lr, source = learning_rate(run)
+    final = results["models"][results["final_model"]] if results else None
+    calibrators = read_json(run.model_files.calibrators) if run.model_files.calibrators.exists() else None
+    rule = read_json(run.model_files.decision_rule) if run.model_files.decision_rule.exists() else None
+    return {
+        "name": info.get("info", {}).get("candidate", {}).get("name"),
+        "preset": info["preset"],
+        "encoder": info["encoder"],
+        "learning_rate": {"value": lr, "source": source},
+        "validation": info.get("info", {}).get("candidate", {}).get("val", {}).get("headline"),
+        "test": (
+            {
+                "n": results["n"],
+                "headline": final["headline"],
+                "intervals": final.get("intervals"),
+                "decision_rule": final.get("decision_rule"),
+                "reads": len(results.get("reads", [])) or 1,
+            }
+            if results and final
+            else {"not_shown": why_not}
+        ),
+        "calibration": {t: e["method"] for t, e in calibrators["targets"].items()} if calibrators else None,
+        "decision_rule": rule,
+        "labels": {
+            "verdict.label": "the decision rule's class: for macro-F1 (the report's verdict F1 (rule))",
+            "verdict.distribution": "probabilities (calibrated unless uncalibrated)",
+            "verdict.argmax": "the most probable class of the distribution",
+        },
+    }
+
+
 def write_model_card(run: RunDir) -> Path:
-    """Write final_model/README.md from the run's files; returns its path."""
-    path = run.final_model / README
+    """Write final_model/README.md, and its facts as final_model/card.json, from the run's files; returns the
+    README's path."""
+    path = run.model_files.card
     with atomic_open(path) as handle:
         handle.write(model_card(run))
+    write_json(run.model_files.card_data, card_data(run))
     return path
