@@ -1,7 +1,8 @@
 """A disk cache of segment embeddings, keyed by encoder key and the sha256 of the document text.
 
-One sqlite3 file holds everything: each write is a transaction, so a crash mid-write leaves the cache as
-it was before that write. Vectors are stored as raw float32, so a cached value is bit-identical to a fresh one.
+One sqlite3 file (in write-ahead-log mode) holds everything: each write is a transaction, so a crash mid-write
+leaves the cache as it was before that write. Vectors are stored as raw float32, so a cached value is
+bit-identical to a fresh one.
 """
 
 from __future__ import annotations
@@ -34,6 +35,10 @@ class EmbeddingCache:
         self.path = self.folder / "embeddings.sqlite"
         # A generous timeout lets two processes (say, training and inference) share the file.
         self._db = sqlite3.connect(self.path, timeout=60)
+        # Write-ahead log without an fsync per commit: a rolled-back or lost last write only costs a re-encode (the
+        # file stays consistent), while a synced commit cost about 20 ms, paid by every batch predict and serve encode.
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
         with self._db:
             self._db.execute(
                 "CREATE TABLE IF NOT EXISTS embeddings (encoder TEXT NOT NULL, sha256 TEXT NOT NULL,"
