@@ -7,8 +7,9 @@ few starts. Intervals come from a bootstrap over the points: each replicate adds
 with replacement and inflated for the five fitted parameters, to the fitted values and fits again. A
 prediction interval for one more point adds one drawn residual (a point's own noise) to each replicate.
 
-A term is called flat, and its exponent not identifiable, when its amplitude is zero at the fit or in more than
-2.5 % of the replicates: the points do not show that axis moving the metric, and then no number is given for it.
+A term is called flat, and its exponent not identifiable, when its change over the studied range is zero at the
+fit or in more than 2.5 % of the replicates: the points do not show that axis moving the metric, and then no
+number is given for its exponent.
 """
 
 from __future__ import annotations
@@ -101,14 +102,21 @@ def fit(n: list[float], d: list[float], y: list[float], replicates: int, seed: i
         sample = fitted + rng.choice(pool, size=len(ya), replace=True)
         thetas.append(fit_curve(na, da, sample, curve.n0, curve.d0, start=curve.theta).theta)
         draws.append(rng.choice(pool))
-    thetas_a = np.array(thetas)
-    scale = float(np.ptp(ya)) or 1.0
-    tiny = 1e-6 * scale
+    thetas_a = np.array(thetas).reshape(-1, len(PARAMETERS))
+    tiny = 1e-6 * (float(np.ptp(ya)) or 1.0)
 
-    def flat(column: int) -> bool:
-        return bool(curve.theta[column] <= tiny or np.mean(thetas_a[:, column] <= tiny) > (1 - LEVEL) / 2)
+    def flat(column: int, values: np.ndarray, origin: float) -> bool:
+        """The term's change over the studied range: zero when its amplitude or its exponent is (then it is a
+        constant that E absorbs)."""
 
-    return Fit(curve, thetas_a, np.array(draws), len(ya), None, {"size": flat(1), "data": flat(3)})
+        def change(theta: np.ndarray) -> float:
+            return float(theta[column] * (1 - (values.max() / origin) ** -theta[column + 1]))
+
+        spread = [change(t) <= tiny for t in thetas_a]
+        return bool(change(curve.theta) <= tiny or (spread and np.mean(spread) > (1 - LEVEL) / 2))
+
+    flats = {"size": flat(1, na, curve.n0), "data": flat(3, da, curve.d0)}
+    return Fit(curve, thetas_a, np.array(draws), len(ya), None, flats)
 
 
 def parameter_table(result: Fit) -> dict[str, Any]:

@@ -178,6 +178,7 @@ def fingerprint(run: RunDir, cfg: RunConfig, lr: float, train_ids: list[str], st
     from redheart.config import to_dict
 
     tree = to_dict(cfg)
+    tree["train"]["lr"] = None  # a part of its own
     section = {"preset": cfg.preset, **{k: tree[k] for k in ("encoder", "model", "train")}, "study": study}
     return {
         "config": _sha(section),

@@ -272,12 +272,16 @@ def _next_gain(
 
 
 def curve_analysis(
-    points: list[dict[str, Any]], full_parameters: int, replicates: int, seed: int
+    points: list[dict[str, Any]],
+    full_parameters: int,
+    replicates: int,
+    seed: int,
+    metrics: tuple[str, ...] = FIT_METRICS,
 ) -> dict[str, dict[str, Any]]:
-    """Per fitted loss: the curve's parameters, the held-out check on the largest size, the prediction for full."""
+    """Per metric: the curve's parameters, the held-out check on the largest size, the prediction for full."""
     grid = [p for p in points if p["label"] != EXTRA]
     out: dict[str, dict[str, Any]] = {}
-    for metric in FIT_METRICS:
+    for metric in metrics:
         rows = [p for p in grid if p["model"].get(metric) is not None]
         n = [float(p["parameters"]) for p in rows]
         d = [float(data_size(p, metric)) for p in rows]
