@@ -150,3 +150,29 @@ def test_the_cli_refuses_stale_results_with_the_command_to_run(selected, tmp_pat
     main(["evaluate", "--run", str(run.root), "--reread-test"])
     assert "test split read 2 times" in capsys.readouterr().out
     assert len(read_json(run.root / "test_results.json")["reads"]) == 2
+
+
+def test_other_bootstrap_settings_or_embeddings_make_the_test_results_stale(selected, tmp_path, monkeypatch):
+    run = copy_of(selected[0], tmp_path)
+    config = selected[1]
+    reads = count_test_reads(monkeypatch, run)
+    first = evaluate_test(run, config)
+    # The intervals depend on the bootstrap's samples and seed: numbers made with 50 samples are not those of 60.
+    more = tiny_config(**{**SETTINGS, "select.bootstrap_samples": 60}, **{"train.epochs": 3})
+    with pytest.raises(ValueError, match=r"settings changed"):
+        evaluate_test(run, more)
+    seeded = tiny_config(**{**SETTINGS, "select.bootstrap_seed": 1}, **{"train.epochs": 3})
+    with pytest.raises(ValueError, match=r"settings changed"):
+        evaluate_test(run, seeded)
+    # Re-encoded inputs (here: the arrays file rewritten with one vector changed) are other inputs.
+    from safetensors.numpy import load_file, save_file
+
+    from redheart.data.encode import INDEX_FILE
+
+    arrays = run.embeddings / read_json(run.embeddings / INDEX_FILE)["file"]
+    tensors = load_file(str(arrays))
+    tensors["vectors"][0, 0, 0] += 1.0
+    save_file(tensors, str(arrays))
+    with pytest.raises(ValueError, match=r"embeddings changed"):
+        evaluate_test(run, config)
+    assert reads == [1] and read_json(run.root / "test_results.json") == first

@@ -92,7 +92,11 @@ def _data(ctx: _Context) -> Section:
     )
     closeness = stats.get("leakage")
     if closeness:
-        counts = "; ".join(f"{name}: {fmt(count)}" for name, count in closeness["pairs"].items())
+        # Counts scored only on proposed pairs are lower bounds (older runs: every count came from LSH proposals).
+        bounds = closeness.get("lower_bounds", list(closeness["pairs"]))
+        counts = "; ".join(
+            f"{name}: {'at least ' if name in bounds else ''}{fmt(count)}" for name, count in closeness["pairs"].items()
+        )
         section.paragraphs.append(
             f"Leakage, {closeness['compared']} ({closeness['proposed_by']}), pairs at each threshold: {counts}. "
             f"Texts at fuzz.ratio >= the dedup threshold on the text alone: {fmt(stats['leaks'])}, zero by "
