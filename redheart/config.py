@@ -163,8 +163,8 @@ class StudyConfig:
     lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)  # each size's rate is chosen among these
     sweep_fraction: float = 0.25  # of the training records the per-size sweep trains on
     sweep_epochs: int = 4  # of that subset, per candidate rate
-    max_steps: int = 800  # the step cap of a point (optimizer steps)
-    patience_steps: int = 160  # stop when the validation loss has not improved for this many optimizer steps
+    max_steps: int = 1000  # the step cap of a point (optimizer steps)
+    patience_steps: int = 200  # stop when the validation loss has not improved for this many optimizer steps
     check: tuple[str, ...] = ("tiny:all", "small:all")  # SIZE:DATA points that --check trains with twice the cap
     fit_bootstrap: int = 400  # bootstrap replicates of the fitted curve (residuals resampled over points)
     fit_seed: int = 0

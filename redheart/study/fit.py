@@ -38,7 +38,7 @@ class Curve:
         return law(self.theta, np.asarray(n, float), np.asarray(d, float), self.n0, self.d0)
 
 
-def law(theta: np.ndarray, n: np.ndarray, d: np.ndarray, n0: float, d0: float) -> np.ndarray:
+def law(theta: np.ndarray, n: Any, d: Any, n0: float, d0: float) -> np.ndarray:
     e, a, alpha, b, beta = theta
     return np.asarray(e + a * (n / n0) ** -alpha + b * (d / d0) ** -beta)
 
@@ -138,7 +138,7 @@ def parameter_table(result: Fit) -> dict[str, Any]:
     return out
 
 
-def predict_point(result: Fit, n: float, d: float) -> dict[str, float]:
+def predict_point(result: Fit, n: float, d: float) -> dict[str, Any]:
     """The curve's value at (n, d) with its interval, and the prediction interval of one more point there."""
     assert result.curve is not None
     curve = result.curve_draws(n, d)

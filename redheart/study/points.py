@@ -444,7 +444,9 @@ def estimate_step_seconds(cfg: RunConfig, input_dim: int, max_segments: int, rep
     seconds = []
     for _ in range(repeats + 1):
         started = time.perf_counter()
-        loss = sum(_sum_outputs(model(x, mask)) for _ in range(2 if cfg.train.rdrop_alpha > 0 else 1))
+        loss = sum(
+            (_sum_outputs(model(x, mask)) for _ in range(2 if cfg.train.rdrop_alpha > 0 else 1)), torch.zeros(())
+        )
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -519,12 +521,15 @@ def run_point(
         return [sum(r["val"]["loss"].values()) for r in read_metrics(folder.metrics_log)]
 
     state = stop_rule(losses(), p.per_epoch, config.study.patience_steps, p.cap_epochs)
+    # Epochs per call: half the patience, so a stop is seen at most that many epochs late (the best epoch is the
+    # same: every epoch is validated); one call per epoch would repeat the call's fixed cost on small subsets.
+    chunk = max(1, math.ceil(config.study.patience_steps / p.per_epoch) // 2)
     while not state["stop"]:
         train(
             folder,
             p.config,
             lr=lr,
-            epochs=state["epochs"] + 1,
+            epochs=min(p.cap_epochs, state["epochs"] + chunk),
             seed=p.config.train.seed,
             log_dir=p.folder,
             save_checkpoints=False,

@@ -313,7 +313,7 @@ def _held_out(rows: list[dict[str, Any]], metric: str, replicates: int, seed: in
     checks = []
     for p in (q for q in rows if q["size"] == held):
         guess = predict_point(result, float(p["parameters"]), float(data_size(p, metric)))
-        lo, hi = guess["point_interval"]
+        lo, hi = (float(v) for v in guess["point_interval"])
         observed = fitted_value(metric, float(p["model"][metric]))
         checks.append(
             {
@@ -344,13 +344,15 @@ def _prediction(result: Fit, rows: list[dict[str, Any]], metric: str, full_param
     gains = result.curve_draws(n_ref, d0) - result.curve_draws(full_parameters, d0)
     gain = float(result.curve(n_ref, d0) - result.curve(full_parameters, d0))
     lo, hi = result.interval(gains)
+    records: float | None = None
+    records_reason: str | None
+    records_interval: list[float] | None = None
     if result.flat["data"]:
-        records = None
         records_reason = "the data term is flat in these points: no number of records is shown to move it"
     else:
         records = records_for_gain(result.curve.theta, d0, result.curve.d0, gain)
         draws = [records_for_gain(t, d0, result.curve.d0, g) for t, g in zip(result.replicates, gains)]
-        never = sum(r is None for r in draws) / len(draws)
+        never = sum(r is None for r in draws) / len(draws) if draws else 1.0
         records_reason = (
             None
             if records is not None
@@ -369,7 +371,7 @@ def _prediction(result: Fit, rows: list[dict[str, Any]], metric: str, full_param
         "gain_interval": [lo, hi],
         "beyond_noise": lo > 0 or hi < 0,
         "records_for_gain": records,
-        "records_for_gain_interval": None if result.flat["data"] else records_interval,
+        "records_for_gain_interval": records_interval,
         "records_reason": records_reason,
     }
 
