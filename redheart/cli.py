@@ -253,7 +253,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> None:
 
 def _add_run_options(parser: argparse.ArgumentParser, default_run: str | None = None) -> None:
     parser.add_argument("--run", required=default_run is None, default=default_run, help="run folder, e.g. runs/NAME")
-    parser.add_argument("--preset", help="tiny | small | medium | full (default: the run's, else small)")
+    parser.add_argument("--preset", help="tiny | small | medium | large | full (default: the run's, else small)")
     parser.add_argument("--config", help="YAML file of overrides, same shape as the run's config.yaml")
     parser.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override one setting")
 
