@@ -496,6 +496,31 @@ def point_folder_name(run: RunDir, config: RunConfig, record: dict[str, Any]) ->
     return next(p.folder(run).name for p in plan(run, config, cuda=True) if p.index == record["index"])
 
 
+def rate_sentence(lrs: dict[str, float | None], config: RunConfig) -> str:
+    """Each size's learning rate, and whether it lies at an end of the candidates (the best may lie beyond)."""
+    from redheart.train.sweep.score import format_lr
+
+    grid = sorted(config.study.lrs)
+    parts = []
+    for size, lr in lrs.items():
+        if lr is None:
+            parts.append(f"{size} none (its sweep has not been collected)")
+            continue
+        edge = (
+            " (the largest candidate: a larger rate was not tried)"
+            if lr == grid[-1] and len(grid) > 1
+            else " (the smallest candidate: a smaller rate was not tried)"
+            if lr == grid[0] and len(grid) > 1
+            else ""
+        )
+        parts.append(f"{size} {format_lr(lr)}{edge}")
+    return (
+        f"Learning rates, each size's own (a sweep of {', '.join(format_lr(v) for v in grid)} on "
+        f"{config.study.sweep_fraction:g} of the training records for {config.study.sweep_epochs} epochs): "
+        f"{'; '.join(parts)}."
+    )
+
+
 def convergence_sentences(points: list[dict[str, Any]]) -> list[str]:
     capped = [f"{p['size']} at {p['label']}" for p in points if not p["converged"]]
     caps = sorted({p["max_steps"] for p in points})
@@ -559,8 +584,13 @@ def collect(run: RunDir, config: RunConfig) -> StudyResult:
     )
     curves = curve_analysis(finished, full_parameters, config.study.fit_bootstrap, config.study.fit_seed)
     checks, check_words = convergence_check(run, config, finished, analysis)
+    lrs = {size: chosen_lr(run, size) for size in sizes}
     words = (
-        convergence_sentences(finished) + sentences(analysis, finished, sizes) + curve_sentences(curves) + check_words
+        [rate_sentence(lrs, config)]
+        + convergence_sentences(finished)
+        + sentences(analysis, finished, sizes)
+        + curve_sentences(curves)
+        + check_words
     )
     if not cuda and config.study.full_with_cuda and not any(p["size"] == "full" for p in finished):
         words.append("The full preset was not studied: it joins only when CUDA is present, and this machine has none.")
@@ -573,7 +603,6 @@ def collect(run: RunDir, config: RunConfig) -> StudyResult:
     if missing:
         words.append(f"Incomplete study, missing points: {', '.join(missing)}.")
     result = StudyResult(finished, missing, stale, words, analysis)
-    lrs = {size: chosen_lr(run, size) for size in sizes}
     write_json(
         run.study / "results.json",
         _finite(
