@@ -163,8 +163,11 @@ class StudyConfig:
     lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)  # each size's rate is chosen among these
     sweep_fraction: float = 0.25  # of the training records the per-size sweep trains on
     sweep_epochs: int = 4  # of that subset, per candidate rate
-    max_steps: int = 1000  # the step cap of a point (optimizer steps)
-    patience_steps: int = 200  # stop when the validation loss has not improved for this many optimizer steps
+    max_steps: int = 400  # the step cap of a point (optimizer steps)
+    patience_steps: int = 100  # stop when the validation loss has not improved for this many optimizer steps
+    # An epoch improves on the best only when its validation loss is lower by this share of the best: a plateau
+    # creeping down by less than the epoch-to-epoch noise would otherwise restart the patience again and again.
+    min_improvement: float = 1e-3
     check: tuple[str, ...] = ("tiny:all", "small:all")  # SIZE:DATA points that --check trains with twice the cap
     fit_bootstrap: int = 400  # bootstrap replicates of the fitted curve (residuals resampled over points)
     fit_seed: int = 0

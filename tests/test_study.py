@@ -248,6 +248,15 @@ def test_the_stop_rule_stops_on_patience_or_at_the_cap() -> None:
     still_falling = [3.0, 2.0, 1.5, 1.4]
     assert stop_rule(still_falling, 10, 25, 4) == {"best_epoch": 4, "epochs": 4, "stop": True, "reason": "cap"}
     assert stop_rule([float("nan"), 2.0], 10, 25, 4)["best_epoch"] == 2  # a diverged epoch is never the best
+    # A plateau creeping down by 0.025 % an epoch, 0.09 % in all: with 0.1 % required, epoch 2 stays the best.
+    creeping = [3.0, 2.0, 1.9995, 1.999, 1.9985, 1.9982]
+    assert stop_rule(creeping, 10, 25, 20, min_improvement=1e-3) == {
+        "best_epoch": 2,
+        "epochs": 6,
+        "stop": True,
+        "reason": "patience",
+    }
+    assert stop_rule(creeping, 10, 25, 20)["stop"] is False
 
 
 def test_a_stale_point_is_refused_by_collect_and_trained_again_by_run_point(tmp_path: Path) -> None:

@@ -229,15 +229,20 @@ def point_config(config: RunConfig, size: str, lr: float, epochs: int, warmup_ep
     return dataclasses.replace(config, preset=size, model=preset(size).model, train=train)
 
 
-def stop_rule(val_losses: list[float], per_epoch: int, patience_steps: int, cap_epochs: int) -> dict[str, Any]:
+def stop_rule(
+    val_losses: list[float], per_epoch: int, patience_steps: int, cap_epochs: int, min_improvement: float = 0.0
+) -> dict[str, Any]:
     """Where a point stands after the epochs in `val_losses`: its best epoch and whether it stops, and why.
 
-    It stops once the best epoch lies `patience_steps` optimizer steps (at least one epoch) behind the last one
+    An epoch becomes the best when its loss is below the best so far by more than `min_improvement` of it. It
+    stops once the best epoch lies `patience_steps` optimizer steps (at least one epoch) behind the last one
     ("patience": converged), or at the cap ("cap": not converged, the loss may still have been falling).
     A non-finite loss never counts as best.
     """
-    finite = [(v, e) for e, v in enumerate(val_losses, start=1) if math.isfinite(v)]
-    best = min(finite)[1] if finite else 0
+    best, best_loss = 0, math.inf
+    for epoch, loss in enumerate(val_losses, start=1):
+        if math.isfinite(loss) and (best == 0 or loss < best_loss - min_improvement * abs(best_loss)):
+            best, best_loss = epoch, loss
     done = len(val_losses)
     patience_epochs = max(1, math.ceil(patience_steps / per_epoch))
     reason = "patience" if done - best >= patience_epochs else "cap" if done >= cap_epochs else None
@@ -424,7 +429,11 @@ def point_plan(run: RunDir, config: RunConfig, point: Point, lr: float, cap_fact
     capped = dataclasses.replace(config, study=dataclasses.replace(config.study, max_steps=max_steps))
     per_epoch, cap_epochs, warmup = _schedule(capped, len(ids), main)
     cfg = point_config(config, point.size, lr, cap_epochs, warmup)
-    study = {"max_steps": max_steps, "patience_steps": config.study.patience_steps}
+    study = {
+        "max_steps": max_steps,
+        "patience_steps": config.study.patience_steps,
+        "min_improvement": config.study.min_improvement,
+    }
     folder = point.folder(run) if cap_factor == 1 else run.study / f"check_x{cap_factor}_{point.folder(run).name}"
     return PointPlan(
         point, folder, ids, cfg, lr, per_epoch, cap_epochs, max_steps, fingerprint(run, cfg, lr, ids, study)
@@ -520,7 +529,7 @@ def run_point(
     def losses() -> list[float]:
         return [sum(r["val"]["loss"].values()) for r in read_metrics(folder.metrics_log)]
 
-    state = stop_rule(losses(), p.per_epoch, config.study.patience_steps, p.cap_epochs)
+    state = stop_rule(losses(), p.per_epoch, config.study.patience_steps, p.cap_epochs, config.study.min_improvement)
     # Epochs per call: half the patience, so a stop is seen at most that many epochs late (the best epoch is the
     # same: every epoch is validated); one call per epoch would repeat the call's fixed cost on small subsets.
     chunk = max(1, math.ceil(config.study.patience_steps / p.per_epoch) // 2)
@@ -537,7 +546,9 @@ def run_point(
             resume_every=resume_every,
             faults=faults,
         )
-        state = stop_rule(losses(), p.per_epoch, config.study.patience_steps, p.cap_epochs)
+        state = stop_rule(
+            losses(), p.per_epoch, config.study.patience_steps, p.cap_epochs, config.study.min_improvement
+        )
     shutil.rmtree(folder.resume, ignore_errors=True)  # only metrics are read from here on
 
     records = read_metrics(folder.metrics_log)
@@ -560,6 +571,7 @@ def run_point(
         "steps_per_epoch": p.per_epoch,
         "max_steps": p.max_steps,
         "patience_steps": config.study.patience_steps,
+        "min_improvement": config.study.min_improvement,
         "cap_steps": p.cap_epochs * p.per_epoch,
         "epochs": state["epochs"],
         "steps": state["epochs"] * p.per_epoch,
