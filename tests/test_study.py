@@ -306,6 +306,25 @@ def test_stale_parts_are_named(tmp_path: Path) -> None:
     ]
 
 
+def test_the_free_space_check_counts_what_a_point_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import redheart.train.disk_plan as disk_plan
+    from redheart.study.points import ensure_point_space, point_disk_bytes
+    from redheart.train.disk_plan import NotEnoughDisk, resume_slot_bytes
+
+    config = tiny_config()
+    model = RedHeartModel(config.model, input_dim=config.encoder.dim, max_segments=config.encoder.max_segments)
+    # Two resume slots (the live one and the previous) and the small files; not a pipeline's checkpoints.
+    needed = point_disk_bytes(config, config.encoder.dim, config.encoder.max_segments)
+    assert needed == 2 * resume_slot_bytes(model, "adamw", True) + 2_000_000
+    folder = tmp_path / "point"
+    monkeypatch.setattr(disk_plan, "free_bytes", lambda path: needed - 1)
+    with pytest.raises(NotEnoughDisk, match="study point 3 not started"):
+        ensure_point_space(folder, config, config.encoder.dim, config.encoder.max_segments, "study point 3")
+    ensure_point_space(folder, config, config.encoder.dim, config.encoder.max_segments, "study point 3", check=False)
+    monkeypatch.setattr(disk_plan, "free_bytes", lambda path: needed)
+    ensure_point_space(folder, config, config.encoder.dim, config.encoder.max_segments, "study point 3")
+
+
 SIZES = (("s1", 50_000), ("s2", 400_000), ("s3", 2_000_000), ("s4", 8_000_000))
 RECORDS = ((850, "1/8"), (1700, "1/4"), (3400, "1/2"), (6800, "all"))
 CE = ("verdict_cross_entropy",)
@@ -430,3 +449,6 @@ def test_a_point_killed_mid_way_and_resumed_gives_the_same_numbers_and_the_repor
         for m in ("emotion_accuracy", "emotion_kl", "verdict_macro_f1", "verdict_cross_entropy", "regression_mae")
     )
     assert "learning_curves" in (reference.report / "tables" / "learning_curves.tex").read_text()
+    # Two data sizes of one model size cannot determine the curve: the prediction's table says so, no number.
+    prediction = (reference.report / "tables" / "learning_curve_prediction.tex").read_text()
+    assert "not identifiable" in prediction
