@@ -496,29 +496,34 @@ def point_folder_name(run: RunDir, config: RunConfig, record: dict[str, Any]) ->
     return next(p.folder(run).name for p in plan(run, config, cuda=True) if p.index == record["index"])
 
 
-def rate_sentence(lrs: dict[str, float | None], config: RunConfig) -> str:
-    """Each size's learning rate, and whether it lies at an end of the candidates (the best may lie beyond)."""
+def rate_sentence(run: RunDir, sizes: list[str]) -> str:
+    """Each size's learning rate with its sweep (candidates, epochs, records, read from the sweep's own files),
+    and whether the rate lies at an end of the candidates (the best may lie beyond)."""
+    from redheart.study.points import size_sweep_run
     from redheart.train.sweep.score import format_lr
 
-    grid = sorted(config.study.lrs)
     parts = []
-    for size, lr in lrs.items():
-        if lr is None:
+    for size in sizes:
+        sweep = size_sweep_run(run, size)
+        lr = chosen_lr(run, size)
+        if lr is None or not sweep.sweep_results.exists():
             parts.append(f"{size} none (its sweep has not been collected)")
             continue
+        results = read_json(sweep.sweep_results)
+        grid = sorted(c["lr"] for c in results["candidates"])
+        records = len(read_json(sweep.split_manifest)["train"])
         edge = (
-            " (the largest candidate: a larger rate was not tried)"
+            ", the largest candidate: a larger rate was not tried"
             if lr == grid[-1] and len(grid) > 1
-            else " (the smallest candidate: a smaller rate was not tried)"
+            else ", the smallest candidate: a smaller rate was not tried"
             if lr == grid[0] and len(grid) > 1
             else ""
         )
-        parts.append(f"{size} {format_lr(lr)}{edge}")
-    return (
-        f"Learning rates, each size's own (a sweep of {', '.join(format_lr(v) for v in grid)} on "
-        f"{config.study.sweep_fraction:g} of the training records for {config.study.sweep_epochs} epochs): "
-        f"{'; '.join(parts)}."
-    )
+        parts.append(
+            f"{size} {format_lr(lr)} (of {', '.join(format_lr(v) for v in grid)}, {results['epochs']} epochs of "
+            f"{records:,} training records{edge})"
+        )
+    return f"Learning rates, each size's own from a short sweep: {'; '.join(parts)}."
 
 
 def convergence_sentences(points: list[dict[str, Any]]) -> list[str]:
@@ -586,7 +591,7 @@ def collect(run: RunDir, config: RunConfig) -> StudyResult:
     checks, check_words = convergence_check(run, config, finished, analysis)
     lrs = {size: chosen_lr(run, size) for size in sizes}
     words = (
-        [rate_sentence(lrs, config)]
+        [rate_sentence(run, sizes)]
         + convergence_sentences(finished)
         + sentences(analysis, finished, sizes)
         + curve_sentences(curves)
