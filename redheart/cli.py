@@ -164,6 +164,14 @@ def _cmd_study(args: argparse.Namespace) -> None:
 
         run_point(run, config, args.point)
         print(f"point {args.point} done: {point_of(run, config, args.point).folder(run)}")
+    elif args.lr_trial is not None:
+        from redheart.study.points import run_lr_trial
+
+        print(f"learning-rate trial {args.lr_trial} done: {run_lr_trial(run, config, args.lr_trial)}")
+    elif args.check:
+        from redheart.study.run import run_check
+
+        print(f"convergence check done (twice the step cap): {', '.join(run_check(run, config))}")
     else:
         print(format_study(collect(run, config) if args.collect else run_study(run, config)))
 
@@ -265,7 +273,7 @@ def _cmd_pipeline(args: argparse.Namespace) -> None:
 
 def _add_run_options(parser: argparse.ArgumentParser, default_run: str | None = None) -> None:
     parser.add_argument("--run", required=default_run is None, default=default_run, help="run folder, e.g. runs/NAME")
-    parser.add_argument("--preset", help="tiny | small | medium | full (default: the run's, else small)")
+    parser.add_argument("--preset", help="tiny | small | medium | large | full (default: the run's, else small)")
     parser.add_argument("--config", help="YAML file of overrides, same shape as the run's config.yaml")
     parser.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override one setting")
 
@@ -348,6 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--point", type=int, metavar="K", help="run point K only (sizes in order, fractions within)"
     )
     study_mode.add_argument("--collect", action="store_true", help="table, plots and sentences of the finished points")
+    study_mode.add_argument(
+        "--lr-trial", type=int, metavar="K", help="run trial K of the per-size learning-rate sweeps only (size by size)"
+    )
+    study_mode.add_argument(
+        "--check", action="store_true", help="convergence check: the study.check points again with twice the step cap"
+    )
 
     train = _phase_command(commands, "train", _cmd_train, "train (resumes by itself when the run has a resume state)")
     train.add_argument("--lr", type=float, help="learning rate (default: the sweep's choice, else the config's)")

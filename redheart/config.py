@@ -149,19 +149,31 @@ class SelectConfig:
 class StudyConfig:
     """`redheart study`: learning curves over model size and training data, scored on validation.
 
-    Each point trains the run's recipe (its train settings and chosen learning rate) with one size preset's
-    model on a fraction of the training records, in one cosine cycle, for as many optimizer steps as `epochs`
-    epochs of all the records take (a 1/8 subset trains 8x the epochs), so the data axis measures distinct
-    records, not training time. One all-records epoch costs about 5, 11 and 26 s of one core for tiny, small
-    and medium, and each size trains four such epochs' worth per fraction, so the default 4 epochs take about
-    30 min of one core: short, fully annealed runs, not the main run's 60 epochs with warm restarts.
+    Each size first gets its own learning rate: a short sweep (the sweep phase's machinery and score) of
+    `lrs` on `sweep_fraction` of the training records for `sweep_epochs` epochs. Each point then trains the
+    run's recipe with that size's model and rate on a nested subset of the training records until validation
+    stops improving: it stops once the total validation loss has not improved for `patience_steps` optimizer
+    steps, and at the latest after `max_steps` (the step cap; the cosine cycle spans the cap). A point stopped by
+    the cap is marked not converged. The point's metrics are those of its best epoch (lowest validation loss),
+    so training time is an outcome and distinct records are the data axis. `check` names the points that
+    `redheart study --check` trains again with twice the cap, to show the cap does not decide the result.
     """
 
     sizes: tuple[str, ...] = ("tiny", "small", "medium")  # presets whose model section a point trains
     fractions: tuple[float, ...] = (0.125, 0.25, 0.5, 1.0)  # of the bundled training records; nested subsets
-    epochs: int = 4  # of all the training records; a fraction f trains round(epochs / f) epochs
     seed: int = 13  # the order the subsets are drawn in; the training seed is train.seed
     full_with_cuda: bool = True  # "full" joins `sizes` (last) when CUDA is present
+    lrs: tuple[float, ...] = (3e-4, 1e-3, 3e-3)  # each size's rate is chosen among these
+    sweep_fraction: float = 0.25  # of the training records the per-size sweep trains on
+    sweep_epochs: int = 4  # of that subset, per candidate rate
+    max_steps: int = 400  # the step cap of a point (optimizer steps)
+    patience_steps: int = 100  # stop when the validation loss has not improved for this many optimizer steps
+    # An epoch improves on the best only when its validation loss is lower by this share of the best: a plateau
+    # creeping down by less than the epoch-to-epoch noise would otherwise restart the patience again and again.
+    min_improvement: float = 1e-3
+    check: tuple[str, ...] = ("tiny:all", "small:all")  # SIZE:DATA points that --check trains with twice the cap
+    fit_bootstrap: int = 400  # bootstrap replicates of the fitted curve (residuals resampled over points)
+    fit_seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -195,6 +207,13 @@ PRESETS: dict[str, RunConfig] = {
     "medium": RunConfig(
         preset="medium",
         model=ModelConfig(budgets=_scaled(FULL_BUDGETS, 1 / 100, 20_000), backbone_layers=4, backbone_heads=4),
+        train=TrainConfig(micro_batch=64, accumulation=1),
+    ),
+    # Between medium (7.3M) and full: 1/25 of every budget (29M parameters, 4x medium) and six backbone layers.
+    # The study trains it only when asked (`study.sizes` or `--point`): a point costs about 4x a medium one.
+    "large": RunConfig(
+        preset="large",
+        model=ModelConfig(budgets=_scaled(FULL_BUDGETS, 1 / 25, 20_000), backbone_layers=6, backbone_heads=8),
         train=TrainConfig(micro_batch=64, accumulation=1),
     ),
     "tiny": RunConfig(
@@ -252,6 +271,10 @@ def to_dict(config: RunConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+# Fields that older run folders' config.yaml may still carry and that no longer mean anything.
+_RETIRED: dict[str, tuple[str, ...]] = {"study": ("epochs",)}
+
+
 def from_dict(tree: dict[str, Any]) -> RunConfig:
     kinds = {
         "data": DataConfig,
@@ -272,6 +295,8 @@ def from_dict(tree: dict[str, Any]) -> RunConfig:
             continue
         cls = kinds[name]
         names = {f.name for f in dataclasses.fields(cls)}
+        # A field that was removed: a run folder written before still loads (its points are refused as stale).
+        value = {k: v for k, v in value.items() if k not in _RETIRED.get(name, ())}
         extra = set(value) - names
         if extra:
             raise ValueError(f"unknown fields in config section {name!r}: {sorted(extra)}")

@@ -30,6 +30,21 @@ EMOTION_MODULES = [name for name, target in MODULE_TARGETS.items() if target == 
 # ---- the Dirichlet-multinomial likelihood of the votes ---------------------------------------------------------
 
 
+def test_dirichlet_multinomial_keeps_its_digits_at_large_concentrations() -> None:
+    # Logits of 20: concentrations e^20 = 4.9e8 each, A = 2.4e9. The Dirichlet-multinomial then equals the
+    # multinomial with p = a / A up to terms of order N^2 / A = 4e-8; so the per-vote loss of counts (6, 3, 1, 0, 0)
+    # must be the multinomial's. float64 lgamma near A log A = 5e10 is exact to about 1e-5, a few such terms over
+    # N = 10 votes leave well under 1e-4; in float32 (spacing 4096 there) the loss is off by tens or more.
+    counts = torch.tensor([[6.0, 3.0, 1.0, 0.0, 0.0]])
+    logits = torch.full((1, 5), 20.0, requires_grad=True)
+    loss = dirichlet_multinomial_nll(logits, counts)
+    n = [6, 3, 1, 0, 0]
+    log_multinomial = math.lgamma(11) - sum(math.lgamma(k + 1) for k in n) + sum(k * math.log(1 / 5) for k in n)
+    assert loss.dtype == torch.float32 and loss.item() == pytest.approx(-log_multinomial / 10, abs=1e-4)
+    loss.sum().backward()
+    assert logits.grad is not None and torch.isfinite(logits.grad).all()
+
+
 def test_dirichlet_multinomial_equals_a_hand_computation() -> None:
     # Concentrations all 1 make every split of N votes over K verdicts equally likely: 1 / C(N+K-1, K-1).
     # For N = 4 votes over K = 5 verdicts that is 1/70, so the per-vote loss is log(70) / 4.
@@ -279,6 +294,37 @@ def crossed(tmp_path_factory):
     return run, config
 
 
+def dataset_split(run, name):
+    from redheart.data.dataset import load_split
+
+    return load_split(run, name)
+
+
+def probe_of(run, split):
+    """The linear probe fitted on the training split, as evaluate fits it; its verdict distribution on `split`."""
+    from redheart.data.dataset import split_targets
+    from redheart.scoring.baselines import fit_probe, pooled_features, probe_predict
+
+    train_split = dataset_split(run, "train")
+    targets, present = split_targets(train_split)
+    return probe_predict(fit_probe(pooled_features(train_split), targets, present), pooled_features(split))["verdict"]
+
+
+def val_votes(split):
+    """(majority vote per row with a verdict, those rows' mask)."""
+    from redheart.data.dataset import split_targets
+
+    targets, present = split_targets(split)
+    rows = np.asarray(present["verdict"], dtype=bool)
+    return np.asarray(targets["verdict"])[rows].argmax(axis=1), rows
+
+
+def sk_macro_f1(true, predicted) -> float:
+    from sklearn.metrics import f1_score
+
+    return float(f1_score(true, predicted, labels=list(range(len(VERDICTS))), average="macro", zero_division=0))
+
+
 def guard_test_reads(patch, run, allowed=lambda: False) -> list[set]:
     """Record every set of records the loader reads; a read of a test record fails unless `allowed()`."""
     from redheart.data import dataset
@@ -311,9 +357,32 @@ def test_the_decision_rule_is_fitted_on_validation_only(crossed) -> None:
     assert travelling.modes == rules["final_model"] and set(travelling.modes) == {"calibrated", "uncalibrated"}
     assert travelling.model_sha256 == sha256(run.model_files.manifest)
     assert travelling.calibrators_sha256 == sha256(run.model_files.calibrators)
-    for entry in [*rules["final_model"].values(), rules["linear_probe"]]:
+    # The stored scores are recomputed here from the served validation predictions with scikit-learn, and the
+    # weights must be a local optimum of the search's grid: no single class moved to another grid value raises
+    # macro-F1.
+    from redheart.evaluate.decision_rule import LOG_WEIGHT_GRID, final_model_calibrators, served_predictions
+
+    val = dataset_split(run, "val")
+    calibrators = final_model_calibrators(run)
+    entries = {
+        "calibrated": (rules["final_model"]["calibrated"], served_predictions(run.final_model, val, calibrators)),
+        "uncalibrated": (rules["final_model"]["uncalibrated"], served_predictions(run.final_model, val, None)),
+        "linear_probe": (rules["linear_probe"], {"verdict": probe_of(run, val)}),
+    }
+    votes, rows = val_votes(val)
+    for entry, predictions in entries.values():
         assert len(entry["weights"]) == len(VERDICTS) and entry["n"] == len(val_ids)
-        assert entry["macro_f1_rule"] >= entry["macro_f1_argmax"]
+        probs = np.asarray(predictions["verdict"])[rows]
+        weights = np.asarray(entry["weights"])
+        assert weights[0] == 1.0
+        # float64 F1s of the same counts: equal to the last bits or so
+        assert entry["macro_f1_argmax"] == pytest.approx(sk_macro_f1(votes, probs.argmax(axis=1)), abs=1e-12)
+        assert entry["macro_f1_rule"] == pytest.approx(sk_macro_f1(votes, (probs * weights).argmax(axis=1)), abs=1e-12)
+        for k in range(1, len(VERDICTS)):
+            for value in LOG_WEIGHT_GRID:
+                moved = weights.copy()
+                moved[k] = np.exp(value)
+                assert sk_macro_f1(votes, (probs * moved).argmax(axis=1)) <= entry["macro_f1_rule"] + 1e-12
 
 
 def test_evaluate_requires_the_rule_and_scores_it_on_the_served_distribution(crossed, tmp_path) -> None:
@@ -334,11 +403,28 @@ def test_evaluate_requires_the_rule_and_scores_it_on_the_served_distribution(cro
         guard_test_reads(patch, run, allowed=lambda: True)
         results = evaluate_test(run, config)
     rule = results["models"][results["final_model"]]["decision_rule"]
-    assert rule["weights"] == read_json(run.model_files.decision_rule)["modes"]["calibrated"]["weights"]
+    served_weights = read_json(run.model_files.decision_rule)["modes"]["calibrated"]["weights"]
+    assert rule["weights"] == served_weights
     assert rule["distribution"].startswith("calibrated (")
+    # Both sides of the rule's difference recomputed on the test split (read here, after evaluate) from each
+    # model's served predictions and its stored weights, with scikit-learn.
+    from redheart.evaluate.decision_rule import final_model_calibrators, served_predictions
+
+    test = dataset_split(run, "test")
+    votes, rows = val_votes(test)
+    weights = {"final_model": {"weights": served_weights}, "linear_probe": read_json(run.decision_rule)["linear_probe"]}
     difference = results["final_vs_probe"]["verdict_macro_f1_rule"]
-    assert difference["final"] == pytest.approx(rule["verdict_macro_f1"])
-    assert difference["difference"] == pytest.approx(difference["final"] - difference["probe"])
+    served = served_predictions(run.final_model, test, final_model_calibrators(run))
+    final_probs = np.asarray(served["verdict"])[rows]
+    probe_probs = np.asarray(probe_of(run, test))[rows]
+    final_f1 = sk_macro_f1(votes, (final_probs * np.asarray(weights["final_model"]["weights"])).argmax(axis=1))
+    probe_f1 = sk_macro_f1(votes, (probe_probs * np.asarray(weights["linear_probe"]["weights"])).argmax(axis=1))
+    # float64 throughout on both sides: the same counts give the same F1 to the last bits or so
+    assert (difference["final"], difference["probe"]) == (
+        pytest.approx(final_f1, abs=1e-12),
+        pytest.approx(probe_f1, abs=1e-12),
+    )
+    assert difference["final"] == pytest.approx(rule["verdict_macro_f1"], abs=1e-12)
     assert set(results["verdict_sources"]) == set(VERDICT_MODULES)
     printed = format_results(results)
     assert "paired bootstrap" in printed and results["final_vs_probe_conclusion"] in printed

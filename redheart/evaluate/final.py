@@ -161,7 +161,7 @@ def evaluate_test(run: RunDir, config: RunConfig, reread: bool = False) -> dict[
     again and the read is appended to the file's `reads`.
     """
     path = run.test_results
-    current = fingerprint(run)  # FileNotFoundError naming the phase to run first if an input is missing
+    current = fingerprint(run, config)  # FileNotFoundError naming the phase to run first if an input is missing
     previous = read_json(path) if path.exists() else None
     if previous is not None and not reread:
         check_fingerprint(run, previous, current)

@@ -115,7 +115,10 @@ def model_card(run: RunDir) -> str:
             f"{stats['duplicates_removed']} near-duplicates removed; split {sizes}.",
         ]
         if stats.get("leakage"):
-            counts = "; ".join(f"{k}: {v}" for k, v in stats["leakage"]["pairs"].items())
+            bounds = stats["leakage"].get("lower_bounds", list(stats["leakage"]["pairs"]))
+            counts = "; ".join(
+                f"{k}: {'at least ' if k in bounds else ''}{v}" for k, v in stats["leakage"]["pairs"].items()
+            )
             lines.append(
                 f"- closeness of validation/test to training ({stats['leakage']['compared']}), pairs: {counts}."
             )

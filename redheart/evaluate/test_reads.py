@@ -7,6 +7,8 @@ measured on, so test_results.json carries a fingerprint of them:
   candidates    the candidate set of crossover: recipes, fitted fusions and the checkpoints they use
   calibrators   the calibrators fitted on validation
   split         the split manifest and the clean records it indexes
+  embeddings    the encoded inputs every score was computed from (their index and arrays)
+  settings      the evaluation settings the numbers depend on: the bootstrap's samples and seed
 
 When any of them changes after the read (more training, a new crossover, a refit), the stored numbers
 describe another model: `check_fingerprint` says what changed and which command reads the test split
@@ -22,11 +24,12 @@ import json
 from pathlib import Path
 from typing import Any
 
+from redheart.config import RunConfig, load_config
 from redheart.core.atomic import read_json
 from redheart.core.rundir import RunDir
 from redheart.train.state.checkpoints import MANIFEST, sha256, verify_checkpoint
 
-PARTS = ("final_model", "candidates", "calibrators", "split")
+PARTS = ("final_model", "candidates", "calibrators", "split", "embeddings", "settings")
 MODEL_CARD = "README.md"
 
 
@@ -73,15 +76,27 @@ def _candidates_digest(run: RunDir) -> str:
     return _digest({"candidates": entries, "final_model": plan["final_model"], "checkpoints": checkpoints})
 
 
-def fingerprint(run: RunDir) -> dict[str, str]:
-    """sha256 of each of PARTS as they are on disk now; FileNotFoundError naming the phase to run if one is missing."""
+def _embeddings_digest(run: RunDir) -> str:
+    from redheart.data.encode import INDEX_FILE
+
+    index = _need(run.embeddings / INDEX_FILE, "encode", run, "embeddings")
+    arrays = run.embeddings / read_json(index)["file"]
+    return _digest({"index": sha256(index), "arrays": sha256(_need(arrays, "encode", run, "embeddings"))})
+
+
+def fingerprint(run: RunDir, config: RunConfig | None = None) -> dict[str, str]:
+    """sha256 of each of PARTS as they are on disk now (the settings: `config`'s, else the run's config.yaml);
+    FileNotFoundError naming the phase to run if one is missing."""
     split = _need(run.split_manifest, "prepare", run, "split manifest")
     records = _need(run.clean_records, "prepare", run, "clean records")
+    select = (config or load_config(_need(run.config, "prepare", run, "config"))).select
     return {  # in phase order, so the first missing input names the earliest phase to run
         "final_model": _digest(_final_model_files(run)),
         "candidates": _candidates_digest(run),
         "calibrators": sha256(_need(run.calibration / "calibrators.json", "calibrate", run, "calibrators")),
         "split": _digest({"split": sha256(split), "records": sha256(records)}),
+        "embeddings": _embeddings_digest(run),
+        "settings": _digest({"bootstrap_samples": select.bootstrap_samples, "bootstrap_seed": select.bootstrap_seed}),
     }
 
 

@@ -33,8 +33,10 @@ def dirichlet_multinomial_nll(logits: Tensor, counts: Tensor) -> Tensor:
     """
     if logits.shape != counts.shape:
         raise ValueError(f"logits {tuple(logits.shape)} and vote counts {tuple(counts.shape)} differ in shape")
-    alpha = logits.float().clamp(max=_MAX_LOG_CONCENTRATION).exp()
-    counts = counts.float()
+    # float64: with large concentrations lgamma(N + A) and lgamma(A) are both about A log A (5e10 at A = 2e9),
+    # where float32's spacing (4096) swallows their difference (about N log A): float64's spacing there is 1e-5.
+    alpha = logits.double().clamp(max=_MAX_LOG_CONCENTRATION).exp()
+    counts = counts.double()
     total_alpha, total = alpha.sum(-1), counts.sum(-1)
     log_likelihood = (
         torch.lgamma(total + 1)
@@ -43,7 +45,7 @@ def dirichlet_multinomial_nll(logits: Tensor, counts: Tensor) -> Tensor:
         - torch.lgamma(total + total_alpha)
         + (torch.lgamma(counts + alpha) - torch.lgamma(alpha)).sum(-1)
     )
-    return -log_likelihood / total.clamp_min(1)
+    return (-log_likelihood / total.clamp_min(1)).to(logits.dtype if logits.is_floating_point() else torch.float32)
 
 
 def vote_loss(logits: Tensor, batch: dict[str, Tensor]) -> Tensor:

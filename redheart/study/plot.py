@@ -1,10 +1,13 @@
-"""The study's curve_<metric>.png: one metric against training records (log x), a line per model size and the probe."""
+"""The study's curve_<metric>.png: one metric against training records (log x), a line per model size and the probe,
+and the fitted curve L(N, D) per size (thin, dashed; dotted beyond the studied data) with the full model's
+prediction."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
@@ -13,9 +16,16 @@ from redheart.core.atomic import write_with
 from redheart.study.points import EXTRA, METRICS, VERDICT_METRICS, data_size
 
 
-def plot_metric(path: Path, points: list[dict[str, Any]], sizes: list[str], metric: str, label: str) -> None:
+def plot_metric(
+    path: Path,
+    points: list[dict[str, Any]],
+    sizes: list[str],
+    metric: str,
+    label: str,
+    curve: dict[str, Any] | None = None,
+) -> None:
     """Model sizes as solid lines, the linear probe dashed, the training mean dotted; an "all+extra" point as a
-    hollow marker of its size."""
+    hollow marker of its size; `curve` (curve_analysis's entry) adds the fitted curves."""
 
     figure = Figure(figsize=(6.4, 4.4), layout="constrained")
     FigureCanvasAgg(figure)
@@ -52,6 +62,8 @@ def plot_metric(path: Path, points: list[dict[str, Any]], sizes: list[str], metr
                 linestyle="none",
                 label=f"{size}, all + verdict-only records",
             )
+    if curve is not None:
+        _fitted(ax, curve, grid, sizes, metric)
     probe = {p["label"]: p for p in grid if p["probe"][metric] is not None}
     if probe:
         rows = sorted(probe.values(), key=lambda p: p["train_records"])
@@ -80,3 +92,60 @@ def plot_metric(path: Path, points: list[dict[str, Any]], sizes: list[str], metr
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize="small")
     write_with(path, lambda tmp: figure.savefig(tmp, format="png", dpi=110))
+
+
+def _fitted(ax: Any, curve: dict[str, Any], grid: list[dict[str, Any]], sizes: list[str], metric: str) -> None:
+    """The fitted law per studied size over its data range and up to 4x, and at the full model's size."""
+    from redheart.study.fit import law
+
+    table = curve["fit"]
+    if not table.get("identifiable"):
+        return
+    theta, n0, d0 = np.asarray(table["theta"]), table["n0"], table["d0"]
+    flip = METRICS[metric][1] > 0  # fitted as 1 - metric
+
+    def value(n: float, d: np.ndarray) -> np.ndarray:
+        fitted = law(theta, np.float64(n), d, n0, d0)
+        return 1.0 - fitted if flip else fitted
+
+    xs = [data_size(p, metric) for p in grid if p["model"][metric] is not None]
+    if not xs:
+        return
+    inside = np.geomspace(min(xs), max(xs), 40)
+    beyond = np.geomspace(max(xs), 4 * max(xs), 20)
+    for i, size in enumerate(sizes):
+        row = [p for p in grid if p["size"] == size]
+        if not row:
+            continue
+        n = float(row[0]["parameters"])
+        ax.plot(inside, value(n, inside), color=f"C{i}", linestyle="--", linewidth=1)
+        ax.plot(beyond, value(n, beyond), color=f"C{i}", linestyle=":", linewidth=1)
+    pred = curve["prediction"]
+    if pred.get("reason") is None:
+        both = np.concatenate([inside, beyond])
+        ax.plot(
+            both,
+            value(float(pred["full_parameters"]), both),
+            color="purple",
+            linestyle="-.",
+            linewidth=1,
+            label="full, predicted by the fitted curve",
+        )
+        for entry in pred["at"].values():
+            lo, hi = entry["interval"]
+            low, high = (1.0 - hi, 1.0 - lo) if flip else (lo, hi)
+            ax.errorbar(
+                [entry["records"]],
+                [1.0 - entry["value"] if flip else entry["value"]],
+                yerr=[
+                    [max(0.0, (1.0 - entry["value"] if flip else entry["value"]) - low)],
+                    [max(0.0, high - (1.0 - entry["value"] if flip else entry["value"]))],
+                ],
+                color="purple",
+                marker="*",
+                capsize=3,
+                linestyle="none",
+            )
+    ax.plot(
+        [], [], color="grey", linestyle="--", linewidth=1, label="fitted E + A/N^a + B/D^b (dotted: beyond the data)"
+    )

@@ -7,13 +7,23 @@ records), one more point on every training record. K = size position x points pe
 
 A point is a run folder of its own, RunDir.study/point_K_SIZE_FRACTION/, whose split manifest names its
 training subset and the run's validation ids (never the test ids); the records and embeddings are the
-run's. It trains with the run's recipe (`redheart.train.recipe.train`): resumable, atomic, and a finished
-point (point.json written) is not run again.
+run's. It trains with the run's recipe (`redheart.train.recipe.train`) at its size's learning rate (a short
+sweep per size, RunDir.study/lr_SIZE/) one epoch at a time until the validation loss stops improving
+(`study.patience_steps`) or the step cap (`study.max_steps`) is reached: resumable and atomic.
+
+A finished point (point.json) carries a fingerprint: its config section, learning rate, training ids,
+validation ids and the embeddings' index. It is reused only while all five still hold; otherwise `run_point`
+trains it again and `collect` refuses it, naming what changed.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import math
+import shutil
+import sys
 import time
 from dataclasses import dataclass
 from fractions import Fraction
@@ -31,7 +41,15 @@ from redheart.data.dataset import clean_records
 
 POINT_FILE = "point.json"
 EXTRA = "all+extra"  # the fraction label of a point on every training record, verdict-only ones included
-SCORES = ("emotion_accuracy", "emotion_macro_f1", "verdict_macro_f1", "verdict_cross_entropy", "regression_mae")
+SCORES = (
+    "emotion_accuracy",
+    "emotion_macro_f1",
+    "emotion_kl",
+    "verdict_macro_f1",
+    "verdict_cross_entropy",
+    "regression_mae",
+)
+FINGERPRINT_PARTS = ("config", "lr", "train_ids", "val_ids", "embeddings")
 
 
 @dataclass(frozen=True)
@@ -141,27 +159,207 @@ def point_train_ids(run: RunDir, config: RunConfig, point: Point) -> list[str]:
     return [i for i in read_json(run.split_manifest)["train"] if i in chosen]
 
 
-def point_epochs(config: RunConfig, train_records: int, main_records: int) -> int:
-    """`study.epochs` passes over the main training records' worth of samples, as whole epochs of the point's own.
+def _sha(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()
 
-    Every point then takes about the same number of optimizer steps, so the data axis compares how many
-    distinct records the model saw, not how long it trained: a 1/8 subset is seen 8x as often.
+
+def embedding_key(run: RunDir) -> str:
+    """The embeddings' identity: their index (encoder key, shapes, record ids in row order), hashed."""
+    from redheart.data.encode import INDEX_FILE
+
+    index = run.embeddings / INDEX_FILE
+    if not index.exists():
+        raise ValueError(f"{index}: the run has no embeddings; run `redheart encode --run {run.root}` first")
+    return hashlib.sha256(index.read_bytes()).hexdigest()
+
+
+def fingerprint(run: RunDir, cfg: RunConfig, lr: float, train_ids: list[str], study: dict[str, Any]) -> dict[str, str]:
+    """What a point's numbers depend on, part by part, so a mismatch can be named."""
+    from redheart.config import to_dict
+
+    tree = to_dict(cfg)
+    tree["train"]["lr"] = None  # a part of its own
+    section = {"preset": cfg.preset, **{k: tree[k] for k in ("encoder", "model", "train")}, "study": study}
+    return {
+        "config": _sha(section),
+        "lr": repr(float(lr)),
+        "train_ids": _sha(train_ids),
+        "val_ids": _sha(read_json(run.split_manifest)["val"]),
+        "embeddings": embedding_key(run),
+    }
+
+
+def stale_parts(stored: dict[str, Any] | None, current: dict[str, str]) -> list[str]:
+    """The fingerprint parts that differ (every part when the stored point has none: made by older code)."""
+    if not isinstance(stored, dict):
+        return list(FINGERPRINT_PARTS)
+    return [part for part in FINGERPRINT_PARTS if stored.get(part) != current[part]]
+
+
+def _schedule(config: RunConfig, train_records: int, main_records: int) -> tuple[int, int, float]:
+    """(optimizer steps per epoch, epochs under the step cap, warm-up in the point's epochs).
+
+    The warm-up spans the same number of steps at every data size (the run's warm-up on all the records).
     """
-    return max(1, round(config.study.epochs * main_records / train_records))
+    from redheart.train.schedule import steps_per_epoch
+
+    tc = config.train
+    per_epoch = steps_per_epoch(train_records, tc.micro_batch, tc.accumulation)
+    cap_epochs = max(1, config.study.max_steps // per_epoch)
+    warmup = tc.warmup_epochs * steps_per_epoch(main_records, tc.micro_batch, tc.accumulation) / per_epoch
+    return per_epoch, cap_epochs, min(warmup, cap_epochs / 2)
 
 
-def point_config(config: RunConfig, point: Point, lr: float, epochs: int) -> RunConfig:
-    """The run's recipe with the size preset's model for `epochs` epochs in one cosine cycle.
+def point_config(config: RunConfig, size: str, lr: float, epochs: int, warmup_epochs: float) -> RunConfig:
+    """The run's recipe with the size preset's model for at most `epochs` epochs, one cosine cycle over them.
 
-    The cycle is fitted to the point's length so every point ends annealed to `min_lr`; with the main run's
-    restart period a short point would stop at a high rate and its score would depend on where it stopped.
-    The warm-up is scaled with the epochs, so it spans the same number of steps at every data size.
+    The cycle spans the cap, so a point stopped early stopped at a rate the cap decided; the convergence check
+    (twice the cap) measures how much that matters. The point's own disk check replaces the pipeline's.
     """
-    warmup = config.train.warmup_epochs * epochs / config.study.epochs
     train = dataclasses.replace(
-        config.train, lr=lr, epochs=epochs, restart_epochs=epochs, restart_mult=1, warmup_epochs=warmup, telemetry=False
+        config.train,
+        lr=lr,
+        epochs=epochs,
+        restart_epochs=epochs,
+        restart_mult=1,
+        warmup_epochs=warmup_epochs,
+        telemetry=False,
+        check_disk=False,
     )
-    return dataclasses.replace(config, preset=point.size, model=preset(point.size).model, train=train)
+    return dataclasses.replace(config, preset=size, model=preset(size).model, train=train)
+
+
+def stop_rule(
+    val_losses: list[float], per_epoch: int, patience_steps: int, cap_epochs: int, min_improvement: float = 0.0
+) -> dict[str, Any]:
+    """Where a point stands after the epochs in `val_losses`: its best epoch and whether it stops, and why.
+
+    An epoch becomes the best when its loss is below the best so far by more than `min_improvement` of it. It
+    stops once the best epoch lies `patience_steps` optimizer steps (at least one epoch) behind the last one
+    ("patience": converged), or at the cap ("cap": not converged, the loss may still have been falling).
+    A non-finite loss never counts as best.
+    """
+    best, best_loss = 0, math.inf
+    for epoch, loss in enumerate(val_losses, start=1):
+        if math.isfinite(loss) and (best == 0 or loss < best_loss - min_improvement * abs(best_loss)):
+            best, best_loss = epoch, loss
+    done = len(val_losses)
+    patience_epochs = max(1, math.ceil(patience_steps / per_epoch))
+    reason = "patience" if done - best >= patience_epochs else "cap" if done >= cap_epochs else None
+    return {"best_epoch": best, "epochs": done, "stop": reason is not None, "reason": reason}
+
+
+def point_disk_bytes(cfg: RunConfig, input_dim: int, max_segments: int) -> int:
+    """What a point writes: two resume slots at most (the live one and the previous), plus its small files."""
+    from redheart.model.model import RedHeartModel
+    from redheart.train.disk_plan import resume_slot_bytes
+
+    model = RedHeartModel(cfg.model, input_dim=input_dim, max_segments=max_segments)
+    small_files = 2_000_000  # metrics.jsonl, tensorboard events, split manifest, baselines: measured well below
+    return 2 * resume_slot_bytes(model, "adamw", cfg.train.ema_decay > 0) + small_files
+
+
+def ensure_point_space(
+    folder: Path, cfg: RunConfig, input_dim: int, max_segments: int, what: str, check: bool = True
+) -> None:
+    """Refuse to start `what` when the free space is below what it still writes (`check` False: no check)."""
+    from redheart.train.disk_plan import GB, NotEnoughDisk, folder_bytes, free_bytes
+
+    if not check:
+        return
+    needed = max(0, point_disk_bytes(cfg, input_dim, max_segments) - (folder_bytes(folder) if folder.exists() else 0))
+    free = free_bytes(folder)
+    if free < needed:
+        raise NotEnoughDisk(
+            f"{what} not started: it writes up to {needed / GB:.2f} GB in {folder} but {free / GB:.2f} GB are free "
+            "there; --set train.check_disk=false skips this check."
+        )
+
+
+def size_sweep_run(run: RunDir, size: str) -> PointRun:
+    return PointRun(run.study / f"lr_{size}", run)
+
+
+def sweep_config(config: RunConfig, size: str, train_records: int, main_records: int) -> RunConfig:
+    """The sweep phase's settings for one size: `study.lrs` for `study.sweep_epochs` epochs of the sweep subset,
+    one seed per rate, each trial annealed over its epochs."""
+    from redheart.config import SweepConfig
+
+    _, _, warmup = _schedule(config, train_records, main_records)
+    epochs = config.study.sweep_epochs
+    cfg = point_config(config, size, config.train.default_lr, epochs, min(warmup, epochs / 2))
+    sweep = SweepConfig(lrs=config.study.lrs, epochs=epochs, reseed_top=0, extra_seeds=0, weights=config.sweep.weights)
+    return dataclasses.replace(cfg, sweep=sweep)
+
+
+def lr_trials(config: RunConfig) -> list[tuple[str, int]]:
+    """Every (size, trial) of the per-size sweeps: `--lr-trial K` runs the K-th."""
+    return [(size, k) for size in study_sizes(config, torch.cuda.is_available()) for k in range(len(config.study.lrs))]
+
+
+def _prepare_sweep(run: RunDir, config: RunConfig, size: str, progress: bool) -> tuple[PointRun, RunConfig]:
+    """The size's sweep folder with its subset's manifest; a sweep made on other inputs is discarded, naming why."""
+    main, _ = training_ids(run, config)
+    chosen = set(main[: max(1, round(config.study.sweep_fraction * len(main)))])
+    ids = [i for i in read_json(run.split_manifest)["train"] if i in chosen]
+    cfg = sweep_config(config, size, len(ids), len(main))
+    sweep_run = size_sweep_run(run, size)
+    print_ = (lambda text: print(text, file=sys.stderr)) if progress else (lambda text: None)
+    study = {"sweep": dataclasses.asdict(cfg.sweep)}
+    current = fingerprint(run, cfg, 0.0, ids, study)
+    stamp = sweep_run.root / "fingerprint.json"
+    if stamp.exists():
+        stale = stale_parts(read_json(stamp), current)
+        if stale:
+            print_(f"learning-rate sweep of {size}: made with other {', '.join(stale)}; running it again")
+            shutil.rmtree(sweep_run.root)
+    if not stamp.exists():
+        write_json(sweep_run.split_manifest, {"train": ids, "val": read_json(run.split_manifest)["val"]})
+        write_json(stamp, current)
+    return sweep_run, cfg
+
+
+def run_lr_trial(run: RunDir, config: RunConfig, k: int, progress: bool = True) -> str:
+    """Train one trial of one size's sweep (skipped when finished); returns its folder."""
+    from redheart.train.sweep.run import run_trial
+
+    trials = lr_trials(config)
+    if not 0 <= k < len(trials):
+        raise ValueError(f"learning-rate trial {k} does not exist: this study has trials 0..{len(trials) - 1}")
+    size, trial = trials[k]
+    sweep_run, cfg = _prepare_sweep(run, config, size, progress)
+    ensure_point_space(
+        sweep_run.root, cfg, *_input_shape(run), f"learning-rate trial {k} ({size})", config.train.check_disk
+    )
+    return str(run_trial(sweep_run, cfg, trial, progress).folder(sweep_run))
+
+
+def size_lr(run: RunDir, config: RunConfig, size: str, progress: bool = True) -> tuple[float, str]:
+    """The size's learning rate: its sweep's choice (the missing trials are run first) and the reason in words."""
+    from redheart.train.sweep.run import collect as collect_sweep
+    from redheart.train.sweep.run import run_trial
+
+    sweep_run, cfg = _prepare_sweep(run, config, size, progress)
+    for trial in range(len(cfg.sweep.lrs)):
+        ensure_point_space(
+            sweep_run.root, cfg, *_input_shape(run), f"learning-rate trial {trial} ({size})", config.train.check_disk
+        )
+        run_trial(sweep_run, cfg, trial, progress)
+    result = collect_sweep(sweep_run, cfg)
+    return result.lr, result.reason
+
+
+def chosen_lr(run: RunDir, size: str) -> float | None:
+    """The size's finished sweep choice, read only (None when its sweep has not been collected)."""
+    choice = size_sweep_run(run, size).sweep_choice
+    return float(read_json(choice)["lr"]) if choice.exists() else None
+
+
+def _input_shape(run: RunDir) -> tuple[int, int]:
+    from redheart.data.encode import INDEX_FILE
+
+    index = read_json(run.embeddings / INDEX_FILE)
+    return int(index["dim"]), int(index["max_segments"])
 
 
 def scores(metrics: dict[str, dict]) -> dict[str, float | None]:
@@ -172,14 +370,15 @@ def scores(metrics: dict[str, dict]) -> dict[str, float | None]:
     return {
         "emotion_accuracy": head["emotion_accuracy"],
         "emotion_macro_f1": head["emotion_macro_f1"],
+        "emotion_kl": metrics.get("emotions", {}).get("kl"),
         "verdict_macro_f1": head["verdict_macro_f1"],
         "verdict_cross_entropy": metrics.get("verdict", {}).get("cross_entropy"),
         "regression_mae": head["regression_mae"],
     }
 
 
-def finished_point(run: RunDir, point: Point) -> dict[str, Any] | None:
-    path = point.folder(run) / POINT_FILE
+def finished_point(run: RunDir, point: Point, folder: Path | None = None) -> dict[str, Any] | None:
+    path = (folder or point.folder(run)) / POINT_FILE
     return read_json(path) if path.exists() else None
 
 
@@ -191,11 +390,98 @@ def _probe(run: RunDir, point: PointRun, label: str) -> dict[str, Any]:
     shared = run.study / "probes" / f"{label.replace('/', 'of').replace('+', '_')}.json"
     if shared.exists():
         cached = read_json(shared)
-        if cached["train_ids"] == read_json(point.split_manifest)["train"]:
+        if cached["train_ids"] == read_json(point.split_manifest)["train"] and cached.get("embeddings") == (
+            embedding_key(run)
+        ):
             return dict(cached["baselines"])
     baselines = run_baselines(load_split(point, "train"), load_split(point, "val"))
-    write_json(shared, {"train_ids": read_json(point.split_manifest)["train"], "baselines": baselines})
+    write_json(
+        shared,
+        {
+            "train_ids": read_json(point.split_manifest)["train"],
+            "embeddings": embedding_key(run),
+            "baselines": baselines,
+        },
+    )
     return baselines
+
+
+@dataclass(frozen=True)
+class PointPlan:
+    """Everything a point's training is decided by, computed before it trains (and again by `collect`)."""
+
+    point: Point
+    folder: Path
+    ids: list[str]
+    config: RunConfig
+    lr: float
+    per_epoch: int
+    cap_epochs: int
+    max_steps: int
+    fingerprint: dict[str, str]
+
+
+def point_plan(run: RunDir, config: RunConfig, point: Point, lr: float, cap_factor: int = 1) -> PointPlan:
+    """The point's subset, config and fingerprint at learning rate `lr`; `cap_factor` 2 is the convergence check."""
+    ids = point_train_ids(run, config, point)
+    main = len(training_ids(run, config)[0])
+    max_steps = config.study.max_steps * cap_factor
+    capped = dataclasses.replace(config, study=dataclasses.replace(config.study, max_steps=max_steps))
+    per_epoch, cap_epochs, warmup = _schedule(capped, len(ids), main)
+    cfg = point_config(config, point.size, lr, cap_epochs, warmup)
+    study = {
+        "max_steps": max_steps,
+        "patience_steps": config.study.patience_steps,
+        "min_improvement": config.study.min_improvement,
+    }
+    folder = point.folder(run) if cap_factor == 1 else run.study / f"check_x{cap_factor}_{point.folder(run).name}"
+    return PointPlan(
+        point, folder, ids, cfg, lr, per_epoch, cap_epochs, max_steps, fingerprint(run, cfg, lr, ids, study)
+    )
+
+
+def estimate_step_seconds(cfg: RunConfig, input_dim: int, max_segments: int, repeats: int = 2) -> float:
+    """Seconds per optimizer step of `cfg`'s model on this machine: a few steps on random inputs (forward twice,
+    as R-Drop does, backward, AdamW), after one untimed step."""
+    from redheart.model.model import RedHeartModel
+
+    torch.manual_seed(0)
+    model = RedHeartModel(cfg.model, input_dim=input_dim, max_segments=max_segments)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    batch = cfg.train.micro_batch * cfg.train.accumulation
+    x, mask = torch.randn(batch, max_segments, input_dim), torch.ones(batch, max_segments, dtype=torch.bool)
+    seconds = []
+    for _ in range(repeats + 1):
+        started = time.perf_counter()
+        loss = sum(
+            (_sum_outputs(model(x, mask)) for _ in range(2 if cfg.train.rdrop_alpha > 0 else 1)), torch.zeros(())
+        )
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        seconds.append(time.perf_counter() - started)
+    return float(np.median(seconds[1:]))
+
+
+def _sum_outputs(outputs: Any) -> torch.Tensor:
+    if isinstance(outputs, torch.Tensor):
+        return outputs.float().mean()
+    if isinstance(outputs, dict):
+        return sum((_sum_outputs(v) for v in outputs.values()), torch.zeros(()))
+    if isinstance(outputs, (list, tuple)):
+        return sum((_sum_outputs(v) for v in outputs), torch.zeros(()))
+    return torch.zeros(())
+
+
+def announce(run: RunDir, config: RunConfig, point: Point, lr: float, cap_factor: int = 1) -> str:
+    """The point's time per step, measured, and its longest time under the cap: printed before it starts."""
+    p = point_plan(run, config, point, lr, cap_factor)
+    per_step = estimate_step_seconds(p.config, *_input_shape(run))
+    return (
+        f"study point {point.index} ({point.size}, {point.label}): about {per_step:.2f} s per optimizer step here "
+        f"(measured), {p.per_epoch} steps an epoch, at most {p.cap_epochs * p.per_epoch} steps: at most "
+        f"{per_step * p.cap_epochs * p.per_epoch / 60:.1f} min of training before validation"
+    )
 
 
 def run_point(
@@ -205,66 +491,114 @@ def run_point(
     progress: bool = True,
     resume_every: int = 0,
     faults: Faults = NO_FAULTS,
+    cap_factor: int = 1,
 ) -> dict[str, Any]:
-    """Train point `k` alone (skipped when finished, resumed when interrupted) and write its point.json."""
-    from redheart.model.model import parameter_table
-    from redheart.train.recipe import resolve_lr, train
+    """Train point `k` alone until its validation loss stops improving, and write its point.json.
 
-    point = point_of(run, config, k)
-    done = finished_point(run, point)
-    if done is not None:
-        return done
-    started = time.perf_counter()
-    lr, lr_source = resolve_lr(run, config, None)
-    folder = PointRun(point.folder(run), run)
-    manifest = read_json(run.split_manifest)
-    ids = point_train_ids(run, config, point)
-    cfg = point_config(config, point, lr, point_epochs(config, len(ids), len(training_ids(run, config)[0])))
-    write_json(folder.split_manifest, {"train": ids, "val": manifest["val"]})  # no test ids: never read here
-    save_config(cfg, folder.config)
-    if not folder.baselines.exists():
-        write_json(folder.baselines, _probe(run, folder, point.label))
-    result = train(
-        folder,
-        cfg,
-        lr=lr,
-        epochs=cfg.train.epochs,
-        seed=cfg.train.seed,
-        save_checkpoints=False,
-        progress=progress,
-        resume_every=resume_every,
-        faults=faults,
-    )
+    A finished point with today's fingerprint is returned as it is; one with another fingerprint is trained again
+    (the reason printed). An interrupted point resumes. `cap_factor` 2 trains it with twice the step cap into a
+    folder of its own (the convergence check).
+    """
+    from redheart.train.recipe import train
     from redheart.train.telemetry import read_metrics
 
+    point = point_of(run, config, k)
+    lr, lr_reason = size_lr(run, config, point.size, progress)
+    p = point_plan(run, config, point, lr, cap_factor)
+    folder = PointRun(p.folder, run)
+    done = finished_point(run, point, p.folder)
+    if done is not None:
+        stale = stale_parts(done.get("fingerprint"), p.fingerprint)
+        if not stale:
+            return done
+        if progress:
+            print(f"{p.folder.name}: made with other {', '.join(stale)}; training it again", file=sys.stderr)
+    if p.folder.exists() and (done is not None or _resume_stale(folder, p)):
+        shutil.rmtree(p.folder)
+    if progress:
+        print(announce(run, config, point, lr, cap_factor), file=sys.stderr)
+    started = time.perf_counter()
+    manifest = read_json(run.split_manifest)
+    ensure_point_space(p.folder, p.config, *_input_shape(run), f"study point {k}", config.train.check_disk)
+    write_json(folder.split_manifest, {"train": p.ids, "val": manifest["val"]})  # no test ids: never read here
+    write_json(p.folder / "fingerprint.json", p.fingerprint)
+    save_config(p.config, folder.config)
+    if not folder.baselines.exists():
+        write_json(folder.baselines, _probe(run, folder, point.label))
+
+    def losses() -> list[float]:
+        return [sum(r["val"]["loss"].values()) for r in read_metrics(folder.metrics_log)]
+
+    state = stop_rule(losses(), p.per_epoch, config.study.patience_steps, p.cap_epochs, config.study.min_improvement)
+    # Epochs per call: half the patience, so a stop is seen at most that many epochs late (the best epoch is the
+    # same: every epoch is validated); one call per epoch would repeat the call's fixed cost on small subsets.
+    chunk = max(1, math.ceil(config.study.patience_steps / p.per_epoch) // 2)
+    while not state["stop"]:
+        train(
+            folder,
+            p.config,
+            lr=lr,
+            epochs=min(p.cap_epochs, state["epochs"] + chunk),
+            seed=p.config.train.seed,
+            log_dir=p.folder,
+            save_checkpoints=False,
+            progress=progress,
+            resume_every=resume_every,
+            faults=faults,
+        )
+        state = stop_rule(
+            losses(), p.per_epoch, config.study.patience_steps, p.cap_epochs, config.study.min_improvement
+        )
+    shutil.rmtree(folder.resume, ignore_errors=True)  # only metrics are read from here on
+
     records = read_metrics(folder.metrics_log)
+    best = records[state["best_epoch"] - 1]
     baselines = read_json(folder.baselines)
-    rows = parameter_table(cfg.model, config.encoder.dim, config.encoder.max_segments)
-    verdicts = _verdict_count(run, ids)
+    from redheart.model.model import parameter_table
+
+    rows = parameter_table(p.config.model, config.encoder.dim, config.encoder.max_segments)
     record = {
         "index": point.index,
         "size": point.size,
         "fraction": point.fraction,
         "label": point.label,
-        "train_records": len(ids),
-        "verdict_train_records": verdicts,
+        "train_records": len(p.ids),
+        "verdict_train_records": _verdict_count(run, p.ids),
         "val_records": len(manifest["val"]),
         "parameters": sum(r["parameters"] for r in rows),
         "lr": lr,
-        "lr_source": lr_source,
-        "epochs": result.epochs,
+        "lr_reason": lr_reason,
+        "steps_per_epoch": p.per_epoch,
+        "max_steps": p.max_steps,
+        "patience_steps": config.study.patience_steps,
+        "min_improvement": config.study.min_improvement,
+        "cap_steps": p.cap_epochs * p.per_epoch,
+        "epochs": state["epochs"],
+        "steps": state["epochs"] * p.per_epoch,
+        "best_epoch": state["best_epoch"],
+        "steps_to_best": state["best_epoch"] * p.per_epoch,
+        "converged": state["reason"] == "patience",
+        "stopped_by": state["reason"],
         "train_seconds": sum(float(r.get("seconds", 0.0)) for r in records),
         "wall_seconds_last_call": time.perf_counter() - started,
-        "model": scores(result.final["val"]["fused"]),
+        "val_loss": sum(best["val"]["loss"].values()),
+        "model": scores(best["val"]["fused"]),
         "probe": scores(baselines["linear_probe"]),
         "prior": scores(baselines["class_prior"]),
+        "fingerprint": p.fingerprint,
         "epochs_val": [
             {"epoch": r["epoch"], "val_loss": sum(r["val"]["loss"].values()), **scores(r["val"]["fused"])}
             for r in records
         ],
     }
-    write_json(folder.root / POINT_FILE, record)
+    write_json(p.folder / POINT_FILE, record)
     return record
+
+
+def _resume_stale(folder: PointRun, p: PointPlan) -> bool:
+    """An unfinished point folder made with another fingerprint: its epochs cannot be continued."""
+    stamp = folder.root / "fingerprint.json"
+    return not stamp.exists() or bool(stale_parts(read_json(stamp), p.fingerprint))
 
 
 def _verdict_count(run: RunDir, ids: list[str]) -> int:
@@ -281,6 +615,7 @@ def _verdict_count(run: RunDir, ids: list[str]) -> int:
 METRICS: dict[str, tuple[str, int]] = {
     "emotion_accuracy": ("emotion accuracy", 1),
     "emotion_macro_f1": ("emotion macro-F1", 1),
+    "emotion_kl": ("emotion KL divergence", -1),
     "verdict_macro_f1": ("verdict macro-F1", 1),
     "verdict_cross_entropy": ("verdict cross-entropy", -1),
     "regression_mae": ("regression MAE", -1),
