@@ -9,9 +9,10 @@ import pytest
 import redheart.data.dataset as dataset
 from redheart.cli import main
 from redheart.config import save_config
-from redheart.core.atomic import read_json
+from redheart.core.atomic import read_json, write_json
 from redheart.core.rundir import RunDir
 from redheart.evaluate.calibration import CalibrationOptions, fit_calibrators
+from redheart.evaluate.decision_rule import fit_decision_rules
 from redheart.evaluate.final import evaluate_test, format_results
 from redheart.report.build import build_report
 from redheart.select.crossover import crossover
@@ -52,6 +53,7 @@ def selected(tmp_path_factory):
     train(run, config, lr=3e-3, progress=False)
     crossover(run, config)
     fit_calibrators(run, config, CalibrationOptions(folds=3))
+    fit_decision_rules(run, config)
     return run, config
 
 
@@ -107,6 +109,7 @@ def test_more_training_makes_the_test_results_stale_and_a_reread_is_recorded(sel
     train(run, longer, lr=3e-3, progress=False)  # resumes at epoch 3 and trains epochs 4 and 5
     crossover(run, longer)
     fit_calibrators(run, longer, CalibrationOptions(folds=3))
+    fit_decision_rules(run, longer)
     with pytest.raises(ValueError, match="candidates changed") as refused:
         evaluate_test(run, longer)
     message = str(refused.value)
@@ -132,6 +135,7 @@ def test_the_report_refuses_stale_test_numbers(selected, tmp_path):
     config = selected[1]
     evaluate_test(run, config)
     fit_calibrators(run, config, CalibrationOptions(folds=4))  # other calibrators than the ones measured
+    fit_decision_rules(run, config)
     markdown = (build_report(run).parent / "report.md").read_text()
     assert "test_results.json is stale, validation numbers only" in markdown and "calibrators changed" in markdown
     assert "Reads of the test split" not in markdown
@@ -142,6 +146,7 @@ def test_the_cli_refuses_stale_results_with_the_command_to_run(selected, tmp_pat
     config = selected[1]
     evaluate_test(run, config)
     fit_calibrators(run, config, CalibrationOptions(folds=4))
+    fit_decision_rules(run, config)
     with pytest.raises(SystemExit) as stopped:
         main(["evaluate", "--run", str(run.root)])
     assert stopped.value.code == 2
@@ -174,5 +179,20 @@ def test_other_bootstrap_settings_or_embeddings_make_the_test_results_stale(sele
     tensors["vectors"][0, 0, 0] += 1.0
     save_file(tensors, str(arrays))
     with pytest.raises(ValueError, match=r"embeddings changed"):
+        evaluate_test(run, config)
+    assert reads == [1] and read_json(run.root / "test_results.json") == first
+
+
+def test_another_decision_rule_makes_the_test_results_stale(selected, tmp_path, monkeypatch):
+    run = copy_of(selected[0], tmp_path)
+    config = selected[1]
+    reads = count_test_reads(monkeypatch, run)
+    first = evaluate_test(run, config)
+    # The rule's F1 is measured with these class weights; other weights (an edited or re-fitted rule) give other
+    # test numbers, so the stored ones no longer describe what the run folder holds.
+    rules = read_json(run.decision_rule)
+    rules["linear_probe"]["weights"] = [1.0, 2.0, 1.0, 1.0, 1.0]
+    write_json(run.decision_rule, rules)
+    with pytest.raises(ValueError, match=r"decision_rule changed"):
         evaluate_test(run, config)
     assert reads == [1] and read_json(run.root / "test_results.json") == first

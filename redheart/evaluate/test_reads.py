@@ -6,6 +6,7 @@ measured on, so test_results.json carries a fingerprint of them:
   final_model   the final model's files, by their manifest (weights, config; not the model card)
   candidates    the candidate set of crossover: recipes, fitted fusions and the checkpoints they use
   calibrators   the calibrators fitted on validation
+  decision_rule the verdict's class weights fitted on validation (the final model's, per mode, and the probe's)
   split         the split manifest and the clean records it indexes
   embeddings    the encoded inputs every score was computed from (their index and arrays)
   settings      the evaluation settings the numbers depend on: the bootstrap's samples and seed
@@ -29,7 +30,7 @@ from redheart.core.atomic import read_json
 from redheart.core.rundir import RunDir
 from redheart.train.state.checkpoints import MANIFEST, sha256, verify_checkpoint
 
-PARTS = ("final_model", "candidates", "calibrators", "split", "embeddings", "settings")
+PARTS = ("final_model", "candidates", "calibrators", "decision_rule", "split", "embeddings", "settings")
 MODEL_CARD = "README.md"
 
 
@@ -94,6 +95,7 @@ def fingerprint(run: RunDir, config: RunConfig | None = None) -> dict[str, str]:
         "final_model": _digest(_final_model_files(run)),
         "candidates": _candidates_digest(run),
         "calibrators": sha256(_need(run.calibration / "calibrators.json", "calibrate", run, "calibrators")),
+        "decision_rule": sha256(_need(run.decision_rule, "calibrate", run, "verdict decision rule")),
         "split": _digest({"split": sha256(split), "records": sha256(records)}),
         "embeddings": _embeddings_digest(run),
         "settings": _digest({"bootstrap_samples": select.bootstrap_samples, "bootstrap_seed": select.bootstrap_seed}),
