@@ -366,6 +366,14 @@ def test_a_held_out_size_is_predicted_inside_its_interval_and_a_size_off_the_cur
     for name, truth in zip(("E", "A", "alpha", "B", "beta"), TRUE):
         lo, hi = fitted[name]["interval"]
         assert lo <= truth <= hi, name
+    # The true gain from s4 to 730M parameters at 6,800 records, 0.4 (160^-0.35 - 14,600^-0.35) = 0.054, is
+    # far above the noise (0.003): the prediction calls it beyond the noise and its interval holds the truth.
+    pred = curves["verdict_cross_entropy"]["prediction"]
+    truth = float(
+        law(TRUE, np.float64(8e6), np.float64(6800), 5e4, 850)
+        - law(TRUE, np.float64(7.3e8), np.float64(6800), 5e4, 850)
+    )
+    assert pred["beyond_noise"] and pred["gain_interval"][0] <= truth <= pred["gain_interval"][1]
     # The same points with the largest size 0.1 worse than the law (33 noise sd): the check must fail.
     off = [
         {**p, "model": {**p["model"], "verdict_cross_entropy": p["model"]["verdict_cross_entropy"] + 0.1}}

@@ -45,7 +45,7 @@ def dirichlet_multinomial_nll(logits: Tensor, counts: Tensor) -> Tensor:
         - torch.lgamma(total + total_alpha)
         + (torch.lgamma(counts + alpha) - torch.lgamma(alpha)).sum(-1)
     )
-    return (-log_likelihood / total.clamp_min(1)).to(logits.dtype if logits.is_floating_point() else torch.float32)
+    return (-log_likelihood / total.clamp_min(1)).float()  # float32 as before, whatever autocast gave the logits
 
 
 def vote_loss(logits: Tensor, batch: dict[str, Tensor]) -> Tensor:

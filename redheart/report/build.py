@@ -577,7 +577,7 @@ def _study(ctx: _Context) -> Section:
             inside = sum(c["inside"] for c in held["points"])
             worst = max(held["points"], key=lambda c: abs(c["error"]))
             held_cell = (
-                f"{held['size']}: {inside}/{len(held['points'])} inside; largest error {fmt(worst['error'])} "
+                f"{held['size']}: {inside} of {len(held['points'])} points inside; largest error {fmt(worst['error'])} "
                 f"(interval {fmt(worst['interval'][0])} to {fmt(worst['interval'][1])})"
             )
         else:

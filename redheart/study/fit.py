@@ -157,4 +157,6 @@ def records_for_gain(theta: np.ndarray, d_ref: float, d0: float, gain: float) ->
         return d_ref
     if left <= 0 or beta <= 0:
         return None
-    return float(d0 * (b / left) ** (1 / beta))
+    with np.errstate(over="ignore"):
+        records = float(d0 * np.power(b / left, 1 / beta))
+    return records if math.isfinite(records) else None  # beyond any number of records a float holds

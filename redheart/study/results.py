@@ -21,7 +21,7 @@ import numpy as np
 from redheart.config import RunConfig
 from redheart.core.atomic import atomic_open, read_json, write_json
 from redheart.core.rundir import RunDir
-from redheart.study.fit import Fit, fit, parameter_table, predict_point, records_for_gain
+from redheart.study.fit import EXPONENT_MAX, PARAMETERS, Fit, fit, parameter_table, predict_point, records_for_gain
 from redheart.study.points import (
     EXTRA,
     METRICS,
@@ -341,6 +341,7 @@ def _prediction(result: Fit, rows: list[dict[str, Any]], metric: str, full_param
     at = {}
     for factor in (1, 2, 4):
         at[f"{factor}x"] = {"records": d0 * factor, **predict_point(result, full_parameters, d0 * factor)}
+    noise = float(np.sqrt(np.sum(result.curve.residuals**2) / (result.points - len(PARAMETERS))))
     gains = result.curve_draws(n_ref, d0) - result.curve_draws(full_parameters, d0)
     gain = float(result.curve(n_ref, d0) - result.curve(full_parameters, d0))
     lo, hi = result.interval(gains)
@@ -369,7 +370,10 @@ def _prediction(result: Fit, rows: list[dict[str, Any]], metric: str, full_param
         "at": at,
         "gain": gain,
         "gain_interval": [lo, hi],
-        "beyond_noise": lo > 0 or hi < 0,
+        # The curve cannot make a larger model worse (A >= 0), so the gain's interval never reaches below zero;
+        # "beyond the noise" asks more: even its lower end exceeds one point's noise (the fit's residual sd).
+        "noise": noise,
+        "beyond_noise": lo > noise,
         "records_for_gain": records,
         "records_for_gain_interval": records_interval,
         "records_reason": records_reason,
@@ -391,7 +395,12 @@ def curve_sentences(curves: dict[str, dict[str, Any]]) -> list[str]:
                 params.append(f"{name} {value['reason']}")
             else:
                 lo, hi = value["interval"]
-                params.append(f"{name} {value['value']:.4g} [{lo:.4g}, {hi:.4g}]")
+                bound = (
+                    " (its interval reaches the bound: these points do not determine it)"
+                    if name in ("alpha", "beta") and hi >= 0.99 * EXPONENT_MAX
+                    else ""
+                )
+                params.append(f"{name} {value['value']:.4g} [{lo:.4g}, {hi:.4g}]{bound}")
         out.append(
             f"{words}: fitted curve over {table['points']} points (N in units of {table['n0']:,.0f} parameters, D in "
             f"units of {table['d0']:,.0f} {unit}; 95 % bootstrap intervals): {', '.join(params)}; residual sd "
@@ -425,9 +434,12 @@ def curve_sentences(curves: dict[str, dict[str, Any]]) -> list[str]:
         )
         lo, hi = pred["gain_interval"]
         beat = (
-            ("beats" if pred["gain"] > 0 else "trails") + " it beyond the noise"
+            f"full beats {pred['reference']} beyond the noise (the lower end of the gain's interval exceeds one "
+            f"point's noise, {pred['noise']:.4f})"
             if pred["beyond_noise"]
-            else "is not told apart from it beyond the noise"
+            else f"full is not told apart from {pred['reference']} beyond the noise (the lower end of the gain's "
+            f"interval does not exceed one point's noise, {pred['noise']:.4f}; the curve's form cannot make a larger "
+            "model worse, so the gain is never below zero)"
         )
         if pred["records_for_gain"] is None:
             more = pred["records_reason"]
@@ -442,7 +454,7 @@ def curve_sentences(curves: dict[str, dict[str, Any]]) -> list[str]:
             )
         out.append(
             f"{words}: the curve predicts the full model ({pred['full_parameters']:,} parameters) at {at}. At "
-            f"{pred['records']:,.0f} records it {beat}: {pred['reference']} ({pred['reference_parameters']:,}) minus "
+            f"{pred['records']:,.0f} records {beat}: {pred['reference']} ({pred['reference_parameters']:,}) minus "
             f"full = {pred['gain']:+.4f} [{lo:+.4f}, {hi:+.4f}]; {more}."
         )
     return out
