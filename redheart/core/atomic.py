@@ -5,6 +5,7 @@ fsync it, rename it over the target, then fsync the folder so the rename itself 
 """
 
 import json
+import math
 import os
 import tempfile
 from collections.abc import Callable, Iterable, Iterator
@@ -38,6 +39,18 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
     with atomic_path(path) as tmp, open(tmp, mode, encoding=None if "b" in mode else encoding) as handle:
         yield handle
         handle.flush()
+
+
+def finite_or_null(tree: Any) -> Any:
+    """`tree` with every non-finite float (NaN, infinity) replaced by None: JSON has no such values, and
+    write_json refuses them rather than write a file other readers reject."""
+    if isinstance(tree, float):
+        return tree if math.isfinite(tree) else None
+    if isinstance(tree, dict):
+        return {k: finite_or_null(v) for k, v in tree.items()}
+    if isinstance(tree, list):
+        return [finite_or_null(v) for v in tree]
+    return tree
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from redheart.config import RunConfig
-from redheart.core.atomic import atomic_open, read_json, write_json
+from redheart.core.atomic import atomic_open, finite_or_null, read_json, write_json
 from redheart.core.rundir import RunDir
 from redheart.study.fit import EXPONENT_MAX, PARAMETERS, Fit, fit, parameter_table, predict_point, records_for_gain
 from redheart.study.points import (
@@ -622,7 +622,7 @@ def collect(run: RunDir, config: RunConfig) -> StudyResult:
     result = StudyResult(finished, missing, stale, words, analysis)
     write_json(
         run.study / "results.json",
-        _finite(
+        finite_or_null(
             {
                 "sizes": sizes,
                 "fractions": list(config.study.fractions),
@@ -668,17 +668,6 @@ def collect(run: RunDir, config: RunConfig) -> StudyResult:
     for metric, (label, _) in METRICS.items():
         plot_metric(run.study / f"curve_{metric}.png", finished, sizes, metric, label, curves.get(metric))
     return result
-
-
-def _finite(tree: Any) -> Any:
-    """JSON has no NaN or infinity: such values are written as null."""
-    if isinstance(tree, float):
-        return tree if math.isfinite(tree) else None
-    if isinstance(tree, dict):
-        return {k: _finite(v) for k, v in tree.items()}
-    if isinstance(tree, list):
-        return [_finite(v) for v in tree]
-    return tree
 
 
 def format_study(result: StudyResult) -> str:

@@ -18,7 +18,6 @@ and writes results.json, results.csv, choice.json (read by `train` when no rate 
 from __future__ import annotations
 
 import csv
-import math
 import shutil
 import sys
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any, cast
 
 from redheart.config import RunConfig
-from redheart.core.atomic import atomic_open, write_json
+from redheart.core.atomic import atomic_open, finite_or_null, write_json
 from redheart.core.rundir import RunDir
 from redheart.train.disk_plan import ensure_disk_space
 from redheart.train.recipe import train
@@ -235,7 +234,7 @@ def write_outputs(
     }
     write_json(
         run.sweep_results,
-        _finite(
+        finite_or_null(
             {
                 "choice": summary,
                 "weights": dict(zip(("val_loss", "stability", "efficiency", "overfit_gap"), config.sweep.weights)),
@@ -274,7 +273,7 @@ def write_outputs(
         writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(flat)
-    write_json(run.sweep_choice, _finite(summary))
+    write_json(run.sweep_choice, finite_or_null(summary))
     plot_curves(run.sweep_curves, [(t.lr, rows[t]) for t in ordered], result.lr)
 
 
@@ -288,14 +287,3 @@ def format_choice(result: SweepResult) -> str:
         )
     lines += ["", result.reason, f"written to {result.folder}/ (choice.json, results.json, results.csv, curves.png)"]
     return "\n".join(lines)
-
-
-def _finite(tree: Any) -> Any:
-    """JSON has no NaN or infinity: a diverged trial's values are written as null."""
-    if isinstance(tree, float):
-        return tree if math.isfinite(tree) else None
-    if isinstance(tree, dict):
-        return {k: _finite(v) for k, v in tree.items()}
-    if isinstance(tree, list):
-        return [_finite(v) for v in tree]
-    return tree
