@@ -17,11 +17,16 @@ __all__ = ["load", "__version__"]
 
 
 def load(
-    path: str | Path, calibrated: bool = True, cache_dir: str | Path | None = None, batch_size: int = 64
+    path: str | Path,
+    calibrated: bool = True,
+    cache_dir: str | Path | None = None,
+    batch_size: int = 64,
+    device: str = "auto",
 ) -> Predictor:
     """A predictor for the final-model folder `path`: checksums verified, calibrators and the verdict's decision
     rule checked against the weights. `calibrated=False` serves the raw distributions (and the rule fitted on
-    them); `cache_dir` is the embedding cache (default: $REDHEART_CACHE or ~/.cache/redheart)."""
+    them); `cache_dir` is the embedding cache (default: $REDHEART_CACHE or ~/.cache/redheart); `device`: where
+    the model runs ("auto": a GPU where there is one, "cpu", "cuda:0", ...)."""
     from redheart.infer import load as load_predictor
 
-    return load_predictor(path, calibrated, None if cache_dir is None else Path(cache_dir), batch_size)
+    return load_predictor(path, calibrated, None if cache_dir is None else Path(cache_dir), batch_size, device)

@@ -279,10 +279,14 @@ def named_prediction(
 
 
 def load(
-    path: str | Path, calibrated: bool = True, cache_dir: Path | None = None, batch_size: int = SERVED_BATCH
+    path: str | Path,
+    calibrated: bool = True,
+    cache_dir: Path | None = None,
+    batch_size: int = SERVED_BATCH,
+    device: torch.device | str = "auto",
 ) -> Predictor:
     """A Predictor for the final-model folder `path` (checksums verified, calibrators and rule checked)."""
-    return Predictor(path, calibrated=calibrated, cache_dir=cache_dir, batch_size=batch_size)
+    return Predictor(path, calibrated=calibrated, cache_dir=cache_dir, batch_size=batch_size, device=device)
 
 
 # ---- reading inputs -------------------------------------------------------------------------------------------------
