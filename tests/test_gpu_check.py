@@ -83,6 +83,9 @@ def test_the_dry_run_trains_every_strategy_runs_the_pipeline_the_suite_and_torch
     assert f"measured correction {report['correction_file']} (cpu (dry run), preset tiny" in capsys.readouterr().out
 
 
+# Slow (a training process under a 64 MiB cap): the default run keeps the over-cap rules row by row (the tests
+# around it) and the whole dry run; this one checks the exit code and the Markdown line end to end.
+@pytest.mark.slow
 def test_a_strategy_over_its_cap_fails_the_check(tmp_path):
     # 64 MiB holds the tiny plan's bytes but not the process that trains it (torch alone takes more).
     code, report = dry_run(

@@ -141,6 +141,9 @@ def test_the_report_refuses_stale_test_numbers(selected, tmp_path):
     assert "Reads of the test split" not in markdown
 
 
+# Slow (a CLI re-read of the test split): the refusal itself is checked by the default tests above; this one checks
+# the command line's message and exit.
+@pytest.mark.slow
 def test_the_cli_refuses_stale_results_with_the_command_to_run(selected, tmp_path, capsys):
     run = copy_of(selected[0], tmp_path)
     config = selected[1]
