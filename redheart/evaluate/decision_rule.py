@@ -184,8 +184,9 @@ def fit_decision_rules(run: RunDir, config: RunConfig) -> dict[str, Any]:
     if not rows.any():
         raise ValueError(f"{run.split_manifest}: no validation record has a verdict to fit the decision rule on")
     votes = np.asarray(targets["verdict"])[rows]
-    calibrated = served_predictions(run.final_model, val_split, calibrators, device=config.train.device)["verdict"]
+    # One load and one forward pass: the calibrated mode serves the raw distribution through the calibrators.
     raw = served_predictions(run.final_model, val_split, None, device=config.train.device)["verdict"]
+    calibrated = calibrators.apply("verdict", raw)
     method = calibrators.targets["verdict"].method
     modes = fit_modes(
         {"calibrated": calibrated[rows], "uncalibrated": raw[rows]},
