@@ -1,0 +1,122 @@
+"""Compare two run folders made by the same commands: a restructuring's proof that behaviour did not change.
+
+Walks every JSON artefact both folders hold (test results, baselines, analysis, crossover candidates, sweep,
+calibration, decision rule, the final model's card and config) and every safetensors file (epoch checkpoints,
+EMA, final model), and prints, per file, how many numbers and tensors it compared and which differ. Numbers are
+compared exactly: on one machine a deterministic run gives the same floats, so any difference is a change.
+Strings are compared too and listed apart, since a reworded sentence is not a changed number. Keys that name
+where or when a run happened (paths, times, pids, hostnames) are skipped.
+
+    python bench/compare_runs.py runs/before runs/after
+
+Exit status 0 when every number and tensor is identical, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+
+# Keys whose values say where or when, not what: they differ between any two runs.
+VOLATILE_KEYS = {
+    "time",
+    "timestamp",
+    "created",
+    "started",
+    "finished",
+    "wall_s",
+    "seconds",
+    "elapsed_s",
+    "pid",
+    "host",
+    "hostname",
+    "path",
+    "run",
+    "root",
+    "command",
+    "argv",
+    "duration_s",
+    "when",
+}
+
+
+def walk(a: Any, b: Any, where: str, numbers: list[int], number_diffs: list[str], text_diffs: list[str]) -> None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if key in VOLATILE_KEYS or key.endswith(("_time", "_at", "_seconds", "_path")):
+                continue
+            if key not in a or key not in b:
+                number_diffs.append(f"{where}.{key}: only in {'after' if key not in a else 'before'}")
+                continue
+            walk(a[key], b[key], f"{where}.{key}", numbers, number_diffs, text_diffs)
+    elif isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            number_diffs.append(f"{where}: {len(a)} vs {len(b)} items")
+        for i, (x, y) in enumerate(zip(a, b, strict=False)):
+            walk(x, y, f"{where}[{i}]", numbers, number_diffs, text_diffs)
+    elif isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        numbers[0] += 1
+        if a != b:
+            number_diffs.append(f"{where}: {a!r} vs {b!r}")
+    elif a != b:
+        (text_diffs if isinstance(a, str) and isinstance(b, str) else number_diffs).append(f"{where}: {a!r} vs {b!r}")
+
+
+def compare_json(before: Path, after: Path, rel: Path) -> tuple[int, list[str], list[str]]:
+    numbers = [0]
+    number_diffs: list[str] = []
+    text_diffs: list[str] = []
+    a, b = (json.loads((root / rel).read_text(encoding="utf-8")) for root in (before, after))
+    walk(a, b, str(rel), numbers, number_diffs, text_diffs)
+    return numbers[0], number_diffs, text_diffs
+
+
+def compare_tensors(before: Path, after: Path, rel: Path) -> tuple[int, list[str]]:
+    a, b = load_file(before / rel), load_file(after / rel)
+    diffs = [f"{rel}: keys only on one side: {sorted(set(a) ^ set(b))[:5]}"] if set(a) != set(b) else []
+    for key in sorted(set(a) & set(b)):
+        if a[key].dtype != b[key].dtype or a[key].shape != b[key].shape or not torch.equal(a[key], b[key]):
+            diffs.append(f"{rel}:{key} differs")
+    return len(set(a) & set(b)), diffs
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("before", type=Path)
+    parser.add_argument("after", type=Path)
+    args = parser.parse_args()
+    files = {p.relative_to(args.before) for p in args.before.rglob("*") if p.suffix in (".json", ".safetensors")}
+    missing = sorted(str(p) for p in files if not (args.after / p).exists())
+    totals = {"json files": 0, "numbers": 0, "tensor files": 0, "tensors": 0}
+    failures: list[str] = [f"{p}: missing after" for p in missing]
+    rewordings: list[str] = []
+    for rel in sorted(files - {Path(p) for p in missing}):
+        if rel.suffix == ".json":
+            count, number_diffs, text_diffs = compare_json(args.before, args.after, rel)
+            totals["json files"] += 1
+            totals["numbers"] += count
+            failures += number_diffs
+            rewordings += text_diffs
+        else:
+            count, diffs = compare_tensors(args.before, args.after, rel)
+            totals["tensor files"] += 1
+            totals["tensors"] += count
+            failures += diffs
+    print("compared: " + ", ".join(f"{value:,} {name}" for name, value in totals.items()))
+    print(f"different numbers or tensors: {len(failures)}")
+    for line in failures[:40]:
+        print("  " + line)
+    print(f"different strings (wording): {len(rewordings)}")
+    for line in rewordings[:20]:
+        print("  " + line[:300])
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
