@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 
 import numpy as np
 from scipy.special import rel_entr
@@ -300,85 +301,83 @@ _REGRESSION_OUTPUTS = sum(len(names) for names in REGRESSION_NAMES.values())
 
 # Every declared metric. Adding one is an entry here (with its two functions) and its key in the selections below
 # that should show it.
-METRICS: dict[str, Metric] = {
-    metric.key: metric
-    for metric in (
-        Metric(
-            "emotion_accuracy",
-            "emotion acc.",
-            "emotion accuracy",
-            True,
-            ("emotions",),
-            _reported("emotions", "accuracy"),
-            _emotion_accuracy_resampled,
-        ),
-        Metric(
-            "emotion_macro_f1",
-            "emotion F1",
-            "emotion macro-F1",
-            True,
-            ("emotions",),
-            _reported("emotions", "macro_f1"),
-            _emotion_macro_f1_resampled,
-        ),
-        Metric(
-            "emotion_kl",
-            "emotion KL",
-            "emotion KL divergence",
-            False,
-            ("emotions",),
-            _reported("emotions", "kl"),
-            _emotion_kl_resampled,
-        ),
-        Metric(
-            "verdict_accuracy",
-            "verdict acc.",
-            "verdict accuracy",
-            True,
-            ("verdict",),
-            _reported("verdict", "accuracy"),
-            _verdict_accuracy_resampled,
-        ),
-        Metric(
-            "verdict_macro_f1",
-            "verdict F1",
-            "verdict macro-F1",
-            True,
-            ("verdict",),
-            _reported("verdict", "macro_f1"),
-            _verdict_macro_f1_resampled,
-        ),
-        Metric(
-            "verdict_macro_f1_rule",
-            "verdict F1 (rule)",
-            "verdict macro-F1 with the decision rule",
-            True,
-            ("verdict",),
-            _reported("verdict", "macro_f1"),
-            _verdict_macro_f1_resampled,
-            on_rule=True,
-        ),
-        Metric(
-            "verdict_cross_entropy",
-            "verdict CE",
-            "verdict cross-entropy",
-            False,
-            ("verdict",),
-            _reported("verdict", "cross_entropy"),
-            _verdict_cross_entropy_resampled,
-        ),
-        Metric(
-            "regression_mae",
-            "regression MAE",
-            "regression MAE",
-            False,
-            tuple(REGRESSION_NAMES),
-            _regression_mae,
-            _regression_mae_resampled,
-            note=f"mean over the {_REGRESSION_OUTPUTS} regression outputs",
-        ),
-    )
-}
+_DECLARED = (
+    Metric(
+        key="emotion_accuracy",
+        label="emotion acc.",
+        words="emotion accuracy",
+        higher_is_better=True,
+        targets=("emotions",),
+        value=_reported("emotions", "accuracy"),
+        resampled=_emotion_accuracy_resampled,
+    ),
+    Metric(
+        key="emotion_macro_f1",
+        label="emotion F1",
+        words="emotion macro-F1",
+        higher_is_better=True,
+        targets=("emotions",),
+        value=_reported("emotions", "macro_f1"),
+        resampled=_emotion_macro_f1_resampled,
+    ),
+    Metric(
+        key="emotion_kl",
+        label="emotion KL",
+        words="emotion KL divergence",
+        higher_is_better=False,
+        targets=("emotions",),
+        value=_reported("emotions", "kl"),
+        resampled=_emotion_kl_resampled,
+    ),
+    Metric(
+        key="verdict_accuracy",
+        label="verdict acc.",
+        words="verdict accuracy",
+        higher_is_better=True,
+        targets=("verdict",),
+        value=_reported("verdict", "accuracy"),
+        resampled=_verdict_accuracy_resampled,
+    ),
+    Metric(
+        key="verdict_macro_f1",
+        label="verdict F1",
+        words="verdict macro-F1",
+        higher_is_better=True,
+        targets=("verdict",),
+        value=_reported("verdict", "macro_f1"),
+        resampled=_verdict_macro_f1_resampled,
+    ),
+    Metric(
+        key="verdict_macro_f1_rule",
+        label="verdict F1 (rule)",
+        words="verdict macro-F1 with the decision rule",
+        higher_is_better=True,
+        targets=("verdict",),
+        value=_reported("verdict", "macro_f1"),
+        resampled=_verdict_macro_f1_resampled,
+        on_rule=True,
+    ),
+    Metric(
+        key="verdict_cross_entropy",
+        label="verdict CE",
+        words="verdict cross-entropy",
+        higher_is_better=False,
+        targets=("verdict",),
+        value=_reported("verdict", "cross_entropy"),
+        resampled=_verdict_cross_entropy_resampled,
+    ),
+    Metric(
+        key="regression_mae",
+        label="regression MAE",
+        words="regression MAE",
+        higher_is_better=False,
+        targets=tuple(REGRESSION_NAMES),
+        value=_regression_mae,
+        resampled=_regression_mae_resampled,
+        note=f"mean over the {_REGRESSION_OUTPUTS} regression outputs",
+    ),
+)
+METRICS: Mapping[str, Metric] = MappingProxyType({metric.key: metric for metric in _DECLARED})
 
 
 def _selection(*keys: str) -> tuple[Metric, ...]:
