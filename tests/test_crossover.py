@@ -3,11 +3,9 @@ and the one-time test evaluation."""
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
-from sklearn.metrics import f1_score
 
 import redheart.data.dataset as dataset
 from redheart.core.atomic import read_json
@@ -20,7 +18,6 @@ from redheart.model.groups import GROUPS
 from redheart.model.model import RedHeartModel
 from redheart.select.crossover import CROSSOVER, ENSEMBLE, REFINED, crossover, format_crossover, variant_name
 from redheart.select.final_model import load_final_model
-from redheart.select.intervals import batched_macro_f1
 from redheart.select.outputs import SplitOutputs
 from redheart.select.pins import pinned_epochs
 from redheart.train.recipe import train
@@ -166,17 +163,3 @@ def test_test_evaluation_scores_every_candidate_once_with_intervals(trained, res
     assert evaluate_test(run, config) == results  # read back from disk; the test split is not read again
     printed = format_results(results)
     assert "95% bootstrap intervals" in printed and CROSSOVER in printed and "baseline: linear probe" in printed
-
-
-def test_batched_macro_f1_matches_sklearn_on_every_resample():
-    rng = np.random.default_rng(0)
-    true, predicted = rng.integers(0, 5, 60), rng.integers(0, 5, 60)
-    true[:3] = -1  # rows without the target are left out
-    idx = rng.integers(0, 60, size=(20, 60))
-    batched = batched_macro_f1(true, predicted, 5)(idx)
-    for row, value in zip(idx, batched):
-        keep = true[row] >= 0
-        expected = f1_score(
-            true[row][keep], predicted[row][keep], labels=list(range(5)), average="macro", zero_division=0
-        )
-        assert value == pytest.approx(expected)  # float64 counts both ways

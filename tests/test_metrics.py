@@ -7,6 +7,8 @@ from sklearn.metrics import f1_score
 
 from redheart.scoring.bootstrap import bootstrap_ci
 from redheart.scoring.metrics import (
+    METRICS,
+    batched_macro_f1,
     emotion_metrics,
     evaluate_predictions,
     headline,
@@ -161,3 +163,36 @@ def test_bootstrap_batched_gives_the_same_interval_and_undefined_resamples_are_d
     batched = bootstrap_ci(lambda idx: values[idx].mean(axis=1), 50, n_boot=200, seed=3, batched=True)
     assert single == pytest.approx(batched)
     assert bootstrap_ci(lambda idx: None, 50, n_boot=20) == (None, None)
+
+
+def test_batched_macro_f1_matches_sklearn_on_every_resample():
+    rng = np.random.default_rng(0)
+    true, predicted = rng.integers(0, 5, 60), rng.integers(0, 5, 60)
+    true[:3] = -1  # rows without the target are left out
+    idx = rng.integers(0, 60, size=(20, 60))
+    batched = batched_macro_f1(true, predicted, 5)(idx)
+    for row, value in zip(idx, batched):
+        keep = true[row] >= 0
+        expected = f1_score(
+            true[row][keep], predicted[row][keep], labels=list(range(5)), average="macro", zero_division=0
+        )
+        assert value == pytest.approx(expected)  # float64 counts both ways
+
+
+def test_every_declared_metric_on_the_resample_of_every_row_once_is_its_point_value():
+    rng = np.random.default_rng(4)
+    n = 40
+    targets = all_targets(n)
+    preds = {name: value + rng.normal(scale=0.3, size=value.shape) for name, value in targets.items()}
+    for name in ("emotions", "verdict"):
+        preds[name] = rng.dirichlet(np.ones(targets[name].shape[1]), size=n)
+    present = {name: rng.random(n) < 0.7 for name in targets} | {"surd_metrics": np.zeros(n, dtype=bool)}
+    point = evaluate_predictions(preds, targets, present)
+    every_row_once = np.arange(n)[None, :]
+    for metric in METRICS.values():
+        resampled = metric.resampled(preds, targets, present)
+        assert resampled is not None, metric.key
+        # Sums of at most 40 float64 terms taken in another order: within 40 * 2.2e-16 relative, so 1e-12 holds.
+        assert resampled(every_row_once)[0] == pytest.approx(metric.value(point), rel=1e-12), metric.key
+    absent = {name: np.zeros(n, dtype=bool) for name in targets}
+    assert all(metric.resampled(preds, targets, absent) is None for metric in METRICS.values())

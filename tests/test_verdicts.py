@@ -17,6 +17,7 @@ from redheart.data.dataset import epoch_order, targets_tensors, training_order, 
 from redheart.data.prepare import prepare
 from redheart.data.schema import VERDICTS
 from redheart.evaluate.decision_rule import apply_weights, fit_class_weights
+from redheart.evaluate.final import difference_conclusion
 from redheart.model.losses import dirichlet_multinomial_nll, vote_loss
 from redheart.model.model import MODULE_TARGETS, VERDICT_MODULES, RedHeartModel
 from redheart.select.intervals import paired_difference_intervals
@@ -270,6 +271,24 @@ def test_paired_interval_of_a_difference_matches_resampling_by_hand() -> None:
     assert out["verdict_accuracy"][0] > 0  # 60% against 40% right on 200 rows is a clear difference
     same = paired_difference_intervals({**blank, "verdict": a}, {**blank, "verdict": a}, targets, present, 200, 0)
     assert same["verdict_macro_f1"] == (0.0, 0.0) and same["emotion_accuracy"] == (None, None)
+
+
+def test_the_declared_direction_decides_which_side_of_zero_is_better() -> None:
+    def entry(difference: float, low: float, high: float) -> dict:
+        return {"final": None, "probe": None, "difference": difference, "interval": [low, high]}
+
+    # The same negative difference is worse for an accuracy and better for an error; a higher cross-entropy is worse.
+    conclusion = difference_conclusion(
+        {
+            "emotion_accuracy": entry(-0.05, -0.08, -0.02),
+            "regression_mae": entry(-0.05, -0.08, -0.02),
+            "verdict_cross_entropy": entry(0.1, 0.05, 0.2),
+            "verdict_macro_f1": entry(0.01, -0.02, 0.04),
+        }
+    )
+    assert "better than the probe on regression MAE -0.0500 [-0.0800, -0.0200]," in conclusion
+    assert "worse on emotion acc. -0.0500 [-0.0800, -0.0200]; verdict CE +0.1000 [+0.0500, +0.2000]," in conclusion
+    assert "(the interval holds 0) on verdict F1 +0.0100 [-0.0200, +0.0400]." in conclusion
 
 
 # ---- the decision rule reads validation only ----------------------------------------------------------------------

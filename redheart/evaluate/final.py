@@ -28,24 +28,27 @@ from redheart.evaluate.model_card import write_model_card
 from redheart.evaluate.test_reads import check_fingerprint, fingerprint, format_reads, read_record
 from redheart.model.model import RedHeartModel
 from redheart.scoring.baselines import constant_predictions, fit_probe, pooled_features, probe_predict
-from redheart.scoring.metrics import HEADLINE_LABELS, evaluate_predictions, headline
+from redheart.scoring.metrics import (
+    COMPARED,
+    HEADLINE,
+    METRICS,
+    SUMMARY,
+    direction_words,
+    evaluate_predictions,
+    headline,
+)
 from redheart.select.candidates import fused_of
 from redheart.select.crossover import CROSSOVER, ENSEMBLE, REFINED, load_candidates
-from redheart.select.intervals import headline_intervals, paired_difference_intervals
+from redheart.select.intervals import metric_intervals, paired_difference_intervals
 from redheart.select.outputs import SplitOutputs, as_numpy, fused_loss
 
 CALIBRATION_METRICS = ("ece", "mce", "nll", "brier")
 
 
 PROBE = "linear_probe"
-# The paired comparison: headline metrics plus the verdict's cross-entropy and its macro-F1 under the rule.
-DIFFERENCE_KEYS = (*HEADLINE_LABELS, "verdict_cross_entropy", "verdict_macro_f1_rule")
-DIFFERENCE_LABELS = {
-    **HEADLINE_LABELS,
-    "verdict_cross_entropy": "verdict CE",
-    "verdict_macro_f1_rule": "verdict F1 (rule)",
-}
-LOWER_IS_BETTER = ("regression_mae", "verdict_cross_entropy")
+# The paired comparison's column labels, for report.build's table of it.
+DIFFERENCE_LABELS = {metric.key: metric.label for metric in COMPARED}
+RULE_SCORED = (METRICS["verdict_accuracy"], METRICS["verdict_macro_f1"])
 
 
 def _with_rule(preds: dict[str, np.ndarray], weights: list[float]) -> dict[str, np.ndarray]:
@@ -61,7 +64,7 @@ def _rule_scores(
     ruled = _with_rule(preds, weights)
     metrics = evaluate_predictions(ruled, targets, present)["verdict"]
     argmax = evaluate_predictions(preds, targets, present)["verdict"]
-    intervals = headline_intervals(ruled, targets, present, n_boot, seed)
+    intervals = metric_intervals(ruled, targets, present, n_boot, seed, RULE_SCORED)
     return {
         "distribution": distribution,
         "weights": weights,
@@ -69,7 +72,7 @@ def _rule_scores(
         "verdict_macro_f1": metrics.get("macro_f1"),
         "argmax_accuracy": argmax.get("accuracy"),
         "argmax_macro_f1": argmax.get("macro_f1"),
-        "intervals": {k: intervals[k] for k in ("verdict_accuracy", "verdict_macro_f1")},
+        "intervals": intervals,
     }
 
 
@@ -82,24 +85,23 @@ def paired_difference(
     n_boot: int,
     seed: int,
 ) -> dict[str, dict[str, Any]]:
-    """final model - linear probe on every key of DIFFERENCE_KEYS: the point difference and its paired 95%
+    """final model - linear probe on every metric of COMPARED: the point difference and its paired 95%
     bootstrap interval (both models scored on the same resampled rows). `ruled_*`: the predictions whose
-    argmax is each one's decision rule (for the final model, on the distribution predict serves)."""
+    argmax is each one's decision rule (for the final model, on the distribution predict serves), on which
+    the metrics declared `on_rule` are scored."""
     targets, present = split_targets(split)
     values = {}
     for name, preds, ruled_preds in (("final", final, ruled_final), ("probe", probe, ruled_probe)):
         metrics = evaluate_predictions(preds, targets, present)
         ruled = evaluate_predictions(ruled_preds, targets, present)
-        values[name] = {
-            **headline(metrics),
-            "verdict_cross_entropy": metrics["verdict"].get("cross_entropy"),
-            "verdict_macro_f1_rule": ruled["verdict"].get("macro_f1"),
-        }
-    intervals = paired_difference_intervals(final, probe, targets, present, n_boot, seed)
-    ruled_intervals = paired_difference_intervals(ruled_final, ruled_probe, targets, present, n_boot, seed)
-    intervals["verdict_macro_f1_rule"] = ruled_intervals["verdict_macro_f1"]
+        values[name] = {m.key: m.value(ruled if m.on_rule else metrics) for m in COMPARED}
+    plain, on_rule = [m for m in COMPARED if not m.on_rule], [m for m in COMPARED if m.on_rule]
+    intervals = {
+        **paired_difference_intervals(final, probe, targets, present, n_boot, seed, plain),
+        **paired_difference_intervals(ruled_final, ruled_probe, targets, present, n_boot, seed, on_rule),
+    }
     out = {}
-    for key in DIFFERENCE_KEYS:
+    for key in (m.key for m in COMPARED):
         a, b = values["final"][key], values["probe"][key]
         out[key] = {
             "final": a,
@@ -117,8 +119,8 @@ def difference_conclusion(difference: dict[str, dict[str, Any]]) -> str:
         lo, hi = entry["interval"]
         if entry["difference"] is None or lo is None:
             continue
-        text = f"{DIFFERENCE_LABELS[key]} {entry['difference']:+.4f} [{lo:+.4f}, {hi:+.4f}]"
-        sign = -1 if key in LOWER_IS_BETTER else 1
+        text = f"{METRICS[key].label} {entry['difference']:+.4f} [{lo:+.4f}, {hi:+.4f}]"
+        sign = METRICS[key].sign
         if sign * lo > 0 and sign * hi > 0:
             better.append(text)
         elif sign * lo < 0 and sign * hi < 0:
@@ -143,7 +145,7 @@ def _scored(preds: dict[str, np.ndarray], split: SplitTensors, n_boot: int, seed
     return {
         "fused": metrics,
         "headline": headline(metrics),
-        "intervals": headline_intervals(preds, targets, present, n_boot, seed),
+        "intervals": metric_intervals(preds, targets, present, n_boot, seed),
     }
 
 
@@ -274,13 +276,13 @@ def test_conclusion(results: dict[str, Any]) -> str:
         if name not in models:
             continue
         parts = []
-        for key, better in (("emotion_accuracy", 1), ("verdict_macro_f1", 1), ("regression_mae", -1)):
-            a, b = models[name]["headline"][key], models[single]["headline"][key]
+        for metric in SUMMARY:
+            a, b = models[name]["headline"][metric.key], models[single]["headline"][metric.key]
             if a is None or b is None:
                 continue
-            word = "better" if (a - b) * better > 0 else "not better"
-            lo, hi = models[name]["intervals"][key]
-            parts.append(f"{HEADLINE_LABELS[key]} {a:.4f} [{lo:.4f}, {hi:.4f}] vs {b:.4f} ({word})")
+            word = "better" if (a - b) * metric.sign > 0 else "not better"
+            lo, hi = models[name]["intervals"][metric.key]
+            parts.append(f"{metric.label} {a:.4f} [{lo:.4f}, {hi:.4f}] vs {b:.4f} ({word})")
         lines.append(f"{name} vs {single} on test: " + "; ".join(parts) + ".")
     return " ".join(lines)
 
@@ -313,11 +315,11 @@ def format_results(results: dict[str, Any]) -> str:
         for name, entry in results["models"].items()
     ]
     width = max(len(name) for name, *_ in rows)
-    labels = list(HEADLINE_LABELS.values())
+    labels = [metric.label for metric in HEADLINE]
     header = f"{'model':<{width}}  {'loss':>8}  " + "  ".join(f"{label:>8}" for label in labels)
     lines = ["Validation (every choice was made here; fusions re-fitted on it):", header, "-" * len(header)]
     for name, _, val, loss in rows:
-        lines.append(f"{name:<{width}}  {_cell(loss)}  " + "  ".join(_cell(val.get(key)) for key in HEADLINE_LABELS))
+        lines.append(f"{name:<{width}}  {_cell(loss)}  " + "  ".join(_cell(val.get(m.key)) for m in HEADLINE))
     header = f"{'model':<{width}}  " + "  ".join(f"{label:<24}" for label in labels)
     reads = len(results.get("reads", [])) or 1
     at = results["evaluated_at"]
@@ -327,9 +329,9 @@ def format_results(results: dict[str, Any]) -> str:
         intervals = entry.get("intervals", {})
         lines.append(
             f"{name:<{width}}  "
-            + "  ".join(_ci_cell(entry["headline"].get(k), intervals.get(k)) for k in HEADLINE_LABELS)
+            + "  ".join(_ci_cell(entry["headline"].get(m.key), intervals.get(m.key)) for m in HEADLINE)
         )
-    lines.append("accuracy / F1: higher is better; MAE: mean over the 9 regression outputs, lower is better")
+    lines.append(direction_words(HEADLINE))
     if "final_model" in results:
         lines += [
             f"final model (best single network on validation): {results['final_model']}",
@@ -386,9 +388,9 @@ def format_difference(results: dict[str, Any]) -> list[str]:
         lo, hi = entry["interval"]
         band = "—" if lo is None else f"[{lo:+.4f}, {hi:+.4f}]"
         lines.append(
-            f"{DIFFERENCE_LABELS[key]:<18}  {entry['final']:>8.4f}  {entry['probe']:>8.4f}  "
+            f"{METRICS[key].label:<18}  {entry['final']:>8.4f}  {entry['probe']:>8.4f}  "
             f"{entry['difference']:>+11.4f}  {band}"
         )
-    lines.append("CE and MAE: lower is better")
+    lines.append(direction_words(COMPARED))
     lines.append(results["final_vs_probe_conclusion"])
     return lines

@@ -19,19 +19,19 @@ from typing import Any
 from redheart.core.atomic import atomic_open, read_json, write_json
 from redheart.core.rundir import RunDir
 from redheart.data.schema import BENTHAM_KEYS, EMOTIONS, SURD_KEYS, VERDICTS, bundled_data_path
+from redheart.scoring.metrics import HEADLINE, Metric
 
-HEADLINE = {
-    "emotion_accuracy": "emotion accuracy",
-    "emotion_macro_f1": "emotion macro-F1",
-    "verdict_accuracy": "verdict accuracy",
-    "verdict_macro_f1": "verdict macro-F1",
-    "regression_mae": "regression MAE (9 outputs, lower is better)",
-}
 # Provenance of the data set shipped in the package; a run on other data states only its path.
 BUNDLED_DATA = (
     "AllenAI Scruples anecdotes (public Reddit posts; texts, titles and community verdicts), published "
     "under Apache-2.0; emotions, regret, Bentham and SURD targets are one LLM labelling of each text"
 )
+
+
+def _card_label(metric: Metric) -> str:
+    """The metric's name with its note and, when lower is better, that (the card's readers meet it alone)."""
+    notes = [note for note in (metric.note, "" if metric.higher_is_better else "lower is better") if note]
+    return metric.words + (f" ({', '.join(notes)})" if notes else "")
 
 
 def _number(value: float | None, digits: int = 4) -> str:
@@ -50,8 +50,8 @@ def _against_baselines(results: dict[str, Any]) -> str:
     """Per headline metric: the final model beside the best baseline, and whether its interval clears it."""
     final = results["models"][results["final_model"]]
     parts = []
-    for key, label in HEADLINE.items():
-        lower_is_better = key == "regression_mae"
+    for metric in HEADLINE:
+        key, lower_is_better = metric.key, not metric.higher_is_better
         values = {n: e["headline"][key] for n, e in results["baselines"].items() if e["headline"].get(key) is not None}
         value, interval = final["headline"].get(key), final.get("intervals", {}).get(key)
         if not values or value is None:
@@ -63,7 +63,7 @@ def _against_baselines(results: dict[str, Any]) -> str:
             word = "better, within the interval"
         else:
             word = "not better"
-        parts.append(f"{label.split(' (')[0]} {value:.4f} vs {best.replace('_', ' ')} {values[best]:.4f} ({word})")
+        parts.append(f"{metric.words} {value:.4f} vs {best.replace('_', ' ')} {values[best]:.4f} ({word})")
     return "; ".join(parts)
 
 
@@ -130,7 +130,7 @@ def model_card(run: RunDir) -> str:
     if val:
         lines.append(
             f"- validation loss {_number(val.get('loss'))}; "
-            + ", ".join(f"{label} {_number(val['headline'].get(k))}" for k, label in HEADLINE.items())
+            + ", ".join(f"{_card_label(m)} {_number(val['headline'].get(m.key))}" for m in HEADLINE)
             + "."
         )
     if run.config.exists():
@@ -170,11 +170,11 @@ def model_card(run: RunDir) -> str:
             f"Test split, n = {results['n']}, {int(100 * results['bootstrap']['level'])}% bootstrap intervals "
             f"({results['bootstrap']['samples']} resamples):",
             "",
-            "| model | " + " | ".join(HEADLINE.values()) + " |",
+            "| model | " + " | ".join(_card_label(m) for m in HEADLINE) + " |",
             "|---" * (len(HEADLINE) + 1) + "|",
         ]
         lines += [
-            f"| {name} | " + " | ".join(_with_interval(entry, k) for k in HEADLINE) + " |" for name, entry in rows
+            f"| {name} | " + " | ".join(_with_interval(entry, m.key) for m in HEADLINE) + " |" for name, entry in rows
         ]
         reads = results.get("reads", [])
         lines += [

@@ -9,10 +9,12 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from redheart.core.atomic import write_with
+from redheart.scoring.metrics import SUMMARY
 
 
 def plot_training(records: list[dict[str, Any]], path: Path) -> None:
-    """Left: training objective and summed validation loss; right: validation emotion accuracy, verdict F1, MAE."""
+    """Left: training objective and summed validation loss; right: the validation summary metrics
+    (scoring.metrics.SUMMARY)."""
     figure = Figure(figsize=(11, 4.2), layout="constrained")
     FigureCanvasAgg(figure)
     losses, scores = figure.subplots(1, 2)
@@ -25,12 +27,9 @@ def plot_training(records: list[dict[str, Any]], path: Path) -> None:
         label="validation loss (sum over modules)",
     )
     losses.set_title("losses")
-    for key, label in (
-        ("emotion_accuracy", "emotion accuracy"),
-        ("verdict_macro_f1", "verdict macro-F1"),
-        ("regression_mae", "regression MAE"),
-    ):
-        scores.plot(epochs, [r["val"].get("headline", {}).get(key) for r in records], marker=".", label=label)
+    for metric in SUMMARY:
+        headlines = [r["val"].get("headline", {}).get(metric.key) for r in records]
+        scores.plot(epochs, headlines, marker=".", label=metric.words)
     scores.set_title("validation headline (fused)")
     for ax in (losses, scores):
         ax.set_xlabel("epoch")

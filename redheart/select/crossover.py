@@ -27,6 +27,7 @@ from redheart.data.schema import TARGET_DIMS
 from redheart.model.groups import GROUPS
 from redheart.model.kalman import KalmanFusion
 from redheart.model.model import RedHeartModel
+from redheart.scoring.metrics import SUMMARY
 from redheart.select.candidates import Candidate, baseline_candidates, checkpoint_scores, score
 from redheart.select.final_model import build_candidate_model, save_final_model
 from redheart.select.freshness import crossover_inputs
@@ -204,14 +205,15 @@ def format_crossover(result: CrossoverResult) -> str:
     """Sweet spots, refined epochs and every candidate's validation numbers, as the CLI prints them."""
     lines = ["group              sweet spot  refined"]
     lines += [f"{g:<18} {result.sweet_spots[g]:>10}  {result.refined[g]:>7}" for g in GROUPS]
-    width = max(len(c.name) for c in result.candidates)
-    lines += ["", f"{'candidate (validation)':<{width}}  {'loss':>8}  {'emo acc':>8}  {'verd F1':>8}  {'MAE':>8}"]
+    width = max(len("candidate (validation)"), *(len(c.name) for c in result.candidates))
+    columns = [(metric.key, metric.label, max(8, len(metric.label))) for metric in SUMMARY]
+    lines += [
+        "",
+        f"{'candidate (validation)':<{width}}  {'loss':>8}  " + "  ".join(f"{label:>{w}}" for _, label, w in columns),
+    ]
     for c in sorted(result.candidates, key=lambda c: c.val["loss"]):
         h = c.val["headline"]
-        cells = "  ".join(
-            "       —" if v is None else f"{v:>8.4f}"
-            for v in (h["emotion_accuracy"], h["verdict_macro_f1"], h["regression_mae"])
-        )
+        cells = "  ".join(f"{'—':>{w}}" if h[key] is None else f"{h[key]:>{w}.4f}" for key, _, w in columns)
         lines.append(f"{c.name:<{width}}  {c.val['loss']:>8.4f}  {cells}")
     lines += [
         "",

@@ -13,7 +13,8 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter
 
 from redheart.core.atomic import write_with
-from redheart.study.points import EXTRA, METRICS, VERDICT_METRICS, data_size
+from redheart.scoring.metrics import METRICS
+from redheart.study.points import EXTRA, VERDICT_METRICS, data_size
 
 
 def plot_metric(
@@ -21,11 +22,11 @@ def plot_metric(
     points: list[dict[str, Any]],
     sizes: list[str],
     metric: str,
-    label: str,
     curve: dict[str, Any] | None = None,
 ) -> None:
     """Model sizes as solid lines, the linear probe dashed, the training mean dotted; an "all+extra" point as a
     hollow marker of its size; `curve` (curve_analysis's entry) adds the fitted curves."""
+    label = METRICS[metric].words
 
     figure = Figure(figsize=(6.4, 4.4), layout="constrained")
     FigureCanvasAgg(figure)
@@ -85,7 +86,7 @@ def plot_metric(
         )
     ax.set_xscale("log", base=2)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:,.0f}"))
-    better = "higher is better" if METRICS[metric][1] > 0 else "lower is better"
+    better = "higher is better" if METRICS[metric].higher_is_better else "lower is better"
     ax.set_xlabel("training records with this target (log scale)")
     ax.set_ylabel(f"{label} (validation)")
     ax.set_title(f"{label} against training data ({better})")
@@ -102,7 +103,7 @@ def _fitted(ax: Any, curve: dict[str, Any], grid: list[dict[str, Any]], sizes: l
     if not table.get("identifiable"):
         return
     theta, n0, d0 = np.asarray(table["theta"]), table["n0"], table["d0"]
-    flip = METRICS[metric][1] > 0  # fitted as 1 - metric
+    flip = METRICS[metric].higher_is_better  # fitted as 1 - metric
 
     def value(n: float, d: np.ndarray) -> np.ndarray:
         fitted = law(theta, np.float64(n), d, n0, d0)

@@ -38,17 +38,14 @@ from redheart.core.atomic import read_json, write_json
 from redheart.core.faults import NO_FAULTS, Faults
 from redheart.core.rundir import RunDir
 from redheart.data.dataset import clean_records
+from redheart.scoring.metrics import STUDIED
 
 POINT_FILE = "point.json"
 EXTRA = "all+extra"  # the fraction label of a point on every training record, verdict-only ones included
-SCORES = (
-    "emotion_accuracy",
-    "emotion_macro_f1",
-    "emotion_kl",
-    "verdict_macro_f1",
-    "verdict_cross_entropy",
-    "regression_mae",
-)
+# The keys of the study's numbers (scoring.metrics.STUDIED), each a column of its table and a curve.
+SCORES = tuple(metric.key for metric in STUDIED)
+# Those scored on the verdict: their curves count only the training records that carry one.
+VERDICT_METRICS = tuple(metric.key for metric in STUDIED if metric.targets == ("verdict",))
 FINGERPRINT_PARTS = ("config", "lr", "train_ids", "val_ids", "embeddings")
 
 
@@ -363,18 +360,8 @@ def _input_shape(run: RunDir) -> tuple[int, int]:
 
 
 def scores(metrics: dict[str, dict]) -> dict[str, float | None]:
-    """The study's five numbers from evaluate_predictions-style metrics (a target without rows gives None)."""
-    from redheart.scoring.metrics import headline
-
-    head = headline(metrics)
-    return {
-        "emotion_accuracy": head["emotion_accuracy"],
-        "emotion_macro_f1": head["emotion_macro_f1"],
-        "emotion_kl": metrics.get("emotions", {}).get("kl"),
-        "verdict_macro_f1": head["verdict_macro_f1"],
-        "verdict_cross_entropy": metrics.get("verdict", {}).get("cross_entropy"),
-        "regression_mae": head["regression_mae"],
-    }
+    """The study's numbers from evaluate_predictions-style metrics (a target without rows gives None)."""
+    return {metric.key: metric.value(metrics) for metric in STUDIED}
 
 
 def finished_point(run: RunDir, point: Point, folder: Path | None = None) -> dict[str, Any] | None:
@@ -609,18 +596,6 @@ def _verdict_count(run: RunDir, ids: list[str]) -> int:
         for _, record in clean_records(run)
         if record.get("id") in wanted and (record.get("label_scores") or record.get("label") is not None)
     )
-
-
-# Each metric's label and direction (+1: higher is better).
-METRICS: dict[str, tuple[str, int]] = {
-    "emotion_accuracy": ("emotion accuracy", 1),
-    "emotion_macro_f1": ("emotion macro-F1", 1),
-    "emotion_kl": ("emotion KL divergence", -1),
-    "verdict_macro_f1": ("verdict macro-F1", 1),
-    "verdict_cross_entropy": ("verdict cross-entropy", -1),
-    "regression_mae": ("regression MAE", -1),
-}
-VERDICT_METRICS = ("verdict_macro_f1", "verdict_cross_entropy")
 
 
 def data_size(point: dict[str, Any], metric: str) -> int:

@@ -21,10 +21,10 @@ import numpy as np
 from redheart.config import RunConfig
 from redheart.core.atomic import atomic_open, finite_or_null, read_json, write_json
 from redheart.core.rundir import RunDir
+from redheart.scoring.metrics import METRICS
 from redheart.study.fit import EXPONENT_MAX, PARAMETERS, Fit, fit, parameter_table, predict_point, records_for_gain
 from redheart.study.points import (
     EXTRA,
-    METRICS,
     SCORES,
     VERDICT_METRICS,
     chosen_lr,
@@ -35,24 +35,20 @@ from redheart.study.points import (
     stale_parts,
 )
 
-# Every metric gets the curve L(N, D), fitted to a loss (lower is better, never negative): the metric itself, or
-# 1 - metric for a score in [0, 1] where higher is better (the error rate, 1 - macro-F1). Emotion KL is emotion
-# cross-entropy less the targets' entropy, a constant, so it has the same curve shifted.
-FIT_METRICS = tuple(METRICS)
-
 
 def fitted_value(metric: str, value: float) -> float:
-    return value if METRICS[metric][1] < 0 else 1.0 - value
+    """What the curve L(N, D) is fitted to, a loss (lower is better, never negative): the metric itself, or
+    1 - metric for a score in [0, 1] where higher is better (the error rate, 1 - macro-F1). Emotion KL is emotion
+    cross-entropy less the targets' entropy, a constant, so it has the same curve shifted."""
+    return 1.0 - value if METRICS[metric].higher_is_better else value
 
 
 def fitted_words(metric: str) -> str:
-    words, sign = METRICS[metric]
-    return words if sign < 0 else f"1 - {words}"
+    words = METRICS[metric].words
+    return f"1 - {words}" if METRICS[metric].higher_is_better else words
 
 
 NO_NOISE = "cannot be told from the noise (no degrees of freedom are left to estimate it)"
-
-# name -> (words, +1 when higher is better, -1 when lower is better)
 
 
 @dataclass(frozen=True)
@@ -76,7 +72,8 @@ def analyse(points: list[dict[str, Any]], sizes: list[str]) -> dict[str, Any]:
     """Per metric: slopes per size and for the probe, pooled noise, size effects, the extra-records effect."""
     grid = [p for p in points if p["label"] != EXTRA]
     out: dict[str, Any] = {}
-    for metric, (_, sign) in METRICS.items():
+    for metric in SCORES:
+        sign = METRICS[metric].sign
         slopes: dict[str, float] = {}
         residuals: list[float] = []
         dof = 0
@@ -166,7 +163,8 @@ def sentences(analysis: dict[str, Any], points: list[dict[str, Any]], sizes: lis
     """The findings in words, each number computed above; better/worse follows each metric's direction."""
     out = []
     present = [s for s in sizes if any(p["size"] == s for p in points)]
-    for metric, (words, sign) in METRICS.items():
+    for metric in SCORES:
+        words, sign = METRICS[metric].words, METRICS[metric].sign
         a = analysis[metric]
         if not a["slopes"]:
             out.append(f"{words}: too few finished points for a curve.")
@@ -276,7 +274,7 @@ def curve_analysis(
     full_parameters: int,
     replicates: int,
     seed: int,
-    metrics: tuple[str, ...] = FIT_METRICS,
+    metrics: tuple[str, ...] = SCORES,
 ) -> dict[str, dict[str, Any]]:
     """Per metric: the curve's parameters, the held-out check on the largest size, the prediction for full."""
     grid = [p for p in points if p["label"] != EXTRA]
@@ -476,7 +474,7 @@ def convergence_check(
             words.append(f"Convergence check of {name}: not run (`redheart study --check`).")
             continue
         deltas = {}
-        for metric in METRICS:
+        for metric in SCORES:
             a, b = original["model"][metric], again["model"][metric]
             noise = analysis[metric]["noise"]
             if a is None or b is None:
@@ -492,7 +490,7 @@ def convergence_check(
             }
         )
         parts = ", ".join(
-            f"{METRICS[m][0]} {v['delta']:+.4f}" + (f" (noise {v['noise']:.4f})" if v["noise"] is not None else "")
+            f"{METRICS[m].words} {v['delta']:+.4f}" + (f" (noise {v['noise']:.4f})" if v["noise"] is not None else "")
             for m, v in deltas.items()
         )
         words.append(
@@ -665,8 +663,8 @@ def collect(run: RunDir, config: RunConfig) -> StudyResult:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-    for metric, (label, _) in METRICS.items():
-        plot_metric(run.study / f"curve_{metric}.png", finished, sizes, metric, label, curves.get(metric))
+    for metric in SCORES:
+        plot_metric(run.study / f"curve_{metric}.png", finished, sizes, metric, curves.get(metric))
     return result
 
 
