@@ -23,11 +23,11 @@ import time
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
+from redheart.architecture import EMOTIONS, VERDICTS
 from redheart.config import PRESETS, RunConfig
 from redheart.core.atomic import write_json
 from redheart.core.rundir import RunDir
 from redheart.data.dataset import SplitTensors, micro_batches, targets_tensors
-from redheart.data.schema import EMOTIONS, VERDICTS
 from redheart.model.losses import split_halves
 from redheart.model.model import RedHeartModel
 from redheart.train.ema import build_ema

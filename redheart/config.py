@@ -13,30 +13,9 @@ from typing import Any
 
 import yaml
 
+from redheart.architecture import FULL_BUDGETS
 from redheart.core.atomic import atomic_open
 
-# Parameter budgets of the full model, per module. The heads share 153.1M in all, each in the proportions of
-# the listed head sizes (17.3 : 13.9 : 19.9 : 12.0). The verdict head on the backbone takes a share of 8.0 out of
-# the same total, so the model stays at its 730M: the community network alone (20k parameters in `small`) was
-# too small to learn the verdict.
-_HEAD_SHARES = {"emotion_head": 17.3, "bentham_head": 13.9, "regret_head": 19.9, "surd_head": 12.0, "verdict_head": 8.0}
-FULL_BUDGETS: dict[str, int] = {
-    "backbone": 90_600_000,
-    **{name: round(153_100_000 * share / sum(_HEAD_SHARES.values())) for name, share in _HEAD_SHARES.items()},
-    "neural_emotion": 122_600_000,
-    "neural_bentham": 78_300_000,
-    "neural_regret": 153_900_000,
-    "neural_surd": 13_500_000,
-    "advanced_emotion": 63_000_000,
-    "advanced_regret": 44_200_000,
-    "advanced_bentham": 2_500_000,
-    "advanced_surd": 2_200_000,
-    "dsp": 2_300_000,
-    "kalman": 700,
-    "phase0_calibrator": 2_000_000,
-    "phase1_empathy": 200_000,
-    "phase2_community": 2_100_000,
-}
 FULL_TOTAL = 730_466_848
 
 

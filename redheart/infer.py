@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from redheart.architecture import DISTRIBUTION_TARGETS, TARGETS, VERDICTS
 from redheart.config import EncoderConfig
 from redheart.core.atomic import atomic_open
 from redheart.core.checkpoint_files import CheckpointError, sha256
@@ -39,13 +40,11 @@ from redheart.data.dataset import SplitTensors
 from redheart.data.embedding_cache import EmbeddingCache
 from redheart.data.encode import encode_texts
 from redheart.data.encoders import build_encoder, document_text
-from redheart.data.schema import BENTHAM_KEYS, DISTRIBUTION_TARGETS, EMOTIONS, SURD_KEYS, VERDICTS
 from redheart.evaluate.calibration import CALIBRATED_TARGETS, load_calibrators
 from redheart.evaluate.decision_rule import SERVED_BATCH, load_decision_rule
 from redheart.select.final_model import load_final_model
 from redheart.train.evaluation import placement_for, split_forward
 
-NAMES = {"emotions": EMOTIONS, "bentham_scores": BENTHAM_KEYS, "surd_metrics": SURD_KEYS, "verdict": VERDICTS}
 ON_ERROR = ("stop", "row")
 
 
@@ -265,12 +264,12 @@ def named_prediction(
     probs: dict[str, np.ndarray], row: int, label: int, methods: dict[str, str], record_id: str | None = None
 ) -> Prediction:
     """One text's outputs by name; `label` is the rule's verdict class index."""
-    named = {t: dict(zip(NAMES[t], map(float, probs[t][row].reshape(-1)))) for t in NAMES}
+    named = {t.name: dict(zip(t.fields, map(float, probs[t.name][row].reshape(-1)))) for t in TARGETS}
     verdict = probs["verdict"][row]
     return Prediction(
         emotions=named["emotions"],
         bentham_scores=named["bentham_scores"],
-        regret_factor=float(probs["regret_factor"][row].reshape(-1)[0]),
+        regret_factor=named["regret_factor"]["regret_factor"],
         surd_metrics=named["surd_metrics"],
         verdict=Verdict(VERDICTS[label], VERDICTS[int(verdict.argmax())], named["verdict"]),
         calibration=dict(methods),

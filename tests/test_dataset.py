@@ -3,8 +3,8 @@ import random
 import pytest
 import torch
 
+from redheart.architecture import VERDICTS
 from redheart.data.dataset import SplitTensors, epoch_order, load_split, micro_batches, record_target, split_hash
-from redheart.data.schema import VERDICTS
 
 from tiny_run import make_run, synthetic_record, synthetic_split
 

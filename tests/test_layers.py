@@ -1,9 +1,9 @@
 """The package's imports run one way: each layer imports only itself and the layers below it, without cycles.
 
-Layers, bottom to top: core (atomic files, the run folder, checkpoint files) with config; data; scoring
-(metrics, bootstrap, baselines); model; train; select; evaluate; study (learning curves); report; and the
-entry points (cli, pipeline, infer). The imports are read with `ast` from the source, so a lazy import inside a function
-counts like one at the top of a module.
+Layers, bottom to top: core (atomic files, the run folder, checkpoint files) with config and the architecture
+(the declared targets and modules); data; scoring (metrics, bootstrap, baselines); model; train; select;
+evaluate; study (learning curves); report; and the entry points (cli, pipeline, infer). The imports are read
+with `ast` from the source, so a lazy import inside a function counts like one at the top of a module.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "redheart"
 LAYERS = (
-    ("redheart.core", "redheart.config"),
+    ("redheart.core", "redheart.config", "redheart.architecture"),
     ("redheart.data",),
     ("redheart.scoring",),
     ("redheart.model",),

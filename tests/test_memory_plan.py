@@ -3,9 +3,10 @@
 import pytest
 import torch
 
+from redheart.architecture import module_names
 from redheart.cli import main
 from redheart.config import preset
-from redheart.model.model import MODULES, RedHeartModel
+from redheart.model.model import RedHeartModel
 from redheart.train.memory.activations import empty_model, measure_activation_bytes
 from redheart.train.memory.plan import (
     GiB,
@@ -106,7 +107,7 @@ def test_fsdp_shares_the_full_model_over_processes(full_plan_parts):
     assert four.device_total < 7.5 * GiB < two.device_total < standard.device_total
     # Syncing once per window holds the window's gradients unsharded (fp32, the whole model) between micro-steps.
     once = fsdp_footprint(model, config, activations[True], 4, accumulate_unsharded=True)
-    largest = max(sum(p.numel() * 4 for p in getattr(model, name).parameters()) for name in MODULES)
+    largest = max(sum(p.numel() * 4 for p in getattr(model, name).parameters()) for name in module_names())
     assert once.device["gradients"] - four.device["gradients"] == standard.device["gradients"] - largest
     # On 8 GiB cards that does not fit, so four processes sync after every micro-step; on 16 GiB cards it does.
     eight = fsdp_choice(model, config, activations[True], 4, int(7.5 * GiB))

@@ -8,11 +8,11 @@ import math
 import pytest
 import torch
 
+from redheart.architecture import TARGET_DIMS, group_of, module_targets
 from redheart.config import PRESETS
-from redheart.data.schema import TARGET_DIMS
-from redheart.model.groups import GROUPS, group_of, group_state_dict, load_group_state_dict
+from redheart.model.groups import GROUPS, group_state_dict, load_group_state_dict
 from redheart.model.losses import soft_cross_entropy, split_halves
-from redheart.model.model import MODULE_TARGETS, RedHeartModel
+from redheart.model.model import RedHeartModel
 
 SEGMENTS = 4
 
@@ -51,8 +51,8 @@ def test_outputs_have_fixed_shapes_and_ranges() -> None:
     model = make_model().eval()
     batch = make_batch(32, size=5)
     out = model(batch["x"], batch["mask"])
-    assert set(out) == {*MODULE_TARGETS, "fused"}
-    for module, target in MODULE_TARGETS.items():
+    assert set(out) == {*module_targets(), "fused"}
+    for module, target in module_targets().items():
         assert out[module][target].shape == (5, TARGET_DIMS[target])
     assert out["regret_head"]["regret_factor"].shape == (5, 1)
     for target in ("bentham_scores", "regret_factor", "surd_metrics"):
@@ -71,7 +71,7 @@ def test_missing_target_gives_finite_losses_and_no_gradient() -> None:
     batch["emotions"] = torch.full_like(batch["emotions"], float("nan"))  # an absent value may hold anything
     losses = model.losses(model(batch["x"], batch["mask"]), batch, label_smoothing=0.1)
     assert all(math.isfinite(float(v)) for v in losses.values())
-    emotion_only = [m for m, t in MODULE_TARGETS.items() if t == "emotions"]
+    emotion_only = [m for m, t in module_targets().items() if t == "emotions"]
     assert all(float(losses[m]) == 0.0 for m in emotion_only)
     sum(losses.values()).backward()
     for module in emotion_only:
@@ -113,7 +113,7 @@ def test_rdrop_halves_differ_in_every_module_and_consistency_is_positive() -> No
     x, mask = batch["x"], batch["mask"]
     out_a, out_b = split_halves(model(torch.cat([x, x]), torch.cat([mask, mask])))
     terms = model.consistency(out_a, out_b)
-    assert set(terms) == {*MODULE_TARGETS, "kalman"}
+    assert set(terms) == {*module_targets(), "kalman"}
     assert all(float(v) > 0 for v in terms.values()), terms
     model.eval()
     same_a, same_b = split_halves(model(torch.cat([x, x]), torch.cat([mask, mask])))
@@ -175,8 +175,8 @@ def test_groups_read_only_x() -> None:
             for p in getattr(model, module).parameters():
                 p.zero_()
     after = model(batch["x"], batch["mask"])
-    for module in MODULE_TARGETS:
-        target = MODULE_TARGETS[module]
+    for module in module_targets():
+        target = module_targets()[module]
         same = torch.equal(after[module][target], before[module][target])
         assert same == (group_of(module) != "group_a"), module
 

@@ -6,7 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from redheart.config import FULL_BUDGETS, FULL_TOTAL, PRESETS, ModelConfig
+from redheart.architecture import FULL_BUDGETS
+from redheart.config import FULL_TOTAL, PRESETS, ModelConfig
 from redheart.model.groups import GROUPS
 from redheart.model.model import RedHeartModel, parameter_table
 from redheart.model.sizing import solve_width

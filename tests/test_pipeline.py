@@ -9,10 +9,10 @@ from sklearn.metrics import f1_score
 
 import redheart.data.dataset as dataset
 import redheart.train.recipe as recipe
+from redheart.architecture import VERDICTS
 from redheart.cli import main
 from redheart.core.atomic import read_json
 from redheart.core.rundir import RunDir
-from redheart.data.schema import VERDICTS
 
 from tiny_run import synthetic_record
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 import torch
 
+from redheart.architecture import BENTHAM_KEYS, EMOTIONS, SURD_KEYS, VERDICTS
 from redheart.core.atomic import read_json
 from redheart.core.checkpoint_files import CheckpointError
-from redheart.data.schema import BENTHAM_KEYS, EMOTIONS, SURD_KEYS, VERDICTS
 from redheart.evaluate.calibration import CALIBRATORS_FILE, CalibrationOptions, fit_calibrators
 from redheart.evaluate.decision_rule import fit_decision_rules
 from redheart.infer import Prediction, Predictor, predict_records, predict_texts, read_inputs

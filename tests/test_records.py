@@ -5,9 +5,9 @@ import json
 
 import pytest
 
+from redheart.architecture import BENTHAM_KEYS, EMOTIONS, SURD_KEYS
 from redheart.config import DataConfig
 from redheart.data.records import DataError, content_id, load_records
-from redheart.data.schema import BENTHAM_KEYS, EMOTIONS, SURD_KEYS
 
 CONFIG = DataConfig()
 

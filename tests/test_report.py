@@ -9,12 +9,12 @@ from html.parser import HTMLParser
 
 import pytest
 
+from redheart.architecture import VERDICTS
 from redheart.config import save_config
 from redheart.core.atomic import read_json, write_jsonl
 from redheart.core.rundir import RunDir
 from redheart.data.encode import encode_run
 from redheart.data.prepare import prepare
-from redheart.data.schema import VERDICTS
 from redheart.evaluate.calibration import (
     CalibrationOptions,
     fit_calibrators,

@@ -18,7 +18,7 @@ import httpx
 import pytest
 import uvicorn
 
-from redheart.data.schema import VERDICTS
+from redheart.architecture import VERDICTS
 from redheart.infer import Predictor
 from redheart.serve import Batching, Limits, create_app
 

@@ -70,7 +70,7 @@ def test_analyze_writes_the_report_and_pins_the_sweet_spots(tmp_path):
     analysis = analyze(run, config)
     assert set(analysis.sweet_spots) == set(GROUPS)
     assert analysis.groups["group_a"].sweet_spot == 4 and analysis.groups["group_a"].onset == 5
-    assert analysis.groups["group_a"].modules == GROUPS["group_a"][1:]  # the backbone has no loss of its own
+    assert analysis.groups["group_a"].modules == list(GROUPS["group_a"][1:])  # the backbone has no loss of its own
     written = read_json(run.analysis_results)
     assert written["sweet_spots"]["phase"] == 4 and "onset" in written["groups"]["phase"]["reason"]
     assert "**group_c**" in (run.analysis / "analysis.md").read_text()

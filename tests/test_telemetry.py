@@ -5,10 +5,11 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from torch import nn
 
+from redheart.architecture import module_names
 from redheart.core.atomic import read_json
 from redheart.core.checkpoint_files import verify_checkpoint
 from redheart.data.dataset import load_split
-from redheart.model.model import MODULES, RedHeartModel
+from redheart.model.model import RedHeartModel
 from redheart.train.optim import build_optimizer
 from redheart.train.precision import choose_precision
 from redheart.train.recipe import train
@@ -149,7 +150,7 @@ def test_a_tiny_run_seals_module_stats_into_every_checkpoint(tiny_run):
         assert "module_stats.json" in verify_checkpoint(out.checkpoint(epoch))["files"]
         stats = read_json(out.checkpoint(epoch) / "module_stats.json")
         assert stats["epoch"] == epoch and stats["gradients_captured"] is True
-        assert set(stats["modules"]) == set(MODULES)
+        assert set(stats["modules"]) == set(module_names())
         for entry in stats["modules"].values():
             assert entry["parameters"]["count"] > 0 and entry["parameters"]["norm"] > 0
             assert entry["gradients"]["max"] >= entry["gradients"]["min"]

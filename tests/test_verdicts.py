@@ -9,23 +9,23 @@ import pytest
 import torch
 from sklearn.metrics import f1_score
 
+from redheart.architecture import VERDICTS, module_targets, verdict_modules
 from redheart.config import DataConfig
 from redheart.core.atomic import read_json
 from redheart.core.checkpoint_files import sha256
 from redheart.core.rundir import RunDir
 from redheart.data.dataset import epoch_order, targets_tensors, training_order, verdict_only_rows
 from redheart.data.prepare import prepare
-from redheart.data.schema import VERDICTS
 from redheart.evaluate.decision_rule import apply_weights, fit_class_weights
 from redheart.evaluate.final import difference_conclusion
 from redheart.model.losses import dirichlet_multinomial_nll, vote_loss
-from redheart.model.model import MODULE_TARGETS, VERDICT_MODULES, RedHeartModel
+from redheart.model.model import RedHeartModel
 from redheart.select.intervals import paired_difference_intervals
 from redheart.train.trainer import forward_losses
 
 from tiny_run import synthetic_record, synthetic_split, tiny_config
 
-EMOTION_MODULES = [name for name, target in MODULE_TARGETS.items() if target == "emotions"]
+EMOTION_MODULES = [name for name, target in module_targets().items() if target == "emotions"]
 
 
 # ---- the Dirichlet-multinomial likelihood of the votes ---------------------------------------------------------
@@ -148,10 +148,10 @@ def test_a_batch_of_verdict_only_records_runs_only_the_verdict_modules() -> None
     batch = {key: value[odd] for key, value in batch.items()}
     total, parts = forward_losses(model, batch, tiny_config().train)
     total.backward()
-    assert set(parts) - {"consistency"} == {*VERDICT_MODULES, "kalman"}
-    for name in MODULE_TARGETS:
+    assert set(parts) - {"consistency"} == {*verdict_modules(), "kalman"}
+    for name in module_targets():
         has_grad = any(p.grad is not None for p in getattr(model, name).parameters())
-        assert has_grad == (name in VERDICT_MODULES), name
+        assert has_grad == (name in verdict_modules()), name
     assert any(p.grad is not None for p in model.backbone.parameters())
 
 
@@ -444,6 +444,6 @@ def test_evaluate_requires_the_rule_and_scores_it_on_the_served_distribution(cro
         pytest.approx(probe_f1, abs=1e-12),
     )
     assert difference["final"] == pytest.approx(rule["verdict_macro_f1"], abs=1e-12)
-    assert set(results["verdict_sources"]) == set(VERDICT_MODULES)
+    assert set(results["verdict_sources"]) == set(verdict_modules())
     printed = format_results(results)
     assert "paired bootstrap" in printed and results["final_vs_probe_conclusion"] in printed

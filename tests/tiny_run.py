@@ -16,12 +16,12 @@ from typing import Any
 
 import torch
 
+from redheart.architecture import EMOTIONS, VERDICTS
 from redheart.config import PRESETS, RunConfig, with_overrides
 from redheart.core.atomic import write_json, write_jsonl
 from redheart.core.rundir import RunDir
 from redheart.data.dataset import SplitTensors, targets_tensors
 from redheart.data.encode import encode_run
-from redheart.data.schema import EMOTIONS, VERDICTS
 
 CLASS_WORDS = ("apple", "brick", "cloud", "delta", "ember")
 FILLER = ("the", "a", "and", "my", "friend", "today", "said", "went", "home", "so")

@@ -17,10 +17,10 @@ from typing import Any, cast
 import numpy as np
 import torch
 
+from redheart.architecture import TARGET_DIMS, VERDICTS
 from redheart.core.atomic import read_json
 from redheart.core.rundir import RunDir
 from redheart.data.encode import load_embeddings
-from redheart.data.schema import TARGET_DIMS, VERDICTS
 
 SPLITS = ("train", "val", "test")
 VOTES = "verdict_votes"  # (N, 5) raw vote counts beside the normalised "verdict" distribution

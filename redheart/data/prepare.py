@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 from scipy.stats import ks_2samp
 
+from redheart.architecture import EMOTIONS, VERDICTS
 from redheart.config import DataConfig
 from redheart.core.atomic import write_json, write_jsonl
 from redheart.core.rundir import RunDir
@@ -29,7 +30,6 @@ from redheart.data.dedup import DedupResult, near_duplicates
 from redheart.data.leakage import format_leakage, leakage_report
 from redheart.data.minhash_dedup import minhash_near_duplicates
 from redheart.data.records import load_records
-from redheart.data.schema import EMOTIONS, VERDICTS
 from redheart.data.split import NO_LABEL, Split, check_leakage, split_records
 
 _SAMPLE_PAIRS = 10

@@ -23,8 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, cast
 
+from redheart.architecture import DISTRIBUTION, TARGET_DIMS, VERDICTS, Target, target
 from redheart.config import DataConfig
-from redheart.data.schema import BENTHAM_KEYS, EMOTIONS, SURD_KEYS, VERDICTS
 
 KNOWN_FIELDS = (
     "id",
@@ -124,10 +124,9 @@ def normalize_record(value: Any, config: DataConfig) -> tuple[dict[str, Any] | N
         "action": check.optional_str(value, "action"),
         "label": check.label(value),
         "label_scores": check.label_scores(value),
-        "emotions": check.vector(value, "emotions", EMOTIONS, distribution=config.emotion_sum_tolerance),
-        "regret_factor": check.score(value.get("regret_factor"), "regret_factor"),
-        "bentham_scores": check.vector(value, "bentham_scores", BENTHAM_KEYS),
-        "surd_metrics": check.vector(value, "surd_metrics", SURD_KEYS),
+        # The targets held in a field of their name (the verdict comes from label and label_scores), in the
+        # order of KNOWN_FIELDS, the order of a clean record.
+        **{name: check.target(value, target(name), config) for name in KNOWN_FIELDS if name in TARGET_DIMS},
     }
     if problems:
         return None, problems
@@ -221,6 +220,13 @@ class _Checker:
         else:
             return float(item)
         return None
+
+    def target(self, value: dict, declared: Target, config: DataConfig) -> float | list[float] | None:
+        """A target of one dimension is a score; a wider one a vector of scores, or a distribution."""
+        if declared.dim == 1:
+            return self.score(value.get(declared.name), declared.name)
+        tolerance = config.emotion_sum_tolerance if declared.kind == DISTRIBUTION else None
+        return self.vector(value, declared.name, declared.fields, distribution=tolerance)
 
     def vector(
         self, value: dict, name: str, keys: tuple[str, ...], distribution: float | None = None

@@ -42,12 +42,12 @@ from scipy.special import log_softmax
 from sklearn.isotonic import IsotonicRegression
 from sklearn.model_selection import KFold
 
+from redheart.architecture import EMOTIONS, VERDICTS
 from redheart.config import RunConfig
 from redheart.core.atomic import read_json, write_json
 from redheart.core.checkpoint_files import MANIFEST, sha256
 from redheart.core.rundir import RunDir
 from redheart.data.dataset import load_split, split_targets
-from redheart.data.schema import EMOTIONS, VERDICTS
 from redheart.evaluate.reliability_plot import plot_reliability
 from redheart.scoring.metrics import PROB_EPS, TIE_TOL
 from redheart.select.final_model import load_final_model

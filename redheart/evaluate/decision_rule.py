@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from redheart.architecture import VERDICTS
 from redheart.config import RunConfig
 from redheart.core.atomic import read_json, write_json
 from redheart.core.checkpoint_files import sha256
 from redheart.core.rundir import RunDir
 from redheart.data.dataset import SplitTensors, load_split, split_targets
-from redheart.data.schema import VERDICTS
 from redheart.evaluate.calibration import CALIBRATORS_FILE, Calibrators, load_calibrators
 from redheart.scoring.baselines import fit_probe, pooled_features, probe_predict
 from redheart.scoring.metrics import PROB_EPS, _macro_f1

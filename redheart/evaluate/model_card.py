@@ -16,9 +16,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from redheart.architecture import BENTHAM_KEYS, EMOTIONS, SURD_KEYS, VERDICTS
 from redheart.core.atomic import atomic_open, read_json, write_json
 from redheart.core.rundir import RunDir
-from redheart.data.schema import BENTHAM_KEYS, EMOTIONS, SURD_KEYS, VERDICTS, bundled_data_path
+from redheart.data.schema import bundled_data_path
 from redheart.scoring.metrics import HEADLINE, Metric
 
 # Provenance of the data set shipped in the package; a run on other data states only its path.

@@ -24,23 +24,20 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from redheart.architecture import DISTRIBUTION_TARGETS, fusion_sources
 from redheart.model.losses import target_loss
 
-EMOTION_SOURCES = ("emotion_head", "neural_emotion", "advanced_emotion", "dsp", "phase0_calibrator", "phase1_empathy")
-REGRESSION_SOURCES = {
-    "bentham_scores": ("bentham_head", "neural_bentham", "advanced_bentham"),
-    "regret_factor": ("regret_head", "neural_regret", "advanced_regret"),
-    "surd_metrics": ("surd_head", "neural_surd", "advanced_surd"),
-}
-VERDICT_SOURCES = ("verdict_head", "phase2_community")
-_LOG_SPACE = ("emotions", "verdict")
+# Distributions are fused as log-probabilities.
+_LOG_SPACE = DISTRIBUTION_TARGETS
 _EPS = 1e-4
 
 
 class KalmanFusion(nn.Module):
-    def __init__(self, target_dims: dict[str, int]) -> None:
+    def __init__(self, target_dims: dict[str, int], sources: dict[str, tuple[str, ...]] | None = None) -> None:
+        """`sources`: the modules fused for each target, by default the declared ones (architecture.fusion_sources);
+        their order is the order of the parameter dictionaries."""
         super().__init__()
-        self.sources = {"emotions": EMOTION_SOURCES, "verdict": VERDICT_SOURCES, **REGRESSION_SOURCES}
+        self.sources = fusion_sources() if sources is None else dict(sources)
         self.log_var = nn.ParameterDict(
             {t: nn.Parameter(torch.zeros(len(s), target_dims[t])) for t, s in self.sources.items()}
         )

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from redheart.data.schema import DISTRIBUTION_TARGETS
+from redheart.architecture import DISTRIBUTION_TARGETS
 
 VOTES = "verdict_votes"  # the batch key of the raw vote counts (N, 5) beside the normalised "verdict"
 # exp() of a logit past this overflows float32 concentrations; clamping keeps the loss finite.

@@ -16,10 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from redheart.architecture import VERDICTS
 from redheart.config import ModelConfig, load_config
 from redheart.core.atomic import atomic_open, read_json, write_json, write_with
 from redheart.core.rundir import RunDir
-from redheart.data.schema import VERDICTS
 from redheart.evaluate.calibration import CALIBRATORS_FILE, TEST_REPORT_FILE
 from redheart.model.model import parameter_table
 from redheart.report.document import Section, Table

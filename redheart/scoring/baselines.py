@@ -22,8 +22,8 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
+from redheart.architecture import DISTRIBUTION_TARGETS, TARGET_DIMS
 from redheart.data.dataset import SplitTensors, split_targets
-from redheart.data.schema import DISTRIBUTION_TARGETS, TARGET_DIMS
 from redheart.scoring.metrics import evaluate_predictions
 
 RIDGE_ALPHAS = np.logspace(-2, 4, 13)

@@ -15,7 +15,7 @@ from scipy.special import rel_entr
 from scipy.stats import pearsonr
 from sklearn.metrics import f1_score
 
-from redheart.data.schema import BENTHAM_KEYS, EMOTIONS, SURD_KEYS, TARGET_DIMS, VERDICTS
+from redheart.architecture import EMOTIONS, REGRESSION, TARGETS, VERDICTS
 
 # Predicted probabilities are clipped to at least this before a log, so one confident zero gives a large
 # but finite loss instead of infinity.
@@ -23,11 +23,8 @@ PROB_EPS = 1e-12
 # Two target entries within this of each other count as a tie for the top class.
 TIE_TOL = 1e-9
 
-REGRESSION_NAMES: dict[str, tuple[str, ...]] = {
-    "bentham_scores": BENTHAM_KEYS,
-    "regret_factor": ("regret_factor",),
-    "surd_metrics": SURD_KEYS,
-}
+# The dimension names of each regression target.
+REGRESSION_NAMES: dict[str, tuple[str, ...]] = {t.name: t.fields for t in TARGETS if t.kind == REGRESSION}
 
 
 def _matrix(name: str, array: np.ndarray, width: int) -> np.ndarray:
@@ -126,12 +123,21 @@ def verdict_metrics(probs: np.ndarray, votes: np.ndarray) -> dict:
     }
 
 
+# A distribution target's metric set says what it is scored against: a soft label (KL divergence, a tie accepting
+# any tied class) or the community's votes (accuracy of the majority, cross-entropy of the vote shares).
+DISTRIBUTION_METRICS: dict[tuple[str, ...], Callable[[np.ndarray, np.ndarray], dict]] = {
+    ("accuracy", "macro_f1", "kl"): emotion_metrics,
+    ("accuracy", "macro_f1", "cross_entropy"): verdict_metrics,
+}
+
+
 def evaluate_predictions(
     preds: Mapping[str, np.ndarray], targets: Mapping[str, np.ndarray], present: Mapping[str, np.ndarray]
 ) -> dict[str, dict]:
-    """Metrics of every target in TARGET_DIMS on its present rows; a target with none reports {"n": 0}."""
+    """Metrics of every target in TARGETS on its present rows; a target with none reports {"n": 0}."""
     results: dict[str, dict] = {}
-    for name in TARGET_DIMS:
+    for declared in TARGETS:
+        name = declared.name
         mask = np.asarray(present[name], dtype=bool)
         if mask.ndim != 1:
             raise ValueError(f"{name}_present: expected a 1-d bool mask, got shape {mask.shape}")
@@ -144,12 +150,10 @@ def evaluate_predictions(
         if len(pred) != len(mask) or len(target) != len(mask):
             raise ValueError(f"{name}: mask has {len(mask)} rows, prediction {len(pred)}, target {len(target)}")
         pred, target = pred[mask], target[mask]
-        if name == "emotions":
-            results[name] = emotion_metrics(pred, target)
-        elif name == "verdict":
-            results[name] = verdict_metrics(pred, target)
+        if declared.kind == REGRESSION:
+            results[name] = regression_metrics(pred, target, declared.fields)
         else:
-            results[name] = regression_metrics(pred, target, REGRESSION_NAMES[name])
+            results[name] = DISTRIBUTION_METRICS[declared.metrics](pred, target)
     return results
 
 

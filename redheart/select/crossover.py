@@ -19,11 +19,11 @@ from typing import Any
 
 from safetensors.torch import load_file
 
+from redheart.architecture import TARGET_DIMS
 from redheart.config import RunConfig
 from redheart.core.atomic import atomic_open, read_json, write_json, write_with
 from redheart.core.rundir import RunDir
 from redheart.data.dataset import load_split
-from redheart.data.schema import TARGET_DIMS
 from redheart.model.groups import GROUPS
 from redheart.model.kalman import KalmanFusion
 from redheart.model.model import RedHeartModel

@@ -19,10 +19,10 @@ import torch
 from safetensors.torch import load_file
 from torch import Tensor
 
+from redheart.architecture import DISTRIBUTION_TARGETS, TARGET_DIMS, group_of
 from redheart.core.checkpoint_files import verify_checkpoint
 from redheart.data.dataset import SplitTensors
-from redheart.data.schema import DISTRIBUTION_TARGETS, TARGET_DIMS
-from redheart.model.groups import GROUPS, group_of
+from redheart.model.groups import GROUPS
 from redheart.model.kalman import KalmanFusion
 from redheart.model.losses import target_loss
 from redheart.model.model import RedHeartModel

@@ -11,6 +11,7 @@ when there is none).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -104,7 +105,7 @@ def sweet_spot_index(val_smooth: list[float], onset: int | None) -> int:
     return min(range(len(allowed)), key=lambda i: (allowed[i], i))
 
 
-def group_loss(losses: dict[str, float], modules: list[str]) -> float | None:
+def group_loss(losses: dict[str, float], modules: Sequence[str]) -> float | None:
     """Sum of the modules' losses; None when none of them has one (the backbone alone has no loss)."""
     present = [losses[m] for m in modules if m in losses]
     return sum(present) if present else None

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from redheart.architecture import DISTRIBUTION_TARGETS, TARGET_DIMS
 from redheart.data.dataset import SplitTensors, split_targets
-from redheart.data.schema import DISTRIBUTION_TARGETS, TARGET_DIMS
 from redheart.model.groups import GROUPS
 from redheart.model.losses import Outputs
 from redheart.model.model import RedHeartModel
@@ -128,7 +128,7 @@ def split_forward(
     red = cast(RedHeartModel, model)
     outputs: list[Outputs] = [{} for _ in batches]
     for group in SWAP_ORDER:
-        with on_device([getattr(red, name) for name in GROUPS[group]], device), autocast():
+        with on_device([getattr(red, name) for name in red.groups[group]], device), autocast():
             for batch, out in zip(batches, outputs):
                 out.update(group_outputs(red, group, batch["x"], batch["mask"].to(torch.bool), out))
     return list(zip(batches, outputs))

@@ -12,7 +12,7 @@ not matter for sizes, and the 730M model takes about 2 s to build this way.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -20,9 +20,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from redheart.architecture import TARGET_DIMS
 from redheart.config import RunConfig
-from redheart.data.schema import TARGET_DIMS
-from redheart.model.model import MODULES, RedHeartModel
+from redheart.model.model import RedHeartModel
 
 OTHER = "other"  # losses, fusion inputs and anything saved outside a named module
 
@@ -44,7 +44,7 @@ class ActivationBytes:
         modules = [size for name, size in self.per_module.items() if name != OTHER]
         return self.inputs + self.per_module.get(OTHER, 0) + max(modules, default=0)
 
-    def of(self, modules: list[str]) -> int:
+    def of(self, modules: Sequence[str]) -> int:
         return sum(self.per_module.get(name, 0) for name in modules)
 
 
@@ -82,7 +82,7 @@ def measure_activation_bytes(model: RedHeartModel, rows: int, bf16: bool) -> Act
         running.pop()
 
     handles = []
-    for name in MODULES:
+    for name in model.module_names:
         module = getattr(model, name)
         handles += [module.register_forward_pre_hook(enter(name)), module.register_forward_hook(leave)]
     batch = synthetic_batch(rows, model.input_dim, model.max_segments)
@@ -96,7 +96,7 @@ def measure_activation_bytes(model: RedHeartModel, rows: int, bf16: bool) -> Act
     finally:
         for handle in handles:
             handle.remove()
-    per_module = {name: 0 for name in (*MODULES, OTHER)}
+    per_module = {name: 0 for name in (*model.module_names, OTHER)}
     for name, size in saved.values():
         per_module[name] += size
     pooled = rows * model.backbone.width * (2 if bf16 else 4)

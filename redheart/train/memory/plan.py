@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
@@ -27,10 +27,11 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from redheart.architecture import module_names
 from redheart.config import RunConfig
 from redheart.core.atomic import write_json
 from redheart.model.groups import GROUPS
-from redheart.model.model import MODULES, RedHeartModel
+from redheart.model.model import RedHeartModel
 from redheart.train.memory.activations import ActivationBytes, empty_model, measure_activation_bytes
 from redheart.train.memory.strategy import STRATEGIES, MemoryStrategy, strategy
 
@@ -126,7 +127,7 @@ def _nbytes(tensors: Iterable[torch.Tensor]) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def _params(model: nn.Module, modules: list[str]) -> list[nn.Parameter]:
+def _params(model: nn.Module, modules: Sequence[str]) -> list[nn.Parameter]:
     return [p for name in modules for p in getattr(model, name).parameters()]
 
 
@@ -192,7 +193,7 @@ def fsdp_footprint(
     params = list(model.parameters())
     weights = _nbytes(params)
     ema = weights if config.train.ema_decay > 0 else 0
-    largest = max(_nbytes(_params(model, [name])) for name in MODULES)
+    largest = max(_nbytes(_params(model, [name])) for name in module_names())
     accumulates = accumulate_unsharded and config.train.accumulation > processes
     device = {
         "weights": weights // processes + largest,

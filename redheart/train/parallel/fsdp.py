@@ -8,7 +8,7 @@ itself (a reduce-scatter after every micro-step's backward): every forward and b
 from all ranks, so every rank runs the same number of micro-steps, some of weight 0 (data_parallel.py).
 
 Layout choices:
-- Each top-level module of RedHeartModel (model.MODULES) is one FSDP unit, the model itself the root;
+- Each top-level module of RedHeartModel (RedHeartModel.module_names) is one FSDP unit, the model itself the root;
   the root resharding after forward too means every parameter is sharded whenever no forward or backward
   runs: after evaluation (a forward without backward) as after a step.
 - Gradients are summed, not averaged (divide factor 1, sum-only collectives: gloo has no AVG or
@@ -49,7 +49,7 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 from torch.optim.swa_utils import AveragedModel
 
 from redheart.config import RunConfig
-from redheart.model.model import MODULES, RedHeartModel
+from redheart.model.model import RedHeartModel
 from redheart.train.precision import Precision
 
 _GATHER = StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -75,7 +75,7 @@ def shard(model: RedHeartModel, ema: AveragedModel | None, precision: Precision,
     for module in [model] + ([ema.module] if ema is not None else []):
         scalars = {p for p in module.parameters() if p.dim() == 0}
         policy = mixed_precision_policy(precision if module is model else None)
-        for name in MODULES:
+        for name in model.module_names:
             fully_shard(
                 getattr(module, name), mesh=mesh, reshard_after_forward=True, ignored_params=scalars, mp_policy=policy
             )
@@ -129,7 +129,7 @@ def host_view(model: RedHeartModel) -> RedHeartModel | None:
     if not state:
         return None
     with torch.device("meta"):
-        plain = RedHeartModel(model.config, model.input_dim, model.max_segments)
+        plain = RedHeartModel(model.config, model.input_dim, model.max_segments, model.specs)
     plain.load_state_dict(state, strict=True, assign=True)  # assign: the gathered tensors, no second copy
     return plain
 

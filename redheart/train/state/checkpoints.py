@@ -14,7 +14,6 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
-from torch import nn
 
 from redheart.core.checkpoint_files import (
     MANIFEST,
@@ -26,14 +25,15 @@ from redheart.core.checkpoint_files import (
 )
 from redheart.core.faults import NO_FAULTS, Faults
 from redheart.core.rundir import RunDir
-from redheart.model.groups import GROUPS, group_state_dict, load_group_state_dict
+from redheart.model.groups import group_state_dict, load_group_state_dict
+from redheart.model.model import RedHeartModel
 
 CHECKPOINT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
-def group_states(model: nn.Module) -> dict[str, dict[str, torch.Tensor]]:
+def group_states(model: RedHeartModel) -> dict[str, dict[str, torch.Tensor]]:
     """The model's state_dict cut by group, on the host; a key in no group is an error, never left out."""
-    states = {group: group_state_dict(model, group) for group in GROUPS}
+    states = {group: group_state_dict(model, group) for group in model.groups}
     covered = {key for state in states.values() for key in state}
     orphans = sorted(set(model.state_dict()) - covered)
     if orphans:
@@ -73,7 +73,7 @@ def _write_json(path: Path, obj: Any, faults: Faults) -> None:
 
 
 def save_checkpoint(
-    model: nn.Module,
+    model: RedHeartModel,
     folder: Path,
     metrics: dict[str, Any],
     preset: str,
@@ -106,7 +106,7 @@ def save_checkpoint(
     _write_json(folder / MANIFEST, {"preset": preset, "files": {name: sha256(folder / name) for name in files}}, faults)
 
 
-def load_group(model: nn.Module, folder: Path, group: str) -> None:
+def load_group(model: RedHeartModel, folder: Path, group: str) -> None:
     """Load one group's weights strictly from a verified checkpoint folder."""
     folder = Path(folder)
     manifest = verify_checkpoint(folder)
@@ -126,18 +126,18 @@ def load_group(model: nn.Module, folder: Path, group: str) -> None:
         ) from None
 
 
-def load_checkpoint(model: nn.Module, folder: Path) -> None:
+def load_checkpoint(model: RedHeartModel, folder: Path) -> None:
     """Load every group of one checkpoint."""
-    for group in GROUPS:
+    for group in model.groups:
         load_group(model, folder, group)
 
 
-def load_groups(model: nn.Module, epochs: dict[str, int], run: RunDir) -> nn.Module:
+def load_groups(model: RedHeartModel, epochs: dict[str, int], run: RunDir) -> RedHeartModel:
     """Assemble a model whose groups come from their own epochs ({group: epoch}); every group must be named."""
-    unknown = set(epochs) - set(GROUPS)
+    unknown = set(epochs) - set(model.groups)
     if unknown:
-        raise CheckpointError(f"unknown groups {sorted(unknown)}; GROUPS are {sorted(GROUPS)}")
-    left = set(GROUPS) - set(epochs)
+        raise CheckpointError(f"unknown groups {sorted(unknown)}; the model's groups are {sorted(model.groups)}")
+    left = set(model.groups) - set(epochs)
     if left:
         raise CheckpointError(f"no epoch given for groups {sorted(left)}; a crossover model needs every group")
     for group, epoch in epochs.items():

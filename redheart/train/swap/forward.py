@@ -17,7 +17,7 @@ from torch import Tensor
 from redheart.config import TrainConfig
 from redheart.model.groups import GROUPS
 from redheart.model.losses import Outputs, split_halves
-from redheart.model.model import MODULE_TARGETS, VERDICT_MODULES, RedHeartModel
+from redheart.model.model import RedHeartModel
 from redheart.train.trainer import rdrop_losses
 
 # The group holding the Kalman fusion, which reads every other group's predictions: it goes last.
@@ -43,10 +43,10 @@ def dropped_passes(model: RedHeartModel, x: Tensor, mask: Tensor, rdrop: bool, s
     return [(dropped, torch.cat([mask, mask]))]
 
 
-def runs_on_verdict_only(group: str) -> bool:
+def runs_on_verdict_only(model: RedHeartModel, group: str) -> bool:
     """Whether RedHeartModel.forward(verdict_only=True) runs any of `group`'s modules (the verdict modules, the
     backbone they read, the fusion); a group that runs none gets no loss and no gradient from such a batch."""
-    return any(name in VERDICT_MODULES or name in ("backbone", "kalman") for name in GROUPS[group])
+    return any(name in model.verdict_modules or name in ("backbone", "kalman") for name in model.groups[group])
 
 
 def group_outputs(
@@ -57,11 +57,11 @@ def group_outputs(
 
     `sources` holds the other groups' predictions of the same pass; only the Kalman fusion reads them.
     """
-    modules = GROUPS[group]
+    modules = model.groups[group]
     pooled = model.backbone(x, mask) if "backbone" in modules else None
     out: Outputs = {}
     for name in modules:
-        if name in MODULE_TARGETS and (not verdict_only or name in VERDICT_MODULES):
+        if name in model.module_targets and (not verdict_only or name in model.verdict_modules):
             out[name] = model.predict_module(name, x, mask, pooled)
     if "kalman" in modules:
         out["fused"] = model.kalman({**sources, **out})

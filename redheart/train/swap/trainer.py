@@ -24,7 +24,6 @@ from torch.nn.utils import clip_grads_with_norm_, get_total_norm
 from torch.utils.checkpoint import checkpoint
 
 from redheart.data.dataset import SplitTensors, verdict_only_rows
-from redheart.model.groups import GROUPS
 from redheart.model.losses import Outputs
 from redheart.train.swap.cpu_offload import HOST, CpuOffload
 from redheart.train.swap.forward import (
@@ -57,7 +56,7 @@ class GroupSwapTrainer(Trainer):
         self.offload.settle(self.model)
         if self.ema is not None:
             self.ema.to(HOST)
-        self.modules = {group: [getattr(self.model, name) for name in GROUPS[group]] for group in SWAP_ORDER}
+        self.modules = {group: [getattr(self.model, name) for name in self.model.groups[group]] for group in SWAP_ORDER}
         self.params = {group: [p for m in modules for p in m.parameters()] for group, modules in self.modules.items()}
         grouped = {id(p) for params in self.params.values() for p in params}
         stray = [name for name, p in self.model.named_parameters() if id(p) not in grouped]
@@ -105,7 +104,7 @@ class GroupSwapTrainer(Trainer):
             for batch, batch_passes, batch_predictions, batch_parts, only in zip(
                 batches, passes, predictions, parts, verdict_only
             ):
-                if only and not runs_on_verdict_only(group):
+                if only and not runs_on_verdict_only(self.model, group):
                     continue
                 size = len(batch["x"])
                 self.faults.at_step("forward", size)

@@ -25,7 +25,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from redheart.model.groups import GROUPS, group_of
+from redheart.architecture import group_of
+from redheart.model.groups import GROUPS
 
 NEAR_ZERO = 1e-6  # |w| below this counts as a zero weight (the sparsity threshold)
 CHUNK = 2**24  # elements per reduced chunk: bounds the flattening copy, and float32 counts stay exact
