@@ -11,6 +11,7 @@ distribution, exp too). Regression targets are in [0,1] with shape (B,k), regret
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any, cast
 
@@ -95,7 +96,7 @@ class RedHeartModel(nn.Module):
             module = self._sized(spec.name, BUILDERS[spec.kind](inputs, out_dim), width_step(spec.kind, config))
             self.add_module(spec.name, module)
             if isinstance(module, Backbone):
-                inputs = Inputs(config, input_dim, max_segments, backbone_width=module.width)
+                inputs = dataclasses.replace(inputs, backbone_width=module.width)
         # Set by the memory strategy: each top-level module recomputes its activations in the backward pass,
         # so the peak holds one module's activations (and bf16 weight copies) instead of all of them.
         self.activation_checkpointing = False
