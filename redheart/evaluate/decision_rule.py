@@ -27,7 +27,7 @@ from redheart.core.checkpoint_files import sha256
 from redheart.core.rundir import RunDir
 from redheart.data.dataset import SplitTensors, load_split, split_targets
 from redheart.data.schema import VERDICTS
-from redheart.evaluate.calibration import CALIBRATORS_FILE, Calibrators, load_calibrators
+from redheart.evaluate.calibration import Calibrators, load_calibrators
 from redheart.scoring.baselines import fit_probe, pooled_features, probe_predict
 from redheart.scoring.metrics import PROB_EPS, _macro_f1
 from redheart.select.final_model import load_final_model
@@ -157,7 +157,7 @@ def final_model_calibrators(run: RunDir) -> Calibrators:
     """The final model's calibrators (the run's copy, which the final model's copy must equal); FileNotFoundError
     naming the phase to run when they are missing, differ, or were fitted for another final model."""
     files = run.model_files
-    run_copy = run.calibration / CALIBRATORS_FILE
+    run_copy = run.calibrators
     if not files.manifest.exists():
         raise FileNotFoundError(f"{run.final_model}: no final model; run `redheart crossover --run {run.root}` first")
     for path in (run_copy, files.calibrators):

@@ -28,10 +28,9 @@ from typing import Any
 from redheart.config import RunConfig, load_config
 from redheart.core.atomic import read_json
 from redheart.core.rundir import RunDir
-from redheart.train.state.checkpoints import MANIFEST, sha256, verify_checkpoint
+from redheart.train.state.checkpoints import sha256, verify_checkpoint
 
 PARTS = ("final_model", "candidates", "calibrators", "decision_rule", "split", "embeddings", "settings")
-MODEL_CARD = "README.md"
 
 
 class StaleTestResults(ValueError):
@@ -49,9 +48,9 @@ def _need(path: Path, command: str, run: RunDir, what: str) -> Path:
 
 
 def _final_model_files(run: RunDir) -> dict[str, str]:
-    _need(run.final_model / MANIFEST, "crossover", run, "final model")
+    _need(run.model_files.manifest, "crossover", run, "final model")
     files = dict(verify_checkpoint(run.final_model)["files"])
-    files.pop(MODEL_CARD, None)  # documentation, rewritten from the results; not what was measured
+    files.pop(run.model_files.card.name, None)  # documentation, rewritten from the results; not what was measured
     return files
 
 
@@ -59,7 +58,7 @@ def _candidates_digest(run: RunDir) -> str:
     from redheart.select.candidates import Candidate
     from redheart.select.freshness import weights_digest
 
-    plan = read_json(_need(run.crossover / "candidates.json", "crossover", run, "crossover results"))
+    plan = read_json(_need(run.crossover_candidates, "crossover", run, "crossover results"))
     entries, used, folders = [], set(), set()
     for entry in plan["candidates"]:
         entry = dict(entry)
@@ -94,7 +93,7 @@ def fingerprint(run: RunDir, config: RunConfig | None = None) -> dict[str, str]:
     return {  # in phase order, so the first missing input names the earliest phase to run
         "final_model": _digest(_final_model_files(run)),
         "candidates": _candidates_digest(run),
-        "calibrators": sha256(_need(run.calibration / "calibrators.json", "calibrate", run, "calibrators")),
+        "calibrators": sha256(_need(run.calibrators, "calibrate", run, "calibrators")),
         "decision_rule": sha256(_need(run.decision_rule, "calibrate", run, "verdict decision rule")),
         "split": _digest({"split": sha256(split), "records": sha256(records)}),
         "embeddings": _embeddings_digest(run),
@@ -113,7 +112,7 @@ def check_fingerprint(run: RunDir, results: dict[str, Any], current: dict[str, s
     changed = changed_parts(results.get("fingerprint"), current)
     if not changed:
         return
-    path = run.root / "test_results.json"
+    path = run.test_results
     if "fingerprint" not in results:
         what = "it records no fingerprint of what it measured (written by an older version)"
     else:

@@ -178,7 +178,7 @@ def write_crossover(run: RunDir, result: CrossoverResult, scores: dict[int, floa
             "inputs": inputs,  # freshness.crossover_inputs: what this selection was made from
         },
     )
-    with atomic_open(run.crossover / "crossover.md") as handle:
+    with atomic_open(run.crossover_summary) as handle:
         handle.write("# Parameter crossover (validation)\n\n" + format_crossover(result) + "\n")
 
 
