@@ -21,7 +21,8 @@ from redheart.evaluate.calibration import (
 )
 from redheart.evaluate.decision_rule import fit_decision_rules
 from redheart.evaluate.final import evaluate_test
-from redheart.report.build import build_report, fmt
+from redheart.report.build import build_report
+from redheart.report.numbers import fmt
 from redheart.select.crossover import crossover
 from redheart.select.final_model import load_final_model
 from redheart.train.recipe import train
