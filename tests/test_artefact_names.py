@@ -1,10 +1,11 @@
 """Every artefact of a run folder is named in one place: RunDir and ModelDir (redheart/core/rundir.py).
 
-The names are read from those classes themselves (every Path property, on a scratch root), and from the file-name
-constants of redheart/core/; then every string literal of the package outside core/ is read with `ast`. A file
-name (it has a suffix) may not be written out anywhere else, alone or as the end of a path ("sweep/choice.json").
-A folder name ("crossover", "data") is also a JSON key, a config section, a command or a pin's owner, so it
-counts only where it builds a path: as an operand of `/`, or ending a literal path ("runs/x/crossover").
+The names are read from those classes themselves (every Path property, on a root that need not exist), and from
+the file-name constants of redheart/core/; then every string literal of the package outside core/ is read with
+`ast`. A file name (it has a suffix) may not be written out anywhere else, alone or as the end of a path
+("sweep/choice.json"). A folder name ("crossover", "data") is also a JSON key, a config section, a command or a
+pin's owner, so it counts only where it builds a path: as an operand of `/`, or ending a literal path
+("runs/x/crossover").
 """
 
 from __future__ import annotations
@@ -87,14 +88,17 @@ def _cases() -> list[object]:
     return cases
 
 
-def test_the_names_come_from_rundir(tmp_path: Path) -> None:
-    names = artefact_names(tmp_path)
+NAMES = artefact_names(Path("run"))  # RunDir and ModelDir only join paths: nothing is created
+
+
+def test_the_names_come_from_rundir() -> None:
+    names = NAMES
     # A few that every phase relies on, spelled here as the expectation (tests are outside the package).
     assert {"test_results.json", "candidates.json", "calibrators.json", "checkpoints", "manifest.json"} <= names
 
 
 @pytest.mark.parametrize("path", _cases())
-def test_no_artefact_name_outside_core(path: Path, tmp_path: Path) -> None:
-    found = spelled_names(path, artefact_names(tmp_path))
+def test_no_artefact_name_outside_core(path: Path) -> None:
+    found = spelled_names(path, NAMES)
     where = "; ".join(f"{path.relative_to(PACKAGE)}:{line}: {text!r}" for line, text in found)
     assert not found, f"artefact names spelled outside core/rundir.py (use RunDir/ModelDir): {where}"

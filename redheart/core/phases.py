@@ -43,7 +43,7 @@ PHASES: tuple[Phase, ...] = (
         "prepare",
         "validate, de-duplicate and split a data set into a run folder",
         inputs=(),
-        outputs=("data",),
+        outputs=("data", "config"),
         section="Data",
     ),
     Phase("encode", "encode", "embed the run's texts (cached on disk)", inputs=("prepare",), outputs=("embeddings",)),
