@@ -229,9 +229,10 @@ def test_a_partial_run_gets_a_report_that_says_what_is_missing(tiny_run, tmp_pat
     page = Page()
     page.feed(html)
     assert page.headings == list(SECTIONS)
-    assert "not available: sweep/results.json not found" in html
-    assert "not available: crossover/candidates.json not found" in html
-    assert "not available: calibration/calibrators.json not found" in html
+    # Each missing input names the command that writes it.
+    assert "not available: sweep/results.json not found (made by redheart sweep)" in html
+    assert "not available: crossover/candidates.json not found (made by redheart crossover)" in html
+    assert "not available: calibration/calibrators.json not found (made by redheart calibrate)" in html
     # Without the sweet-spot analysis, the training curves are drawn from metrics.jsonl.
     assert page.images == ["img/training_curves.png"] and (partial.report / "img" / "training_curves.png").is_file()
     assert {p.stem for p in (partial.report / "tables").glob("*.tex")} == {"data_statistics", "architecture"}

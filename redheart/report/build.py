@@ -34,10 +34,10 @@ def collect_sections(run: RunDir) -> list[Section]:
         try:
             sections.append(spec.build(ctx, spec.title))
         except FileNotFoundError as error:
-            name = Path(error.filename).relative_to(run.root) if error.filename else error
-            sections.append(
-                Section(spec.title, [], missing=[f"not available: {name} not found (made by {spec.made_by})"])
-            )
+            missing = Path(error.filename) if error.filename else None
+            name = missing.relative_to(run.root) if missing else error
+            made_by = spec.maker(run, missing)
+            sections.append(Section(spec.title, [], missing=[f"not available: {name} not found (made by {made_by})"]))
         except (KeyError, TypeError, ValueError, json.JSONDecodeError) as error:
             sections.append(
                 Section(

@@ -1,12 +1,13 @@
-"""The report's sections in the order it shows them, each keyed by the phase whose outputs it reads; the title
-and the command that makes a missing input come from that phase's declaration (redheart.core.phases)."""
+"""The report's sections in the order it shows them, each keyed by the phase whose outputs it shows; its title
+comes from that phase's declaration (redheart.core.phases), and a missing input names the phase that writes it."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
-from redheart.core.phases import PHASE
+from redheart.core.phases import PHASE, producer
 from redheart.core.rundir import RunDir
 from redheart.report.context import Context
 from redheart.report.document import Section
@@ -17,8 +18,18 @@ from redheart.report.sections import calibration, data, model, results, study, s
 class SectionSpec:
     title: str
     build: Callable[[Context, str], Section]
-    made_by: str  # what to run when its input is missing
+    made_by: str  # what makes its input, when the missing file is no phase's output
     shown: Callable[[RunDir], bool] | None = None  # a phase outside the main job: shown only once it has run
+    of_phase: bool = True  # its inputs are phase outputs, so a missing one names the phase that writes it
+
+    def maker(self, run: RunDir, missing: Path | None) -> str:
+        """What to run for the `missing` input: the phase that writes it, else `made_by`."""
+        if self.of_phase and missing is not None:
+            try:
+                return f"redheart {producer(run, missing).command}"
+            except ValueError:
+                pass
+        return self.made_by
 
 
 def _phase(
@@ -35,7 +46,7 @@ def _phase(
 
 SECTIONS: tuple[SectionSpec, ...] = (
     _phase("prepare", data.build),
-    SectionSpec("Model", model.build, "a run config (config.yaml) or a final model"),
+    SectionSpec("Model", model.build, "a run config (config.yaml) or a final model", of_phase=False),
     _phase("sweep", sweep.build),
     _phase("train", training.build),
     _phase("evaluate", results.build),
