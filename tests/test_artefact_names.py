@@ -102,3 +102,15 @@ def test_no_artefact_name_outside_core(path: Path) -> None:
     found = spelled_names(path, NAMES)
     where = "; ".join(f"{path.relative_to(PACKAGE)}:{line}: {text!r}" for line, text in found)
     assert not found, f"artefact names spelled outside core/rundir.py (use RunDir/ModelDir): {where}"
+
+
+if __name__ == "__main__":  # python tests/test_artefact_names.py [PACKAGE]: every such literal in PACKAGE, and a count
+    import sys
+
+    package = Path(sys.argv[1]) if len(sys.argv) > 1 else PACKAGE
+    hits = [
+        f"{path.relative_to(package)}:{line}: {text!r}"
+        for path in sorted(p for p in package.rglob("*.py") if package / "core" not in p.parents)
+        for line, text in spelled_names(path, NAMES)
+    ]
+    print("\n".join([*hits, f"{len(hits)} artefact-name literals outside core/"]))
