@@ -334,20 +334,23 @@ def _study_options(parser: argparse.ArgumentParser) -> None:
 
 Handler = Callable[[argparse.Namespace], None]
 Options = Callable[[argparse.ArgumentParser], None]
-# Per phase of redheart.core.phases: the function its command calls and its options. The declaration gives the
-# order and the help line.
-PHASE_COMMANDS: dict[str, tuple[Handler, Options]] = {
-    "prepare": (_cmd_prepare, _prepare_options),
-    "encode": (_cmd_encode, _encode_options),
-    "sweep": (_cmd_sweep, _sweep_options),
-    "train": (_cmd_train, _train_options),
-    "analyze": (_cmd_analyze, _add_run_options),
-    "crossover": (_cmd_crossover, _add_run_options),
-    "calibrate": (_cmd_calibrate, _add_run_options),
-    "evaluate": (_cmd_evaluate, _evaluate_options),
-    "report": (_cmd_report, _report_options),
-    "study": (_cmd_study, _study_options),
-}
+
+
+def _phase_commands() -> dict[str, tuple[Handler, Options]]:
+    """Per phase of redheart.core.phases: the function its command calls and its options (the declaration gives
+    the order and the help line). Built with the parser, so a handler replaced on this module is the one called."""
+    return {
+        "prepare": (_cmd_prepare, _prepare_options),
+        "encode": (_cmd_encode, _encode_options),
+        "sweep": (_cmd_sweep, _sweep_options),
+        "train": (_cmd_train, _train_options),
+        "analyze": (_cmd_analyze, _add_run_options),
+        "crossover": (_cmd_crossover, _add_run_options),
+        "calibrate": (_cmd_calibrate, _add_run_options),
+        "evaluate": (_cmd_evaluate, _evaluate_options),
+        "report": (_cmd_report, _report_options),
+        "study": (_cmd_study, _study_options),
+    }
 
 
 def _add_tool_commands(commands: argparse._SubParsersAction) -> None:
@@ -421,8 +424,9 @@ def build_parser() -> argparse.ArgumentParser:
     """The phases first, in pipeline order (the study, outside it, last), then `pipeline`, then the tools."""
     parser = argparse.ArgumentParser(prog="redheart", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
+    handlers = _phase_commands()
     for phase in PHASES:
-        func, options = PHASE_COMMANDS[phase.name]
+        func, options = handlers[phase.name]
         command = commands.add_parser(phase.command, help=phase.help)
         options(command)
         command.set_defaults(func=func)
