@@ -11,13 +11,15 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from redheart.config import RunConfig, load_config, preset, save_config, with_overrides
+from redheart.core.phases import PHASES
 from redheart.core.rundir import RunDir
 
+# The final model of the main job, where the README tells `pipeline` to put it.
+DEFAULT_MODEL = str(RunDir("runs/main").final_model)
 REREAD_HELP = "read the test split again although it was read before (recorded in test_results.json's reads)"
 
 
@@ -207,7 +209,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> None:
     run = RunDir(args.run)
     config = _run_config(run, args)
     fit_calibrators(run, config)
-    print(f"calibrators fitted on validation: {run.calibration / 'calibrators.json'}")
+    print(f"calibrators fitted on validation: {run.calibrators}")
     print(format_rules(fit_decision_rules(run, config)))
 
 
@@ -278,36 +280,81 @@ def _add_run_options(parser: argparse.ArgumentParser, default_run: str | None = 
     parser.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE", help="override one setting")
 
 
-def _phase_command(
-    commands: argparse._SubParsersAction, name: str, func: Callable[..., Any], help: str
-) -> argparse.ArgumentParser:
-    """A command that works on one run folder: the run options, and the function it calls."""
-    parser = commands.add_parser(name, help=help)
+def _prepare_options(parser: argparse.ArgumentParser) -> None:
     _add_run_options(parser)
-    parser.set_defaults(func=func)
-    return parser
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="redheart", description=__doc__)
-    commands = parser.add_subparsers(dest="command", required=True)
-
-    prepare = _phase_command(
-        commands, "prepare", _cmd_prepare, "validate, de-duplicate and split a data set into a run folder"
-    )
-    prepare.add_argument(
+    parser.add_argument(
         "--data", action="append", help="JSON array or JSON Lines file, repeatable (default: the bundled Red Heart set)"
     )
-    prepare.add_argument("--extra-verdicts", action="append", metavar="FILE", help=_EXTRA_HELP)
-    prepare.add_argument(
+    parser.add_argument("--extra-verdicts", action="append", metavar="FILE", help=_EXTRA_HELP)
+    parser.add_argument(
         "--strict", action="store_true", help="fail on the first invalid record instead of rejecting it"
     )
 
-    encode = _phase_command(commands, "encode", _cmd_encode, "embed the run's texts (cached on disk)")
-    encode.add_argument(
+
+def _encode_options(parser: argparse.ArgumentParser) -> None:
+    _add_run_options(parser)
+    parser.add_argument(
         "--cache", type=Path, help="embedding cache folder (default: $REDHEART_CACHE or ~/.cache/redheart)"
     )
 
+
+def _sweep_options(parser: argparse.ArgumentParser) -> None:
+    _add_run_options(parser)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--trial", type=int, metavar="K", help="run trial K only (first stage 0..n-1, then the reseeds)")
+    mode.add_argument("--collect", action="store_true", help="score the finished trials and choose; trains nothing")
+
+
+def _train_options(parser: argparse.ArgumentParser) -> None:
+    _add_run_options(parser)
+    parser.add_argument("--lr", type=float, help="learning rate (default: the sweep's choice, else the config's)")
+
+
+def _report_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--run", required=True)
+
+
+def _evaluate_options(parser: argparse.ArgumentParser) -> None:
+    _add_run_options(parser)
+    parser.add_argument("--reread-test", action="store_true", help=REREAD_HELP)
+
+
+def _study_options(parser: argparse.ArgumentParser) -> None:
+    _add_run_options(parser)
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--point", type=int, metavar="K", help="run point K only (sizes in order, fractions within)")
+    mode.add_argument("--collect", action="store_true", help="table, plots and sentences of the finished points")
+    mode.add_argument(
+        "--lr-trial", type=int, metavar="K", help="run trial K of the per-size learning-rate sweeps only (size by size)"
+    )
+    mode.add_argument(
+        "--check", action="store_true", help="convergence check: the study.check points again with twice the step cap"
+    )
+
+
+Handler = Callable[[argparse.Namespace], None]
+Options = Callable[[argparse.ArgumentParser], None]
+
+
+def _phase_commands() -> dict[str, tuple[Handler, Options]]:
+    """Per phase of redheart.core.phases: the function its command calls and its options (the declaration gives
+    the order and the help line). Built with the parser, so a handler replaced on this module is the one called."""
+    return {
+        "prepare": (_cmd_prepare, _prepare_options),
+        "encode": (_cmd_encode, _encode_options),
+        "sweep": (_cmd_sweep, _sweep_options),
+        "train": (_cmd_train, _train_options),
+        "analyze": (_cmd_analyze, _add_run_options),
+        "crossover": (_cmd_crossover, _add_run_options),
+        "calibrate": (_cmd_calibrate, _add_run_options),
+        "evaluate": (_cmd_evaluate, _evaluate_options),
+        "report": (_cmd_report, _report_options),
+        "study": (_cmd_study, _study_options),
+    }
+
+
+def _add_tool_commands(commands: argparse._SubParsersAction) -> None:
+    """The commands that are not phases: the model and its budgets, and serving the final model."""
     model = commands.add_parser("model", help="print the per-module parameter table (no weights allocated)")
     model.add_argument("--preset", default="full")
     model.add_argument("--set", action="append", metavar="SECTION.FIELD=VALUE")
@@ -338,54 +385,9 @@ def build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--dry-run", action="store_true", help="list what would be deleted")
     prune.set_defaults(func=_cmd_prune)
 
-    sweep = _phase_command(
-        commands, "sweep", _cmd_sweep, "learning-rate sweep; train uses its choice when no rate is given"
-    )
-    mode = sweep.add_mutually_exclusive_group()
-    mode.add_argument("--trial", type=int, metavar="K", help="run trial K only (first stage 0..n-1, then the reseeds)")
-    mode.add_argument("--collect", action="store_true", help="score the finished trials and choose; trains nothing")
-
-    study = _phase_command(
-        commands,
-        "study",
-        _cmd_study,
-        "learning curves over model size and training data, on validation (report section)",
-    )
-    study_mode = study.add_mutually_exclusive_group()
-    study_mode.add_argument(
-        "--point", type=int, metavar="K", help="run point K only (sizes in order, fractions within)"
-    )
-    study_mode.add_argument("--collect", action="store_true", help="table, plots and sentences of the finished points")
-    study_mode.add_argument(
-        "--lr-trial", type=int, metavar="K", help="run trial K of the per-size learning-rate sweeps only (size by size)"
-    )
-    study_mode.add_argument(
-        "--check", action="store_true", help="convergence check: the study.check points again with twice the step cap"
-    )
-
-    train = _phase_command(commands, "train", _cmd_train, "train (resumes by itself when the run has a resume state)")
-    train.add_argument("--lr", type=float, help="learning rate (default: the sweep's choice, else the config's)")
-
-    _phase_command(commands, "analyze", _cmd_analyze, "per-group sweet spots and over-fitting onsets (validation)")
-
-    _phase_command(
-        commands, "crossover", _cmd_crossover, "assemble groups from their sweet spots; every candidate on validation"
-    )
-
-    _phase_command(
-        commands,
-        "calibrate",
-        _cmd_calibrate,
-        "fit temperature, vector and isotonic calibration, then the verdict's decision rule, on validation",
-    )
-
-    report = commands.add_parser("report", help="HTML + Markdown report and LaTeX tables from the run's files")
-    report.add_argument("--run", required=True)
-    report.set_defaults(func=_cmd_report)
-
     predict = commands.add_parser("predict", help="predict for a text, a file of texts (JSON Lines or lines) or stdin")
     predict.add_argument("text", nargs="?", help="one text; omit to read --input or stdin")
-    predict.add_argument("--model", default="runs/main/final_model", help="a final model folder")
+    predict.add_argument("--model", default=DEFAULT_MODEL, help="a final model folder")
     predict.add_argument(
         "--input", help="JSON Lines with a 'text' field, or plain lines (plain or .gz); '-' for stdin; read as a stream"
     )
@@ -405,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.set_defaults(func=_cmd_predict)
 
     serve = commands.add_parser("serve", help="serve a final model over HTTP (POST /predict, GET /health, /model)")
-    serve.add_argument("--model", default="runs/main/final_model", help="a final model folder")
+    serve.add_argument("--model", default=DEFAULT_MODEL, help="a final model folder")
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--uncalibrated", action="store_true", help="serve the raw distributions and their rule")
@@ -417,10 +419,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-wait-ms", type=float, default=5.0, help="wait for more texts to join a batch")
     serve.set_defaults(func=_cmd_serve)
 
-    evaluate = _phase_command(
-        commands, "evaluate", _cmd_evaluate, "the final test evaluation beside the baselines (reads the test split)"
-    )
-    evaluate.add_argument("--reread-test", action="store_true", help=REREAD_HELP)
+
+def build_parser() -> argparse.ArgumentParser:
+    """The phases first, in pipeline order (the study, outside it, last), then `pipeline`, then the tools."""
+    parser = argparse.ArgumentParser(prog="redheart", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    handlers = _phase_commands()
+    for phase in PHASES:
+        func, options = handlers[phase.name]
+        command = commands.add_parser(phase.command, help=phase.help)
+        options(command)
+        command.set_defaults(func=func)
 
     pipeline = commands.add_parser("pipeline", help="every phase in order on one run folder (the main job)")
     _add_run_options(pipeline, default_run="runs/main")
@@ -429,13 +438,14 @@ def build_parser() -> argparse.ArgumentParser:
     pipeline.add_argument("--cache", type=Path, help="embedding cache folder")
     pipeline.add_argument("--reread-test", action="store_true", help=REREAD_HELP)
     pipeline.set_defaults(func=_cmd_pipeline)
+
+    _add_tool_commands(commands)
     return parser
 
 
-# Commands that write a run folder hold its lock while they run (redheart.core.runlock). The study is left
-# out: its points are run folders of their own, meant to run side by side; so is a sweep trial (--trial K),
-# which holds the lock of its own trial only.
-LOCKED = ("prepare", "encode", "sweep", "train", "analyze", "crossover", "calibrate", "evaluate", "pipeline", "prune")
+# Commands that write a run folder hold its lock while they run (redheart.core.runlock): the phases that say so,
+# the pipeline and prune. A sweep trial (--trial K) holds the lock of its own trial only.
+LOCKED = (*(phase.command for phase in PHASES if phase.locks), "pipeline", "prune")
 
 
 def _run_locked(args: argparse.Namespace, argv: list[str]) -> None:

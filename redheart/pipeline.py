@@ -4,7 +4,8 @@ Every phase is safe to repeat: prepare is deterministic, encode reads its cache,
 its state (a finished run is not trained again), and the test evaluation is read back once written. The
 order is the strategy's: data, sweep, training, sweet spots and crossover on validation, calibration and the
 verdict's decision rule on validation, then the single read of the test split, then the report. This is the
-one place that chains phases; each phase alone stops when its input is missing.
+one place that chains phases, in the order redheart.core.phases declares them; each phase alone stops when
+its input is missing.
 
 Crossover and calibration are re-run only when their inputs changed (redheart.select.freshness): on the
 same checkpoints they would save a final model that differs in its last bits. When the test results on disk
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from redheart.config import RunConfig
+from redheart.core.phases import PIPELINE
 from redheart.core.rundir import RunDir
 from redheart.data.encode import encode_run, format_encode_summary
 from redheart.data.prepare import format_summary, prepare
@@ -53,39 +55,75 @@ def run_pipeline(
     from redheart.select.freshness import calibrators_are_current, crossover_is_current
     from redheart.train.sweep import format_choice, run_sweep
 
+    def prepare_step() -> None:
+        summary = _phase("prepare", lambda: prepare(data, run, config.data, extra=extra))
+        print(format_summary(summary))
+
+    def encode_step() -> None:
+        encoded = _phase("encode", lambda: encode_run(run, config.encoder, cache_dir=cache_dir))
+        print(format_encode_summary(encoded))
+
+    def sweep_step() -> None:
+        if config.train.lr is None:
+            swept = _phase("learning-rate sweep", lambda: run_sweep(run, config))
+            print(format_choice(swept))
+
+    def train_step() -> None:
+        trained = _phase("train", lambda: train(run, config))
+        print(f"trained {trained.epochs} epochs at lr {trained.lr:g} ({trained.lr_source})")
+
+    def crossover_step() -> None:  # the sweet-spot analysis is crossover's first step
+        if crossover_is_current(run, config):
+            print(
+                f"\n== sweet spots and crossover ==\nup to date: {run.crossover_candidates} was made from the "
+                "checkpoints and settings on disk now; not re-run"
+            )
+        else:
+            chosen = _phase("sweet spots and crossover (validation only)", lambda: crossover(run, config))
+            print(format_crossover(chosen))
+
+    def calibrate_step() -> None:
+        if calibrators_are_current(run):
+            print(f"\n== calibrate ==\nup to date: {run.calibrators} was fitted for this final model")
+        else:
+            calibrators = _phase("calibrate on validation", lambda: fit_calibrators(run, config))
+            print("; ".join(f"{name}: {entry.method} ({entry.reason})" for name, entry in calibrators.targets.items()))
+        if decision_rule_is_current(run):
+            print(
+                f"\n== decision rule ==\nup to date: {run.decision_rule} was fitted for this final model and "
+                "calibration"
+            )
+        else:
+            rules = _phase("verdict decision rule on validation", lambda: fit_decision_rules(run, config))
+            print(format_rules(rules))
+
+    def evaluate_step() -> None:
+        results = _phase("evaluate on the test split", lambda: evaluate_test(run, config, reread=reread_test))
+        print(format_results(results))
+
+    def report_step() -> None:
+        report = _phase("report", lambda: build_report(run))
+        print(f"report: {report}")
+
+    steps: dict[str, Callable[[], None] | None] = {
+        "prepare": prepare_step,
+        "encode": encode_step,
+        "sweep": sweep_step,
+        "train": train_step,
+        "analyze": None,  # run by crossover, which starts from the sweet spots
+        "crossover": crossover_step,
+        "calibrate": calibrate_step,
+        "evaluate": evaluate_step,
+        "report": report_step,
+    }
+    if set(steps) != {phase.name for phase in PIPELINE}:
+        raise AssertionError(f"pipeline steps {sorted(steps)} do not match the declared phases")
     started = time.perf_counter()
     inputs = ", ".join(str(p) for p in ([data] if isinstance(data, Path) else data))
     train_only = f", train-only {', '.join(str(p) for p in extra)}" if extra else ""
     print(f"redheart pipeline: preset {config.preset!r}, data {inputs}{train_only}, run folder {run.root}")
-    summary = _phase("prepare", lambda: prepare(data, run, config.data, extra=extra))
-    print(format_summary(summary))
-    encoded = _phase("encode", lambda: encode_run(run, config.encoder, cache_dir=cache_dir))
-    print(format_encode_summary(encoded))
-    if config.train.lr is None:
-        swept = _phase("learning-rate sweep", lambda: run_sweep(run, config))
-        print(format_choice(swept))
-    trained = _phase("train", lambda: train(run, config))
-    print(f"trained {trained.epochs} epochs at lr {trained.lr:g} ({trained.lr_source})")
-    if crossover_is_current(run, config):
-        print(
-            f"\n== sweet spots and crossover ==\nup to date: {run.crossover / 'candidates.json'} was made from the "
-            "checkpoints and settings on disk now; not re-run"
-        )
-    else:
-        chosen = _phase("sweet spots and crossover (validation only)", lambda: crossover(run, config))
-        print(format_crossover(chosen))
-    if calibrators_are_current(run):
-        print(f"\n== calibrate ==\nup to date: {run.calibration / 'calibrators.json'} was fitted for this final model")
-    else:
-        calibrators = _phase("calibrate on validation", lambda: fit_calibrators(run, config))
-        print("; ".join(f"{name}: {entry.method} ({entry.reason})" for name, entry in calibrators.targets.items()))
-    if decision_rule_is_current(run):
-        print(f"\n== decision rule ==\nup to date: {run.decision_rule} was fitted for this final model and calibration")
-    else:
-        rules = _phase("verdict decision rule on validation", lambda: fit_decision_rules(run, config))
-        print(format_rules(rules))
-    results = _phase("evaluate on the test split", lambda: evaluate_test(run, config, reread=reread_test))
-    print(format_results(results))
-    report = _phase("report", lambda: build_report(run))
-    print(f"report: {report}")
+    for phase in PIPELINE:
+        step = steps[phase.name]
+        if step is not None:
+            step()
     print(f"\npipeline done in {(time.perf_counter() - started) / 60:.1f} min; everything is in {run.root}/")

@@ -21,7 +21,8 @@ from redheart.evaluate.calibration import (
 )
 from redheart.evaluate.decision_rule import fit_decision_rules
 from redheart.evaluate.final import evaluate_test
-from redheart.report.build import build_report, fmt
+from redheart.report.build import build_report
+from redheart.report.numbers import fmt
 from redheart.select.crossover import crossover
 from redheart.select.final_model import load_final_model
 from redheart.train.recipe import train
@@ -228,9 +229,10 @@ def test_a_partial_run_gets_a_report_that_says_what_is_missing(tiny_run, tmp_pat
     page = Page()
     page.feed(html)
     assert page.headings == list(SECTIONS)
-    assert "not available: sweep/results.json not found" in html
-    assert "not available: crossover/candidates.json not found" in html
-    assert "not available: calibration/calibrators.json not found" in html
+    # Each missing input names the command that writes it.
+    assert "not available: sweep/results.json not found (made by redheart sweep)" in html
+    assert "not available: crossover/candidates.json not found (made by redheart crossover)" in html
+    assert "not available: calibration/calibrators.json not found (made by redheart calibrate)" in html
     # Without the sweet-spot analysis, the training curves are drawn from metrics.jsonl.
     assert page.images == ["img/training_curves.png"] and (partial.report / "img" / "training_curves.png").is_file()
     assert {p.stem for p in (partial.report / "tables").glob("*.tex")} == {"data_statistics", "architecture"}

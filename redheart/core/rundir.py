@@ -4,6 +4,8 @@ artifacts through these names."""
 from dataclasses import dataclass
 from pathlib import Path
 
+from redheart.core.checkpoint_files import MANIFEST
+
 
 @dataclass(frozen=True)
 class ModelDir:
@@ -23,7 +25,7 @@ class ModelDir:
     @property
     def manifest(self) -> Path:
         """sha256 of the weights and config.json, written last: the folder is complete when it exists."""
-        return self.root / "manifest.json"
+        return self.root / MANIFEST
 
     @property
     def calibrators(self) -> Path:
@@ -116,6 +118,15 @@ class RunDir:
         return self.sweep / "curves.png"
 
     @property
+    def study_results(self) -> Path:
+        """The study's table, fitted curves and sentences, collected from its finished points."""
+        return self.study / "results.json"
+
+    def study_curve(self, metric: str) -> Path:
+        """The learning-curve plot of one metric."""
+        return self.study / f"curve_{metric}.png"
+
+    @property
     def checkpoints(self) -> Path:
         return self.root / "checkpoints"
 
@@ -162,6 +173,10 @@ class RunDir:
         return self.analysis / "curves.png"
 
     @property
+    def analysis_summary(self) -> Path:
+        return self.analysis / "analysis.md"
+
+    @property
     def crossover(self) -> Path:
         return self.root / "crossover"
 
@@ -171,12 +186,51 @@ class RunDir:
         return self.crossover / "candidates.json"
 
     @property
+    def crossover_summary(self) -> Path:
+        return self.crossover / "crossover.md"
+
+    @property
     def calibration(self) -> Path:
         return self.root / "calibration"
 
     @property
+    def calibrators(self) -> Path:
+        """The calibrators fitted on validation (the final model's folder holds a copy, ModelDir.calibrators)."""
+        return self.calibration / "calibrators.json"
+
+    def calibration_report(self, split: str) -> Path:
+        """The calibration metrics of every method on `split` ("val", or "test" when the test split is read)."""
+        return self.calibration / f"{split}_report.json"
+
+    def reliability_plot(self, split: str, target: str) -> Path:
+        return self.calibration / f"reliability_{split}_{target}.png"
+
+    @property
     def report(self) -> Path:
         return self.root / "report"
+
+    @property
+    def report_page(self) -> Path:
+        return self.report / "index.html"
+
+    @property
+    def report_markdown(self) -> Path:
+        return self.report / "report.md"
+
+    @property
+    def report_parameters(self) -> Path:
+        """The parameter table, computed from the run's config on the meta device."""
+        return self.report / "parameters.json"
+
+    @property
+    def report_images(self) -> Path:
+        """The plots the report shows, copied (or drawn) into the report folder."""
+        return self.report / "img"
+
+    @property
+    def report_tables(self) -> Path:
+        """The report's LaTeX tables."""
+        return self.report / "tables"
 
     @property
     def final_model(self) -> Path:
@@ -184,7 +238,7 @@ class RunDir:
 
     @property
     def final_model_config(self) -> Path:
-        return self.final_model / "config.json"
+        return self.model_files.config
 
     @property
     def model_files(self) -> ModelDir:

@@ -25,9 +25,10 @@ from redheart.architecture import VERDICTS
 from redheart.config import RunConfig
 from redheart.core.atomic import read_json, write_json
 from redheart.core.checkpoint_files import sha256
+from redheart.core.phases import run_first
 from redheart.core.rundir import RunDir
 from redheart.data.dataset import SplitTensors, load_split, split_targets
-from redheart.evaluate.calibration import CALIBRATORS_FILE, Calibrators, load_calibrators
+from redheart.evaluate.calibration import Calibrators, load_calibrators
 from redheart.scoring.baselines import fit_probe, pooled_features, probe_predict
 from redheart.scoring.metrics import PROB_EPS, _macro_f1
 from redheart.select.final_model import load_final_model
@@ -157,17 +158,17 @@ def final_model_calibrators(run: RunDir) -> Calibrators:
     """The final model's calibrators (the run's copy, which the final model's copy must equal); FileNotFoundError
     naming the phase to run when they are missing, differ, or were fitted for another final model."""
     files = run.model_files
-    run_copy = run.calibration / CALIBRATORS_FILE
+    run_copy = run.calibrators
     if not files.manifest.exists():
-        raise FileNotFoundError(f"{run.final_model}: no final model; run `redheart crossover --run {run.root}` first")
+        raise FileNotFoundError(f"{run.final_model}: no final model; {run_first(run, run.final_model)}")
     for path in (run_copy, files.calibrators):
         if not path.exists():
-            raise FileNotFoundError(f"{path}: no calibrators; run `redheart calibrate --run {run.root}` first")
+            raise FileNotFoundError(f"{path}: no calibrators; {run_first(run, path)}")
     calibrators = load_calibrators(run_copy)
     if calibrators.model_sha256 != sha256(files.manifest) or sha256(run_copy) != sha256(files.calibrators):
         raise FileNotFoundError(
             f"{run_copy}: fitted for another final model than {run.final_model} (or its copy there differs); "
-            f"run `redheart calibrate --run {run.root}` first"
+            f"{run_first(run, run_copy)}"
         )
     return calibrators
 
@@ -214,14 +215,11 @@ def current_rules(run: RunDir) -> dict[str, Any]:
     final_model_calibrators(run)  # names the phase to run when the calibrators are missing or stale
     files = run.model_files
     if not run.decision_rule.exists() or not files.decision_rule.exists():
-        raise FileNotFoundError(
-            f"{run.decision_rule}: no verdict decision rule; run `redheart calibrate --run {run.root}` first"
-        )
+        raise FileNotFoundError(f"{run.decision_rule}: no verdict decision rule; {run_first(run, run.decision_rule)}")
     rules = read_json(run.decision_rule)
     if not decision_rule_is_current(run):
         raise FileNotFoundError(
-            f"{run.decision_rule}: fitted for another final model or calibration; "
-            f"run `redheart calibrate --run {run.root}` first"
+            f"{run.decision_rule}: fitted for another final model or calibration; {run_first(run, run.decision_rule)}"
         )
     return rules
 

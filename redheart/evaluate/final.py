@@ -17,6 +17,7 @@ import numpy as np
 
 from redheart.config import RunConfig
 from redheart.core.atomic import read_json, write_json
+from redheart.core.phases import run_first
 from redheart.core.rundir import RunDir
 from redheart.data.dataset import SplitTensors, load_split, split_targets
 from redheart.evaluate.calibration import (
@@ -46,8 +47,6 @@ CALIBRATION_METRICS = ("ece", "mce", "nll", "brier")
 
 
 PROBE = "linear_probe"
-# The paired comparison's column labels, for report.build's table of it.
-DIFFERENCE_LABELS = {metric.key: metric.label for metric in COMPARED}
 RULE_SCORED = (METRICS["verdict_accuracy"], METRICS["verdict_macro_f1"])
 
 
@@ -169,9 +168,7 @@ def evaluate_test(run: RunDir, config: RunConfig, reread: bool = False) -> dict[
         check_fingerprint(run, previous, current)
         return previous
     if not run.baselines.exists():
-        raise FileNotFoundError(
-            f"{run.baselines}: no validation baselines; run `redheart train --run {run.root}` first"
-        )
+        raise FileNotFoundError(f"{run.baselines}: no validation baselines; {run_first(run, run.baselines)}")
     candidates, plan = load_candidates(run)
     options = config.select
     train_split = load_split(run, "train")

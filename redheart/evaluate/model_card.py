@@ -71,7 +71,7 @@ def _against_baselines(results: dict[str, Any]) -> str:
 def _current_results(run: RunDir) -> tuple[dict[str, Any] | None, str]:
     from redheart.evaluate.test_reads import StaleTestResults, check_fingerprint, fingerprint
 
-    path = run.root / "test_results.json"
+    path = run.test_results
     if not path.exists():
         return None, f"not measured yet: run `redheart evaluate --run {run.root}`"
     results = read_json(path)
@@ -84,7 +84,7 @@ def _current_results(run: RunDir) -> tuple[dict[str, Any] | None, str]:
 
 def model_card(run: RunDir) -> str:
     """The card's Markdown, from the run's files."""
-    info = read_json(run.final_model / "config.json")
+    info = read_json(run.model_files.config)
     candidate = info.get("info", {}).get("candidate", {})
     lines = [
         "---",
@@ -185,7 +185,7 @@ def model_card(run: RunDir) -> str:
             + ".",
         ]
     lines += ["", "## Calibration", ""]
-    calibrators_path = run.final_model / "calibrators.json"
+    calibrators_path = run.model_files.calibrators
     if calibrators_path.exists():
         fitted = read_json(calibrators_path)
         for name, entry in fitted["targets"].items():
@@ -201,7 +201,7 @@ def model_card(run: RunDir) -> str:
     lines += ["", "## Which verdict label to use", ""]
     lines += verdict_usage(run, results)
     lines += ["", "## Known limitations", ""]
-    plan = read_json(run.crossover / "candidates.json") if (run.crossover / "candidates.json").exists() else {}
+    plan = read_json(run.crossover_candidates) if run.crossover_candidates.exists() else {}
     if plan.get("conclusion"):
         lines.append(f"- on validation: {plan['conclusion']}")
     if results is not None and results.get("test_conclusion"):
@@ -282,7 +282,7 @@ def verdict_usage(run: RunDir, results: dict[str, Any] | None) -> list[str]:
 
 def card_data(run: RunDir) -> dict[str, Any]:
     """The card's facts as data (final_model/card.json), for programs such as `redheart serve`'s /model."""
-    info = read_json(run.final_model / "config.json")
+    info = read_json(run.model_files.config)
     results, why_not = _current_results(run)
     lr, source = learning_rate(run)
     final = results["models"][results["final_model"]] if results else None

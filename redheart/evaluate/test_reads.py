@@ -27,11 +27,11 @@ from typing import Any
 
 from redheart.config import RunConfig, load_config
 from redheart.core.atomic import read_json
+from redheart.core.phases import run_first
 from redheart.core.rundir import RunDir
-from redheart.train.state.checkpoints import MANIFEST, sha256, verify_checkpoint
+from redheart.train.state.checkpoints import sha256, verify_checkpoint
 
 PARTS = ("final_model", "candidates", "calibrators", "decision_rule", "split", "embeddings", "settings")
-MODEL_CARD = "README.md"
 
 
 class StaleTestResults(ValueError):
@@ -42,16 +42,16 @@ def _digest(tree: Any) -> str:
     return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()
 
 
-def _need(path: Path, command: str, run: RunDir, what: str) -> Path:
+def _need(path: Path, run: RunDir, what: str) -> Path:
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no {what}; run `redheart {command} --run {run.root}` first")
+        raise FileNotFoundError(f"{path}: no {what}; {run_first(run, path)}")
     return path
 
 
 def _final_model_files(run: RunDir) -> dict[str, str]:
-    _need(run.final_model / MANIFEST, "crossover", run, "final model")
+    _need(run.model_files.manifest, run, "final model")
     files = dict(verify_checkpoint(run.final_model)["files"])
-    files.pop(MODEL_CARD, None)  # documentation, rewritten from the results; not what was measured
+    files.pop(run.model_files.card.name, None)  # documentation, rewritten from the results; not what was measured
     return files
 
 
@@ -59,7 +59,7 @@ def _candidates_digest(run: RunDir) -> str:
     from redheart.select.candidates import Candidate
     from redheart.select.freshness import weights_digest
 
-    plan = read_json(_need(run.crossover / "candidates.json", "crossover", run, "crossover results"))
+    plan = read_json(_need(run.crossover_candidates, run, "crossover results"))
     entries, used, folders = [], set(), set()
     for entry in plan["candidates"]:
         entry = dict(entry)
@@ -80,22 +80,22 @@ def _candidates_digest(run: RunDir) -> str:
 def _embeddings_digest(run: RunDir) -> str:
     from redheart.data.encode import INDEX_FILE
 
-    index = _need(run.embeddings / INDEX_FILE, "encode", run, "embeddings")
+    index = _need(run.embeddings / INDEX_FILE, run, "embeddings")
     arrays = run.embeddings / read_json(index)["file"]
-    return _digest({"index": sha256(index), "arrays": sha256(_need(arrays, "encode", run, "embeddings"))})
+    return _digest({"index": sha256(index), "arrays": sha256(_need(arrays, run, "embeddings"))})
 
 
 def fingerprint(run: RunDir, config: RunConfig | None = None) -> dict[str, str]:
     """sha256 of each of PARTS as they are on disk now (the settings: `config`'s, else the run's config.yaml);
     FileNotFoundError naming the phase to run if one is missing."""
-    split = _need(run.split_manifest, "prepare", run, "split manifest")
-    records = _need(run.clean_records, "prepare", run, "clean records")
-    select = (config or load_config(_need(run.config, "prepare", run, "config"))).select
+    split = _need(run.split_manifest, run, "split manifest")
+    records = _need(run.clean_records, run, "clean records")
+    select = (config or load_config(_need(run.config, run, "config"))).select
     return {  # in phase order, so the first missing input names the earliest phase to run
         "final_model": _digest(_final_model_files(run)),
         "candidates": _candidates_digest(run),
-        "calibrators": sha256(_need(run.calibration / "calibrators.json", "calibrate", run, "calibrators")),
-        "decision_rule": sha256(_need(run.decision_rule, "calibrate", run, "verdict decision rule")),
+        "calibrators": sha256(_need(run.calibrators, run, "calibrators")),
+        "decision_rule": sha256(_need(run.decision_rule, run, "verdict decision rule")),
         "split": _digest({"split": sha256(split), "records": sha256(records)}),
         "embeddings": _embeddings_digest(run),
         "settings": _digest({"bootstrap_samples": select.bootstrap_samples, "bootstrap_seed": select.bootstrap_seed}),
@@ -113,7 +113,7 @@ def check_fingerprint(run: RunDir, results: dict[str, Any], current: dict[str, s
     changed = changed_parts(results.get("fingerprint"), current)
     if not changed:
         return
-    path = run.root / "test_results.json"
+    path = run.test_results
     if "fingerprint" not in results:
         what = "it records no fingerprint of what it measured (written by an older version)"
     else:

@@ -399,8 +399,6 @@ SUMMARY = _selection("emotion_accuracy", "verdict_macro_f1", "regression_mae")
 STUDIED = _selection(
     "emotion_accuracy", "emotion_macro_f1", "emotion_kl", "verdict_macro_f1", "verdict_cross_entropy", "regression_mae"
 )
-# The headline's column labels, for tables built from them (report.build).
-HEADLINE_LABELS = {metric.key: metric.label for metric in HEADLINE}
 
 
 def headline(metrics: Mapping[str, dict]) -> dict[str, float | None]:

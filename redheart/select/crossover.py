@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 from redheart.architecture import TARGET_DIMS
 from redheart.config import RunConfig
 from redheart.core.atomic import atomic_open, read_json, write_json, write_with
+from redheart.core.phases import run_first
 from redheart.core.rundir import RunDir
 from redheart.data.dataset import load_split
 from redheart.model.groups import GROUPS
@@ -179,7 +180,7 @@ def write_crossover(run: RunDir, result: CrossoverResult, scores: dict[int, floa
             "inputs": inputs,  # freshness.crossover_inputs: what this selection was made from
         },
     )
-    with atomic_open(run.crossover / "crossover.md") as handle:
+    with atomic_open(run.crossover_summary) as handle:
         handle.write("# Parameter crossover (validation)\n\n" + format_crossover(result) + "\n")
 
 
@@ -187,7 +188,7 @@ def load_candidates(run: RunDir) -> tuple[list[Candidate], dict[str, Any]]:
     """The candidates of candidates.json with their fitted fusions (strict), and the file's other fields."""
     path = run.crossover_candidates
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no crossover results; run `redheart crossover --run {run.root}` first")
+        raise FileNotFoundError(f"{path}: no crossover results; {run_first(run, path)}")
     data = read_json(path)
     candidates = []
     for entry in data["candidates"]:

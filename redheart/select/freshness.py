@@ -19,8 +19,6 @@ from redheart.core.atomic import read_json
 from redheart.core.rundir import RunDir
 from redheart.train.state.checkpoints import MANIFEST, sha256
 
-CANDIDATES = "candidates.json"
-
 
 def weights_digest(folder: Path) -> str:
     """sha256 of a sealed checkpoint's weight files as its manifest lists them; its metrics.json (timings) is left
@@ -44,15 +42,15 @@ def crossover_inputs(run: RunDir, config: RunConfig) -> str:
 
 def crossover_is_current(run: RunDir, config: RunConfig) -> bool:
     """True when crossover ran on exactly the inputs on disk now and its final model is complete."""
-    path = run.crossover / CANDIDATES
-    if not path.exists() or not (run.final_model / MANIFEST).exists():
+    path = run.crossover_candidates
+    if not path.exists() or not (run.model_files.manifest).exists():
         return False
     return read_json(path).get("inputs") == crossover_inputs(run, config)
 
 
 def calibrators_are_current(run: RunDir) -> bool:
     """True when calibrators.json was fitted for the final model on disk now."""
-    path = run.calibration / "calibrators.json"
-    if not path.exists() or not (run.final_model / MANIFEST).exists():
+    path = run.calibrators
+    if not path.exists() or not (run.model_files.manifest).exists():
         return False
-    return read_json(path).get("model_sha256") == sha256(run.final_model / MANIFEST)
+    return read_json(path).get("model_sha256") == sha256(run.model_files.manifest)

@@ -11,6 +11,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from redheart.core.phases import run_first
 from redheart.core.rundir import RunDir
 from redheart.select.pins import prunable_checkpoints, read_pins
 from redheart.train.disk_plan import folder_bytes
@@ -30,7 +31,7 @@ def prune_checkpoints(run: RunDir, dry_run: bool = False) -> Pruned:
         done = "the analysis has" if "analysis" in owners else "neither the analysis nor the crossover has"
         raise ValueError(
             f"{run.checkpoints}: not pruned: {done} pinned its checkpoints yet, and the crossover reads every saved "
-            f"checkpoint (refinement, greedy soup, last-k average); run `redheart crossover --run {run.root}` first"
+            f"checkpoint (refinement, greedy soup, last-k average); {run_first(run, run.crossover)}"
         )
     folders = prunable_checkpoints(run)
     size = sum(folder_bytes(folder) for folder in folders)

@@ -199,7 +199,7 @@ def needed_epochs(spots: dict[str, int], saved: list[int], shifts: tuple[int, ..
 
 def write_analysis(run: RunDir, analysis: Analysis) -> None:
     write_json(run.analysis_results, analysis.to_json())
-    with atomic_open(run.analysis / "analysis.md") as handle:
+    with atomic_open(run.analysis_summary) as handle:
         handle.write(format_analysis(analysis, markdown=True) + "\n")
     plot_curves(analysis, run.analysis_curves)
 

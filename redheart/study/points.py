@@ -36,6 +36,7 @@ import torch
 from redheart.config import RunConfig, preset, save_config
 from redheart.core.atomic import read_json, write_json
 from redheart.core.faults import NO_FAULTS, Faults
+from redheart.core.phases import run_first
 from redheart.core.rundir import RunDir
 from redheart.data.dataset import clean_records
 from redheart.scoring.metrics import STUDIED
@@ -166,7 +167,7 @@ def embedding_key(run: RunDir) -> str:
 
     index = run.embeddings / INDEX_FILE
     if not index.exists():
-        raise ValueError(f"{index}: the run has no embeddings; run `redheart encode --run {run.root}` first")
+        raise ValueError(f"{index}: the run has no embeddings; {run_first(run, index)}")
     return hashlib.sha256(index.read_bytes()).hexdigest()
 
 

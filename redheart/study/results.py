@@ -619,7 +619,7 @@ def collect(run: RunDir, config: RunConfig) -> StudyResult:
         words.append(f"Incomplete study, missing points: {', '.join(missing)}.")
     result = StudyResult(finished, missing, stale, words, analysis)
     write_json(
-        run.study / "results.json",
+        run.study_results,
         finite_or_null(
             {
                 "sizes": sizes,
@@ -664,7 +664,7 @@ def collect(run: RunDir, config: RunConfig) -> StudyResult:
         writer.writeheader()
         writer.writerows(rows)
     for metric in SCORES:
-        plot_metric(run.study / f"curve_{metric}.png", finished, sizes, metric, curves.get(metric))
+        plot_metric(run.study_curve(metric), finished, sizes, metric, curves.get(metric))
     return result
 
 

@@ -6,7 +6,8 @@ checkpoint dtype, the safetensors header of every file) and the run's settings: 
 the weights, the EMA copy and the optimizer state), the sweep's trials (whose resume states are dropped
 unless sweep.keep_trial_resume is set), the final model and the embeddings (records x segments x dim).
 Logs, reports and the other JSON files do not scale with the model; they are counted with the per-epoch,
-per-checkpoint and per-phase sizes measured on a small-preset run (the constants below).
+per-checkpoint and per-phase sizes measured on a small-preset run (the constants below, and each selection
+phase's folder in redheart.core.phases). Folder and file names are RunDir's.
 
 Nothing a pipeline writes is deleted before the end except the finished trials' resume states, and the
 main resume state only appears after the sweep, so the bytes left at the end are also the peak.
@@ -27,6 +28,7 @@ import torch
 
 from redheart.config import RunConfig
 from redheart.core.checkpoint_files import DiskFullError
+from redheart.core.phases import PHASES
 from redheart.core.rundir import RunDir
 from redheart.model.groups import GROUPS, group_state_dict
 from redheart.model.model import RedHeartModel
@@ -40,11 +42,12 @@ CHECKPOINT_FILE_BYTES = 18_700 + 16_400 + 1_000  # metrics.json, module_stats.js
 CHECKPOINT_LOG_BYTES = 19_300  # the module statistics' TensorBoard scalars
 PROGRESS_BYTES = (2_450, 195)  # a progress report: fixed part, and per epoch of history it covers
 SWEEP_OUTPUT_BYTES = (100_000, 1_800)  # curves.png, choice.json; results.json and .csv per trial epoch
-SELECTION_BYTES = {"analysis": 171_000, "crossover": 93_000, "calibration": 342_000, "report": 399_000}
-RUN_FILES = ("config.yaml", "baselines.json", "test_results.json")
+# The plan names folders relative to the run folder: RunDir's names, on an empty root.
+LAYOUT = RunDir("")
+RUN_FILES = tuple(path.name for path in (LAYOUT.config, LAYOUT.baselines, LAYOUT.test_results))
 RUN_FILE_BYTES = 99_000
 FINAL_MODEL_FILE_BYTES = 65_000  # calibrators.json, config.json, manifest.json, README.md
-LOG_FILES = ("tensorboard", "progress", "metrics.jsonl")
+LOG_FILES = tuple(path.name for path in (LAYOUT.tensorboard, LAYOUT.progress, LAYOUT.metrics_log))
 TORCH_SAVE_PER_TENSOR = 280  # torch.save's zip entry and pickle record per tensor (training.pt)
 RNG_AND_SCHEDULER_BYTES = 8_000  # CPU RNG state (5,056 bytes), scheduler and loss-scaler state in training.pt
 _DTYPE_NAMES = {
@@ -150,6 +153,7 @@ def plan_disk(config: RunConfig, records: int, data_bytes: int, optimizer: str |
     config.train.memory, and for "auto" fp32 AdamW (the standard and swap strategies'; saving's 8-bit state is
     smaller), so the plan is never short."""
     tc, sweep, enc = config.train, config.sweep, config.encoder
+    sweep_folder = LAYOUT.sweep.name
     if optimizer is None:
         optimizer = "adamw" if tc.memory == "auto" else strategy(tc.memory).optimizer
     with torch.device("meta"):
@@ -160,36 +164,43 @@ def plan_disk(config: RunConfig, records: int, data_bytes: int, optimizer: str |
     ids = 36 * records  # index.json: a quoted 32-character content id per record
     embeddings = records * enc.max_segments * (enc.dim * 4 + 1) + 200 + ids
     lines = [
-        DiskLine("data", "prepared records, rejections, split (as big as the input)", data_bytes),
-        DiskLine("embeddings", f"{records} records x {enc.max_segments} segments x {enc.dim} fp32 + mask", embeddings),
+        DiskLine(LAYOUT.data.name, "prepared records, rejections, split (as big as the input)", data_bytes),
+        DiskLine(
+            LAYOUT.embeddings.name,
+            f"{records} records x {enc.max_segments} segments x {enc.dim} fp32 + mask",
+            embeddings,
+        ),
     ]
     if tc.lr is None:  # the pipeline sweeps only when no rate is set
         trials = config.sweep.trials
         fixed, per_epoch = SWEEP_OUTPUT_BYTES
         logs = trials * sweep.epochs * (EPOCH_LOG_BYTES + per_epoch) + fixed
-        lines.append(DiskLine("sweep", f"{trials} trials x {sweep.epochs} epochs of metrics and logs, results", logs))
+        lines.append(
+            DiskLine(sweep_folder, f"{trials} trials x {sweep.epochs} epochs of metrics and logs, results", logs)
+        )
         if sweep.keep_trial_resume:
             kept = trials * _slots(sweep.epochs) * slot
-            lines.append(DiskLine("sweep", f"{trials} trials' resume states kept (sweep.keep_trial_resume)", kept))
+            lines.append(DiskLine(sweep_folder, f"{trials} trials' resume states kept (sweep.keep_trial_resume)", kept))
     saved = tc.epochs // tc.checkpoint_every
     weights = weights_bytes(model, config.preset, store)
     stored = f"{weights / GB:.3f} GB ({tc.checkpoint_dtype})"
     checkpoints = saved * (weights + CHECKPOINT_FILE_BYTES)
-    lines.append(DiskLine("checkpoints", f"{saved} epoch checkpoints x {stored}", checkpoints))
+    lines.append(DiskLine(LAYOUT.checkpoints.name, f"{saved} epoch checkpoints x {stored}", checkpoints))
     if ema:  # metrics.json and the manifest, no module statistics
-        lines.append(DiskLine("checkpoints", f"EMA checkpoint, {stored}", weights + 18_700 + 900))
+        lines.append(DiskLine(LAYOUT.checkpoints.name, f"EMA checkpoint, {stored}", weights + 18_700 + 900))
     slots = _slots(tc.epochs)
     about = f"{slots} slots x {slot / GB:.3f} GB (fp32 weights, EMA, {optimizer} state)"
-    lines.append(DiskLine("resume", about, slots * slot))
+    lines.append(DiskLine(LAYOUT.resume.name, about, slots * slot))
     fixed, per_epoch = PROGRESS_BYTES
     at = [tc.checkpoint_every * (k + 1) for k in range(saved)]  # a progress report per checkpoint, and latest.json
     progress = sum(fixed + per_epoch * epoch for epoch in at) + (fixed + per_epoch * at[-1] if at else 0)
     logs = tc.epochs * EPOCH_LOG_BYTES + saved * CHECKPOINT_LOG_BYTES + progress
     lines.append(DiskLine("logs", f"{tc.epochs} epochs of metrics.jsonl, TensorBoard, progress reports", logs))
     final = weights_bytes(model, config.preset, torch.float32) + FINAL_MODEL_FILE_BYTES
-    lines.append(DiskLine("final_model", "the chosen model, fp32, with its calibrators", final))
-    for folder, size in SELECTION_BYTES.items():
-        lines.append(DiskLine(folder, "JSON, Markdown, plots", size))
+    lines.append(DiskLine(LAYOUT.final_model.name, "the chosen model, fp32, with its calibrators", final))
+    for phase in PHASES:
+        if phase.disk_bytes is not None:
+            lines.append(DiskLine(phase.paths(LAYOUT)[0].name, "JSON, Markdown, plots", phase.disk_bytes))
     lines.append(DiskLine("run files", ", ".join(RUN_FILES), RUN_FILE_BYTES))
     parameters = sum(p.numel() for p in model.parameters())
     return DiskPlan(config.preset, parameters, optimizer, tuple(lines))
