@@ -46,6 +46,7 @@ from rapidfuzz import fuzz
 from tqdm import tqdm
 
 from redheart.data.dedup import DedupResult, Duplicate, check_threshold
+from redheart.data.qgrams import MIX, qgram_hashes
 
 BANDS = 128
 ROWS = 2
@@ -55,8 +56,6 @@ _COMMON_MIN_TEXTS = 20  # ... and never one in fewer texts: small sets keep all 
 _FREQUENCY_SAMPLE = 4096  # texts whose grams are counted: plenty to tell a 5% gram from a rare one
 _FREQUENCY_BITS = 22  # hashed document-frequency table: a collision can only make a gram look common
 _HISTOGRAM_BINS = 128
-_MIX = np.uint64(0x9E3779B97F4A7C15)
-_MIX2 = np.uint64(0xD6E8FEB86659FD93)
 
 
 @dataclass(frozen=True)
@@ -85,7 +84,7 @@ def candidate_pairs(
         keys = np.zeros(len(texts), dtype=np.uint64)
         with np.errstate(over="ignore"):  # a hash of the band's rows: a collision only adds a candidate
             for column in signatures[:, band * rows : (band + 1) * rows].T:
-                keys = keys * _MIX + column
+                keys = keys * MIX + column
         order = np.argsort(keys, kind="stable")
         ordered = keys[order]
         # Equal keys are contiguous once sorted: pairs d apart within a run, for d = 1, 2, ... until none.
@@ -155,18 +154,10 @@ def _signatures(texts: Sequence[str], num_perm: int, seed: int, progress: bool) 
 
 
 def _grams(text: str) -> np.ndarray:
-    """One 64-bit hash per q-gram occurrence of the normalised, padded text: the k-th g hashes (g, k)."""
+    """The q-gram hashes of the lower-cased, space-collapsed text, padded so its first and last characters
+    start and end grams of their own."""
     padded = "\x02" * (_Q - 1) + " ".join(text.lower().split()) + "\x03" * (_Q - 1)
-    codes = np.frombuffer(padded.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.uint64)
-    n = len(codes) - _Q + 1
-    grams = codes[:n].copy()
-    with np.errstate(over="ignore"):
-        for k in range(1, _Q):
-            grams = grams * _MIX + codes[k : n + k]
-        grams.sort()
-        starts = np.flatnonzero(np.concatenate(([True], grams[1:] != grams[:-1])))
-        copy = np.arange(n) - np.repeat(starts, np.diff(np.append(starts, n)))
-        return (grams ^ (copy.astype(np.uint64) * _MIX2)) * _MIX
+    return qgram_hashes(padded, _Q)
 
 
 class _Bounds:
