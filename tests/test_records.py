@@ -6,7 +6,8 @@ import json
 import pytest
 
 from redheart.config import DataConfig
-from redheart.data.records import DataError, content_id, load_records
+from redheart.data.reader import DataError
+from redheart.data.records import content_id, load_records
 from redheart.data.schema import BENTHAM_KEYS, EMOTIONS, SURD_KEYS
 
 CONFIG = DataConfig()

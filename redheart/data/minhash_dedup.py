@@ -34,8 +34,6 @@ texts took 1.2 GiB, so the bands here are sorted numpy arrays, one band at a tim
 
 from __future__ import annotations
 
-import gzip
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +45,7 @@ from tqdm import tqdm
 
 from redheart.data.dedup import DedupResult, Duplicate, check_threshold
 from redheart.data.qgrams import MIX, qgram_hashes
+from redheart.data.reader import DataError, DataFile
 
 BANDS = 128
 ROWS = 2
@@ -116,20 +115,15 @@ def keep_first(texts: Sequence[str], pairs: np.ndarray, threshold: float, progre
 
 
 def read_texts(path: str | Path) -> list[str]:
-    """The `text` of every record of a JSON Lines file (plain or gzip), in file order; other fields ignored."""
-    with open(path, "rb") as probe:
-        compressed = probe.read(2) == b"\x1f\x8b"
+    """The `text` of every record of a JSON array or JSON Lines file (plain or gzip), in file order; other fields
+    are ignored. DataError names the first record that does not parse or has no string `text`."""
     texts = []
-    with (gzip.open if compressed else open)(path, "rb") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError as error:  # bad JSON or bad UTF-8
-                raise ValueError(f"{path}, line {number}: not valid JSON ({error})") from None
+    with DataFile.open(path) as data:
+        for line, _, record, problems in data.items():
+            if problems:
+                raise DataError(f"{path}, {problems[0].message}")
             if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise ValueError(f"{path}, line {number}: expected a JSON object with a string 'text' field")
+                raise DataError(f"{path}, line {line}: expected a JSON object with a string 'text' field")
             texts.append(record["text"])
     return texts
 
