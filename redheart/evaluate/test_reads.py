@@ -27,8 +27,8 @@ from typing import Any
 
 from redheart.config import RunConfig, load_config
 from redheart.core.atomic import read_json
+from redheart.core.checkpoint_files import MANIFEST, sha256, verify_checkpoint
 from redheart.core.rundir import RunDir
-from redheart.train.state.checkpoints import MANIFEST, sha256, verify_checkpoint
 
 PARTS = ("final_model", "candidates", "calibrators", "decision_rule", "split", "embeddings", "settings")
 MODEL_CARD = "README.md"
