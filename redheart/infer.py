@@ -333,11 +333,11 @@ def iter_inputs(source: str | Path | None, text: str | None = None) -> Iterator[
     else:
         data = DataFile.open(source, what="file of texts")
     with data:
-        for line in data.lines():
-            if line.error is not None:
-                yield InputRow(line.number, None, f"{data.name}:{line.number}: {line.error}")
-            elif line.text.strip():  # a line of Unicode spaces is no text either
-                yield _parse(line.text, data.name, line.number)
+        for number, _, line, error in data.lines():
+            if error is not None:
+                yield InputRow(number, None, f"{data.name}:{number}: {error}")
+            elif line.strip():  # a line of Unicode spaces is no text either
+                yield _parse(line, data.name, number)
 
 
 def read_inputs(source: str | Path | None, text: str | None = None) -> list[dict[str, str]]:

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any, NamedTuple
+from typing import Any
 
 GZIP_MAGIC = b"\x1f\x8b"
 _BOM = b"\xef\xbb\xbf"
@@ -46,22 +46,14 @@ class Problem:
     message: str
 
 
-class RawItem(NamedTuple):
-    """One JSON item as read: a line of JSON Lines or an element of a JSON array."""
-
-    line: int  # the line it starts on, from 1
-    raw: str  # its text as read
-    value: Any  # the parsed JSON; None when it did not parse
-    problems: list[Problem]  # why it did not parse; empty when it did
-
-
-class Line(NamedTuple):
-    """One non-blank line of a file."""
-
-    number: int  # from 1
-    offset: int  # byte offset of its first byte in the (decompressed) file
-    text: str  # without its line ending; bytes that are not UTF-8 as backslash escapes
-    error: str | None  # where its first byte that is not UTF-8 is; None when it is all UTF-8
+# One JSON item as read (a line of JSON Lines or an element of a JSON array): the line it starts on (from 1), its
+# text as read, the parsed JSON (None when it did not parse) and why it did not parse. Plain tuples: named ones
+# made reading JSON Lines about a third slower (measured on 300,000 short lines).
+RawItem = tuple[int, str, Any, list[Problem]]
+# One non-blank line: its number (from 1), the byte offset of its start in the (decompressed) file, its text
+# without the line ending (bytes that are not UTF-8 as backslash escapes), and where its first byte that is not
+# UTF-8 is (None when it is all UTF-8).
+Line = tuple[int, int, str, str | None]
 
 
 class JsonObject(dict):
@@ -122,24 +114,22 @@ class DataFile:
 
     def lines(self) -> Iterator[Line]:
         """Every line that is not blank, in order; a byte-order mark before the first is dropped."""
-        number, offset = 0, 0
-        while True:
-            with self._reading():
-                data = self.handle.readline()
-            if not data:
-                return
-            number, start, offset = number + 1, offset, offset + len(data)
-            self.line = number
-            if number == 1 and data.startswith(_BOM):
-                data, start = data[len(_BOM) :], start + len(_BOM)
-            if not data.strip():
-                continue
-            try:
-                yield Line(number, start, data.decode("utf-8").rstrip("\r\n"), None)
-            except UnicodeDecodeError as error:
-                where = f"{'decompressed ' if self.compressed else ''}file offset {start + error.start}"
-                message = f"byte {error.start + 1} of the line ({where}) is not valid UTF-8"
-                yield Line(number, start, data.decode("utf-8", "backslashreplace").rstrip("\r\n"), message)
+        offset = 0
+        with self._reading():  # one guard around the whole loop: entering one per line costs a third of the time
+            for number, data in enumerate(self.handle, start=1):
+                self.line, start, offset = number, offset, offset + len(data)
+                if number == 1 and data.startswith(_BOM):
+                    data, start = data[len(_BOM) :], start + len(_BOM)
+                if not data.strip():
+                    continue
+                try:
+                    text = data.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    where = f"{'decompressed ' if self.compressed else ''}file offset {start + error.start}"
+                    message = f"byte {error.start + 1} of the line ({where}) is not valid UTF-8"
+                    yield number, start, data.decode("utf-8", "backslashreplace").rstrip("\r\n"), message
+                    continue
+                yield number, start, text.rstrip("\r\n"), None
 
     def items(self) -> Iterator[RawItem]:
         """Each element of a JSON array or each line of JSON Lines, told apart by the first character."""
@@ -156,19 +146,17 @@ class DataFile:
             )
 
     def _json_lines(self) -> Iterator[RawItem]:
-        for line in self.lines():
-            if line.error is not None:
-                problem = Problem("<line>", "non_utf8", f"line {line.number}: {line.error}")
-                yield RawItem(line.number, line.text, None, [problem])
+        for number, _, text, not_utf8 in self.lines():
+            if not_utf8 is not None:
+                yield number, text, None, [Problem("<line>", "non_utf8", f"line {number}: {not_utf8}")]
                 continue
             try:
-                yield RawItem(line.number, line.text, DECODER.decode(line.text), [])
+                yield number, text, DECODER.decode(text), []
             except json.JSONDecodeError as error:
-                problem = Problem("<line>", "malformed_json", f"line {line.number} column {error.colno}: {error.msg}")
-                yield RawItem(line.number, line.text, None, [problem])
+                problem = Problem("<line>", "malformed_json", f"line {number} column {error.colno}: {error.msg}")
+                yield number, text, None, [problem]
             except RecursionError:
-                problem = Problem("<line>", "too_deep", f"line {line.number}: {_TOO_DEEP}")
-                yield RawItem(line.number, line.text, None, [problem])
+                yield number, text, None, [Problem("<line>", "too_deep", f"line {number}: {_TOO_DEEP}")]
 
     def _array_items(self) -> Iterator[RawItem]:
         text = io.TextIOWrapper(self.handle, encoding="utf-8-sig", errors="surrogateescape", newline="")
@@ -257,7 +245,7 @@ class _ArrayReader:
                     if after < len(self.buf) and self.buf[after] not in ",]":
                         raise json.JSONDecodeError("expected ',' or ']' after an element", self.buf, after)
                     line, _ = self._advance(pos)
-                    return RawItem(line, self.buf[pos:end], value, []), end
+                    return (line, self.buf[pos:end], value, []), end
             except json.JSONDecodeError as error:
                 if self.eof:
                     return self._recover(pos, error)
@@ -278,7 +266,7 @@ class _ArrayReader:
             resume = closing if closing > pos else len(self.buf)
         raw = self.buf[pos:resume].rstrip().removesuffix(",").rstrip()
         problem = Problem("<record>", "malformed_json", f"line {err_line} column {err_col}: {error.msg}")
-        return RawItem(line, raw, None, [problem]), resume
+        return (line, raw, None, [problem]), resume
 
     def _starts_element(self, pos: int) -> bool:
         # An element follows a ',' (or a '}' when the comma itself is what is missing).
