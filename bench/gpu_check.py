@@ -270,7 +270,7 @@ def bundled_records(count: int, clean: bool = True) -> list[dict[str, Any]]:
 
 def strategy_child(settings: Settings, strategy: str, capped: bool) -> dict[str, Any]:
     from redheart.train.recipe import train
-    from redheart.train.telemetry import read_metrics
+    from redheart.train.telemetry.records import read_metrics
 
     memory = memory_of(settings)
     memory.warm_up()
@@ -387,7 +387,7 @@ def small_pipeline(settings: Settings, folder: Path, seconds: float) -> dict[str
         command += ["--set", setting]
     outcome = run_part(command, seconds)
     if outcome["ok"]:
-        from redheart.train.telemetry import read_metrics
+        from redheart.train.telemetry.records import read_metrics
 
         epoch = read_metrics(RunDir(run).metrics_log)[-1]
         outcome.update(

@@ -15,13 +15,11 @@ with the file; output rows keep the input's order.
 
 from __future__ import annotations
 
-import gzip
+import io
 import json
 import sys
 import threading
-import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -40,6 +38,7 @@ from redheart.data.dataset import SplitTensors
 from redheart.data.embedding_cache import EmbeddingCache
 from redheart.data.encode import encode_texts
 from redheart.data.encoders import build_encoder, document_text
+from redheart.data.reader import DataFile
 from redheart.evaluate.calibration import CALIBRATED_TARGETS, load_calibrators
 from redheart.evaluate.decision_rule import SERVED_BATCH, load_decision_rule
 from redheart.select.final_model import load_final_model
@@ -291,10 +290,6 @@ def load(
 # ---- reading inputs -------------------------------------------------------------------------------------------------
 
 
-class InputError(ValueError):
-    """An input that cannot be read at all: unreadable, or its compressed data truncated or corrupt."""
-
-
 @dataclass(frozen=True)
 class InputRow:
     """One input line: its number, and its record or the problem with it."""
@@ -302,21 +297,6 @@ class InputRow:
     line: int
     record: dict[str, str] | None
     error: str | None = None
-
-
-def _open_source(path: Path) -> IO[bytes]:
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: no such file of texts")
-    if path.is_dir():
-        raise InputError(f"{path}: is a folder, not a file of texts")
-    try:
-        raw = open(path, "rb")  # noqa: SIM115 (returned open; the caller closes it)
-        if raw.peek(2)[:2] != b"\x1f\x8b":
-            return raw
-        raw.close()
-        return cast(IO[bytes], gzip.open(path, "rb"))
-    except OSError as error:
-        raise InputError(f"{path}: cannot read it ({error.strerror or error})") from None
 
 
 def _parse(raw: str, where: str, number: int) -> InputRow:
@@ -334,27 +314,6 @@ def _parse(raw: str, where: str, number: int) -> InputRow:
     return InputRow(number, {k: record[k] for k in ("id", "title", "text") if record.get(k) is not None})
 
 
-def _lines(handle: IO[bytes], name: str) -> Iterator[tuple[int, int, bytes]]:
-    """(line number, byte offset of the line, its bytes) of a binary stream; InputError on corrupt compression
-    or a read error, naming where reading stopped."""
-    number, offset = 0, 0
-    while True:
-        try:
-            raw = handle.readline()
-        except (EOFError, gzip.BadGzipFile, zlib.error) as error:
-            raise InputError(
-                f"{name}: the compressed data is truncated or corrupt after line {number} (decompressed byte "
-                f"{offset}): {error}"
-            ) from None
-        except OSError as error:
-            raise InputError(f"{name}: cannot read it after line {number} ({error.strerror or error})") from None
-        if not raw:
-            return
-        number += 1
-        yield number, offset, raw
-        offset += len(raw)
-
-
 def iter_inputs(source: str | Path | None, text: str | None = None) -> Iterator[InputRow]:
     """Input rows from one text, a file (JSON Lines with a "text" field, or plain lines, one text each; plain or
     gzip) or stdin (source "-" or None), one at a time. Blank lines are skipped; a bad line is a row with its
@@ -363,35 +322,21 @@ def iter_inputs(source: str | Path | None, text: str | None = None) -> Iterator[
         yield InputRow(1, {"text": text})
         return
     if source is None or str(source) == "-":
-        name = "stdin"
         binary = getattr(sys.stdin, "buffer", None)
         if binary is None:  # a text stream (as tests give): already decoded
             for number, line in enumerate(sys.stdin, start=1):
                 if line.strip():
-                    yield _parse(line.rstrip("\r\n"), name, number)
+                    yield _parse(line.rstrip("\r\n"), "stdin", number)
             return
-        handle: IO[bytes] = binary
-        owned: AbstractContextManager[Any] = nullcontext()  # stdin stays open
+        data = DataFile(cast(io.BufferedReader, binary), "stdin", owned=False)  # stdin stays open
     else:
-        name = str(source)
-        handle = owned = _open_source(Path(source))
-    compressed = isinstance(handle, gzip.GzipFile)
-    with owned:
-        for number, offset, raw in _lines(handle, name):
-            if number == 1:
-                raw = raw.removeprefix(b"\xef\xbb\xbf")
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                yield InputRow(
-                    number,
-                    None,
-                    f"{name}:{number}: byte {error.start + 1} of the line ({'decompressed ' if compressed else ''}"
-                    f"file offset {offset + error.start}) is not valid UTF-8",
-                )
-                continue
-            if line.strip():
-                yield _parse(line.rstrip("\r\n"), name, number)
+        data = DataFile.open(source, what="file of texts")
+    with data:
+        for number, _, line, error in data.lines():
+            if error is not None:
+                yield InputRow(number, None, f"{data.name}:{number}: {error}")
+            elif line.strip():  # a line of Unicode spaces is no text either
+                yield _parse(line, data.name, number)
 
 
 def read_inputs(source: str | Path | None, text: str | None = None) -> list[dict[str, str]]:

@@ -53,7 +53,7 @@ def run_pipeline(
     from redheart.evaluate.calibration import fit_calibrators
     from redheart.evaluate.decision_rule import decision_rule_is_current, fit_decision_rules, format_rules
     from redheart.select.freshness import calibrators_are_current, crossover_is_current
-    from redheart.train.sweep import format_choice, run_sweep
+    from redheart.train.sweep.run import format_choice, run_sweep
 
     def prepare_step() -> None:
         summary = _phase("prepare", lambda: prepare(data, run, config.data, extra=extra))

@@ -23,7 +23,7 @@ from redheart.train.disk_plan import (
     weights_bytes,
 )
 from redheart.train.recipe import train
-from redheart.train.sweep import run_trial
+from redheart.train.sweep.run import run_trial
 
 from tiny_run import make_run, tiny_config
 

@@ -17,7 +17,8 @@ from redheart.core.atomic import read_json
 from redheart.core.rundir import RunDir
 from redheart.data.encoders import build_encoder, document_text
 from redheart.data.prepare import prepare
-from redheart.data.records import DataError, load_records
+from redheart.data.reader import DataError
+from redheart.data.records import load_records
 
 from tiny_run import synthetic_record
 

@@ -148,3 +148,15 @@ def test_layers_order_the_packages_bottom_to_top():
     ]
     assert [layer_of(name) for name in order] == list(range(len(LAYERS)))
     assert layer_of("redheart.config") == layer_of("redheart.core.atomic")
+
+
+def test_sub_package_inits_hold_only_their_docstring():
+    # An import names the module that defines the name; an __init__ that gathered names would be a second path.
+    gathering = {
+        module
+        for module, path in MODULES.items()
+        if path.name == "__init__.py" and module != "redheart"
+        for node in ast.parse(path.read_text(encoding="utf-8")).body
+        if not (isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant))
+    }
+    assert gathering == set()

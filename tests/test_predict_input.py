@@ -130,5 +130,6 @@ def test_prepare_names_a_truncated_compressed_file(tmp_path, capsys):
         main(["prepare", "--run", str(tmp_path / "run"), "--data", str(path)])
     err = capsys.readouterr().err
     assert stopped.value.code == 2 and len(err.strip().splitlines()) == 1
-    assert f"{path}: the compressed data is truncated or corrupt (reading stopped at decompressed byte" in err
+    assert f"{path}: the compressed data is truncated or corrupt after " in err
+    assert "elements of the JSON array (reading stopped at decompressed byte" in err
     assert not (tmp_path / "run" / "data").exists()

@@ -9,7 +9,7 @@ from redheart.config import DataConfig
 from redheart.core.atomic import read_json
 from redheart.core.rundir import RunDir
 from redheart.data.prepare import format_summary, prepare
-from redheart.data.records import DataError
+from redheart.data.reader import DataError
 
 
 def story(i):

@@ -7,7 +7,8 @@ import pytest
 
 from redheart.architecture import BENTHAM_KEYS, EMOTIONS, SURD_KEYS
 from redheart.config import DataConfig
-from redheart.data.records import DataError, content_id, load_records
+from redheart.data.reader import DataError
+from redheart.data.records import content_id, load_records
 
 CONFIG = DataConfig()
 

@@ -10,6 +10,7 @@ import redheart.data.dataset as dataset
 from redheart.cli import main
 from redheart.config import save_config
 from redheart.core.atomic import read_json, write_json
+from redheart.core.checkpoint_files import sha256
 from redheart.core.rundir import RunDir
 from redheart.evaluate.calibration import CalibrationOptions, fit_calibrators
 from redheart.evaluate.decision_rule import fit_decision_rules
@@ -17,7 +18,6 @@ from redheart.evaluate.final import evaluate_test, format_results
 from redheart.report.build import build_report
 from redheart.select.crossover import crossover
 from redheart.train.recipe import train
-from redheart.train.state.checkpoints import sha256
 
 from tiny_run import make_run, tiny_config
 

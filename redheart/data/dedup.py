@@ -25,13 +25,13 @@ from rapidfuzz import fuzz, process
 from scipy import sparse
 from tqdm import tqdm
 
+from redheart.data.qgrams import qgram_hashes
+
 _BLOCK = 128  # queries per block: small blocks keep each length window tight
 _Q = 4  # q-gram size of the upper bound; 4 prunes best on these texts (measured, 3 to 5 tried)
 _COLUMN_BITS = 22  # hashed feature columns
 _DENSE_COLUMNS = 2048  # the most frequent columns, multiplied densely
 _SLACK = 1e-6  # float rounding in the bound must never drop a real pair
-_MIX = np.uint64(0x9E3779B97F4A7C15)
-_MIX2 = np.uint64(0xD6E8FEB86659FD93)
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,7 @@ class _GramIndex:
     """
 
     def __init__(self, texts: Sequence[str]) -> None:
-        features = [_gram_features(t) for t in texts]
+        features = [qgram_hashes(t, _Q) for t in texts]
         self.sizes = np.array([len(f) for f in features], dtype=np.float64)
         self.lengths = np.array([len(t) for t in texts], dtype=np.float64)
         rows = np.repeat(np.arange(len(texts)), [len(f) for f in features])
@@ -181,22 +181,6 @@ class _GramIndex:
         total = self.lengths[a, None] + self.lengths[None, b]
         with np.errstate(divide="ignore", invalid="ignore"):
             return np.where(total > 0, 100 * (1 - np.maximum(distance, 0) / total), 100.0)
-
-
-def _gram_features(text: str) -> np.ndarray:
-    """One 64-bit hash per q-gram occurrence: gram g seen for the k-th time hashes (g, k)."""
-    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32).astype(np.uint64)
-    n = len(codes) - _Q + 1
-    if n < 1:
-        return np.zeros(0, dtype=np.uint64)
-    grams = codes[:n].copy()
-    with np.errstate(over="ignore"):
-        for k in range(1, _Q):
-            grams = grams * _MIX + codes[k : n + k]
-        grams.sort()
-        starts = np.flatnonzero(np.r_[True, grams[1:] != grams[:-1]])
-        copy = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))
-        return (grams ^ (copy.astype(np.uint64) * _MIX2)) * _MIX
 
 
 def _longest_match(length: int, threshold: float) -> float:

@@ -34,8 +34,6 @@ texts took 1.2 GiB, so the bands here are sorted numpy arrays, one band at a tim
 
 from __future__ import annotations
 
-import gzip
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,6 +44,8 @@ from rapidfuzz import fuzz
 from tqdm import tqdm
 
 from redheart.data.dedup import DedupResult, Duplicate, check_threshold
+from redheart.data.qgrams import MIX, qgram_hashes
+from redheart.data.reader import DataError, DataFile
 
 BANDS = 128
 ROWS = 2
@@ -55,8 +55,6 @@ _COMMON_MIN_TEXTS = 20  # ... and never one in fewer texts: small sets keep all 
 _FREQUENCY_SAMPLE = 4096  # texts whose grams are counted: plenty to tell a 5% gram from a rare one
 _FREQUENCY_BITS = 22  # hashed document-frequency table: a collision can only make a gram look common
 _HISTOGRAM_BINS = 128
-_MIX = np.uint64(0x9E3779B97F4A7C15)
-_MIX2 = np.uint64(0xD6E8FEB86659FD93)
 
 
 @dataclass(frozen=True)
@@ -85,7 +83,7 @@ def candidate_pairs(
         keys = np.zeros(len(texts), dtype=np.uint64)
         with np.errstate(over="ignore"):  # a hash of the band's rows: a collision only adds a candidate
             for column in signatures[:, band * rows : (band + 1) * rows].T:
-                keys = keys * _MIX + column
+                keys = keys * MIX + column
         order = np.argsort(keys, kind="stable")
         ordered = keys[order]
         # Equal keys are contiguous once sorted: pairs d apart within a run, for d = 1, 2, ... until none.
@@ -117,20 +115,15 @@ def keep_first(texts: Sequence[str], pairs: np.ndarray, threshold: float, progre
 
 
 def read_texts(path: str | Path) -> list[str]:
-    """The `text` of every record of a JSON Lines file (plain or gzip), in file order; other fields ignored."""
-    with open(path, "rb") as probe:
-        compressed = probe.read(2) == b"\x1f\x8b"
+    """The `text` of every record of a JSON array or JSON Lines file (plain or gzip), in file order; other fields
+    are ignored. DataError names the first record that does not parse or has no string `text`."""
     texts = []
-    with (gzip.open if compressed else open)(path, "rb") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError as error:  # bad JSON or bad UTF-8
-                raise ValueError(f"{path}, line {number}: not valid JSON ({error})") from None
+    with DataFile.open(path) as data:
+        for line, _, record, problems in data.items():
+            if problems:
+                raise DataError(f"{path}, {problems[0].message}")
             if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-                raise ValueError(f"{path}, line {number}: expected a JSON object with a string 'text' field")
+                raise DataError(f"{path}, line {line}: expected a JSON object with a string 'text' field")
             texts.append(record["text"])
     return texts
 
@@ -155,18 +148,10 @@ def _signatures(texts: Sequence[str], num_perm: int, seed: int, progress: bool) 
 
 
 def _grams(text: str) -> np.ndarray:
-    """One 64-bit hash per q-gram occurrence of the normalised, padded text: the k-th g hashes (g, k)."""
+    """The q-gram hashes of the lower-cased, space-collapsed text, padded so its first and last characters
+    start and end grams of their own."""
     padded = "\x02" * (_Q - 1) + " ".join(text.lower().split()) + "\x03" * (_Q - 1)
-    codes = np.frombuffer(padded.encode("utf-32-le", "surrogatepass"), dtype=np.uint32).astype(np.uint64)
-    n = len(codes) - _Q + 1
-    grams = codes[:n].copy()
-    with np.errstate(over="ignore"):
-        for k in range(1, _Q):
-            grams = grams * _MIX + codes[k : n + k]
-        grams.sort()
-        starts = np.flatnonzero(np.concatenate(([True], grams[1:] != grams[:-1])))
-        copy = np.arange(n) - np.repeat(starts, np.diff(np.append(starts, n)))
-        return (grams ^ (copy.astype(np.uint64) * _MIX2)) * _MIX
+    return qgram_hashes(padded, _Q)
 
 
 class _Bounds:

@@ -1,9 +1,8 @@
-"""Load a user's data file into clean records, rejecting bad ones with their reasons.
+"""Validate a user's data file into clean records, rejecting bad ones with their reasons.
 
-Input: a JSON array or JSON Lines file, optionally gzip-compressed (detected from its first bytes). The
-file is streamed: JSON Lines line by line, a JSON array element by element with `raw_decode` over a
-sliding text buffer, so the raw text is held at most once. A bad record is rejected on its own with
-every problem found in it (record index, id, field, message), and the rest of the file goes on.
+Input: the items of a JSON array or JSON Lines file, as `reader.DataFile` streams them. A bad record is
+rejected on its own with every problem found in it (record index, line, id, field, message), and the rest of
+the file goes on.
 
 Output: clean records in the normalized format of the project (emotions, bentham and SURD as lists in
 the order of `schema`); a target absent from the input becomes None, never a made-up value.
@@ -11,20 +10,18 @@ the order of `schema`); a target absent from the input becomes None, never a mad
 
 from __future__ import annotations
 
-import gzip
 import hashlib
-import io
 import json
 import math
-import zlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import Any, cast
 
 from redheart.architecture import DISTRIBUTION, TARGET_DIMS, VERDICTS, Target, target
 from redheart.config import DataConfig
+from redheart.data.reader import DataError, DataFile, JsonObject, Problem
 
 KNOWN_FIELDS = (
     "id",
@@ -38,21 +35,7 @@ KNOWN_FIELDS = (
     "bentham_scores",
     "surd_metrics",
 )
-_CHUNK_CHARS = 1 << 20
 _STRICT_LISTED = 100  # problems spelled out in a strict-mode error; the rest are counted
-# json's parser recurses once per nesting level; a record nested past the recursion limit is rejected.
-_TOO_DEEP = "JSON nested too deeply (past Python's recursion limit); a record is a flat object"
-
-
-class DataError(ValueError):
-    """The input cannot be used: a fatal format error, or any problem at all in strict mode."""
-
-
-@dataclass(frozen=True)
-class Problem:
-    field: str
-    reason: str  # short category, used for the counts per reason
-    message: str
 
 
 @dataclass
@@ -64,30 +47,12 @@ class LoadResult:
     ignored_fields: Counter  # unknown top-level field name -> number of records that had it
 
 
-class _Object(dict):
-    """A parsed JSON object that remembers keys given more than once (json keeps only the last)."""
-
-    duplicate_keys: tuple[str, ...] = ()
-
-
-def _object_from_pairs(pairs: list[tuple[str, Any]]) -> _Object:
-    obj = _Object(pairs)
-    if len(obj) != len(pairs):
-        counts = Counter(key for key, _ in pairs)
-        obj.duplicate_keys = tuple(key for key, n in counts.items() if n > 1)
-    return obj
-
-
-# json accepts NaN/Infinity literals; they parse to floats here and validation rejects them by field.
-_DECODER = json.JSONDecoder(object_pairs_hook=_object_from_pairs)
-
-
 def load_records(path: str | Path, config: DataConfig, strict: bool = False) -> LoadResult:
     """Read and validate every record of `path`; bad records go to `rejected` (or raise when `strict`)."""
     result = LoadResult([], [], 0, Counter(), Counter())
     seen_ids: dict[str, int] = {}
-    with _open_binary(Path(path)) as handle:
-        for index, (line, raw, value, problems) in enumerate(_readable(_iter_raw(handle), path, handle)):
+    with DataFile.open(path) as data:
+        for index, (line, raw, value, problems) in enumerate(data.items()):
             result.records_read += 1
             record = None
             if not problems:
@@ -275,7 +240,7 @@ class _Checker:
 
 def _duplicate_keys(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
     """(field path, key) for every key repeated inside any object of the record."""
-    if isinstance(value, _Object):
+    if isinstance(value, JsonObject):
         for key in value.duplicate_keys:
             yield (f"{path}.{key}" if path else key), key
         for key, item in value.items():
@@ -362,205 +327,3 @@ def _strict_message(path: str | Path, rejected: list[dict[str, Any]]) -> str:
     if len(lines) > _STRICT_LISTED + 1:
         lines = lines[: _STRICT_LISTED + 1] + [f"  ... and {len(lines) - _STRICT_LISTED - 1} more problem(s)"]
     return "\n".join(lines)
-
-
-# ---- reading -------------------------------------------------------------------------------------
-
-RawItem = tuple[int, str, Any, list[Problem]]  # line, raw text, parsed value (or None), parse problems
-
-
-def _open_binary(path: Path) -> gzip.GzipFile | io.BufferedReader:
-    if path.is_dir():
-        raise DataError(f"{path}: is a folder, not a data file")
-    try:
-        with open(path, "rb") as probe:
-            compressed = probe.read(2) == b"\x1f\x8b"
-        return gzip.open(path, "rb") if compressed else open(path, "rb")
-    except FileNotFoundError:
-        raise
-    except OSError as error:
-        raise DataError(f"{path}: cannot read it ({error.strerror or error})") from None
-
-
-def _readable(
-    items: Iterator[RawItem], path: str | Path, handle: gzip.GzipFile | io.BufferedReader
-) -> Iterator[RawItem]:
-    """`items`, with a truncated or corrupt compressed file or a read error turned into one DataError naming the
-    file and how far reading got (the decompressed byte offset; the reader buffers ahead of the records)."""
-    count = 0
-    try:
-        for item in items:
-            count += 1
-            yield item
-    except (EOFError, gzip.BadGzipFile, zlib.error) as error:
-        raise DataError(
-            f"{path}: the compressed data is truncated or corrupt (reading stopped at decompressed byte "
-            f"{_position(handle)}, {count} records read before it): {error}"
-        ) from None
-    except OSError as error:
-        raise DataError(f"{path}: cannot read it after {count} records ({error.strerror or error})") from None
-
-
-def _position(handle: gzip.GzipFile | io.BufferedReader) -> str:
-    try:
-        return str(handle.tell())
-    except (OSError, ValueError, EOFError):
-        return "unknown"
-
-
-def _iter_raw(handle: gzip.GzipFile | io.BufferedReader) -> Iterator[RawItem]:
-    """Yield each record of a JSON array or JSON Lines stream, told apart by the first character."""
-    peek = handle.peek(4096)[:4096]
-    first = peek.lstrip(b"\xef\xbb\xbf \t\r\n")[:1]
-    if first == b"[":
-        text = io.TextIOWrapper(handle, encoding="utf-8-sig", errors="surrogateescape", newline="")
-        yield from _ArrayReader(text).items()
-    elif first == b"{" or not first:
-        yield from _iter_lines(handle)
-    else:
-        raise DataError(f"expected a JSON array ('[') or JSON Lines ('{{'), found {first!r} at the start of the file")
-
-
-def _iter_lines(handle: gzip.GzipFile | io.BufferedReader) -> Iterator[RawItem]:
-    for number, raw_bytes in enumerate(handle, start=1):
-        if number == 1:
-            raw_bytes = raw_bytes.removeprefix(b"\xef\xbb\xbf")
-        if not raw_bytes.strip():
-            continue
-        try:
-            raw = raw_bytes.decode("utf-8")
-        except UnicodeDecodeError as error:
-            text = raw_bytes.decode("utf-8", "backslashreplace").rstrip("\r\n")
-            yield (
-                number,
-                text,
-                None,
-                [Problem("<line>", "non_utf8", f"line {number}: byte {error.start} is not valid UTF-8")],
-            )
-            continue
-        raw = raw.rstrip("\r\n")
-        try:
-            yield number, raw, _DECODER.decode(raw), []
-        except json.JSONDecodeError as error:
-            yield (
-                number,
-                raw,
-                None,
-                [Problem("<line>", "malformed_json", f"line {number} column {error.colno}: {error.msg}")],
-            )
-        except RecursionError:
-            yield number, raw, None, [Problem("<line>", "too_deep", f"line {number}: {_TOO_DEEP}")]
-
-
-class _ArrayReader:
-    """Element-by-element reader of a JSON array held in a sliding buffer, with line/column tracking.
-
-    A malformed element is reported with its line and column, then reading resumes at the next '{'
-    that follows a ',' and parses as a whole element; the text in between is kept as the raw record.
-    """
-
-    def __init__(self, handle: IO[str]) -> None:
-        self.handle = handle
-        self.buf = ""
-        self.eof = False
-        self.mark, self.line, self.col = 0, 1, 0  # buffer offset whose (1-based line, 0-based column) we know
-
-    def items(self) -> Iterator[RawItem]:
-        pos = self._skip_ws(0)
-        if not self.buf.startswith("[", pos):
-            raise DataError(f"line {self.line}: expected '[' at the start of a JSON array")
-        pos = self._skip_ws(pos + 1)
-        while not self.buf.startswith("]", pos):
-            if pos >= len(self.buf):
-                line, col = self._where(pos)
-                raise DataError(f"line {line} column {col}: the file ends before the JSON array is closed with ']'")
-            item, pos = self._element(pos)
-            yield item
-            pos = self._skip_ws(pos)
-            if self.buf.startswith(",", pos):
-                pos = self._skip_ws(pos + 1)
-        tail = self._skip_ws(pos + 1)
-        if tail < len(self.buf):
-            line, col = self._where(tail)
-            raise DataError(f"line {line} column {col}: unexpected text after the end of the JSON array")
-
-    def _element(self, pos: int) -> tuple[RawItem, int]:
-        """Parse the element at `pos`, reading more input until it is whole or the input ends."""
-        pos = self._compact(pos)
-        while True:
-            try:
-                value, end = _DECODER.raw_decode(self.buf, pos)
-                if end < len(self.buf) or self.eof:
-                    after = self._skip_ws(end)
-                    if after < len(self.buf) and self.buf[after] not in ",]":
-                        raise json.JSONDecodeError("expected ',' or ']' after an element", self.buf, after)
-                    line, _ = self._advance(pos)
-                    return (line, self.buf[pos:end], value, []), end
-            except json.JSONDecodeError as error:
-                if self.eof:
-                    return self._recover(pos, error)
-            except RecursionError:
-                if self.eof:
-                    return self._recover(pos, json.JSONDecodeError(_TOO_DEEP, self.buf, pos))
-            self._fill()
-
-    def _recover(self, pos: int, error: json.JSONDecodeError) -> tuple[RawItem, int]:
-        """Report the malformed element and skip to the next place where a whole element parses."""
-        line, _ = self._advance(pos)
-        err_line, err_col = self._where(error.pos)
-        resume = self.buf.find("{", max(error.pos, pos + 1))
-        while resume != -1 and not self._starts_element(resume):
-            resume = self.buf.find("{", resume + 1)
-        if resume == -1:
-            closing = self.buf.rstrip().rfind("]")
-            resume = closing if closing > pos else len(self.buf)
-        raw = self.buf[pos:resume].rstrip().removesuffix(",").rstrip()
-        problem = Problem("<record>", "malformed_json", f"line {err_line} column {err_col}: {error.msg}")
-        return (line, raw, None, [problem]), resume
-
-    def _starts_element(self, pos: int) -> bool:
-        # An element follows a ',' (or a '}' when the comma itself is what is missing).
-        before = pos - 1
-        while before >= 0 and self.buf[before] in " \t\r\n":
-            before -= 1
-        if before < 0 or self.buf[before] not in ",}":
-            return False
-        try:
-            _, end = _DECODER.raw_decode(self.buf, pos)
-        except json.JSONDecodeError:
-            return False
-        after = self._skip_ws(end)
-        return after >= len(self.buf) or self.buf[after] in ",]"
-
-    def _skip_ws(self, pos: int) -> int:
-        while True:
-            while pos < len(self.buf) and self.buf[pos] in " \t\r\n":
-                pos += 1
-            if pos < len(self.buf) or self.eof:
-                return pos
-            self._fill()
-
-    def _fill(self) -> None:
-        chunk = self.handle.read(_CHUNK_CHARS)
-        self.eof = not chunk
-        self.buf += chunk
-
-    def _compact(self, pos: int) -> int:
-        """Drop the consumed text before `pos` so the buffer holds only unread input."""
-        if pos < _CHUNK_CHARS:
-            return pos
-        self._advance(pos)
-        self.buf, self.mark = self.buf[pos:], 0
-        return 0
-
-    def _where(self, pos: int) -> tuple[int, int]:
-        """(line, 1-based column) of buffer offset `pos` >= self.mark, without moving the mark."""
-        newlines = self.buf.count("\n", self.mark, pos)
-        if not newlines:
-            return self.line, self.col + pos - self.mark + 1
-        return self.line + newlines, pos - self.buf.rfind("\n", self.mark, pos)
-
-    def _advance(self, pos: int) -> tuple[int, int]:
-        self.line, column = self._where(pos)
-        self.col, self.mark = column - 1, pos
-        return self.line, column

@@ -27,9 +27,9 @@ from typing import Any
 
 from redheart.config import RunConfig, load_config
 from redheart.core.atomic import read_json
+from redheart.core.checkpoint_files import sha256, verify_checkpoint
 from redheart.core.phases import run_first
 from redheart.core.rundir import RunDir
-from redheart.train.state.checkpoints import sha256, verify_checkpoint
 
 PARTS = ("final_model", "candidates", "calibrators", "decision_rule", "split", "embeddings", "settings")
 

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from redheart.config import RunConfig, to_dict
 from redheart.core.atomic import read_json
+from redheart.core.checkpoint_files import MANIFEST, sha256
 from redheart.core.rundir import RunDir
-from redheart.train.state.checkpoints import MANIFEST, sha256
 
 
 def weights_digest(folder: Path) -> str:

@@ -488,7 +488,7 @@ def run_point(
     folder of its own (the convergence check).
     """
     from redheart.train.recipe import train
-    from redheart.train.telemetry import read_metrics
+    from redheart.train.telemetry.records import read_metrics
 
     point = point_of(run, config, k)
     lr, lr_reason = size_lr(run, config, point.size, progress)

@@ -17,7 +17,6 @@ be written.
 
 from __future__ import annotations
 
-import gzip
 import json
 import math
 import shutil
@@ -30,6 +29,7 @@ from redheart.config import RunConfig
 from redheart.core.checkpoint_files import DiskFullError
 from redheart.core.phases import PHASES
 from redheart.core.rundir import RunDir
+from redheart.data.reader import DataFile
 from redheart.model.groups import GROUPS, group_state_dict
 from redheart.model.model import RedHeartModel
 from redheart.train.memory.strategy import strategy
@@ -208,7 +208,7 @@ def plan_disk(config: RunConfig, records: int, data_bytes: int, optimizer: str |
 
 def input_size(run: RunDir, data: Path | None = None) -> tuple[int, int]:
     """(records, bytes of the prepared data): measured in the run folder once prepared, else from the input file
-    (a .gz file's uncompressed size); `data` None: the bundled data set."""
+    (a gzip file's uncompressed size); `data` None: the bundled data set."""
     if run.split_manifest.exists():
         split = json.loads(run.split_manifest.read_text(encoding="utf-8"))
         # A study point's manifest lists only train and val: it must never hold test ids.
@@ -218,12 +218,9 @@ def input_size(run: RunDir, data: Path | None = None) -> tuple[int, int]:
         from redheart.data.schema import bundled_data_path
 
         data = bundled_data_path()
-    opener = gzip.open if str(data).endswith(".gz") else open
-    with opener(data, "rb") as handle:
-        raw = handle.read()
-    text = raw.decode("utf-8").strip()
-    records = len(json.loads(text)) if text.startswith("[") else sum(1 for line in text.splitlines() if line.strip())
-    return records, len(raw)
+    with DataFile.open(data) as stream:
+        records = sum(1 for _ in stream.items())
+        return records, stream.bytes_read()
 
 
 def plan_for_run(run: RunDir, config: RunConfig, optimizer: str | None = None, data: Path | None = None) -> DiskPlan:

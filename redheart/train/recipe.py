@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from redheart.config import RunConfig, to_dict
 from redheart.core.atomic import read_json, write_json
+from redheart.core.checkpoint_files import MANIFEST
 from redheart.core.faults import NO_FAULTS, Faults
 from redheart.core.rundir import RunDir
 from redheart.data.dataset import SplitTensors, load_split, micro_batches, split_hash
@@ -34,7 +35,7 @@ from redheart.train.parallel.distributed import Distributed
 from redheart.train.parallel.fsdp import drop_summed_grads, host_view, is_sharded
 from redheart.train.precision import resolve_device
 from redheart.train.signals import TrainingInterrupted, interruption, stop_on_signals
-from redheart.train.state.checkpoints import MANIFEST, save_checkpoint
+from redheart.train.state.checkpoints import save_checkpoint
 from redheart.train.state.resume import has_resume, load_resume, resume_tensors, save_resume
 from redheart.train.telemetry.records import RunTelemetry, append_metrics, log_scalars, peak_memory_bytes, read_metrics
 from redheart.train.trainer import EpochTally, Trainer
