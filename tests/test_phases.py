@@ -8,7 +8,7 @@ from pathlib import Path
 from redheart.cli import LOCKED, build_parser
 from redheart.core.phases import PHASES, producer, run_first
 from redheart.core.rundir import RunDir
-from redheart.report.sections import SECTIONS
+from redheart.report.sections.registry import SECTIONS
 
 
 def test_help_lists_the_phases_in_pipeline_order_then_the_pipeline() -> None:

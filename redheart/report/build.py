@@ -21,7 +21,7 @@ from redheart.report.context import Context
 from redheart.report.document import Section
 from redheart.report.html import render_html, render_markdown
 from redheart.report.latex import write_latex_tables
-from redheart.report.sections import SECTIONS
+from redheart.report.sections.registry import SECTIONS
 
 
 def collect_sections(run: RunDir) -> list[Section]:
