@@ -83,10 +83,23 @@ def _current_results(run: RunDir) -> tuple[dict[str, Any] | None, str]:
 
 
 def model_card(run: RunDir) -> str:
-    """The card's Markdown, from the run's files."""
+    """The card's Markdown, from the run's files: one block per section, in the order model hubs show them."""
     info = read_json(run.model_files.config)
     candidate = info.get("info", {}).get("candidate", {})
-    lines = [
+    results, why_not = _current_results(run)
+    lines = _front(info, candidate)
+    lines += ["## Data", "", *_data(run)]
+    lines += ["", "## Training recipe", "", *_recipe(run, info, candidate)]
+    lines += ["", "## Test metrics", "", *_test_metrics(results, why_not)]
+    lines += ["", "## Calibration", "", *_calibration(run, results)]
+    lines += ["", "## Which verdict label to use", "", *verdict_usage(run, results)]
+    lines += ["", "## Known limitations", "", *_limitations(run, results)]
+    lines += ["", "## How to use", "", *_usage(run)]
+    return "\n".join(lines) + "\n"
+
+
+def _front(info: dict[str, Any], candidate: dict[str, Any]) -> list[str]:
+    return [
         "---",
         "license: apache-2.0",
         "language: en",
@@ -104,7 +117,10 @@ def model_card(run: RunDir) -> str:
         f"- regret (one score), Bentham scores ({', '.join(BENTHAM_KEYS)}) and SURD metrics ({', '.join(SURD_KEYS)}).",
         "",
     ]
-    lines += ["## Data", ""]
+
+
+def _data(run: RunDir) -> list[str]:
+    lines: list[str] = []
     stats = read_json(run.data_stats) if run.data_stats.exists() else None
     if stats:
         bundled = Path(stats["data_path"]).name == bundled_data_path().name
@@ -125,7 +141,11 @@ def model_card(run: RunDir) -> str:
             )
     else:
         lines.append("- data statistics not found (data/stats.json)")
-    lines += ["", "## Training recipe", ""]
+    return lines
+
+
+def _recipe(run: RunDir, info: dict[str, Any], candidate: dict[str, Any]) -> list[str]:
+    lines: list[str] = []
     lines.append(f"- chosen on validation: {candidate.get('name', '?')} ({candidate.get('note', '')}).")
     val = candidate.get("val", {})
     if val:
@@ -158,8 +178,11 @@ def model_card(run: RunDir) -> str:
         f"- encoder: {info['encoder']['name']} ({info['encoder'].get('dim')}-dimensional window vectors, "
         f"up to {info['max_segments']} windows)."
     )
-    lines += ["", "## Test metrics", ""]
-    results, why_not = _current_results(run)
+    return lines
+
+
+def _test_metrics(results: dict[str, Any] | None, why_not: str) -> list[str]:
+    lines: list[str] = []
     if results is None:
         lines.append(f"Not shown: {why_not}.")
     else:
@@ -184,7 +207,11 @@ def model_card(run: RunDir) -> str:
             + "; ".join(f"read {r['read']} at {r['at']} ({r['why']})" for r in reads)
             + ".",
         ]
-    lines += ["", "## Calibration", ""]
+    return lines
+
+
+def _calibration(run: RunDir, results: dict[str, Any] | None) -> list[str]:
+    lines: list[str] = []
     calibrators_path = run.model_files.calibrators
     if calibrators_path.exists():
         fitted = read_json(calibrators_path)
@@ -198,9 +225,11 @@ def model_card(run: RunDir) -> str:
             )
     else:
         lines.append(f"Not calibrated yet: run `redheart calibrate --run {run.root}`.")
-    lines += ["", "## Which verdict label to use", ""]
-    lines += verdict_usage(run, results)
-    lines += ["", "## Known limitations", ""]
+    return lines
+
+
+def _limitations(run: RunDir, results: dict[str, Any] | None) -> list[str]:
+    lines: list[str] = []
     plan = read_json(run.crossover_candidates) if run.crossover_candidates.exists() else {}
     if plan.get("conclusion"):
         lines.append(f"- on validation: {plan['conclusion']}")
@@ -212,9 +241,12 @@ def model_card(run: RunDir) -> str:
         "- the emotion, regret, Bentham and SURD targets are one LLM's labels, not human annotations; "
         "the verdict is a vote share of Reddit users, whose norms it reflects.",
         "- English Reddit anecdotes only; other kinds of text are outside what it was trained and measured on.",
-        "",
-        "## How to use",
-        "",
+    ]
+    return lines
+
+
+def _usage(run: RunDir) -> list[str]:
+    return [
         "```bash",
         f'redheart predict "TEXT" --model {run.final_model}',
         f"redheart predict --input texts.jsonl --model {run.final_model}   # JSON Lines with a 'text' field",
@@ -226,7 +258,6 @@ def model_card(run: RunDir) -> str:
         "same results as typed objects (checksums verified, safetensors, nothing unpickled); "
         f"`redheart serve --model {run.final_model}` serves them over HTTP.",
     ]
-    return "\n".join(lines) + "\n"
 
 
 LR_SOURCES = {
