@@ -75,7 +75,7 @@ def child(strategy: str, args: argparse.Namespace) -> None:
             config_for(strategy, args),
             lr=1e-4,
             epochs=1,
-            log_dir=Path(folder) / "out",
+            output=RunDir(Path(folder) / "out"),
             progress=False,
             save_checkpoints=False,
         )

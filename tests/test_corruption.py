@@ -40,14 +40,14 @@ class Payload:
 @pytest.fixture(scope="module")
 def reference(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("reference")
-    train(data, tiny_config(), lr=LR, epochs=1, log_dir=out, progress=False)
+    train(data, tiny_config(), lr=LR, epochs=1, output=RunDir(out), progress=False)
     return live_state(out)
 
 
 @pytest.fixture
 def trained(data, tmp_path):
     """One epoch with a resume state after every micro-step, so both slots hold a good state."""
-    train(data, tiny_config(), lr=LR, epochs=1, log_dir=tmp_path, progress=False, resume_every=1)
+    train(data, tiny_config(), lr=LR, epochs=1, output=RunDir(tmp_path), progress=False, resume_every=1)
     return tmp_path
 
 
@@ -61,7 +61,7 @@ def test_truncated_live_state_falls_back_to_the_other_slot(data, reference, trai
     live, other = slots(trained)
     path = live / "model.safetensors"
     path.write_bytes(path.read_bytes()[:100])
-    train(data, tiny_config(), lr=LR, epochs=1, log_dir=trained, progress=False)
+    train(data, tiny_config(), lr=LR, epochs=1, output=RunDir(trained), progress=False)
     err = capsys.readouterr().err
     assert f"{path}: sha256 does not match {live / 'state.json'}" in err
     assert f"resuming from the previous good state {other}" in err
@@ -75,7 +75,7 @@ def test_bit_flips_in_both_slots_name_both_files(data, trained):
         raw[len(raw) // 2] ^= 0x01
         path.write_bytes(bytes(raw))
     with pytest.raises(ResumeError, match="no usable resume state") as caught:
-        train(data, tiny_config(), lr=LR, epochs=2, log_dir=trained, progress=False)
+        train(data, tiny_config(), lr=LR, epochs=2, output=RunDir(trained), progress=False)
     for slot in slots(trained):
         assert f"{slot / 'training.pt'}: sha256 does not match" in str(caught.value)
 
@@ -87,12 +87,14 @@ def test_resume_state_of_another_split_is_refused(data, trained, tmp_path):
     split["train"][0], split["val"][0] = split["val"][0], split["train"][0]
     write_json(other.split_manifest, split)
     with pytest.raises(ResumeError, match=r"state.json: the resume state has split_hash '[0-9a-f]+' but this run has"):
-        train(other, tiny_config(), lr=LR, epochs=2, log_dir=trained, progress=False)
+        train(other, tiny_config(), lr=LR, epochs=2, output=RunDir(trained), progress=False)
 
 
 def test_resume_state_of_another_config_is_refused(data, trained):
     with pytest.raises(ResumeError, match="config_hash"):
-        train(data, tiny_config(**{"train.label_smoothing": 0.0}), lr=LR, epochs=2, log_dir=trained, progress=False)
+        train(
+            data, tiny_config(**{"train.label_smoothing": 0.0}), lr=LR, epochs=2, output=RunDir(trained), progress=False
+        )
 
 
 @pytest.mark.parametrize("name", ["training.pt", "model.safetensors"])
@@ -106,7 +108,7 @@ def test_a_crafted_pickle_in_the_resume_state_never_runs(data, trained, tmp_path
         state["files"][name] = sha256(slot / name)
         (slot / "state.json").write_text(json.dumps(state))
     with pytest.raises(ResumeError, match=f"{name}: cannot be loaded"):
-        train(data, tiny_config(), lr=LR, epochs=2, log_dir=trained, progress=False)
+        train(data, tiny_config(), lr=LR, epochs=2, output=RunDir(trained), progress=False)
     assert not marker.exists()
 
 
@@ -146,9 +148,11 @@ def test_disk_full_while_writing_a_checkpoint_stops_clearly_and_keeps_the_last_g
             raise OSError(errno.ENOSPC, "No space left on device")
 
     with pytest.raises(DiskFullError, match="epoch_002/group_b.safetensors: no space left on the device"):
-        train(data, tiny_config(), lr=LR, epochs=2, log_dir=tmp_path, progress=False, faults=Faults(write=no_space))
+        train(
+            data, tiny_config(), lr=LR, epochs=2, output=RunDir(tmp_path), progress=False, faults=Faults(write=no_space)
+        )
     assert verify_checkpoint(tmp_path / "checkpoints" / "epoch_001")["preset"] == "tiny"
     assert not list((tmp_path / "checkpoints" / "epoch_002").glob(".*tmp*"))  # no temporary file left behind
     assert read_resume_info(tmp_path / "resume")["epoch"] == 1
-    train(data, tiny_config(), lr=LR, epochs=2, log_dir=tmp_path, progress=False)  # space freed: resume
+    train(data, tiny_config(), lr=LR, epochs=2, output=RunDir(tmp_path), progress=False)  # space freed: resume
     verify_checkpoint(tmp_path / "checkpoints" / "epoch_002")

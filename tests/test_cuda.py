@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 
 from redheart.config import PRESETS, EncoderConfig
 from redheart.core.atomic import read_json
+from redheart.core.rundir import RunDir
 from redheart.data.dataset import load_split
 from redheart.data.encoders import MiniLMEncoder
 from redheart.infer import Predictor
@@ -62,7 +63,7 @@ def resume_weights(out) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("strategy", ["standard", "saving", "swap"])
 def test_each_memory_strategy_trains_with_bf16_autocast_and_writes_checkpoints(data, tmp_path, strategy):
     config = on_cuda(**{"train.memory": strategy, "train.amp": True})
-    result = train(data, config, lr=3e-3, epochs=3, log_dir=tmp_path, progress=False)
+    result = train(data, config, lr=3e-3, epochs=3, output=RunDir(tmp_path), progress=False)
     rows = read_metrics(result.output.metrics_log)
     assert [row["epoch"] for row in rows] == [1, 2, 3]
     assert rows[-1]["train_loss"]["total"] < rows[0]["train_loss"]["total"]
@@ -82,11 +83,11 @@ def test_resume_on_cuda_is_bit_identical(data, tmp_path, deterministic, strategy
     state (dropout masks are drawn on the GPU) is saved and restored."""
     config = on_cuda(**{"train.memory": strategy, **overrides})
     straight, halves = tmp_path / "straight", tmp_path / "halves"
-    train(data, config, lr=3e-3, epochs=2, log_dir=straight, progress=False)
-    train(data, config, lr=3e-3, epochs=1, log_dir=halves, progress=False)
+    train(data, config, lr=3e-3, epochs=2, output=RunDir(straight), progress=False)
+    train(data, config, lr=3e-3, epochs=1, output=RunDir(halves), progress=False)
     torch.cuda.manual_seed_all(12345)  # the resumed run must not depend on the generator it finds
     torch.rand(7, device=CUDA)
-    train(data, config, lr=3e-3, epochs=2, log_dir=halves, progress=False)
+    train(data, config, lr=3e-3, epochs=2, output=RunDir(halves), progress=False)
     want, got = resume_weights(straight), resume_weights(halves)
     assert want.keys() == got.keys()
     for key in want:
@@ -117,7 +118,7 @@ def test_a_cuda_out_of_memory_error_is_recovered_with_the_same_windows(tmp_path)
         config = dataclasses.replace(config, model=dataclasses.replace(PRESETS["small"].model, dropout=0.0))
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(CUDA)
-        result = train(run, config, lr=1e-3, epochs=1, log_dir=tmp_path / name, progress=False)
+        result = train(run, config, lr=1e-3, epochs=1, output=RunDir(tmp_path / name), progress=False)
         return result, torch.cuda.max_memory_reserved(CUDA)
 
     _, full_peak = run_at(1024, "at_1024")
@@ -147,7 +148,7 @@ def test_the_measured_peak_stays_within_the_plan_and_its_reserve(data, tmp_path)
     plan = plan_memory(empty_model(config, split.input_dim, split.max_segments), config, 2**40, DEFAULT_RESERVE)
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(CUDA)
-    train(data, config, lr=1e-3, epochs=1, log_dir=tmp_path, progress=False)
+    train(data, config, lr=1e-3, epochs=1, output=RunDir(tmp_path), progress=False)
     reserved = torch.cuda.max_memory_reserved(CUDA)
     planned = plan.footprint("standard").device_total
     print(f"standard, small model: planned {planned:,} B, reserved {reserved:,} B ({reserved / planned:.2f}x)")

@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 import redheart.train.disk_plan as disk_plan
 from redheart.cli import main
 from redheart.config import RunConfig
+from redheart.core.rundir import RunDir
 from redheart.model.model import RedHeartModel
 from redheart.select.pins import pin_checkpoints
 from redheart.select.prune import prune_checkpoints
@@ -38,7 +39,7 @@ def trained(tmp_path_factory):
     config = tiny_config(**{"train.epochs": EPOCHS, "train.rdrop_alpha": 0.0})
     train(run, config, lr=1e-3, progress=False)
     half = tiny_config(**{"train.epochs": 1, "train.rdrop_alpha": 0.0, "train.checkpoint_dtype": "bfloat16"})
-    out = train(run, half, lr=1e-3, progress=False, log_dir=run.root / "bf16")
+    out = train(run, half, lr=1e-3, progress=False, output=RunDir(run.root / "bf16"))
     return run, config, out.output
 
 
@@ -103,7 +104,7 @@ def test_training_refuses_to_start_when_the_disk_is_too_small(tmp_path, monkeypa
         run_trial(run, config, 0, progress=False)
     # Exactly enough is enough; the switch skips the check altogether.
     monkeypatch.setattr(disk_plan.shutil, "disk_usage", lambda path: Usage(10**12, 10**12, needed))
-    train(run, config, lr=1e-3, progress=False, log_dir=tmp_path / "enough")
+    train(run, config, lr=1e-3, progress=False, output=RunDir(tmp_path / "enough"))
     monkeypatch.setattr(disk_plan.shutil, "disk_usage", lambda path: Usage(10**12, 10**12, 0))
     skip = tiny_config(**{"train.epochs": 1, "train.check_disk": False})
     assert train(run, skip, lr=1e-3, progress=False).epochs == 1

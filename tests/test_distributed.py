@@ -59,7 +59,7 @@ RTOL = 1e-5
 def reference(data, tmp_path_factory) -> RunDir:
     """The one-process run."""
     out = tmp_path_factory.mktemp("one_process")
-    train(data, CONFIG, lr=LR, epochs=EPOCHS, log_dir=out, progress=False)
+    train(data, CONFIG, lr=LR, epochs=EPOCHS, output=RunDir(out), progress=False)
     return RunDir(out)
 
 
@@ -109,7 +109,9 @@ def _rank(rank: int, data_root: Path, out: Path, port: int, config: RunConfig, e
         WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)
     )
     with join_job("cpu") as distributed:
-        train(RunDir(data_root), config, lr=LR, epochs=epochs, log_dir=out, progress=False, distributed=distributed)
+        train(
+            RunDir(data_root), config, lr=LR, epochs=epochs, output=RunDir(out), progress=False, distributed=distributed
+        )
 
 
 def assert_same_training(out: RunDir, reference: RunDir, data: RunDir) -> None:
@@ -168,7 +170,7 @@ def test_a_window_begun_by_one_process_is_finished_by_two(data, reference, tmp_p
             CONFIG,
             lr=LR,
             epochs=EPOCHS,
-            log_dir=tmp_path,
+            output=RunDir(tmp_path),
             progress=False,
             resume_every=1,
             faults=stop_at_forward(3),
@@ -186,7 +188,9 @@ def test_fsdp_two_processes_match_one_and_one_process_resumes_their_state(data, 
     """Each rank holds half of every weight; what is saved is whole, so one process takes over."""
     train_in_two_processes(data, tmp_path, FSDP, epochs=1)
     assert read_resume_info(tmp_path / "resume")["epoch"] == 1
-    train(data, CONFIG, lr=LR, epochs=EPOCHS, log_dir=tmp_path, progress=False)  # the second epoch in one process
+    train(
+        data, CONFIG, lr=LR, epochs=EPOCHS, output=RunDir(tmp_path), progress=False
+    )  # the second epoch in one process
     assert_same_training(RunDir(tmp_path), reference, data)
 
 
@@ -198,7 +202,7 @@ def test_fsdp_finishes_a_window_begun_by_one_process(data, reference, tmp_path):
             CONFIG,
             lr=LR,
             epochs=EPOCHS,
-            log_dir=tmp_path,
+            output=RunDir(tmp_path),
             progress=False,
             resume_every=1,
             faults=stop_at_forward(3),

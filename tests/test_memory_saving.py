@@ -6,6 +6,7 @@ import torch
 from test_train_recipe import live_weights
 
 from redheart.core.atomic import read_json
+from redheart.core.rundir import RunDir
 from redheart.data.dataset import load_split
 from redheart.model.model import RedHeartModel
 from redheart.train.recipe import train
@@ -54,7 +55,7 @@ def test_per_module_checkpointing_gives_the_same_loss_and_gradients(data, monkey
 @pytest.fixture(scope="module")
 def saving_run(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("saving")
-    return train(data, tiny_config(**SAVING), lr=3e-3, epochs=2, log_dir=out, progress=False)
+    return train(data, tiny_config(**SAVING), lr=3e-3, epochs=2, output=RunDir(out), progress=False)
 
 
 def test_saving_strategy_trains_and_learns(saving_run):
@@ -65,8 +66,8 @@ def test_saving_strategy_trains_and_learns(saving_run):
 
 
 def test_saving_strategy_resumes_its_8bit_state_exactly(data, saving_run, tmp_path):
-    train(data, tiny_config(**SAVING), lr=3e-3, epochs=1, log_dir=tmp_path, progress=False)
-    resumed = train(data, tiny_config(**SAVING), lr=3e-3, epochs=2, log_dir=tmp_path, progress=False)
+    train(data, tiny_config(**SAVING), lr=3e-3, epochs=1, output=RunDir(tmp_path), progress=False)
+    resumed = train(data, tiny_config(**SAVING), lr=3e-3, epochs=2, output=RunDir(tmp_path), progress=False)
     reference, continued = live_weights(saving_run), live_weights(resumed)
     for key in reference:
         assert torch.equal(reference[key], continued[key]), key
@@ -88,7 +89,7 @@ def test_resuming_with_another_strategy_is_refused(data, saving_run):
             tiny_config(**{"train.memory": "standard"}),
             lr=3e-3,
             epochs=3,
-            log_dir=saving_run.output.root,
+            output=saving_run.output,
             progress=False,
         )
 
@@ -102,7 +103,7 @@ def test_swap_strategy_trains_like_the_standard_one(data, tmp_path):
             tiny_config(**no_dropout, **{"train.memory": name}),
             lr=3e-3,
             epochs=1,
-            log_dir=tmp_path / name,
+            output=RunDir(tmp_path / name),
             progress=False,
             save_checkpoints=False,
         )
@@ -131,7 +132,7 @@ def optimizer_state(output) -> list[dict]:
 
 def test_real_8bit_moments_train_and_resume_exactly(data, tmp_path):
     config = tiny_config(**BIG_BACKBONE)
-    whole = train(data, config, lr=3e-3, epochs=2, log_dir=tmp_path / "whole", progress=False)
+    whole = train(data, config, lr=3e-3, epochs=2, output=RunDir(tmp_path / "whole"), progress=False)
     split = load_split(data, "train")
     model = RedHeartModel(config.model, split.input_dim, split.max_segments)
     large = sorted(p.numel() for p in model.parameters() if p.numel() >= 4096)
@@ -144,8 +145,8 @@ def test_real_8bit_moments_train_and_resume_exactly(data, tmp_path):
     first, second = read_metrics(whole.output.metrics_log)
     assert second["train_loss"]["total"] < first["train_loss"]["total"]
 
-    train(data, config, lr=3e-3, epochs=1, log_dir=tmp_path / "resumed", progress=False)
-    resumed = train(data, config, lr=3e-3, epochs=2, log_dir=tmp_path / "resumed", progress=False)
+    train(data, config, lr=3e-3, epochs=1, output=RunDir(tmp_path / "resumed"), progress=False)
+    resumed = train(data, config, lr=3e-3, epochs=2, output=RunDir(tmp_path / "resumed"), progress=False)
     reference, continued = live_weights(whole), live_weights(resumed)
     for key in reference:
         assert torch.equal(reference[key], continued[key]), key

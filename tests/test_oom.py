@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 
 from redheart.core.atomic import read_json
 from redheart.core.faults import Faults
+from redheart.core.rundir import RunDir
 from redheart.train.oom import BatchPlan, OutOfMemory
 from redheart.train.recipe import train
 from redheart.train.state.resume import read_resume_info
@@ -51,14 +52,16 @@ def assert_close(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None
 @pytest.fixture(scope="module")
 def reference(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("reference")
-    train(data, tiny_config(**CONFIG), lr=LR, epochs=2, log_dir=out, progress=False)
+    train(data, tiny_config(**CONFIG), lr=LR, epochs=2, output=RunDir(out), progress=False)
     return out
 
 
 def test_oom_mid_window_halves_the_micro_batch_and_redoes_the_window(data, reference, tmp_path):
     # Call 2 is the second micro-step of the first window: one micro-batch is already in the gradients.
     oom = InjectedOOM(lambda size, call: call == 2)
-    train(data, tiny_config(**CONFIG), lr=LR, epochs=1, log_dir=tmp_path, progress=False, faults=Faults(step=oom))
+    train(
+        data, tiny_config(**CONFIG), lr=LR, epochs=1, output=RunDir(tmp_path), progress=False, faults=Faults(step=oom)
+    )
     # 24 samples in windows of 16 and 8: 8 (kept, then dropped with the window), 8 (fails), then 4 x 4 and 2 x 4.
     assert oom.sizes == [8, 8, 4, 4, 4, 4, 4, 4]
     info = read_resume_info(tmp_path / "resume")
@@ -77,7 +80,9 @@ def test_oom_mid_window_halves_the_micro_batch_and_redoes_the_window(data, refer
 
     # The resumed run keeps micro-batch 4; the weights after two epochs match the run that never failed.
     sizes = InjectedOOM(lambda size, call: False)
-    train(data, tiny_config(**CONFIG), lr=LR, epochs=2, log_dir=tmp_path, progress=False, faults=Faults(step=sizes))
+    train(
+        data, tiny_config(**CONFIG), lr=LR, epochs=2, output=RunDir(tmp_path), progress=False, faults=Faults(step=sizes)
+    )
     assert sizes.sizes == [4] * 6
     assert_close(weights(reference), weights(tmp_path))
 
@@ -85,7 +90,9 @@ def test_oom_mid_window_halves_the_micro_batch_and_redoes_the_window(data, refer
 def test_micro_batch_one_switches_to_memory_saving_mode(data, reference, tmp_path):
     # Only one sample fits, and only with activation checkpointing: the first size-1 step fails too.
     oom = InjectedOOM(lambda size, call: size > 1 or call == 5)
-    train(data, tiny_config(**CONFIG), lr=LR, epochs=2, log_dir=tmp_path, progress=False, faults=Faults(step=oom))
+    train(
+        data, tiny_config(**CONFIG), lr=LR, epochs=2, output=RunDir(tmp_path), progress=False, faults=Faults(step=oom)
+    )
     plan = read_resume_info(tmp_path / "resume")["batch_plan"]
     assert (plan["micro_batch"], plan["memory_saving"]) == (1, True)
     assert [event["micro_batch"] for event in plan["events"]] == [4, 2, 1, 1]
@@ -96,7 +103,15 @@ def test_micro_batch_one_switches_to_memory_saving_mode(data, reference, tmp_pat
 def test_oom_in_memory_saving_mode_at_micro_batch_one_fails_clearly(data, tmp_path):
     oom = InjectedOOM(lambda size, call: True)
     with pytest.raises(OutOfMemory, match="out of memory at micro-batch 1 even in memory-saving mode"):
-        train(data, tiny_config(**CONFIG), lr=LR, epochs=1, log_dir=tmp_path, progress=False, faults=Faults(step=oom))
+        train(
+            data,
+            tiny_config(**CONFIG),
+            lr=LR,
+            epochs=1,
+            output=RunDir(tmp_path),
+            progress=False,
+            faults=Faults(step=oom),
+        )
     assert oom.sizes == [8, 4, 2, 1, 1]
 
 
@@ -108,7 +123,7 @@ def test_oom_in_the_first_optimizer_step_stops_with_the_clear_error(data, tmp_pa
 
     monkeypatch.setattr(torch.optim.AdamW, "step", no_room)
     with pytest.raises(OutOfMemory, match=r"optimizer step .* at \{'epoch': 0, 'sample': 0\}.*train.memory=saving"):
-        train(data, tiny_config(**CONFIG), lr=LR, epochs=1, log_dir=tmp_path, progress=False)
+        train(data, tiny_config(**CONFIG), lr=LR, epochs=1, output=RunDir(tmp_path), progress=False)
 
 
 def test_oom_in_validation_halves_its_batch(data, reference, tmp_path, monkeypatch):
@@ -127,7 +142,7 @@ def test_oom_in_validation_halves_its_batch(data, reference, tmp_path, monkeypat
 
     monkeypatch.setattr(recipe, "evaluate", only_small(recipe.evaluate))
     monkeypatch.setattr(recipe, "predict", only_small(recipe.predict))
-    train(data, tiny_config(**CONFIG), lr=LR, epochs=1, log_dir=tmp_path, progress=False)
+    train(data, tiny_config(**CONFIG), lr=LR, epochs=1, output=RunDir(tmp_path), progress=False)
     assert sizes == [256, 128, 64] * 2  # the weights' validation, then the EMA's
     # The 8 validation records fit in one batch of any of these sizes: the very same numbers as the reference's.
     (record,), expected = read_metrics(tmp_path / "metrics.jsonl"), read_metrics(reference / "metrics.jsonl")[0]
@@ -138,4 +153,4 @@ def test_oom_in_validation_halves_its_batch(data, reference, tmp_path, monkeypat
 
     monkeypatch.setattr(recipe, "evaluate", never_fits)
     with pytest.raises(OutOfMemory, match="validation of epoch 2 at batch size 1"):
-        train(data, tiny_config(**CONFIG), lr=LR, epochs=2, log_dir=tmp_path, progress=False)
+        train(data, tiny_config(**CONFIG), lr=LR, epochs=2, output=RunDir(tmp_path), progress=False)

@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from redheart.core.atomic import read_json
 from redheart.core.checkpoint_files import CheckpointError, verify_checkpoint
 from redheart.core.faults import Faults
+from redheart.core.rundir import RunDir
 from redheart.train.recipe import train
 from redheart.train.state.resume import read_resume_info
 
@@ -31,8 +32,8 @@ LR, EPOCHS = 3e-3, 2
 DRIVER = """
 import json, sys, time
 from pathlib import Path
-from redheart.core.rundir import RunDir
 from redheart.core.faults import Faults
+from redheart.core.rundir import RunDir
 from redheart.train.recipe import train
 from tiny_run import tiny_config
 
@@ -59,7 +60,7 @@ def on_step(stage, size):
 
 out = args["out"]
 train(RunDir(args["data"]), tiny_config(), lr=args["lr"], epochs=args["epochs"],
-      log_dir=None if out is None else Path(out), progress=False, resume_every=args["every"],
+      output=None if out is None else RunDir(out), progress=False, resume_every=args["every"],
       faults=Faults(step=on_step, write=on_write))
 print("finished", flush=True)
 """
@@ -130,7 +131,7 @@ def resume_counted(data, folder: Path) -> tuple[int, int]:
     """Resume training in `folder`; (samples it ran forward, metrics.jsonl lines before it)."""
     before = len((folder / "metrics.jsonl").read_text().splitlines()) if (folder / "metrics.jsonl").exists() else 0
     faults, sizes = counted_samples()
-    train(data, tiny_config(), lr=LR, epochs=EPOCHS, log_dir=folder, progress=False, faults=faults)
+    train(data, tiny_config(), lr=LR, epochs=EPOCHS, output=RunDir(folder), progress=False, faults=faults)
     return sum(sizes), before
 
 
@@ -150,7 +151,7 @@ def reference(data, tmp_path_factory):
     """The uninterrupted run: its final weights and EMA weights."""
     out = tmp_path_factory.mktemp("reference")
     faults, sizes = counted_samples()
-    train(data, tiny_config(), lr=LR, epochs=EPOCHS, log_dir=out, progress=False, faults=faults)
+    train(data, tiny_config(), lr=LR, epochs=EPOCHS, output=RunDir(out), progress=False, faults=faults)
     assert sum(sizes) == EPOCHS * TRAIN_SAMPLES and max(sizes) == MICRO_BATCH  # what the counting counts
     return live_state(out)
 
@@ -188,6 +189,6 @@ def test_sigkill_during_a_checkpoint_save_keeps_the_previous_checkpoint(data, re
     assert verify_checkpoint(tmp_path / "checkpoints" / "epoch_001")["preset"] == "tiny"
     with pytest.raises(CheckpointError, match="epoch_002: no manifest.json; the checkpoint is incomplete"):
         verify_checkpoint(tmp_path / "checkpoints" / "epoch_002")
-    train(data, tiny_config(), lr=LR, epochs=EPOCHS, log_dir=tmp_path, progress=False)
+    train(data, tiny_config(), lr=LR, epochs=EPOCHS, output=RunDir(tmp_path), progress=False)
     verify_checkpoint(tmp_path / "checkpoints" / "epoch_002")
     assert_identical(reference, live_state(tmp_path))

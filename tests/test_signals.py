@@ -8,6 +8,7 @@ import signal
 import pytest
 from test_resume_kill import EPOCHS, LR, assert_identical, live_state, start_driver, wait_for
 
+from redheart.core.rundir import RunDir
 from redheart.train.recipe import train
 from redheart.train.state.resume import read_resume_info
 
@@ -17,7 +18,7 @@ from tiny_run import tiny_config
 @pytest.fixture(scope="module")
 def reference(data, tmp_path_factory):
     out = tmp_path_factory.mktemp("reference")
-    train(data, tiny_config(), lr=LR, epochs=EPOCHS, log_dir=out, progress=False)
+    train(data, tiny_config(), lr=LR, epochs=EPOCHS, output=RunDir(out), progress=False)
     return live_state(out)
 
 

@@ -8,6 +8,7 @@ from torch import nn
 from redheart.architecture import module_names
 from redheart.core.atomic import read_json
 from redheart.core.checkpoint_files import verify_checkpoint
+from redheart.core.rundir import RunDir
 from redheart.data.dataset import load_split
 from redheart.model.model import RedHeartModel
 from redheart.train.optim import build_optimizer
@@ -140,7 +141,7 @@ def test_the_probe_sees_only_the_last_optimizer_step_of_an_epoch(data):
 @pytest.fixture(scope="module")
 def tiny_run(data, tmp_path_factory):
     config = tiny_config(**{"train.checkpoint_every": 2})
-    return train(data, config, lr=3e-3, epochs=4, log_dir=tmp_path_factory.mktemp("out"), progress=False)
+    return train(data, config, lr=3e-3, epochs=4, output=RunDir(tmp_path_factory.mktemp("out")), progress=False)
 
 
 def test_a_tiny_run_seals_module_stats_into_every_checkpoint(tiny_run):

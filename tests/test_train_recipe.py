@@ -3,6 +3,7 @@ import torch
 from safetensors.torch import load_file
 
 from redheart.core.atomic import read_json
+from redheart.core.rundir import RunDir
 from redheart.train.recipe import resolve_lr, train
 from redheart.train.state.resume import ResumeError, read_resume_info
 from redheart.train.telemetry.records import read_metrics
@@ -14,7 +15,7 @@ from tiny_run import tiny_config
 def straight(data, tmp_path_factory):
     """Two epochs in one go: the reference for the other tests."""
     out = tmp_path_factory.mktemp("straight")
-    return train(data, tiny_config(), lr=3e-3, epochs=2, log_dir=out, progress=False)
+    return train(data, tiny_config(), lr=3e-3, epochs=2, output=RunDir(out), progress=False)
 
 
 def live_weights(result) -> dict[str, torch.Tensor]:
@@ -40,9 +41,9 @@ def test_two_epochs_write_every_artifact_and_learn(data, straight):
 
 
 def test_resume_after_epoch_one_matches_the_uninterrupted_run(data, straight, tmp_path):
-    first = train(data, tiny_config(), lr=3e-3, epochs=1, log_dir=tmp_path, progress=False)
+    first = train(data, tiny_config(), lr=3e-3, epochs=1, output=RunDir(tmp_path), progress=False)
     assert read_resume_info(first.output.resume)["epoch"] == 1
-    resumed = train(data, tiny_config(), lr=3e-3, epochs=2, log_dir=tmp_path, progress=False)
+    resumed = train(data, tiny_config(), lr=3e-3, epochs=2, output=RunDir(tmp_path), progress=False)
     reference, continued = live_weights(straight), live_weights(resumed)
     for key in reference:
         assert torch.equal(reference[key], continued[key]), key
@@ -56,7 +57,7 @@ def test_resume_with_another_config_is_refused(data, straight):
             tiny_config(**{"train.weight_decay": 0.5}),
             lr=3e-3,
             epochs=3,
-            log_dir=straight.output.root,
+            output=straight.output,
             progress=False,
         )
 

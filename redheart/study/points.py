@@ -528,7 +528,7 @@ def run_point(
             lr=lr,
             epochs=min(p.cap_epochs, state["epochs"] + chunk),
             seed=p.config.train.seed,
-            log_dir=p.folder,
+            output=RunDir(p.folder),
             save_checkpoints=False,
             progress=progress,
             resume_every=resume_every,

@@ -128,7 +128,7 @@ def run_trial(run: RunDir, config: RunConfig, k: int, progress: bool = True) -> 
             lr=trial.lr,
             epochs=config.sweep.epochs,
             seed=trial.seed,
-            log_dir=trial.folder(run),
+            output=folder,
             save_checkpoints=False,
             progress=progress,
         )
