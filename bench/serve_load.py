@@ -73,7 +73,7 @@ def stand_in_model(folder: Path) -> Path:
     from redheart.core.atomic import write_json, write_jsonl
     from redheart.core.rundir import RunDir
     from redheart.data.encode import encode_run
-    from redheart.evaluate.calibration import CalibrationOptions, fit_calibrators
+    from redheart.evaluate.calibration import fit_calibrators
     from redheart.evaluate.decision_rule import fit_decision_rules
     from redheart.model.model import RedHeartModel
     from redheart.select.final_model import save_final_model
@@ -93,7 +93,7 @@ def stand_in_model(folder: Path) -> Path:
     model = RedHeartModel(config.model, input_dim=config.encoder.dim, max_segments=config.encoder.max_segments)
     info = {"candidate": {"name": "stand-in: small preset, untrained"}}
     save_final_model(model, run.final_model, config, config.encoder.dim, config.encoder.max_segments, info)
-    fit_calibrators(run, config, CalibrationOptions(folds=3))
+    fit_calibrators(run, with_overrides(config, {"calibration.folds": 3}))
     fit_decision_rules(run, config)
     return run.final_model
 

@@ -125,6 +125,15 @@ class SelectConfig:
 
 
 @dataclass(frozen=True)
+class CalibrationConfig:
+    """The calibrate phase: post-hoc calibration of the final model, fitted on validation (evaluate/calibration.py)."""
+
+    n_bins: int = 15  # equal-width confidence bins of ECE, MCE and the reliability diagrams
+    folds: int = 5  # cross-validation folds inside the validation split, for choosing the method
+    seed: int = 0  # the folds' shuffle
+
+
+@dataclass(frozen=True)
 class StudyConfig:
     """`redheart study`: learning curves over model size and training data, scored on validation.
 
@@ -164,6 +173,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
     select: SelectConfig = field(default_factory=SelectConfig)
+    calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
     study: StudyConfig = field(default_factory=StudyConfig)
 
 
@@ -262,6 +272,7 @@ def from_dict(tree: dict[str, Any]) -> RunConfig:
         "train": TrainConfig,
         "sweep": SweepConfig,
         "select": SelectConfig,
+        "calibration": CalibrationConfig,
         "study": StudyConfig,
     }
     unknown = set(tree) - {f.name for f in dataclasses.fields(RunConfig)}

@@ -39,7 +39,7 @@ from redheart.data.embedding_cache import EmbeddingCache
 from redheart.data.encode import encode_texts
 from redheart.data.encoders import build_encoder, document_text
 from redheart.data.reader import DataFile
-from redheart.evaluate.calibration import CALIBRATED_TARGETS, load_calibrators
+from redheart.evaluate.calibrators import CALIBRATED_TARGETS, load_calibrators
 from redheart.evaluate.decision_rule import SERVED_BATCH, load_decision_rule
 from redheart.select.final_model import load_final_model
 from redheart.train.evaluation import placement_for, split_forward

@@ -1,16 +1,15 @@
 """Calibration metrics on hand-checked examples, and the fitted methods on synthetic over-confident predictions."""
 
+import dataclasses
+
 import numpy as np
 import pytest
+import yaml
 
-from redheart.evaluate.calibration import (
-    CalibrationOptions,
-    Calibrators,
-    apply_method,
-    calibration_metrics,
-    calibration_report,
-    fit_target,
-)
+from redheart.config import PRESETS, CalibrationConfig, load_config, save_config, with_overrides
+from redheart.evaluate.calibration_methods import apply_method
+from redheart.evaluate.calibration_metrics import calibration_metrics
+from redheart.evaluate.calibrators import Calibrators, calibration_report, fit_target
 
 
 def softmax(logits):
@@ -64,7 +63,7 @@ def test_ece_of_perfectly_calibrated_predictions_is_near_zero(overconfident):
 
 def test_calibration_of_overconfident_predictions_lowers_ece_and_nll(overconfident):
     probs, labels, _ = overconfident
-    fitted = fit_target(("a", "b", "c", "d"), probs[:1000], labels[:1000], CalibrationOptions())
+    fitted = fit_target(("a", "b", "c", "d"), probs[:1000], labels[:1000], CalibrationConfig())
     assert fitted.params["temperature"]["temperature"] > 2.0
     assert fitted.method != "none" and fitted.cv_nll[fitted.method] < fitted.cv_nll["none"]
     calibrators = Calibrators("sha", 15, 5, {"emotions": fitted})
@@ -81,7 +80,7 @@ def test_calibration_of_overconfident_predictions_lowers_ece_and_nll(overconfide
 
 def test_isotonic_output_is_a_valid_distribution(overconfident):
     probs, labels, _ = overconfident
-    fitted = fit_target(("a", "b", "c", "d"), probs, labels, CalibrationOptions())
+    fitted = fit_target(("a", "b", "c", "d"), probs, labels, CalibrationConfig())
     out = apply_method("isotonic", fitted.params["isotonic"], np.vstack([probs, np.eye(4), np.full((1, 4), 0.25)]))
     assert np.all(out > 0) and np.all(out <= 1)
     np.testing.assert_allclose(out.sum(axis=1), 1.0)
@@ -90,15 +89,26 @@ def test_isotonic_output_is_a_valid_distribution(overconfident):
 def test_calibrators_round_trip_through_json_and_bad_input_is_named(overconfident):
     probs, labels, _ = overconfident
     calibrators = Calibrators(
-        "sha", 15, 5, {"verdict": fit_target(("a", "b", "c", "d"), probs, labels, CalibrationOptions())}
+        "sha", 15, 5, {"verdict": fit_target(("a", "b", "c", "d"), probs, labels, CalibrationConfig())}
     )
-    again = Calibrators.from_json(calibrators.to_json())
+    again = Calibrators.from_json(calibrators.to_json(), "calibrators.json")
     np.testing.assert_allclose(again.apply("verdict", probs[:5]), calibrators.apply("verdict", probs[:5]))
     with pytest.raises(ValueError, match="calibrators.json: not a valid calibrators file"):
-        Calibrators.from_json({"targets": {}})
+        Calibrators.from_json({"targets": {}}, "calibrators.json")
     bad = probs[:3].copy()
     bad[1, 0] = np.nan
     with pytest.raises(ValueError, match="probabilities: row 1"):
         calibration_metrics(bad, labels[:3])
-    few = fit_target(("a", "b", "c", "d"), probs[:6], labels[:6], CalibrationOptions())
+    few = fit_target(("a", "b", "c", "d"), probs[:6], labels[:6], CalibrationConfig())
     assert few.method == "none" and "too few" in few.reason
+
+
+def test_calibration_settings_are_part_of_the_run_config(tmp_path):
+    config = with_overrides(PRESETS["tiny"], ["calibration.folds=3"])
+    save_config(config, tmp_path / "config.yaml")
+    assert load_config(tmp_path / "config.yaml").calibration == CalibrationConfig(folds=3)
+    # A config.yaml written before the section existed loads with the defaults.
+    tree = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    del tree["calibration"]
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(tree))
+    assert load_config(tmp_path / "old.yaml") == dataclasses.replace(config, calibration=CalibrationConfig())

@@ -8,10 +8,11 @@ import torch
 from safetensors.torch import load_file
 
 import redheart.data.dataset as dataset
+from redheart.config import with_overrides
 from redheart.core.atomic import read_json
 from redheart.core.checkpoint_files import CheckpointError
 from redheart.data.dataset import load_split
-from redheart.evaluate.calibration import CalibrationOptions, fit_calibrators
+from redheart.evaluate.calibration import fit_calibrators
 from redheart.evaluate.decision_rule import fit_decision_rules
 from redheart.evaluate.final import evaluate_test, format_results
 from redheart.model.groups import GROUPS
@@ -148,7 +149,8 @@ def test_final_model_round_trips_and_a_corrupted_one_fails_clearly(trained, resu
 
 def test_test_evaluation_scores_every_candidate_once_with_intervals(trained, result, monkeypatch):
     run, config = trained
-    fit_calibrators(run, config, CalibrationOptions(folds=3))  # the calibrate phase: evaluate reads it, never redoes it
+    # The calibrate phase, 3 folds on the tiny validation split: evaluate reads it, never redoes it.
+    fit_calibrators(run, with_overrides(config, {"calibration.folds": 3}))
     fit_decision_rules(run, config)
     results = evaluate_test(run, config)
     assert set(results["models"]) == {c.name for c in result.candidates}

@@ -13,9 +13,11 @@ import pytest
 import torch
 
 from redheart.architecture import BENTHAM_KEYS, EMOTIONS, SURD_KEYS, VERDICTS
+from redheart.config import with_overrides
 from redheart.core.atomic import read_json
 from redheart.core.checkpoint_files import CheckpointError
-from redheart.evaluate.calibration import CALIBRATORS_FILE, CalibrationOptions, fit_calibrators
+from redheart.core.rundir import ModelDir
+from redheart.evaluate.calibration import fit_calibrators
 from redheart.evaluate.decision_rule import fit_decision_rules
 from redheart.infer import Prediction, Predictor, predict_records, predict_texts, read_inputs
 from redheart.model.model import RedHeartModel
@@ -39,7 +41,7 @@ def final_run(tmp_path_factory):
         config.encoder.max_segments,
         {"candidate": {"name": "untrained"}},
     )
-    fit_calibrators(run, config, CalibrationOptions(folds=3))
+    fit_calibrators(run, with_overrides(config, {"calibration.folds": 3}))
     fit_decision_rules(run, config)
     return run
 
@@ -59,7 +61,7 @@ def test_predict_gives_every_named_output_as_valid_json(final_run, tmp_path):
             assert all(0.0 <= p <= 1.0 for p in dist.values())
         scores = [*result["bentham_scores"].values(), *result["surd_metrics"].values(), result["regret_factor"]]
         assert all(0.0 <= s <= 1.0 for s in scores)
-        chosen = read_json(final_run.calibration / CALIBRATORS_FILE)["targets"]
+        chosen = read_json(final_run.calibrators)["targets"]
         assert result["calibration"] == {t: chosen[t]["method"] for t in ("emotions", "verdict")}
 
 
@@ -107,16 +109,16 @@ def test_a_corrupted_or_mismatched_model_dir_fails_clearly(final_run, tmp_path):
         predict_texts(broken, ["x"], cache_dir=tmp_path)
     (broken / "group_a.safetensors").write_bytes((final_run.final_model / "group_a.safetensors").read_bytes())
     # Calibrators of another model: the manifest fingerprint no longer matches.
-    calibrators = read_json(broken / CALIBRATORS_FILE)
+    calibrators = read_json(ModelDir(broken).calibrators)
     calibrators["model_sha256"] = "0" * 64
-    (broken / CALIBRATORS_FILE).write_text(json.dumps(calibrators))
+    (ModelDir(broken).calibrators).write_text(json.dumps(calibrators))
     with pytest.raises(CheckpointError, match="fitted for another model"):
         predict_texts(broken, ["x"], cache_dir=tmp_path)
     assert predict_texts(broken, ["x"], calibrated=False, cache_dir=tmp_path)[0]["calibration"] == {
         "emotions": "none",
         "verdict": "none",
     }
-    (broken / CALIBRATORS_FILE).unlink()
+    (ModelDir(broken).calibrators).unlink()
     with pytest.raises(FileNotFoundError, match="has no calibrators"):
         predict_texts(broken, ["x"], cache_dir=tmp_path)
     # A decision rule of another model is refused; a missing one names the phase that fits it.

@@ -13,7 +13,8 @@ import pytest
 import torch
 
 from redheart.cli import main
-from redheart.evaluate.calibration import CalibrationOptions, fit_calibrators
+from redheart.config import with_overrides
+from redheart.evaluate.calibration import fit_calibrators
 from redheart.evaluate.decision_rule import fit_decision_rules
 from redheart.infer import InputRow, Predictor, predict_rows
 from redheart.model.model import RedHeartModel
@@ -29,7 +30,7 @@ def model_dir(tmp_path_factory):
     torch.manual_seed(0)
     model = RedHeartModel(config.model, input_dim=config.encoder.dim, max_segments=config.encoder.max_segments)
     save_final_model(model, run.final_model, config, config.encoder.dim, config.encoder.max_segments, {})
-    fit_calibrators(run, config, CalibrationOptions(folds=3))
+    fit_calibrators(run, with_overrides(config, {"calibration.folds": 3}))
     fit_decision_rules(run, config)
     return run.final_model
 

@@ -10,13 +10,12 @@ from html.parser import HTMLParser
 import pytest
 
 from redheart.architecture import VERDICTS
-from redheart.config import save_config
+from redheart.config import save_config, with_overrides
 from redheart.core.atomic import read_json, write_jsonl
 from redheart.core.rundir import RunDir
 from redheart.data.encode import encode_run
 from redheart.data.prepare import prepare
 from redheart.evaluate.calibration import (
-    CalibrationOptions,
     fit_calibrators,
 )
 from redheart.evaluate.decision_rule import fit_decision_rules
@@ -74,7 +73,8 @@ def tiny_run(tmp_path_factory):
     run_sweep(run, config, progress=False)
     train(run, config, progress=False)  # at the sweep's choice, as `redheart train` without --lr
     crossover(run, config)
-    fit_calibrators(run, config, CalibrationOptions(folds=3))  # 3 folds: the tiny validation split has 10 rows
+    # 3 folds: the tiny validation split has 10 rows.
+    fit_calibrators(run, with_overrides(config, {"calibration.folds": 3}))
     fit_decision_rules(run, config)
     evaluate_test(run, config)  # writes calibration/test_report.json: the report under test is evaluate's own
     return run

@@ -8,11 +8,11 @@ import pytest
 
 import redheart.data.dataset as dataset
 from redheart.cli import main
-from redheart.config import save_config
+from redheart.config import save_config, with_overrides
 from redheart.core.atomic import read_json, write_json
 from redheart.core.checkpoint_files import sha256
 from redheart.core.rundir import RunDir
-from redheart.evaluate.calibration import CalibrationOptions, fit_calibrators
+from redheart.evaluate.calibration import fit_calibrators
 from redheart.evaluate.decision_rule import fit_decision_rules
 from redheart.evaluate.final import evaluate_test, format_results
 from redheart.report.build import build_report
@@ -52,7 +52,7 @@ def selected(tmp_path_factory):
     save_config(config, run.config)  # what the CLI reads
     train(run, config, lr=3e-3, progress=False)
     crossover(run, config)
-    fit_calibrators(run, config, CalibrationOptions(folds=3))
+    fit_calibrators(run, with_overrides(config, {"calibration.folds": 3}))
     fit_decision_rules(run, config)
     return run, config
 
@@ -108,7 +108,7 @@ def test_more_training_makes_the_test_results_stale_and_a_reread_is_recorded(sel
     longer = tiny_config(**SETTINGS, **{"train.epochs": 5})
     train(run, longer, lr=3e-3, progress=False)  # resumes at epoch 3 and trains epochs 4 and 5
     crossover(run, longer)
-    fit_calibrators(run, longer, CalibrationOptions(folds=3))
+    fit_calibrators(run, with_overrides(longer, {"calibration.folds": 3}))
     fit_decision_rules(run, longer)
     with pytest.raises(ValueError, match="candidates changed") as refused:
         evaluate_test(run, longer)
@@ -134,7 +134,7 @@ def test_the_report_refuses_stale_test_numbers(selected, tmp_path):
     run = copy_of(selected[0], tmp_path)
     config = selected[1]
     evaluate_test(run, config)
-    fit_calibrators(run, config, CalibrationOptions(folds=4))  # other calibrators than the ones measured
+    fit_calibrators(run, with_overrides(config, {"calibration.folds": 4}))  # other calibrators than the ones measured
     fit_decision_rules(run, config)
     markdown = (build_report(run).parent / "report.md").read_text()
     assert "test_results.json is stale, validation numbers only" in markdown and "calibrators changed" in markdown
@@ -148,7 +148,7 @@ def test_the_cli_refuses_stale_results_with_the_command_to_run(selected, tmp_pat
     run = copy_of(selected[0], tmp_path)
     config = selected[1]
     evaluate_test(run, config)
-    fit_calibrators(run, config, CalibrationOptions(folds=4))
+    fit_calibrators(run, with_overrides(config, {"calibration.folds": 4}))
     fit_decision_rules(run, config)
     with pytest.raises(SystemExit) as stopped:
         main(["evaluate", "--run", str(run.root)])

@@ -129,7 +129,7 @@ def assert_same_weights(actual: dict[str, torch.Tensor], expected: dict[str, tor
 def make_final_model(root: Path, n: int = 60) -> Path:
     """A final-model folder as calibrate leaves it (untrained tiny weights, calibrators, decision rule), on a tiny
     run of `n` records: for the tests of predict and serve, which test plumbing, not quality."""
-    from redheart.evaluate.calibration import CalibrationOptions, fit_calibrators
+    from redheart.evaluate.calibration import fit_calibrators
     from redheart.evaluate.decision_rule import fit_decision_rules
     from redheart.model.model import RedHeartModel
     from redheart.select.final_model import save_final_model
@@ -139,6 +139,6 @@ def make_final_model(root: Path, n: int = 60) -> Path:
     torch.manual_seed(0)
     model = RedHeartModel(config.model, input_dim=config.encoder.dim, max_segments=config.encoder.max_segments)
     save_final_model(model, run.final_model, config, config.encoder.dim, config.encoder.max_segments, {})
-    fit_calibrators(run, config, CalibrationOptions(folds=3))  # 3 folds: the validation split has 12 rows
+    fit_calibrators(run, with_overrides(config, {"calibration.folds": 3}))  # 3 folds: the validation split has 12 rows
     fit_decision_rules(run, config)
     return run.final_model

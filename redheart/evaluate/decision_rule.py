@@ -28,7 +28,7 @@ from redheart.core.checkpoint_files import sha256
 from redheart.core.phases import run_first
 from redheart.core.rundir import RunDir
 from redheart.data.dataset import SplitTensors, load_split, split_targets
-from redheart.evaluate.calibration import Calibrators, load_calibrators
+from redheart.evaluate.calibrators import Calibrators, load_calibrators
 from redheart.scoring.baselines import fit_probe, pooled_features, probe_predict
 from redheart.scoring.metrics import PROB_EPS, _macro_f1
 from redheart.select.final_model import load_final_model

@@ -20,10 +20,8 @@ from redheart.core.atomic import read_json, write_json
 from redheart.core.phases import run_first
 from redheart.core.rundir import RunDir
 from redheart.data.dataset import SplitTensors, load_split, split_targets
-from redheart.evaluate.calibration import (
-    calibration_report,
-    write_calibration_report,
-)
+from redheart.evaluate.calibration import write_calibration_report
+from redheart.evaluate.calibrators import calibration_report
 from redheart.evaluate.decision_rule import current_rules, final_model_calibrators, reweighted, served_predictions
 from redheart.evaluate.model_card import write_model_card
 from redheart.evaluate.test_reads import check_fingerprint, fingerprint, format_reads, read_record
