@@ -118,7 +118,7 @@ class TrainingRecipe:
     start_sample: int
     micro_done: int
     tally: EpochTally
-    # open_epoch_loop: what the loop reports to; `counted` is how much of the trainer's micro-step count it has seen
+    # run_epochs (`stop`) and open_epoch_loop: what the loop reports to; `counted`: the trainer's micro-steps seen
     stop: StopRequest
     train_data: SplitTensors
     writer: SummaryWriter | None  # rank 0 only
