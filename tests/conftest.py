@@ -27,5 +27,5 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 def data(tmp_path_factory):
     """A tiny run folder of 40 synthetic records (tests/tiny_run.py), shared by the training tests.
 
-    Tests train into their own folders (log_dir); the shared folder only gains its baselines file."""
+    Tests train into their own output folders; the shared folder only gains its baselines file."""
     return make_run(tmp_path_factory.mktemp("data"), n=40)
