@@ -1,8 +1,8 @@
 """The one rolling resume state of a run: everything needed to continue at micro-step granularity.
 
-Layout: resume/current.json names the live slot (slot_0 or slot_1). A save fills the other slot
-(every file written atomically and fsynced), writes state.json with the sha256 of every file last,
-then switches current.json atomically; a kill at any moment leaves the previous state intact and
+Layout (core.rundir.ResumeDir names the files): resume/current.json names the live slot (slot_0 or slot_1). A
+save fills the other slot (every file written atomically and fsynced), writes state.json with the sha256 of every
+file last, then switches current.json atomically; a kill at any moment leaves the previous state intact and
 pointed to. Loading checks the checksums and the run's identity; a slot that fails is reported by
 file and reason, and the other slot is used when it is good. Weights are safetensors; optimizer,
 scheduler, scaler and RNG states load with torch.load(weights_only=True), so nothing is unpickled.
