@@ -175,9 +175,7 @@ def test_other_bootstrap_settings_or_embeddings_make_the_test_results_stale(sele
     # Re-encoded inputs (here: the arrays file rewritten with one vector changed) are other inputs.
     from safetensors.numpy import load_file, save_file
 
-    from redheart.data.encode import INDEX_FILE
-
-    arrays = run.embeddings / read_json(run.embeddings / INDEX_FILE)["file"]
+    arrays = run.embeddings / read_json(run.embedding_index)["file"]
     tensors = load_file(str(arrays))
     tensors["vectors"][0, 0, 0] += 1.0
     save_file(tensors, str(arrays))

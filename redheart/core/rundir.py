@@ -7,6 +7,11 @@ from pathlib import Path
 from redheart.core.checkpoint_files import MANIFEST
 
 
+def group_weights(folder: Path, group: str) -> Path:
+    """One module group's weights in a checkpoint folder or the final-model folder."""
+    return Path(folder) / f"{group}.safetensors"
+
+
 @dataclass(frozen=True)
 class ModelDir:
     """A final-model folder: self-contained, so `redheart predict`, `redheart.load` and `redheart serve` read it
@@ -49,7 +54,62 @@ class ModelDir:
         return self.root / "card.json"
 
     def group_weights(self, group: str) -> Path:
-        return self.root / f"{group}.safetensors"
+        return group_weights(self.root, group)
+
+
+@dataclass(frozen=True)
+class ResumeSlot:
+    """One of the resume folder's two slots: the whole training state, its checksums in `state` written last."""
+
+    root: Path
+
+    def __init__(self, root: str | Path) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    @property
+    def model(self) -> Path:
+        return self.root / "model.safetensors"
+
+    @property
+    def grads(self) -> Path:
+        """The gradients summed so far in an unfinished accumulation window."""
+        return self.root / "grads.safetensors"
+
+    @property
+    def ema(self) -> Path:
+        return self.root / "ema.safetensors"
+
+    @property
+    def training(self) -> Path:
+        """Optimizer, scheduler, loss-scaler and RNG states (torch.save, loaded with weights_only)."""
+        return self.root / "training.pt"
+
+    @property
+    def state(self) -> Path:
+        """Where training stands and the sha256 of every other file of the slot."""
+        return self.root / "state.json"
+
+
+@dataclass(frozen=True)
+class ResumeDir:
+    """A run's resume folder (RunDir.resume): two slots a save alternates between, and the pointer to the live one."""
+
+    root: Path
+
+    def __init__(self, root: str | Path) -> None:
+        object.__setattr__(self, "root", Path(root))
+
+    @property
+    def pointer(self) -> Path:
+        """Names the live slot; switched atomically once a save is complete."""
+        return self.root / "current.json"
+
+    @property
+    def slots(self) -> tuple[ResumeSlot, ResumeSlot]:
+        return self.slot("slot_0"), self.slot("slot_1")
+
+    def slot(self, name: str) -> ResumeSlot:
+        return ResumeSlot(self.root / name)
 
 
 @dataclass(frozen=True)
@@ -95,6 +155,16 @@ class RunDir:
         return self.root / "embeddings"
 
     @property
+    def embedding_vectors(self) -> Path:
+        """Every clean record's segment vectors and mask, in the index's row order."""
+        return self.embeddings / "embeddings.safetensors"
+
+    @property
+    def embedding_index(self) -> Path:
+        """The encoder, the sizes, the record ids in row order and the vectors' file name."""
+        return self.embeddings / "index.json"
+
+    @property
     def sweep(self) -> Path:
         return self.root / "sweep"
 
@@ -107,6 +177,11 @@ class RunDir:
     def sweep_results(self) -> Path:
         """Every rate's score and components, as ranked."""
         return self.sweep / "results.json"
+
+    @property
+    def sweep_table(self) -> Path:
+        """Every trial's per-epoch rows, one CSV row each."""
+        return self.sweep / "results.csv"
 
     @property
     def sweep_choice(self) -> Path:
@@ -139,7 +214,17 @@ class RunDir:
         return self.checkpoints / f"epoch_{epoch:03d}"
 
     @property
+    def ema_checkpoint(self) -> Path:
+        """The EMA weights at the end of training, beside the epoch checkpoints."""
+        return self.checkpoints / "ema"
+
+    def module_stats(self, epoch: int) -> Path:
+        """The module statistics sealed into a checkpoint (weights, gradients, activations per module)."""
+        return self.checkpoint(epoch) / "module_stats.json"
+
+    @property
     def resume(self) -> Path:
+        """The rolling resume state; its files by name: ResumeDir(run.resume)."""
         return self.root / "resume"
 
     @property
@@ -148,8 +233,16 @@ class RunDir:
 
     @property
     def progress(self) -> Path:
-        """Progress reports: epoch_NNN.json at every checkpoint, and latest.json."""
+        """Progress reports: one at every checkpoint, and the latest again."""
         return self.root / "progress"
+
+    def progress_report(self, epoch: int) -> Path:
+        return self.progress / f"epoch_{epoch:03d}.json"
+
+    @property
+    def progress_latest(self) -> Path:
+        """A copy of the newest progress report, at a name that does not move."""
+        return self.progress / "latest.json"
 
     @property
     def metrics_log(self) -> Path:
@@ -184,6 +277,10 @@ class RunDir:
     def crossover_candidates(self) -> Path:
         """Every candidate model of the crossover, its validation scores, and the plan it was built by."""
         return self.crossover / "candidates.json"
+
+    def crossover_fusion(self, index: int) -> Path:
+        """The fusion weights of the candidate at `index` of crossover_candidates (when it has its own)."""
+        return self.crossover / "fusion" / f"{index:02d}.safetensors"
 
     @property
     def crossover_summary(self) -> Path:
@@ -228,9 +325,32 @@ class RunDir:
         return self.report / "img"
 
     @property
+    def report_sweep_curves(self) -> Path:
+        """The report's copy of sweep_curves."""
+        return self.report_images / "sweep_curves.png"
+
+    @property
+    def report_analysis_curves(self) -> Path:
+        """The report's copy of analysis_curves."""
+        return self.report_images / "analysis_curves.png"
+
+    @property
+    def report_training_curves(self) -> Path:
+        """Losses per epoch, drawn from metrics_log when there is no analysis."""
+        return self.report_images / "training_curves.png"
+
+    def report_study_curve(self, metric: str) -> Path:
+        """The report's copy of study_curve(metric)."""
+        return self.report_images / f"study_{metric}.png"
+
+    @property
     def report_tables(self) -> Path:
         """The report's LaTeX tables."""
         return self.report / "tables"
+
+    def report_table(self, name: str) -> Path:
+        """One LaTeX table, named by its `latex_name`."""
+        return self.report_tables / f"{name}.tex"
 
     @property
     def final_model(self) -> Path:

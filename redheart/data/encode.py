@@ -22,8 +22,8 @@ from redheart.core.rundir import RunDir
 from redheart.data.embedding_cache import EmbeddingCache, text_sha256
 from redheart.data.encoders import Encoder, build_encoder, document_text
 
-EMBEDDINGS_FILE = "embeddings.safetensors"
-INDEX_FILE = "index.json"
+# The index's file name, for the study's readers until they read RunDir.embedding_index themselves.
+INDEX_FILE = RunDir("").embedding_index.name
 # Misses are encoded and stored in chunks, so an interrupted run keeps what it already computed.
 _STORE_CHUNK = 1024
 
@@ -117,15 +117,15 @@ def encode_run(
     encoder = build_encoder(config)
     with EmbeddingCache(cache_dir) as cache:
         vectors, mask, hits = _encode_cached(texts, encoder, cache, progress)
-    path = run.embeddings / EMBEDDINGS_FILE
+    path = run.embedding_vectors
     write_with(path, lambda tmp: save_file({"vectors": vectors, "mask": mask}, str(tmp)))
     write_json(
-        run.embeddings / INDEX_FILE,
+        run.embedding_index,
         {
             "encoder_key": encoder.key,
             "dim": encoder.dim,
             "max_segments": encoder.max_segments,
-            "file": EMBEDDINGS_FILE,
+            "file": path.name,
             "ids": ids,
         },
     )
@@ -134,7 +134,7 @@ def encode_run(
 
 def load_embeddings(run: RunDir, expected_key: str | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(ids in row order, vectors (N,S,D) float32, mask (N,S) bool) written by `encode_run`."""
-    index_path = run.embeddings / INDEX_FILE
+    index_path = run.embedding_index
     if not index_path.exists():
         raise FileNotFoundError(f"{index_path} not found: run the encode phase first")
     index = read_json(index_path)

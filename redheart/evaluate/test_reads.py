@@ -78,9 +78,7 @@ def _candidates_digest(run: RunDir) -> str:
 
 
 def _embeddings_digest(run: RunDir) -> str:
-    from redheart.data.encode import INDEX_FILE
-
-    index = _need(run.embeddings / INDEX_FILE, run, "embeddings")
+    index = _need(run.embedding_index, run, "embeddings")
     arrays = run.embeddings / read_json(index)["file"]
     return _digest({"index": sha256(index), "arrays": sha256(_need(arrays, run, "embeddings"))})
 

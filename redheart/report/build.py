@@ -57,7 +57,7 @@ def build_report(run: RunDir) -> Path:
         handle.write(render_html(title, sections))
     with atomic_open(run.report_markdown) as handle:
         handle.write(render_markdown(title, sections))
-    write_latex_tables(sections, run.report_tables)
+    write_latex_tables(sections, run)
     if run.model_files.config.exists():
         from redheart.evaluate.model_card import write_model_card
 

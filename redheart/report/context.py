@@ -22,11 +22,11 @@ class Context:
     def rel(self, path: Path) -> str:
         return str(Path(path).relative_to(self.run.root))
 
-    def image(self, section: Section, path: Path, name: str, caption: str) -> None:
+    def image(self, section: Section, path: Path, target: Path, caption: str) -> None:
+        """Copy the plot `path` to `target` in the report's images and show it in `section`."""
         if not path.exists():
             section.missing.append(f"{self.rel(path)} not found")
             return
-        target = self.run.report_images / name
         write_with(target, lambda tmp: shutil.copyfile(path, tmp))
         section.images.append((self.report_rel(target), caption))
 

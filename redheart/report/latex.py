@@ -14,6 +14,7 @@ import re
 from pathlib import Path
 
 from redheart.core.atomic import atomic_open
+from redheart.core.rundir import RunDir
 from redheart.report.document import Section, Table
 
 _ESCAPES = {
@@ -104,13 +105,14 @@ def render_table(table: Table, sources: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_latex_tables(sections: list[Section], folder: Path) -> list[Path]:
-    """tables/<latex_name>.tex for every named table (needs booktabs, graphicx, array); returns the paths written."""
+def write_latex_tables(sections: list[Section], run: RunDir) -> list[Path]:
+    """A .tex file for every table that names a `latex_name` (needs booktabs, graphicx, array); returns the paths
+    written."""
     written = []
     for section in sections:
         for table in section.tables:
             if table.latex_name:
-                path = Path(folder) / f"{table.latex_name}.tex"
+                path = run.report_table(table.latex_name)
                 with atomic_open(path) as handle:
                     handle.write(render_table(table, section.sources))
                 written.append(path)

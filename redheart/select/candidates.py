@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from torch import Tensor
 
 from redheart.core.checkpoint_files import MANIFEST, verify_checkpoint
-from redheart.core.rundir import RunDir
+from redheart.core.rundir import RunDir, group_weights
 from redheart.model.groups import GROUPS
 from redheart.model.kalman import KalmanFusion
 from redheart.select.outputs import (
@@ -114,7 +114,7 @@ def checkpoint_scores(run: RunDir, epochs: list[int], cache: SplitOutputs, steps
 
 def _read_state(folder: Path) -> dict[str, Tensor]:
     verify_checkpoint(folder)
-    return {k: v for group in GROUPS for k, v in load_file(str(folder / f"{group}.safetensors")).items()}
+    return {k: v for group in GROUPS for k, v in load_file(str(group_weights(folder, group))).items()}
 
 
 def greedy_soup(run: RunDir, scores: dict[int, float], cache: SplitOutputs, steps: int) -> tuple[list[int], list[dict]]:
@@ -160,13 +160,13 @@ def baseline_candidates(
             folder=rel(run.checkpoint(last)),
         ),
     ]
-    if (run.checkpoints / "ema" / MANIFEST).exists():
+    if (run.ema_checkpoint / MANIFEST).exists():
         out.append(
             Candidate(
                 "EMA weights",
                 "folder",
                 "exponential moving average of the weights",
-                folder=rel(run.checkpoints / "ema"),
+                folder=rel(run.ema_checkpoint),
             )
         )
     tail = saved[-k:]

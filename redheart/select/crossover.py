@@ -155,12 +155,11 @@ def conclusion(candidates: list[Candidate]) -> str:
 
 
 def write_crossover(run: RunDir, result: CrossoverResult, scores: dict[int, float], inputs: str | None = None) -> None:
-    fusion_dir = run.crossover / "fusion"
     entries = []
     for index, candidate in enumerate(result.candidates):
         entry = candidate.to_json()
         if candidate.fusion is not None:
-            path = fusion_dir / f"{index:02d}.safetensors"
+            path = run.crossover_fusion(index)
             state = {k: v.detach().clone().contiguous() for k, v in candidate.fusion.state_dict().items()}
             write_with(path, partial(save_tensors, state))
             entry["fusion"] = str(path.relative_to(run.root))

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from redheart.architecture import DISTRIBUTION_TARGETS, TARGET_DIMS, group_of
 from redheart.core.checkpoint_files import verify_checkpoint
+from redheart.core.rundir import group_weights
 from redheart.data.dataset import SplitTensors
 from redheart.model.groups import GROUPS
 from redheart.model.kalman import KalmanFusion
@@ -96,7 +97,7 @@ def average_state(folders: list[Path]) -> dict[str, Tensor]:
     for folder in folders:
         verify_checkpoint(folder)
         for group in GROUPS:
-            for key, value in load_file(str(Path(folder) / f"{group}.safetensors")).items():
+            for key, value in load_file(str(group_weights(folder, group))).items():
                 if not value.is_floating_point():
                     total.setdefault(key, value)
                 else:

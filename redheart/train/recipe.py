@@ -337,7 +337,7 @@ class TrainingRecipe:
         """The EMA checkpoint, once every rank is done."""
         # A finished run called again trains nothing and keeps its EMA checkpoint: re-saved from the resume state
         # its weights were not bit-identical, and crossover would then see new inputs.
-        ema, ema_folder = self.trainer.ema, self.output.checkpoints / "ema"
+        ema, ema_folder = self.trainer.ema, self.output.ema_checkpoint
         trained = self.start_epoch < self.epochs or not (ema_folder / MANIFEST).exists()
         if ema is not None and self.save_checkpoints and self.record and trained:
             ema_weights = host_view(cast(RedHeartModel, ema.module))

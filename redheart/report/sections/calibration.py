@@ -62,7 +62,7 @@ def build(ctx: Context, title: str) -> Section:
             ctx.image(
                 section,
                 plot,
-                plot.name,
+                run.report_images / plot.name,
                 f"reliability diagram of {name}, {split}",
             )
     return section

@@ -125,7 +125,7 @@ def build(ctx: Context, title: str) -> Section:
         ctx.image(
             section,
             run.study_curve(metric),
-            f"study_{metric}.png",
+            run.report_study_curve(metric),
             f"{METRICS[metric].label} on validation against training records (log scale): a line per model size, "
             f"the linear probe dashed, the fitted curve thin (dotted beyond the data), the full model's prediction",
         )

@@ -31,5 +31,7 @@ def build(ctx: Context, title: str) -> Section:
             rows,
         )
     )
-    ctx.image(section, run.sweep_curves, "sweep_curves.png", "training and validation loss per epoch of every trial")
+    ctx.image(
+        section, run.sweep_curves, run.report_sweep_curves, "training and validation loss per epoch of every trial"
+    )
     return section

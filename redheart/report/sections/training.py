@@ -53,12 +53,12 @@ def build(ctx: Context, title: str) -> Section:
         ctx.image(
             section,
             run.analysis_curves,
-            "analysis_curves.png",
+            run.report_analysis_curves,
             "train/validation loss per group, sweet spot (star) and over-fitting onset (dashed)",
         )
     else:
         section.missing.append(f"{ctx.rel(analysis_json)} not found: no sweet-spot analysis yet")
-        plot = run.report_images / "training_curves.png"
+        plot = run.report_training_curves
         plot_training(records, plot)
         section.images.append(
             (

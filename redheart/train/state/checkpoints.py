@@ -24,7 +24,7 @@ from redheart.core.checkpoint_files import (
     write_state_file,
 )
 from redheart.core.faults import NO_FAULTS, Faults
-from redheart.core.rundir import RunDir
+from redheart.core.rundir import RunDir, group_weights
 from redheart.model.groups import group_state_dict, load_group_state_dict
 from redheart.model.model import RedHeartModel
 
@@ -94,7 +94,7 @@ def save_checkpoint(
     files = []
     for group, full in group_states(model).items():
         state = stored(full, torch_dtype)
-        name = f"{group}.safetensors"
+        name = group_weights(folder, group).name
         metadata = {"group": group, "preset": preset}
         write_state_file(folder / name, partial(save_tensors, state, metadata=metadata), faults)
         files.append(name)
@@ -110,7 +110,7 @@ def load_group(model: RedHeartModel, folder: Path, group: str) -> None:
     """Load one group's weights strictly from a verified checkpoint folder."""
     folder = Path(folder)
     manifest = verify_checkpoint(folder)
-    name = f"{group}.safetensors"
+    name = group_weights(folder, group).name
     if name not in manifest["files"]:
         raise CheckpointError(f"{folder}: has no group {group!r} (groups: {sorted(manifest['files'])})")
     try:

@@ -1,8 +1,8 @@
 """The one rolling resume state of a run: everything needed to continue at micro-step granularity.
 
-Layout: resume/current.json names the live slot (slot_0 or slot_1). A save fills the other slot
-(every file written atomically and fsynced), writes state.json with the sha256 of every file last,
-then switches current.json atomically; a kill at any moment leaves the previous state intact and
+Layout (core.rundir.ResumeDir names the files): resume/current.json names the live slot (slot_0 or slot_1). A
+save fills the other slot (every file written atomically and fsynced), writes state.json with the sha256 of every
+file last, then switches current.json atomically; a kill at any moment leaves the previous state intact and
 pointed to. Loading checks the checksums and the run's identity; a slot that fails is reported by
 file and reason, and the other slot is used when it is good. Weights are safetensors; optimizer,
 scheduler, scaler and RNG states load with torch.load(weights_only=True), so nothing is unpickled.
@@ -25,6 +25,7 @@ from safetensors.torch import load_file
 from redheart.core.atomic import read_json, write_json
 from redheart.core.checkpoint_files import sha256, write_state_file
 from redheart.core.faults import NO_FAULTS, Faults
+from redheart.core.rundir import ResumeDir, ResumeSlot
 from redheart.train.oom import BatchPlan
 from redheart.train.parallel.fsdp import (
     full_grads,
@@ -37,9 +38,6 @@ from redheart.train.parallel.fsdp import (
 from redheart.train.state.checkpoints import host_tensors, save_tensors
 from redheart.train.trainer import EpochTally, Trainer
 
-POINTER = "current.json"
-SLOTS = ("slot_0", "slot_1")
-STATE = "state.json"
 # What a damaged or hostile file raises from the loaders; each becomes a ResumeError naming the file.
 _LOAD_ERRORS = (OSError, RuntimeError, ValueError, KeyError, EOFError, pickle.UnpicklingError, SafetensorError)
 
@@ -49,24 +47,34 @@ class ResumeError(RuntimeError):
 
 
 def has_resume(folder: Path) -> bool:
-    folder = Path(folder)
-    return (folder / POINTER).exists() or any((folder / slot / STATE).exists() for slot in SLOTS)
+    resume = ResumeDir(folder)
+    return resume.pointer.exists() or any(slot.state.exists() for slot in resume.slots)
+
+
+def _slot_names(resume: ResumeDir) -> list[str]:
+    return [slot.root.name for slot in resume.slots]
 
 
 def _live_slot(folder: Path) -> str | None:
+    resume = ResumeDir(folder)
     try:
-        slot = read_json(folder / POINTER)["slot"]
+        slot = read_json(resume.pointer)["slot"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    return slot if slot in SLOTS else None
+    return slot if slot in _slot_names(resume) else None
+
+
+def _tensor_files(slot: ResumeSlot) -> dict[str, Path]:
+    """Where each of resume_tensors' tensor sets is written in a slot."""
+    return {"model": slot.model, "grads": slot.grads, "ema": slot.ema}
 
 
 def resume_tensors(trainer: Trainer) -> dict[str, Any]:
     """The trainer's weights, gradients (of an unfinished window), EMA and optimizer state, whole: under FSDP
     a collective, to call on every rank; rank 0 gets the tensors."""
-    tensors = {"model.safetensors": full_state(trainer.model), "grads.safetensors": full_grads(trainer.model)}
+    tensors = {"model": full_state(trainer.model), "grads": full_grads(trainer.model)}
     if trainer.ema is not None:
-        tensors["ema.safetensors"] = full_state(trainer.ema)
+        tensors["ema"] = full_state(trainer.ema)
     return {"tensors": tensors, "optimizer": full_optimizer_state(trainer.model, trainer.optimizer)}
 
 
@@ -82,13 +90,17 @@ def save_resume(
     `tensors`: resume_tensors(trainer), gathered by the caller when other ranks must take part.
     """
     gathered = resume_tensors(trainer) if tensors is None else tensors
-    folder = Path(folder)
+    resume = ResumeDir(folder)
     live = _live_slot(folder)
-    slot = folder / (SLOTS[1] if live == SLOTS[0] else SLOTS[0])
-    shutil.rmtree(slot, ignore_errors=True)
-    slot.mkdir(parents=True)
-    for name, state in gathered["tensors"].items():
-        write_state_file(slot / name, partial(save_tensors, host_tensors(state)), faults)
+    first, second = resume.slots
+    slot = second if live == first.root.name else first
+    shutil.rmtree(slot.root, ignore_errors=True)
+    slot.root.mkdir(parents=True)
+    paths = []
+    for kind, state in gathered["tensors"].items():
+        path = _tensor_files(slot)[kind]
+        write_state_file(path, partial(save_tensors, host_tensors(state)), faults)
+        paths.append(path)
     training = {
         "optimizer": gathered["optimizer"],
         "scheduler": trainer.scheduler.state_dict(),
@@ -96,19 +108,19 @@ def save_resume(
         "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
-    write_state_file(slot / "training.pt", lambda tmp: torch.save(training, tmp), faults)
-    names = [*gathered["tensors"], "training.pt"]
+    write_state_file(slot.training, lambda tmp: torch.save(training, tmp), faults)
+    paths.append(slot.training)
     previous = read_resume_info(folder).get("sequence", 0) if live else 0
     state = {
         **info,
         "sequence": previous + 1,
         "batch_plan": trainer.plan.to_json(),
         "window_tally": trainer.window_tally.to_json() if trainer.window_tally is not None else None,
-        "files": {name: sha256(slot / name) for name in names},
+        "files": {path.name: sha256(path) for path in paths},
     }
-    write_state_file(slot / STATE, lambda tmp: tmp.write_text(json.dumps(state, indent=2) + "\n"), faults)
-    write_json(folder / POINTER, {"slot": slot.name})
-    return slot
+    write_state_file(slot.state, lambda tmp: tmp.write_text(json.dumps(state, indent=2) + "\n"), faults)
+    write_json(resume.pointer, {"slot": slot.root.name})
+    return slot.root
 
 
 def restore_cuda_rng(states: list[torch.Tensor]) -> None:
@@ -136,8 +148,8 @@ def restore_cuda_rng(states: list[torch.Tensor]) -> None:
 
 
 def read_resume_info(folder: Path) -> dict[str, Any]:
-    folder = Path(folder)
-    return read_json(folder / read_json(folder / POINTER)["slot"] / STATE)
+    resume = ResumeDir(folder)
+    return read_json(resume.slot(read_json(resume.pointer)["slot"]).state)
 
 
 def load_resume(folder: Path, trainer: Trainer, identity: dict[str, str]) -> dict[str, Any]:
@@ -146,30 +158,31 @@ def load_resume(folder: Path, trainer: Trainer, identity: dict[str, str]) -> dic
     A slot that fails (damaged file, checksum, foreign run) is reported on stderr and the other slot
     is tried; the pointer is moved to the slot actually used, so the next save never overwrites it.
     """
-    folder = Path(folder)
+    resume = ResumeDir(folder)
     problems = []
     for slot in _candidates(folder):
         try:
-            info = _load_slot(folder / slot, trainer, identity)
+            info = _load_slot(resume.slot(slot), trainer, identity)
         except ResumeError as error:
             problems.append(str(error))
             print(f"warning: {error}", file=sys.stderr)
             continue
         if _live_slot(folder) != slot:
-            print(f"warning: resuming from the previous good state {folder / slot}", file=sys.stderr)
-            write_json(folder / POINTER, {"slot": slot})
+            print(f"warning: resuming from the previous good state {resume.slot(slot).root}", file=sys.stderr)
+            write_json(resume.pointer, {"slot": slot})
         return info
     raise ResumeError("no usable resume state:\n" + "\n".join(f"  {problem}" for problem in problems))
 
 
 def _candidates(folder: Path) -> list[str]:
     """Slots with a state file, the live one first (or the newest, when the pointer is unreadable)."""
+    resume = ResumeDir(folder)
     live = _live_slot(folder)
-    present = [slot for slot in SLOTS if (folder / slot / STATE).exists()]
+    present = [slot.root.name for slot in resume.slots if slot.state.exists()]
 
     def newest_first(slot: str) -> tuple[bool, int]:
         try:
-            sequence = int(read_json(folder / slot / STATE).get("sequence", 0))
+            sequence = int(read_json(resume.slot(slot).state).get("sequence", 0))
         except (OSError, ValueError, AttributeError, TypeError):
             sequence = -1
         return slot == live, sequence
@@ -177,16 +190,16 @@ def _candidates(folder: Path) -> list[str]:
     return sorted(present, key=newest_first, reverse=True)
 
 
-def _load_slot(slot: Path, trainer: Trainer, identity: dict[str, str]) -> dict[str, Any]:
+def _load_slot(slot: ResumeSlot, trainer: Trainer, identity: dict[str, str]) -> dict[str, Any]:
     info = _verified_info(slot, identity)
-    path = slot / STATE
+    path = slot.state
     try:
-        path = slot / "model.safetensors"
+        path = slot.model
         load_full_state(trainer.model, load_file(str(path)))
         if trainer.ema is not None:
-            path = slot / "ema.safetensors"
+            path = slot.ema
             load_full_state(trainer.ema, load_file(str(path)))
-        path = slot / "training.pt"
+        path = slot.training
         training = torch.load(path, weights_only=True, map_location="cpu")
         # Before the gradients: FSDP's loader takes a zero-learning-rate step to lay out an empty state.
         load_full_optimizer_state(trainer.model, trainer.optimizer, training["optimizer"])
@@ -194,9 +207,9 @@ def _load_slot(slot: Path, trainer: Trainer, identity: dict[str, str]) -> dict[s
         trainer.scaler.load_state_dict(training["scaler"])
         torch.set_rng_state(training["rng_cpu"])
         restore_cuda_rng(list(training["rng_cuda"]))
-        path = slot / "grads.safetensors"
+        path = slot.grads
         load_full_grads(trainer.model, load_file(str(path)))
-        path = slot / STATE
+        path = slot.state
         if info.get("batch_plan"):
             trainer.plan = BatchPlan.from_json(info["batch_plan"])
         trainer.window_tally = EpochTally.from_json(info["window_tally"]) if info.get("window_tally") else None
@@ -206,26 +219,25 @@ def _load_slot(slot: Path, trainer: Trainer, identity: dict[str, str]) -> dict[s
     return info
 
 
-def _verified_info(slot: Path, identity: dict[str, str]) -> dict[str, Any]:
-    """state.json of `slot` after checking every file's sha256 and the run identity."""
-    path = slot / STATE
+def _verified_info(slot: ResumeSlot, identity: dict[str, str]) -> dict[str, Any]:
+    """The state of `slot` after checking every file's sha256 and the run identity."""
+    path = slot.state
     try:
         info = read_json(path)
         files = info["files"]
     except (OSError, ValueError, KeyError, TypeError) as error:
         raise ResumeError(f"{path}: unreadable or incomplete ({type(error).__name__}: {error})") from None
     for name, expected in files.items():
-        if not (slot / name).exists():
-            raise ResumeError(f"{slot / name}: listed in {path} but missing")
-        if sha256(slot / name) != expected:
-            raise ResumeError(
-                f"{slot / name}: sha256 does not match {path}; the file is truncated, corrupt or was replaced"
-            )
+        listed = slot.root / name
+        if not listed.exists():
+            raise ResumeError(f"{listed}: listed in {path} but missing")
+        if sha256(listed) != expected:
+            raise ResumeError(f"{listed}: sha256 does not match {path}; the file is truncated, corrupt or was replaced")
     for key, expected in identity.items():
         if info.get(key) != expected:
             raise ResumeError(
                 f"{path}: the resume state has {key} {info.get(key)!r} but this run has {expected!r}; "
                 f"it was saved by a run with another {key.removesuffix('_hash')}. Use another output folder, "
-                f"or delete {slot.parent} to start over."
+                f"or delete {slot.root.parent} to start over."
             )
     return info

@@ -269,7 +269,7 @@ def write_outputs(
     )
     flat = [row for t in ordered for row in rows[t]]
     columns = list(dict.fromkeys(key for row in flat for key in row))
-    with atomic_open(run.sweep / "results.csv", encoding="utf-8") as handle:
+    with atomic_open(run.sweep_table, encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns, lineterminator="\n")
         writer.writeheader()
         writer.writerows(flat)

@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from redheart.core.atomic import write_json
+from redheart.core.rundir import RunDir
 from redheart.model.groups import GROUPS
 
 TREND_WINDOW = 5  # checkpoints the gap slope is fitted over
@@ -106,9 +107,9 @@ def progress_report(rows: list[dict[str, Any]], checkpoints: list[int], epochs_t
     }
 
 
-def write_progress(folder: Path, report: dict[str, Any]) -> Path:
-    """Write progress/epoch_NNN.json and progress/latest.json; returns the epoch file."""
-    path = Path(folder) / f"epoch_{report['epoch']:03d}.json"
+def write_progress(run: RunDir, report: dict[str, Any]) -> Path:
+    """Write the epoch's progress report and the latest copy; returns the epoch's."""
+    path = run.progress_report(report["epoch"])
     write_json(path, report)
-    write_json(Path(folder) / "latest.json", report)
+    write_json(run.progress_latest, report)
     return path

@@ -35,8 +35,6 @@ from redheart.train.telemetry.module_statistics import GradientProbe, module_sta
 from redheart.train.telemetry.progress import group_losses, loss_gaps, progress_report, write_progress
 from redheart.train.trainer import EpochTally, Trainer
 
-MODULE_STATS = "module_stats.json"
-
 
 def append_metrics(path: Path, record: dict[str, Any]) -> None:
     """Add one epoch's record; a record of an epoch already logged (a resumed, re-run epoch) replaces it."""
@@ -115,7 +113,8 @@ class RunTelemetry:
         }
 
     def checkpoint_files(self, epoch: int, model: nn.Module | None = None) -> dict[str, Any]:
-        """{MODULE_STATS: statistics} to seal into the checkpoint (save_checkpoint's `extra`); logged to TensorBoard.
+        """The module statistics by file name, to seal into the checkpoint (save_checkpoint's `extra`); logged to
+        TensorBoard.
 
         `model`: the weights to describe, when not the trainer's model itself (FSDP: the gathered weights)."""
         if not self.enabled:
@@ -123,7 +122,7 @@ class RunTelemetry:
         stats = module_stats(self.trainer.model if model is None else model, epoch, self.probe)
         if self.writer is not None:
             log_module_stats(self.writer, stats)
-        return {MODULE_STATS: stats}
+        return {self.out.module_stats(epoch).name: stats}
 
     def report_progress(self) -> None:
         """Write the progress report after the last logged epoch (call after its checkpoint is saved)."""
@@ -132,7 +131,7 @@ class RunTelemetry:
         rows = read_metrics(self.out.metrics_log)
         saved = [row["epoch"] for row in rows if (self.out.checkpoint(row["epoch"]) / MANIFEST).exists()]
         report = progress_report(rows, saved, self.epochs_total)
-        write_progress(self.out.progress, report)
+        write_progress(self.out, report)
         if self.writer is not None:
             log_progress(self.writer, report)
 
