@@ -197,9 +197,25 @@ class RunDir:
         """The study's table, fitted curves and sentences, collected from its finished points."""
         return self.study / "results.json"
 
+    @property
+    def study_table(self) -> Path:
+        """The study's points as CSV, one row per finished point."""
+        return self.study / "results.csv"
+
     def study_curve(self, metric: str) -> Path:
         """The learning-curve plot of one metric."""
         return self.study / f"curve_{metric}.png"
+
+    @property
+    def point_record(self) -> Path:
+        """In a study point's folder: the finished point's numbers and fingerprint, written last."""
+        return self.root / "point.json"
+
+    @property
+    def inputs_fingerprint(self) -> Path:
+        """In a study point's or a size's learning-rate sweep folder: what it is trained from, written before it
+        trains, so an unfinished folder made from other inputs is not continued."""
+        return self.root / "fingerprint.json"
 
     @property
     def checkpoints(self) -> Path:

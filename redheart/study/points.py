@@ -41,7 +41,6 @@ from redheart.core.rundir import RunDir
 from redheart.data.dataset import clean_records
 from redheart.scoring.metrics import STUDIED
 
-POINT_FILE = "point.json"
 EXTRA = "all+extra"  # the fraction label of a point on every training record, verdict-only ones included
 # The keys of the study's numbers (scoring.metrics.STUDIED), each a column of its table and a curve.
 SCORES = tuple(metric.key for metric in STUDIED)
@@ -305,7 +304,7 @@ def _prepare_sweep(run: RunDir, config: RunConfig, size: str, progress: bool) ->
     print_ = (lambda text: print(text, file=sys.stderr)) if progress else (lambda text: None)
     study = {"sweep": dataclasses.asdict(cfg.sweep)}
     current = fingerprint(run, cfg, 0.0, ids, study)
-    stamp = sweep_run.root / "fingerprint.json"
+    stamp = sweep_run.inputs_fingerprint
     if stamp.exists():
         stale = stale_parts(read_json(stamp), current)
         if stale:
@@ -366,7 +365,7 @@ def scores(metrics: dict[str, dict]) -> dict[str, float | None]:
 
 
 def finished_point(run: RunDir, point: Point, folder: Path | None = None) -> dict[str, Any] | None:
-    path = (folder or point.folder(run)) / POINT_FILE
+    path = RunDir(folder or point.folder(run)).point_record
     return read_json(path) if path.exists() else None
 
 
@@ -487,14 +486,27 @@ def run_point(
     (the reason printed). An interrupted point resumes. `cap_factor` 2 trains it with twice the step cap into a
     folder of its own (the convergence check).
     """
-    from redheart.train.recipe import train
-    from redheart.train.telemetry.records import read_metrics
-
     point = point_of(run, config, k)
     lr, lr_reason = size_lr(run, config, point.size, progress)
     p = point_plan(run, config, point, lr, cap_factor)
     folder = PointRun(p.folder, run)
-    done = finished_point(run, point, p.folder)
+    done = _current_record(run, folder, p, progress)
+    if done is not None:
+        return done
+    if progress:
+        print(announce(run, config, point, lr, cap_factor), file=sys.stderr)
+    started = time.perf_counter()
+    _start_folder(run, config, folder, p, f"study point {k}")
+    state = _train_until_stopped(folder, config, p, progress, resume_every, faults)
+    record = _point_record(run, config, folder, p, state, lr_reason, started)
+    write_json(folder.point_record, record)
+    return record
+
+
+def _current_record(run: RunDir, folder: PointRun, p: PointPlan, progress: bool) -> dict[str, Any] | None:
+    """The point's finished record when it was made from today's inputs; otherwise None, with a folder that
+    cannot be continued (finished on other inputs, or begun on them) removed."""
+    done = finished_point(run, p.point, p.folder)
     if done is not None:
         stale = stale_parts(done.get("fingerprint"), p.fingerprint)
         if not stale:
@@ -503,29 +515,44 @@ def run_point(
             print(f"{p.folder.name}: made with other {', '.join(stale)}; training it again", file=sys.stderr)
     if p.folder.exists() and (done is not None or _resume_stale(folder, p)):
         shutil.rmtree(p.folder)
-    if progress:
-        print(announce(run, config, point, lr, cap_factor), file=sys.stderr)
-    started = time.perf_counter()
+    return None
+
+
+def _start_folder(run: RunDir, config: RunConfig, folder: PointRun, p: PointPlan, what: str) -> None:
+    """The point's split manifest, fingerprint, config and probe, once the disk is known to hold its training."""
     manifest = read_json(run.split_manifest)
-    ensure_point_space(p.folder, p.config, *_input_shape(run), f"study point {k}", config.train.check_disk)
+    ensure_point_space(p.folder, p.config, *_input_shape(run), what, config.train.check_disk)
     write_json(folder.split_manifest, {"train": p.ids, "val": manifest["val"]})  # no test ids: never read here
-    write_json(p.folder / "fingerprint.json", p.fingerprint)
+    write_json(folder.inputs_fingerprint, p.fingerprint)
     save_config(p.config, folder.config)
     if not folder.baselines.exists():
-        write_json(folder.baselines, _probe(run, folder, point.label))
+        write_json(folder.baselines, _probe(run, folder, p.point.label))
 
-    def losses() -> list[float]:
-        return [sum(r["val"]["loss"].values()) for r in read_metrics(folder.metrics_log)]
 
-    state = stop_rule(losses(), p.per_epoch, config.study.patience_steps, p.cap_epochs, config.study.min_improvement)
+def _val_losses(folder: PointRun) -> list[float]:
+    """The validation loss of every epoch trained so far, the sum over targets."""
+    from redheart.train.telemetry.records import read_metrics
+
+    return [sum(r["val"]["loss"].values()) for r in read_metrics(folder.metrics_log)]
+
+
+def _train_until_stopped(
+    folder: PointRun, config: RunConfig, p: PointPlan, progress: bool, resume_every: int, faults: Faults
+) -> dict[str, Any]:
+    """Train the point a few epochs at a time until the stop rule says stop (from where it stopped when
+    interrupted); returns the stop rule's last state."""
+    from redheart.train.recipe import train
+
+    study = config.study
+    state = stop_rule(_val_losses(folder), p.per_epoch, study.patience_steps, p.cap_epochs, study.min_improvement)
     # Epochs per call: half the patience, so a stop is seen at most that many epochs late (the best epoch is the
     # same: every epoch is validated); one call per epoch would repeat the call's fixed cost on small subsets.
-    chunk = max(1, math.ceil(config.study.patience_steps / p.per_epoch) // 2)
+    chunk = max(1, math.ceil(study.patience_steps / p.per_epoch) // 2)
     while not state["stop"]:
         train(
             folder,
             p.config,
-            lr=lr,
+            lr=p.lr,
             epochs=min(p.cap_epochs, state["epochs"] + chunk),
             seed=p.config.train.seed,
             output=RunDir(p.folder),
@@ -534,27 +561,39 @@ def run_point(
             resume_every=resume_every,
             faults=faults,
         )
-        state = stop_rule(
-            losses(), p.per_epoch, config.study.patience_steps, p.cap_epochs, config.study.min_improvement
-        )
+        state = stop_rule(_val_losses(folder), p.per_epoch, study.patience_steps, p.cap_epochs, study.min_improvement)
     shutil.rmtree(folder.resume, ignore_errors=True)  # only metrics are read from here on
+    return state
+
+
+def _point_record(
+    run: RunDir,
+    config: RunConfig,
+    folder: PointRun,
+    p: PointPlan,
+    state: dict[str, Any],
+    lr_reason: str,
+    started: float,
+) -> dict[str, Any]:
+    """point.json: the point, its schedule and stop, and its best epoch's scores beside its probe's."""
+    from redheart.model.model import parameter_table
+    from redheart.train.telemetry.records import read_metrics
 
     records = read_metrics(folder.metrics_log)
     best = records[state["best_epoch"] - 1]
     baselines = read_json(folder.baselines)
-    from redheart.model.model import parameter_table
-
     rows = parameter_table(p.config.model, config.encoder.dim, config.encoder.max_segments)
-    record = {
+    point = p.point
+    return {
         "index": point.index,
         "size": point.size,
         "fraction": point.fraction,
         "label": point.label,
         "train_records": len(p.ids),
         "verdict_train_records": _verdict_count(run, p.ids),
-        "val_records": len(manifest["val"]),
+        "val_records": len(read_json(folder.split_manifest)["val"]),
         "parameters": sum(r["parameters"] for r in rows),
-        "lr": lr,
+        "lr": p.lr,
         "lr_reason": lr_reason,
         "steps_per_epoch": p.per_epoch,
         "max_steps": p.max_steps,
@@ -579,13 +618,11 @@ def run_point(
             for r in records
         ],
     }
-    write_json(p.folder / POINT_FILE, record)
-    return record
 
 
 def _resume_stale(folder: PointRun, p: PointPlan) -> bool:
     """An unfinished point folder made with another fingerprint: its epochs cannot be continued."""
-    stamp = folder.root / "fingerprint.json"
+    stamp = folder.inputs_fingerprint
     return not stamp.exists() or bool(stale_parts(read_json(stamp), p.fingerprint))
 
 

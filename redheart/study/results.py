@@ -468,8 +468,8 @@ def convergence_check(
         original = by.get(name)
         if original is None:
             continue
-        folder = run.study / f"check_x2_{point_folder_name(run, config, original)}"
-        again = read_json(folder / "point.json") if (folder / "point.json").exists() else None
+        stored = RunDir(run.study / f"check_x2_{point_folder_name(run, config, original)}").point_record
+        again = read_json(stored) if stored.exists() else None
         if again is None:
             words.append(f"Convergence check of {name}: not run (`redheart study --check`).")
             continue
@@ -561,12 +561,36 @@ def collect(run: RunDir, config: RunConfig) -> StudyResult:
     """
     import torch
 
-    from redheart.config import preset
-    from redheart.model.model import parameter_table as module_table
     from redheart.study.plot import plot_metric
 
     # Points a CUDA machine ran (the full preset) are read on any machine; only this machine's are missing.
     cuda = torch.cuda.is_available()
+    finished, missing, stale = _current_points(run, config, cuda)
+    sizes = list(dict.fromkeys(p["size"] for p in sorted(finished, key=lambda r: r["index"])))
+    analysis = analyse(finished, sizes)
+    curves = curve_analysis(finished, _full_parameters(config), config.study.fit_bootstrap, config.study.fit_seed)
+    checks, check_words = convergence_check(run, config, finished, analysis)
+    words = (
+        [rate_sentence(run, sizes)]
+        + convergence_sentences(finished)
+        + sentences(analysis, finished, sizes)
+        + curve_sentences(curves)
+        + check_words
+        + _caveats(config, finished, missing, stale, cuda)
+    )
+    result = StudyResult(finished, missing, stale, words, analysis)
+    write_json(run.study_results, finite_or_null(_summary(run, config, result, sizes, curves, checks)))
+    _write_table(run, finished)
+    for metric in SCORES:
+        plot_metric(run.study_curve(metric), finished, sizes, metric, curves.get(metric))
+    return result
+
+
+def _current_points(
+    run: RunDir, config: RunConfig, cuda: bool
+) -> tuple[list[dict[str, Any]], list[str], dict[str, list[str]]]:
+    """The finished points made from today's inputs, in point order; the folders of the points this machine
+    could run that are not finished; and the finished ones refused as stale, with what changed."""
     points = plan(run, config, cuda=True)
     here = {p.index for p in plan(run, config, cuda=cuda)}
     done = {p: finished_point(run, p) for p in points}
@@ -592,21 +616,28 @@ def collect(run: RunDir, config: RunConfig) -> StudyResult:
             + "; run `redheart study` (or --point K) first"
         )
     missing = [p.folder(run).name for p, r in done.items() if r is None and p.index in here]
-    sizes = list(dict.fromkeys(p["size"] for p in sorted(finished, key=lambda r: r["index"])))
-    analysis = analyse(finished, sizes)
-    full_parameters = sum(
+    return finished, missing, stale
+
+
+def _full_parameters(config: RunConfig) -> int:
+    """The full preset's parameter count at the run's encoder: the N the fitted curves predict at."""
+    from redheart.config import preset
+    from redheart.model.model import parameter_table as module_table
+
+    return sum(
         r["parameters"] for r in module_table(preset("full").model, config.encoder.dim, config.encoder.max_segments)
     )
-    curves = curve_analysis(finished, full_parameters, config.study.fit_bootstrap, config.study.fit_seed)
-    checks, check_words = convergence_check(run, config, finished, analysis)
-    lrs = {size: chosen_lr(run, size) for size in sizes}
-    words = (
-        [rate_sentence(run, sizes)]
-        + convergence_sentences(finished)
-        + sentences(analysis, finished, sizes)
-        + curve_sentences(curves)
-        + check_words
-    )
+
+
+def _caveats(
+    config: RunConfig,
+    finished: list[dict[str, Any]],
+    missing: list[str],
+    stale: dict[str, list[str]],
+    cuda: bool,
+) -> list[str]:
+    """What the study leaves out: the full preset without CUDA, the stale points, the missing ones."""
+    words = []
     if not cuda and config.study.full_with_cuda and not any(p["size"] == "full" for p in finished):
         words.append("The full preset was not studied: it joins only when CUDA is present, and this machine has none.")
     if stale:
@@ -617,29 +648,39 @@ def collect(run: RunDir, config: RunConfig) -> StudyResult:
         )
     if missing:
         words.append(f"Incomplete study, missing points: {', '.join(missing)}.")
-    result = StudyResult(finished, missing, stale, words, analysis)
-    write_json(
-        run.study_results,
-        finite_or_null(
-            {
-                "sizes": sizes,
-                "fractions": list(config.study.fractions),
-                "seed": config.study.seed,
-                "max_steps": config.study.max_steps,
-                "patience_steps": config.study.patience_steps,
-                "lrs": lrs,
-                "lr_candidates": list(config.study.lrs),
-                "points": finished,
-                "missing": missing,
-                "stale": stale,
-                "sentences": words,
-                "analysis": analysis,
-                "curves": curves,
-                "convergence_check": checks,
-                "train_seconds": sum(p["train_seconds"] for p in finished),  # epochs only: no validation, no probes
-            }
-        ),
-    )
+    return words
+
+
+def _summary(
+    run: RunDir,
+    config: RunConfig,
+    result: StudyResult,
+    sizes: list[str],
+    curves: dict[str, dict[str, Any]],
+    checks: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """results.json: the study's settings, its points, sentences, analysis, curves and convergence check."""
+    return {
+        "sizes": sizes,
+        "fractions": list(config.study.fractions),
+        "seed": config.study.seed,
+        "max_steps": config.study.max_steps,
+        "patience_steps": config.study.patience_steps,
+        "lrs": {size: chosen_lr(run, size) for size in sizes},
+        "lr_candidates": list(config.study.lrs),
+        "points": result.points,
+        "missing": result.missing,
+        "stale": result.stale,
+        "sentences": result.sentences,
+        "analysis": result.analysis,
+        "curves": curves,
+        "convergence_check": checks,
+        "train_seconds": sum(p["train_seconds"] for p in result.points),  # epochs only: no validation, no probes
+    }
+
+
+def _write_table(run: RunDir, finished: list[dict[str, Any]]) -> None:
+    """The points as CSV, one row each: the numbers a spreadsheet needs, no curves or sentences."""
     rows = [
         {
             "point": p["index"],
@@ -659,13 +700,10 @@ def collect(run: RunDir, config: RunConfig) -> StudyResult:
         }
         for p in finished
     ]
-    with atomic_open(run.study / "results.csv", encoding="utf-8") as handle:
+    with atomic_open(run.study_table, encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]), lineterminator="\n")
         writer.writeheader()
         writer.writerows(rows)
-    for metric in SCORES:
-        plot_metric(run.study_curve(metric), finished, sizes, metric, curves.get(metric))
-    return result
 
 
 def format_study(result: StudyResult) -> str:
