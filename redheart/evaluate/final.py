@@ -11,6 +11,7 @@ when it does not, and reads the test split again only when asked to, recording t
 from __future__ import annotations
 
 import datetime
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,7 @@ from redheart.core.phases import run_first
 from redheart.core.rundir import RunDir
 from redheart.data.dataset import SplitTensors, load_split, split_targets
 from redheart.evaluate.calibration import write_calibration_report
-from redheart.evaluate.calibrators import calibration_report
+from redheart.evaluate.calibrators import Calibrators, calibration_report
 from redheart.evaluate.decision_rule import current_rules, final_model_calibrators, reweighted, served_predictions
 from redheart.evaluate.model_card import write_model_card
 from redheart.evaluate.test_reads import check_fingerprint, fingerprint, format_reads, read_record
@@ -36,7 +37,7 @@ from redheart.scoring.metrics import (
     evaluate_predictions,
     headline,
 )
-from redheart.select.candidates import fused_of
+from redheart.select.candidates import Candidate, fused_of
 from redheart.select.crossover import CROSSOVER, ENSEMBLE, REFINED, load_candidates
 from redheart.select.intervals import metric_intervals, paired_difference_intervals
 from redheart.select.outputs import SplitOutputs, as_numpy, fused_loss
@@ -152,6 +153,21 @@ def _baseline_predictions(train: SplitTensors, test: SplitTensors, probe: dict) 
     return {"class_prior": constant, "mean_predictor": constant, PROBE: probe_predict(probe, pooled_features(test))}
 
 
+@dataclass(frozen=True)
+class _TestInputs:
+    """What the test phase scores with: the choices the earlier phases made on validation, the probe refitted on
+    the training split, and the test split, read once."""
+
+    candidates: list[Candidate]
+    plan: dict[str, Any]
+    train: SplitTensors
+    val_baselines: dict[str, Any]
+    calibrators: Calibrators
+    rules: dict[str, Any]
+    probe: dict[str, Any]
+    test: SplitTensors
+
+
 def evaluate_test(run: RunDir, config: RunConfig, reread: bool = False) -> dict[str, Any]:
     """Score every candidate and baseline on the test split with 95% intervals; write test_results.json.
 
@@ -165,10 +181,29 @@ def evaluate_test(run: RunDir, config: RunConfig, reread: bool = False) -> dict[
     if previous is not None and not reread:
         check_fingerprint(run, previous, current)
         return previous
+    inputs = _read_inputs(run)
+    boot = (config.select.bootstrap_samples, config.select.bootstrap_seed)
+    baselines, baseline_preds = _score_baselines(inputs, boot)
+    models, final_preds = _score_candidates(run, config, inputs, boot)
+    # The rule is scored on what predict serves: the final-model folder's outputs, calibrated, with the rule of
+    # that mode, so a user's labels reproduce this figure.
+    served = served_predictions(run.final_model, inputs.test, inputs.calibrators, device=config.train.device)
+    models[inputs.plan["final_model"]]["decision_rule"] = _served_rule_scores(served, inputs, boot)
+    difference = _final_vs_probe(final_preds, baseline_preds[PROBE], served, inputs, boot)
+    calibration = _test_calibration(run, inputs, final_preds)
+    results = _results(config, inputs, baselines, models, difference, calibration)
+    results["fingerprint"] = current
+    results["reads"] = _reads(previous, current)
+    write_json(path, results)
+    write_model_card(run)
+    return read_json(path)  # as a later call returns it (lists, not tuples)
+
+
+def _read_inputs(run: RunDir) -> _TestInputs:
+    """Every input of the test phase, the test split last, once everything else it needs is there."""
     if not run.baselines.exists():
         raise FileNotFoundError(f"{run.baselines}: no validation baselines; {run_first(run, run.baselines)}")
     candidates, plan = load_candidates(run)
-    options = config.select
     train_split = load_split(run, "train")
     val_baselines = read_json(run.baselines)
     calibrators = final_model_calibrators(run)  # the copy predict reads
@@ -176,52 +211,96 @@ def evaluate_test(run: RunDir, config: RunConfig, reread: bool = False) -> dict[
     train_targets, train_present = split_targets(train_split)
     probe = fit_probe(pooled_features(train_split), train_targets, train_present)
     test_split = load_split(run, "test")
+    return _TestInputs(candidates, plan, train_split, val_baselines, calibrators, rules, probe, test_split)
 
-    baselines = {}
-    baseline_preds = _baseline_predictions(train_split, test_split, probe)
-    for name, preds in baseline_preds.items():
-        baselines[name] = {
-            **_scored(preds, test_split, options.bootstrap_samples, options.bootstrap_seed),
-            "val_headline": headline(val_baselines[name]),
-        }
-    boot = (options.bootstrap_samples, options.bootstrap_seed)
+
+def _score_baselines(
+    inputs: _TestInputs, boot: tuple[int, int]
+) -> tuple[dict[str, Any], dict[str, dict[str, np.ndarray]]]:
+    """The baselines' scores on test (the probe's with its decision rule too), and their predictions."""
+    preds = _baseline_predictions(inputs.train, inputs.test, inputs.probe)
+    baselines = {
+        name: {**_scored(p, inputs.test, *boot), "val_headline": headline(inputs.val_baselines[name])}
+        for name, p in preds.items()
+    }
     baselines[PROBE]["decision_rule"] = _rule_scores(
-        baseline_preds[PROBE], rules[PROBE]["weights"], test_split, *boot, "uncalibrated"
+        preds[PROBE], inputs.rules[PROBE]["weights"], inputs.test, *boot, "uncalibrated"
     )
-    model = RedHeartModel(config.model, input_dim=test_split.input_dim, max_segments=test_split.max_segments)
-    cache = SplitOutputs(model, test_split, options.batch_size, config.train.device)
+    return baselines, preds
+
+
+def _score_candidates(
+    run: RunDir, config: RunConfig, inputs: _TestInputs, boot: tuple[int, int]
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Every candidate's scores on test, in the crossover's order, and the final model's predictions."""
+    test = inputs.test
+    model = RedHeartModel(config.model, input_dim=test.input_dim, max_segments=test.max_segments)
+    cache = SplitOutputs(model, test, config.select.batch_size, config.train.device)
     fused_by_name: dict = {}
     models = {}
-    for candidate in candidates:
+    for candidate in inputs.candidates:
         fused = fused_by_name[candidate.name] = fused_of(candidate, cache, run, fused_by_name)
         models[candidate.name] = {
             **candidate.to_json(),
-            **_scored(as_numpy(fused), test_split, options.bootstrap_samples, options.bootstrap_seed),
-            "loss": fused_loss(fused, test_split),
+            **_scored(as_numpy(fused), test, *boot),
+            "loss": fused_loss(fused, test),
         }
-    final_preds = as_numpy(fused_by_name[plan["final_model"]])
-    # The rule is scored on what predict serves: the final-model folder's outputs, calibrated, with the rule of
-    # that mode, so a user's labels reproduce this figure.
-    served = served_predictions(run.final_model, test_split, calibrators, device=config.train.device)
-    served_rule = rules["final_model"]["calibrated"]
-    models[plan["final_model"]]["decision_rule"] = _rule_scores(
-        served, served_rule["weights"], test_split, *boot, served_rule["distribution"]
-    )
-    difference = paired_difference(
-        final_preds,
-        baseline_preds[PROBE],
-        _with_rule(served, served_rule["weights"]),
-        _with_rule(baseline_preds[PROBE], rules[PROBE]["weights"]),
-        test_split,
+    return models, as_numpy(fused_by_name[inputs.plan["final_model"]])
+
+
+def _served_rule_scores(served: dict[str, np.ndarray], inputs: _TestInputs, boot: tuple[int, int]) -> dict[str, Any]:
+    rule = inputs.rules["final_model"]["calibrated"]
+    return _rule_scores(served, rule["weights"], inputs.test, *boot, rule["distribution"])
+
+
+def _final_vs_probe(
+    final: dict[str, np.ndarray],
+    probe: dict[str, np.ndarray],
+    served: dict[str, np.ndarray],
+    inputs: _TestInputs,
+    boot: tuple[int, int],
+) -> dict[str, dict[str, Any]]:
+    """The paired difference, each model's rule applied to its own distribution (the final model's: served)."""
+    return paired_difference(
+        final,
+        probe,
+        _with_rule(served, inputs.rules["final_model"]["calibrated"]["weights"]),
+        _with_rule(probe, inputs.rules[PROBE]["weights"]),
+        inputs.test,
         *boot,
     )
-    final_candidate = next(c for c in candidates if c.name == plan["final_model"])
-    test_targets, test_present = split_targets(test_split)
-    calibration = calibration_report(calibrators, final_preds, test_targets, test_present)
+
+
+def _test_calibration(run: RunDir, inputs: _TestInputs, final: dict[str, np.ndarray]) -> dict[str, Any]:
+    """The calibrators on the final model's test predictions: the full report written to the calibration folder,
+    the metrics before and after per target returned for test_results.json."""
+    targets, present = split_targets(inputs.test)
+    calibration = calibration_report(inputs.calibrators, final, targets, present)
     write_calibration_report(run, calibration)
+    return {
+        target: {
+            "method": entry["method"],
+            **{when: {m: entry[when][m] for m in CALIBRATION_METRICS} for when in ("before", "after")},
+        }
+        for target, entry in calibration["targets"].items()
+        if entry.get("n")
+    }
+
+
+def _results(
+    config: RunConfig,
+    inputs: _TestInputs,
+    baselines: dict[str, Any],
+    models: dict[str, Any],
+    difference: dict[str, dict[str, Any]],
+    calibration: dict[str, Any],
+) -> dict[str, Any]:
+    """test_results.json but its fingerprint and read log."""
+    options, plan, rules = config.select, inputs.plan, inputs.rules
+    final_candidate = next(c for c in inputs.candidates if c.name == plan["final_model"])
     results = {
         "split": "test",
-        "n": len(test_split),
+        "n": len(inputs.test),
         "evaluated_at": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
         "bootstrap": {"samples": options.bootstrap_samples, "seed": options.bootstrap_seed, "level": 0.95},
         "final_model": plan["final_model"],
@@ -233,16 +312,14 @@ def evaluate_test(run: RunDir, config: RunConfig, reread: bool = False) -> dict[
         "final_vs_probe": difference,
         "final_vs_probe_conclusion": difference_conclusion(difference),
         "verdict_sources": final_candidate.fusion.source_weights("verdict") if final_candidate.fusion else None,
-        "calibration": {
-            target: {
-                "method": entry["method"],
-                **{when: {m: entry[when][m] for m in CALIBRATION_METRICS} for when in ("before", "after")},
-            }
-            for target, entry in calibration["targets"].items()
-            if entry.get("n")
-        },
+        "calibration": calibration,
     }
     results["test_conclusion"] = test_conclusion(results)
+    return results
+
+
+def _reads(previous: dict[str, Any] | None, current: dict[str, Any]) -> list[dict[str, Any]]:
+    """The read log with this read appended."""
     earlier = list((previous or {}).get("reads", []))
     if previous is not None and not earlier:  # written before reads were logged: that was read 1
         earlier = [
@@ -253,11 +330,7 @@ def evaluate_test(run: RunDir, config: RunConfig, reread: bool = False) -> dict[
                 "why": "first read (no read log)",
             }
         ]
-    results["fingerprint"] = current
-    results["reads"] = [*earlier, read_record(len(earlier) + 1, current, earlier[-1] if earlier else None)]
-    write_json(path, results)
-    write_model_card(run)
-    return read_json(path)  # as a later call returns it (lists, not tuples)
+    return [*earlier, read_record(len(earlier) + 1, current, earlier[-1] if earlier else None)]
 
 
 def test_conclusion(results: dict[str, Any]) -> str:
