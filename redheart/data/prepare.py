@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,38 +122,74 @@ def prepare(
     data, extras = _paths(data_path), _paths(extra)
     if not data:
         raise ValueError("prepare needs at least one labelled data file")
-    shown_path = ", ".join(str(p) for p in [*data, *extras])
     seconds: dict[str, float] = {}
-    clock = time.perf_counter()
-    loaded = _load_sources(data, extras, config, strict)
-    seconds["load"] = _lap(clock)
+    with _timed(seconds, "load"):
+        loaded = _load_sources(data, extras, config, strict)
+    with _timed(seconds, "dedup"):
+        dedup = remove_near_duplicates([record["text"] for record in loaded.records], config)
+        records = [loaded.records[i] for i in dedup.kept]
+    with _timed(seconds, "split"):
+        split = _split(records, loaded.roles, config)
+    with _timed(seconds, "leakage"):
+        leaks = check_leakage(records, split, config.dedup_threshold, progress=True)
+        closeness = leakage_report(records, split, config.dedup_threshold)
+    shown_path = ", ".join(str(p) for p in [*data, *extras])
+    stats = _stats(shown_path, loaded, dedup, records, split, leaks, closeness, seconds, config)
+    _write_artifacts(run, loaded, dedup, records, split, stats, config)
+    return PrepareSummary(
+        data_path=shown_path,
+        records_read=loaded.records_read,
+        rejected=len(loaded.rejected),
+        rejected_by_reason=stats["rejected_by_reason"],
+        duplicates_removed=len(dedup.removed),
+        split_sizes=split.sizes(),
+        label_distribution=stats["label_distribution"],
+        leaks=leaks,
+        leakage=closeness,
+        seconds=seconds,
+        rejected_path=str(run.rejected_records),
+        rejected_lines=[_rejection_line(row) for row in loaded.rejected[:_SHOWN_REJECTIONS]],
+        sources=stats["sources"],
+    )
 
-    clock = time.perf_counter()
-    dedup = remove_near_duplicates([record["text"] for record in loaded.records], config)
-    records = [loaded.records[i] for i in dedup.kept]
-    seconds["dedup"] = _lap(clock)
 
-    clock = time.perf_counter()
-    labelled = [record for record in records if loaded.roles[record["source"]] == "labelled"]
+@contextmanager
+def _timed(seconds: dict[str, float], step: str) -> Iterator[None]:
+    """Records the step's wall time in `seconds` when it finishes."""
+    started = time.perf_counter()
+    yield
+    seconds[step] = _lap(started)
+
+
+def _split(records: Sequence[dict[str, Any]], roles: dict[str, str], config: DataConfig) -> Split:
+    """The labelled records split; the extra records join train only, after the labelled ones, so validation
+    and test are the labelled set's."""
+    labelled = [record for record in records if roles[record["source"]] == "labelled"]
     split = split_records(labelled, config)
-    # Extra records join train only, after the labelled ones, so validation and test are the labelled set's.
-    split = Split(
-        train=split.train + [r["id"] for r in records if loaded.roles[r["source"]] == "extra"],
+    return Split(
+        train=split.train + [r["id"] for r in records if roles[r["source"]] == "extra"],
         val=split.val,
         test=split.test,
         stratified_by=split.stratified_by,
     )
-    seconds["split"] = _lap(clock)
-    clock = time.perf_counter()
-    leaks = check_leakage(records, split, config.dedup_threshold, progress=True)
-    closeness = leakage_report(records, split, config.dedup_threshold)
-    seconds["leakage"] = _lap(clock)
 
+
+def _stats(
+    shown_path: str,
+    loaded: _Loaded,
+    dedup: DedupResult,
+    records: Sequence[dict[str, Any]],
+    split: Split,
+    leaks: int,
+    closeness: dict[str, Any],
+    seconds: dict[str, float],
+    config: DataConfig,
+) -> dict[str, Any]:
+    """stats.json: what was read, rejected and removed, the split, its leakage and its label and length tables."""
     by_split = _records_by_split(records, split)
-    sources = _source_stats(records, split, loaded.roles)
-    stats: dict[str, Any] = {
+    return {
         "data_path": shown_path,
-        "sources": sources,
+        "sources": _source_stats(records, split, loaded.roles),
         "records_read": loaded.records_read,
         "rejected": len(loaded.rejected),
         "rejected_by_reason": dict(sorted(loaded.rejected_by_reason.items())),
@@ -169,6 +206,18 @@ def prepare(
         "emotion_argmax": {name: _emotion_argmax(rows) for name, rows in by_split.items()},
         "seconds": seconds,
     }
+
+
+def _write_artifacts(
+    run: RunDir,
+    loaded: _Loaded,
+    dedup: DedupResult,
+    records: Sequence[dict[str, Any]],
+    split: Split,
+    stats: dict[str, Any],
+    config: DataConfig,
+) -> None:
+    """The data folder: clean and rejected records, the duplicates, the split manifest, the statistics."""
     write_jsonl(run.clean_records, records)
     write_jsonl(run.rejected_records, loaded.rejected)
     write_json(run.duplicates, _duplicates_report(loaded.records, dedup, config.dedup_threshold))
@@ -186,21 +235,6 @@ def prepare(
         },
     )
     write_json(run.data_stats, stats)
-    return PrepareSummary(
-        data_path=shown_path,
-        records_read=loaded.records_read,
-        rejected=len(loaded.rejected),
-        rejected_by_reason=stats["rejected_by_reason"],
-        duplicates_removed=len(dedup.removed),
-        split_sizes=split.sizes(),
-        label_distribution=stats["label_distribution"],
-        leaks=leaks,
-        leakage=closeness,
-        seconds=seconds,
-        rejected_path=str(run.rejected_records),
-        rejected_lines=[_rejection_line(row) for row in loaded.rejected[:_SHOWN_REJECTIONS]],
-        sources=sources,
-    )
 
 
 def _source_stats(records: Sequence[dict[str, Any]], split: Split, roles: dict[str, str]) -> dict[str, Any]:
