@@ -206,6 +206,23 @@ class RunDir:
         """The learning-curve plot of one metric."""
         return self.study / f"curve_{metric}.png"
 
+    def study_point(self, index: int, size: str, label: str) -> Path:
+        """A study point's run folder; `label` names its training subset in a file-name-safe form."""
+        return self.study / f"point_{index}_{size}_{label}"
+
+    def study_check(self, cap_factor: int, point: str) -> Path:
+        """The convergence check's run folder of the point folder named `point`, trained with `cap_factor` times the
+        step cap."""
+        return self.study / f"check_x{cap_factor}_{point}"
+
+    def study_lr_sweep(self, size: str) -> Path:
+        """The run folder of one size's learning-rate sweep."""
+        return self.study / f"lr_{size}"
+
+    def study_probe(self, label: str) -> Path:
+        """The baselines fitted on one training subset, shared by every size's point on it."""
+        return self.study / "probes" / f"{label}.json"
+
     @property
     def point_record(self) -> Path:
         """In a study point's folder: the finished point's numbers and fingerprint, written last."""

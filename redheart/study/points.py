@@ -61,8 +61,13 @@ class Point:
             return EXTRA
         return "all" if self.fraction == 1 else str(Fraction(self.fraction).limit_denominator(1000))
 
+    @property
+    def file_label(self) -> str:
+        """The label in a file name: "1of2", "all_extra"."""
+        return self.label.replace("/", "of").replace("+", "_")
+
     def folder(self, run: RunDir) -> Path:
-        return run.study / f"point_{self.index}_{self.size}_{self.label.replace('/', 'of').replace('+', '_')}"
+        return run.study_point(self.index, self.size, self.file_label)
 
 
 class PointRun(RunDir):
@@ -274,7 +279,7 @@ def ensure_point_space(
 
 
 def size_sweep_run(run: RunDir, size: str) -> PointRun:
-    return PointRun(run.study / f"lr_{size}", run)
+    return PointRun(run.study_lr_sweep(size), run)
 
 
 def sweep_config(config: RunConfig, size: str, train_records: int, main_records: int) -> RunConfig:
@@ -369,12 +374,12 @@ def finished_point(run: RunDir, point: Point, folder: Path | None = None) -> dic
     return read_json(path) if path.exists() else None
 
 
-def _probe(run: RunDir, point: PointRun, label: str) -> dict[str, Any]:
+def _probe(run: RunDir, point: PointRun, file_label: str) -> dict[str, Any]:
     """The baselines fitted on the point's training records: shared by every size of one fraction."""
     from redheart.data.dataset import load_split
     from redheart.scoring.baselines import run_baselines
 
-    shared = run.study / "probes" / f"{label.replace('/', 'of').replace('+', '_')}.json"
+    shared = run.study_probe(file_label)
     if shared.exists():
         cached = read_json(shared)
         if cached["train_ids"] == read_json(point.split_manifest)["train"] and cached.get("embeddings") == (
@@ -421,7 +426,7 @@ def point_plan(run: RunDir, config: RunConfig, point: Point, lr: float, cap_fact
         "patience_steps": config.study.patience_steps,
         "min_improvement": config.study.min_improvement,
     }
-    folder = point.folder(run) if cap_factor == 1 else run.study / f"check_x{cap_factor}_{point.folder(run).name}"
+    folder = point.folder(run) if cap_factor == 1 else run.study_check(cap_factor, point.folder(run).name)
     return PointPlan(
         point, folder, ids, cfg, lr, per_epoch, cap_epochs, max_steps, fingerprint(run, cfg, lr, ids, study)
     )
@@ -526,7 +531,7 @@ def _start_folder(run: RunDir, config: RunConfig, folder: PointRun, p: PointPlan
     write_json(folder.inputs_fingerprint, p.fingerprint)
     save_config(p.config, folder.config)
     if not folder.baselines.exists():
-        write_json(folder.baselines, _probe(run, folder, p.point.label))
+        write_json(folder.baselines, _probe(run, folder, p.point.file_label))
 
 
 def _val_losses(folder: PointRun) -> list[float]:

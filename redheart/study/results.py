@@ -468,7 +468,7 @@ def convergence_check(
         original = by.get(name)
         if original is None:
             continue
-        stored = RunDir(run.study / f"check_x2_{point_folder_name(run, config, original)}").point_record
+        stored = RunDir(run.study_check(2, point_folder_name(run, config, original))).point_record
         again = read_json(stored) if stored.exists() else None
         if again is None:
             words.append(f"Convergence check of {name}: not run (`redheart study --check`).")
