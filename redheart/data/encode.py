@@ -22,8 +22,6 @@ from redheart.core.rundir import RunDir
 from redheart.data.embedding_cache import EmbeddingCache, text_sha256
 from redheart.data.encoders import Encoder, build_encoder, document_text
 
-# The index's file name, for the study's readers until they read RunDir.embedding_index themselves.
-INDEX_FILE = RunDir("").embedding_index.name
 # Misses are encoded and stored in chunks, so an interrupted run keeps what it already computed.
 _STORE_CHUNK = 1024
 

@@ -167,9 +167,7 @@ def _sha(value: Any) -> str:
 
 def embedding_key(run: RunDir) -> str:
     """The embeddings' identity: their index (encoder key, shapes, record ids in row order), hashed."""
-    from redheart.data.encode import INDEX_FILE
-
-    index = run.embeddings / INDEX_FILE
+    index = run.embedding_index
     if not index.exists():
         raise ValueError(f"{index}: the run has no embeddings; {run_first(run, index)}")
     return hashlib.sha256(index.read_bytes()).hexdigest()
@@ -358,9 +356,7 @@ def chosen_lr(run: RunDir, size: str) -> float | None:
 
 
 def _input_shape(run: RunDir) -> tuple[int, int]:
-    from redheart.data.encode import INDEX_FILE
-
-    index = read_json(run.embeddings / INDEX_FILE)
+    index = read_json(run.embedding_index)
     return int(index["dim"]), int(index["max_segments"])
 
 
