@@ -5,7 +5,10 @@ calibration, decision rule, the final model's card and config) and every safeten
 EMA, final model), and prints, per file, how many numbers and tensors it compared and which differ. Numbers are
 compared exactly: on one machine a deterministic run gives the same floats, so any difference is a change.
 Strings are compared too and listed apart, since a reworded sentence is not a changed number. Keys that name
-where or when a run happened (paths, times, pids, hostnames) are skipped.
+where or when a run happened (paths, times, pids, hostnames) are skipped, and measurements of the machine
+(throughput, peak memory) are counted apart. A sha256 that differs is counted apart too: safetensors writes a
+file's metadata in a per-process order, so identical tensors can give different file bytes; the tensors
+themselves are compared.
 
     python bench/compare_runs.py runs/before runs/after
 
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -46,10 +50,18 @@ VOLATILE_KEYS = {
 }
 
 
+# Measurements of the machine the run happened on: they differ between any two runs of the same code.
+MEASURED_KEYS = {"samples_per_second", "peak_host_memory_bytes", "evaluated_at", "at"}
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
 def walk(a: Any, b: Any, where: str, numbers: list[int], number_diffs: list[str], text_diffs: list[str]) -> None:
     if isinstance(a, dict) and isinstance(b, dict):
         for key in sorted(set(a) | set(b)):
             if key in VOLATILE_KEYS or key.endswith(("_time", "_at", "_seconds", "_path")):
+                continue
+            if key in MEASURED_KEYS:
+                numbers[1] += 1
                 continue
             if key not in a or key not in b:
                 number_diffs.append(f"{where}.{key}: only in {'after' if key not in a else 'before'}")
@@ -64,17 +76,20 @@ def walk(a: Any, b: Any, where: str, numbers: list[int], number_diffs: list[str]
         numbers[0] += 1
         if a != b:
             number_diffs.append(f"{where}: {a!r} vs {b!r}")
+    elif isinstance(a, str) and isinstance(b, str) and SHA256.fullmatch(a) and SHA256.fullmatch(b):
+        numbers[2] += a != b
     elif a != b:
         (text_diffs if isinstance(a, str) and isinstance(b, str) else number_diffs).append(f"{where}: {a!r} vs {b!r}")
 
 
-def compare_json(before: Path, after: Path, rel: Path) -> tuple[int, list[str], list[str]]:
-    numbers = [0]
+def compare_json(before: Path, after: Path, rel: Path) -> tuple[list[int], list[str], list[str]]:
+    """([numbers compared, measurements skipped, checksums that differ], number differences, string differences)."""
+    numbers = [0, 0, 0]
     number_diffs: list[str] = []
     text_diffs: list[str] = []
     a, b = (json.loads((root / rel).read_text(encoding="utf-8")) for root in (before, after))
     walk(a, b, str(rel), numbers, number_diffs, text_diffs)
-    return numbers[0], number_diffs, text_diffs
+    return numbers, number_diffs, text_diffs
 
 
 def compare_tensors(before: Path, after: Path, rel: Path) -> tuple[int, list[str]]:
@@ -94,13 +109,15 @@ def main() -> int:
     files = {p.relative_to(args.before) for p in args.before.rglob("*") if p.suffix in (".json", ".safetensors")}
     missing = sorted(str(p) for p in files if not (args.after / p).exists())
     totals = {"json files": 0, "numbers": 0, "tensor files": 0, "tensors": 0}
+    measured = checksums = 0
     failures: list[str] = [f"{p}: missing after" for p in missing]
     rewordings: list[str] = []
     for rel in sorted(files - {Path(p) for p in missing}):
         if rel.suffix == ".json":
-            count, number_diffs, text_diffs = compare_json(args.before, args.after, rel)
+            (count, skipped, sums), number_diffs, text_diffs = compare_json(args.before, args.after, rel)
             totals["json files"] += 1
             totals["numbers"] += count
+            measured, checksums = measured + skipped, checksums + sums
             failures += number_diffs
             rewordings += text_diffs
         else:
@@ -109,6 +126,8 @@ def main() -> int:
             totals["tensors"] += count
             failures += diffs
     print("compared: " + ", ".join(f"{value:,} {name}" for name, value in totals.items()))
+    print(f"not compared: {measured:,} measurements of the machine (throughput, peak memory, times)")
+    print(f"sha256 values that differ: {checksums:,} (file bytes; the tensors behind them are compared above)")
     print(f"different numbers or tensors: {len(failures)}")
     for line in failures[:40]:
         print("  " + line)
