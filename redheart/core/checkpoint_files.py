@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,16 @@ class CheckpointError(RuntimeError):
 
 class DiskFullError(OSError):
     """No space left while writing a state file; every earlier file is intact."""
+
+
+def stored_metadata(metadata: dict[str, str]) -> dict[str, str]:
+    """The header metadata a safetensors file of ours carries: the facts as one key holding sorted JSON.
+
+    safetensors writes the metadata keys in a hash order that changes from one file to the next, so with several
+    keys the same tensors gave different bytes, checksums and fingerprints (a re-saved, identical final model
+    looked new, and its test results stale). One key has one order.
+    """
+    return {"redheart": json.dumps(metadata, sort_keys=True, separators=(",", ":"))}
 
 
 def write_state_file(path: Path, writer: Callable[[Path], object], faults: Faults = NO_FAULTS) -> None:

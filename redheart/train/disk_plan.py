@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from redheart.config import RunConfig
-from redheart.core.checkpoint_files import DiskFullError
+from redheart.core.checkpoint_files import DiskFullError, stored_metadata
 from redheart.core.phases import PHASES
 from redheart.core.rundir import RunDir
 from redheart.data.reader import DataFile
@@ -110,7 +110,8 @@ def _as(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.T
 def weights_bytes(model: RedHeartModel, preset: str, dtype: torch.dtype) -> int:
     """One modular checkpoint's safetensors files (one per group), fp32 tensors stored as `dtype`."""
     return sum(
-        safetensors_bytes(_as(group_state_dict(model, g), dtype), {"group": g, "preset": preset}) for g in GROUPS
+        safetensors_bytes(_as(group_state_dict(model, g), dtype), stored_metadata({"group": g, "preset": preset}))
+        for g in GROUPS
     )
 
 

@@ -20,6 +20,7 @@ from redheart.core.checkpoint_files import (
     METRICS,
     CheckpointError,
     sha256,
+    stored_metadata,
     verify_checkpoint,
     write_state_file,
 )
@@ -146,5 +147,6 @@ def load_groups(model: RedHeartModel, epochs: dict[str, int], run: RunDir) -> Re
 
 
 def save_tensors(state: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None) -> None:
-    """safetensors' save_file with the path last, for write_state_file's writer."""
-    save_file(state, str(path), metadata=metadata)
+    """safetensors' save_file with the path last, for write_state_file's writer; `metadata` is stored as one
+    key (core.checkpoint_files.stored_metadata), so the same tensors always give the same bytes."""
+    save_file(state, str(path), metadata=None if metadata is None else stored_metadata(metadata))
