@@ -51,11 +51,13 @@ VOLATILE_KEYS = {
 
 
 # Measurements of the machine the run happened on: they differ between any two runs of the same code.
-MEASURED_KEYS = {"samples_per_second", "peak_host_memory_bytes", "evaluated_at", "at"}
+MEASURED_KEYS = {"samples_per_second", "peak_host_memory_bytes", "at"}
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
-def walk(a: Any, b: Any, where: str, numbers: list[int], number_diffs: list[str], text_diffs: list[str]) -> None:
+def walk(
+    a: Any, b: Any, where: str, numbers: list[int], number_diffs: list[str], text_diffs: list[str], sums: list[str]
+) -> None:
     if isinstance(a, dict) and isinstance(b, dict):
         for key in sorted(set(a) | set(b)):
             if key in VOLATILE_KEYS or key.endswith(("_time", "_at", "_seconds", "_path")):
@@ -66,30 +68,32 @@ def walk(a: Any, b: Any, where: str, numbers: list[int], number_diffs: list[str]
             if key not in a or key not in b:
                 number_diffs.append(f"{where}.{key}: only in {'after' if key not in a else 'before'}")
                 continue
-            walk(a[key], b[key], f"{where}.{key}", numbers, number_diffs, text_diffs)
+            walk(a[key], b[key], f"{where}.{key}", numbers, number_diffs, text_diffs, sums)
     elif isinstance(a, list) and isinstance(b, list):
         if len(a) != len(b):
             number_diffs.append(f"{where}: {len(a)} vs {len(b)} items")
         for i, (x, y) in enumerate(zip(a, b, strict=False)):
-            walk(x, y, f"{where}[{i}]", numbers, number_diffs, text_diffs)
+            walk(x, y, f"{where}[{i}]", numbers, number_diffs, text_diffs, sums)
     elif isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
         numbers[0] += 1
         if a != b:
             number_diffs.append(f"{where}: {a!r} vs {b!r}")
     elif isinstance(a, str) and isinstance(b, str) and SHA256.fullmatch(a) and SHA256.fullmatch(b):
-        numbers[2] += a != b
+        if a != b:
+            sums.append(where)
     elif a != b:
         (text_diffs if isinstance(a, str) and isinstance(b, str) else number_diffs).append(f"{where}: {a!r} vs {b!r}")
 
 
-def compare_json(before: Path, after: Path, rel: Path) -> tuple[list[int], list[str], list[str]]:
-    """([numbers compared, measurements skipped, checksums that differ], number differences, string differences)."""
-    numbers = [0, 0, 0]
+def compare_json(before: Path, after: Path, rel: Path) -> tuple[list[int], list[str], list[str], list[str]]:
+    """([numbers compared, measurements skipped], number differences, string differences, differing sha256s)."""
+    numbers = [0, 0]
     number_diffs: list[str] = []
     text_diffs: list[str] = []
+    sums: list[str] = []
     a, b = (json.loads((root / rel).read_text(encoding="utf-8")) for root in (before, after))
-    walk(a, b, str(rel), numbers, number_diffs, text_diffs)
-    return numbers, number_diffs, text_diffs
+    walk(a, b, str(rel), numbers, number_diffs, text_diffs, sums)
+    return numbers, number_diffs, text_diffs, sums
 
 
 def compare_tensors(before: Path, after: Path, rel: Path) -> tuple[int, list[str]]:
@@ -101,25 +105,32 @@ def compare_tensors(before: Path, after: Path, rel: Path) -> tuple[int, list[str
     return len(set(a) & set(b)), diffs
 
 
+def compared_files(root: Path) -> set[Path]:
+    return {p.relative_to(root) for p in root.rglob("*") if p.suffix in (".json", ".safetensors")}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("before", type=Path)
     parser.add_argument("after", type=Path)
     args = parser.parse_args()
-    files = {p.relative_to(args.before) for p in args.before.rglob("*") if p.suffix in (".json", ".safetensors")}
-    missing = sorted(str(p) for p in files if not (args.after / p).exists())
+    before, after = compared_files(args.before), compared_files(args.after)
     totals = {"json files": 0, "numbers": 0, "tensor files": 0, "tensors": 0}
-    measured = checksums = 0
-    failures: list[str] = [f"{p}: missing after" for p in missing]
+    measured = 0
+    failures = [f"{p}: only before" for p in sorted(before - after)] + [
+        f"{p}: only after" for p in sorted(after - before)
+    ]
     rewordings: list[str] = []
-    for rel in sorted(files - {Path(p) for p in missing}):
+    checksums: list[str] = []
+    for rel in sorted(before & after):
         if rel.suffix == ".json":
-            (count, skipped, sums), number_diffs, text_diffs = compare_json(args.before, args.after, rel)
+            (count, skipped), number_diffs, text_diffs, sums = compare_json(args.before, args.after, rel)
             totals["json files"] += 1
             totals["numbers"] += count
-            measured, checksums = measured + skipped, checksums + sums
+            measured += skipped
             failures += number_diffs
             rewordings += text_diffs
+            checksums += sums
         else:
             count, diffs = compare_tensors(args.before, args.after, rel)
             totals["tensor files"] += 1
@@ -127,7 +138,9 @@ def main() -> int:
             failures += diffs
     print("compared: " + ", ".join(f"{value:,} {name}" for name, value in totals.items()))
     print(f"not compared: {measured:,} measurements of the machine (throughput, peak memory, times)")
-    print(f"sha256 values that differ: {checksums:,} (file bytes; the tensors behind them are compared above)")
+    print(f"sha256 values that differ: {len(checksums):,} (file bytes; tensors and JSON behind them are compared here)")
+    for line in checksums[:10]:
+        print("  " + line)
     print(f"different numbers or tensors: {len(failures)}")
     for line in failures[:40]:
         print("  " + line)

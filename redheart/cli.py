@@ -456,7 +456,7 @@ def _run_locked(args: argparse.Namespace, argv: list[str]) -> None:
     run = RunDir(args.run)
     command = " ".join(["redheart", *argv])
     trial = getattr(args, "trial", None)
-    lock = run.sweep / f".trial_{trial}.lock" if trial is not None else None
+    lock = run.sweep_trial_lock(trial) if trial is not None else None
     with run_lock(run, command, lock):
         return args.func(args)
 

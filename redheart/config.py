@@ -265,15 +265,9 @@ _RETIRED: dict[str, tuple[str, ...]] = {"study": ("epochs",)}
 
 
 def from_dict(tree: dict[str, Any]) -> RunConfig:
-    kinds = {
-        "data": DataConfig,
-        "encoder": EncoderConfig,
-        "model": ModelConfig,
-        "train": TrainConfig,
-        "sweep": SweepConfig,
-        "select": SelectConfig,
-        "calibration": CalibrationConfig,
-        "study": StudyConfig,
+    # Each section's dataclass is its field's default factory in RunConfig.
+    kinds: dict[str, Any] = {
+        f.name: f.default_factory for f in dataclasses.fields(RunConfig) if f.default_factory is not dataclasses.MISSING
     }
     unknown = set(tree) - {f.name for f in dataclasses.fields(RunConfig)}
     if unknown:

@@ -332,7 +332,7 @@ def iter_inputs(source: str | Path | None, text: str | None = None) -> Iterator[
     else:
         data = DataFile.open(source, what="file of texts")
     with data:
-        for number, _, line, error in data.lines():
+        for number, line, error in data.lines():
             if error is not None:
                 yield InputRow(number, None, f"{data.name}:{number}: {error}")
             elif line.strip():  # a line of Unicode spaces is no text either

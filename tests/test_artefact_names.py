@@ -25,8 +25,6 @@ from redheart.core import rundir
 
 PACKAGE = Path(__file__).resolve().parents[1] / "redheart"
 CORE = PACKAGE / "core"
-# Files other changes restructure; each is expected to fail until its change lands (strict: then it must go).
-OWNED_ELSEWHERE: dict[str, str] = {}
 # Stand-ins for the arguments of a method or function that names a file; a name containing one is a template.
 STAND_INS: dict[object, object] = {str: "STANDIN", int: 987654}
 ROOT = Path("run")  # the layouts only join paths: nothing is created
@@ -144,17 +142,6 @@ def package_files() -> list[Path]:
     return sorted(p for p in PACKAGE.rglob("*.py") if CORE not in p.parents)
 
 
-def _cases() -> list[object]:
-    cases: list[object] = []
-    for path in package_files():
-        relative = path.relative_to(PACKAGE).as_posix()
-        marks = (
-            [pytest.mark.xfail(reason=OWNED_ELSEWHERE[relative], strict=True)] if relative in OWNED_ELSEWHERE else []
-        )
-        cases.append(pytest.param(path, id=relative, marks=marks))
-    return cases
-
-
 NAMES, TEMPLATES = artefact_names()
 
 
@@ -176,7 +163,7 @@ def test_an_f_string_building_a_templated_name_is_found(tmp_path: Path) -> None:
     assert spelled_names(source, NAMES, TEMPLATES) == [(1, "{}.safetensors"), (2, "runs/{}/epoch_{}")]
 
 
-@pytest.mark.parametrize("path", _cases())
+@pytest.mark.parametrize("path", package_files(), ids=lambda path: path.relative_to(PACKAGE).as_posix())
 def test_no_artefact_name_outside_core(path: Path) -> None:
     found = spelled_names(path, NAMES, TEMPLATES)
     where = "; ".join(f"{path.relative_to(PACKAGE)}:{line}: {text!r}" for line, text in found)

@@ -390,10 +390,6 @@ class RunDir:
         return self.root / "final_model"
 
     @property
-    def final_model_config(self) -> Path:
-        return self.model_files.config
-
-    @property
     def model_files(self) -> ModelDir:
         """The final-model folder's files by name."""
         return ModelDir(self.final_model)
@@ -407,6 +403,10 @@ class RunDir:
     def lock(self) -> Path:
         """The lock file one process at a time holds (redheart.core.runlock)."""
         return self.root / ".lock"
+
+    def sweep_trial_lock(self, trial: int) -> Path:
+        """The lock a sweep trial run alone (`redheart sweep --trial K`) holds, so two trials can run at once."""
+        return self.sweep / f".trial_{trial}.lock"
 
     @property
     def test_results(self) -> Path:

@@ -158,7 +158,7 @@ def _timed(seconds: dict[str, float], step: str) -> Iterator[None]:
     """Records the step's wall time in `seconds` when it finishes."""
     started = time.perf_counter()
     yield
-    seconds[step] = _lap(started)
+    seconds[step] = round(time.perf_counter() - started, 3)
 
 
 def _split(records: Sequence[dict[str, Any]], roles: dict[str, str], config: DataConfig) -> Split:
@@ -287,10 +287,6 @@ _SHOWN_REJECTIONS = 20
 def _rejection_line(row: dict[str, Any]) -> str:
     where = f"record {row['index']} (id {row['id']!r}, line {row['line']}, source {row.get('source')})"
     return where + ": " + "; ".join(f"{p['field']}: {p['message']}" for p in row["problems"])
-
-
-def _lap(start: float) -> float:
-    return round(time.perf_counter() - start, 3)
 
 
 def _records_by_split(records: Sequence[dict[str, Any]], split: Split) -> dict[str, list[dict[str, Any]]]:

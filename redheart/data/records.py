@@ -5,7 +5,8 @@ rejected on its own with every problem found in it (record index, line, id, fiel
 the file goes on.
 
 Output: clean records in the normalized format of the project (emotions, bentham and SURD as lists in
-the order of `schema`); a target absent from the input becomes None, never a made-up value.
+the order of their Target's fields in redheart.architecture); a target absent from the input becomes None, never
+a made-up value.
 """
 
 from __future__ import annotations

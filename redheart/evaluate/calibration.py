@@ -15,7 +15,8 @@ import numpy as np
 
 from redheart.config import RunConfig
 from redheart.core.atomic import write_json
-from redheart.core.checkpoint_files import MANIFEST, sha256
+from redheart.core.checkpoint_files import sha256
+from redheart.core.phases import run_first
 from redheart.core.rundir import RunDir
 from redheart.data.dataset import load_split, split_targets
 from redheart.evaluate.calibrators import CALIBRATED_TARGETS, Calibrators, fit_target
@@ -27,8 +28,8 @@ from redheart.train.evaluation import predict
 def fit_calibrators(run: RunDir, config: RunConfig) -> Calibrators:
     """Fit on the final model's validation predictions; write calibrators.json (run + final model) and the
     validation reliability diagrams (out-of-fold, before/after)."""
-    if not (run.final_model / MANIFEST).exists():
-        raise FileNotFoundError(f"{run.final_model}: no final model; run `redheart crossover --run {run.root}` first")
+    if not run.model_files.manifest.exists():
+        raise FileNotFoundError(f"{run.final_model}: no final model; {run_first(run, run.final_model)}")
     model, _ = load_final_model(run.final_model)
     val = load_split(run, "val")
     probs = predict(model, val, batch_size=config.select.batch_size, device=config.train.device)["fused"]
@@ -38,7 +39,7 @@ def fit_calibrators(run: RunDir, config: RunConfig) -> Calibrators:
     for name, classes in CALIBRATED_TARGETS.items():
         rows = np.asarray(present[name], dtype=bool)
         fitted[name] = fit_target(classes, probs[name][rows], targets[name][rows], options)
-    calibrators = Calibrators(sha256(run.final_model / MANIFEST), options.n_bins, options.folds, fitted)
+    calibrators = Calibrators(sha256(run.model_files.manifest), options.n_bins, options.folds, fitted)
     for path in (run.calibrators, run.model_files.calibrators):
         write_json(path, calibrators.to_json())
     for name, calibration in fitted.items():

@@ -14,13 +14,13 @@ from typing import Any
 import numpy as np
 from sklearn.model_selection import KFold
 
-from redheart.architecture import EMOTIONS, VERDICTS
+from redheart.architecture import DISTRIBUTION_TARGETS, target
 from redheart.config import CalibrationConfig
 from redheart.core.atomic import read_json
 from redheart.evaluate.calibration_methods import FITTERS, METHODS, apply_method
 from redheart.evaluate.calibration_metrics import calibration_metrics, checked
 
-CALIBRATED_TARGETS = {"emotions": EMOTIONS, "verdict": VERDICTS}
+CALIBRATED_TARGETS = {name: target(name).fields for name in DISTRIBUTION_TARGETS}
 
 
 @dataclass

@@ -123,11 +123,11 @@ def verdict_metrics(probs: np.ndarray, votes: np.ndarray) -> dict:
     }
 
 
-# A distribution target's metric set says what it is scored against: a soft label (KL divergence, a tie accepting
-# any tied class) or the community's votes (accuracy of the majority, cross-entropy of the vote shares).
-DISTRIBUTION_METRICS: dict[tuple[str, ...], Callable[[np.ndarray, np.ndarray], dict]] = {
-    ("accuracy", "macro_f1", "kl"): emotion_metrics,
-    ("accuracy", "macro_f1", "cross_entropy"): verdict_metrics,
+# Each distribution target's scorer: against a soft label (KL divergence, a tie accepting any tied class) or against
+# the community's votes (accuracy of the majority, cross-entropy of the vote shares).
+DISTRIBUTION_METRICS: dict[str, Callable[[np.ndarray, np.ndarray], dict]] = {
+    "emotions": emotion_metrics,
+    "verdict": verdict_metrics,
 }
 
 
@@ -153,7 +153,7 @@ def evaluate_predictions(
         if declared.kind == REGRESSION:
             results[name] = regression_metrics(pred, target, declared.fields)
         else:
-            results[name] = DISTRIBUTION_METRICS[declared.metrics](pred, target)
+            results[name] = DISTRIBUTION_METRICS[name](pred, target)
     return results
 
 

@@ -16,12 +16,12 @@ def build(ctx: Context, title: str) -> Section:
         config = load_config(run.config)
         model, dim, segments, source = config.model, config.encoder.dim, config.encoder.max_segments, run.config
     else:
-        info = read_json(run.final_model_config)
+        info = read_json(run.model_files.config)
         model, dim, segments, source = (
             ModelConfig(**info["model"]),
             info["input_dim"],
             info["max_segments"],
-            run.final_model_config,
+            run.model_files.config,
         )
     rows = parameter_table(model, dim, segments)
     write_json(
