@@ -82,11 +82,15 @@ def _current_results(run: RunDir) -> tuple[dict[str, Any] | None, str]:
     return results, ""
 
 
-def model_card(run: RunDir) -> str:
+# The run's test results while they measured this final model, else None and why not (_current_results).
+Current = tuple[dict[str, Any] | None, str]
+
+
+def model_card(run: RunDir, current: Current) -> str:
     """The card's Markdown, from the run's files: one block per section, in the order model hubs show them."""
     info = read_json(run.model_files.config)
     candidate = info.get("info", {}).get("candidate", {})
-    results, why_not = _current_results(run)
+    results, why_not = current
     lines = _front(info, candidate)
     lines += ["## Data", "", *_data(run)]
     lines += ["", "## Training recipe", "", *_recipe(run, info, candidate)]
@@ -311,10 +315,10 @@ def verdict_usage(run: RunDir, results: dict[str, Any] | None) -> list[str]:
     return lines
 
 
-def card_data(run: RunDir) -> dict[str, Any]:
+def card_data(run: RunDir, current: Current) -> dict[str, Any]:
     """The card's facts as data (final_model/card.json), for programs such as `redheart serve`'s /model."""
     info = read_json(run.model_files.config)
-    results, why_not = _current_results(run)
+    results, why_not = current
     lr, source = learning_rate(run)
     final = results["models"][results["final_model"]] if results else None
     calibrators = read_json(run.model_files.calibrators) if run.model_files.calibrators.exists() else None
@@ -350,7 +354,8 @@ def write_model_card(run: RunDir) -> Path:
     """Write final_model/README.md, and its facts as final_model/card.json, from the run's files; returns the
     README's path."""
     path = run.model_files.card
+    current = _current_results(run)  # fingerprints the final model, embeddings and records: once for both files
     with atomic_open(path) as handle:
-        handle.write(model_card(run))
-    write_json(run.model_files.card_data, card_data(run))
+        handle.write(model_card(run, current))
+    write_json(run.model_files.card_data, card_data(run, current))
     return path

@@ -4,6 +4,7 @@ the test results on disk still describe the run's artefacts."""
 from __future__ import annotations
 
 import shutil
+from functools import cached_property
 from pathlib import Path
 
 from redheart.core.atomic import read_json, write_with
@@ -34,13 +35,14 @@ class Context:
         """`path` as the report's pages link it: relative to the report folder."""
         return str(Path(path).relative_to(self.out))
 
+    @cached_property
+    def stale_test_results(self) -> str | None:
+        """Why the run's test results no longer describe its artefacts, or None when they do. Computed once per
+        report: the fingerprint hashes the final model, the embeddings and the records."""
+        from redheart.evaluate.test_reads import StaleTestResults, check_fingerprint, fingerprint
 
-def stale_test_results(run: RunDir) -> str | None:
-    """Why the run's test results no longer describe its artefacts, or None when they do."""
-    from redheart.evaluate.test_reads import StaleTestResults, check_fingerprint, fingerprint
-
-    try:
-        check_fingerprint(run, read_json(run.test_results), fingerprint(run))
-    except (StaleTestResults, FileNotFoundError) as error:
-        return str(error)
-    return None
+        try:
+            check_fingerprint(self.run, read_json(self.run.test_results), fingerprint(self.run))
+        except (StaleTestResults, FileNotFoundError) as error:
+            return str(error)
+        return None

@@ -461,9 +461,9 @@ def _sum_outputs(outputs: Any) -> torch.Tensor:
     return torch.zeros(())
 
 
-def announce(run: RunDir, config: RunConfig, point: Point, lr: float, cap_factor: int = 1) -> str:
+def announce(run: RunDir, p: PointPlan) -> str:
     """The point's time per step, measured, and its longest time under the cap: printed before it starts."""
-    p = point_plan(run, config, point, lr, cap_factor)
+    point = p.point
     per_step = estimate_step_seconds(p.config, *_input_shape(run))
     return (
         f"study point {point.index} ({point.size}, {point.label}): about {per_step:.2f} s per optimizer step here "
@@ -495,7 +495,7 @@ def run_point(
     if done is not None:
         return done
     if progress:
-        print(announce(run, config, point, lr, cap_factor), file=sys.stderr)
+        print(announce(run, p), file=sys.stderr)
     started = time.perf_counter()
     _start_folder(run, config, folder, p, f"study point {k}")
     state = _train_until_stopped(folder, config, p, progress, resume_every, faults)

@@ -27,6 +27,7 @@ from redheart.study.points import (
     EXTRA,
     SCORES,
     VERDICT_METRICS,
+    Point,
     chosen_lr,
     data_size,
     finished_point,
@@ -468,7 +469,7 @@ def convergence_check(
         original = by.get(name)
         if original is None:
             continue
-        stored = RunDir(run.study_check(2, point_folder_name(run, config, original))).point_record
+        stored = RunDir(run.study_check(2, point_folder_name(run, original))).point_record
         again = read_json(stored) if stored.exists() else None
         if again is None:
             words.append(f"Convergence check of {name}: not run (`redheart study --check`).")
@@ -502,8 +503,9 @@ def convergence_check(
     return rows, words
 
 
-def point_folder_name(run: RunDir, config: RunConfig, record: dict[str, Any]) -> str:
-    return next(p.folder(run).name for p in plan(run, config, cuda=True) if p.index == record["index"])
+def point_folder_name(run: RunDir, record: dict[str, Any]) -> str:
+    """The folder name of the point a point.json describes (its index, size and fraction name the folder)."""
+    return Point(record["index"], record["size"], record["fraction"]).folder(run).name
 
 
 def rate_sentence(run: RunDir, sizes: list[str]) -> str:

@@ -4,7 +4,7 @@ validation, out of fold, before the test split is read)."""
 from __future__ import annotations
 
 from redheart.core.atomic import read_json
-from redheart.report.context import Context, stale_test_results
+from redheart.report.context import Context
 from redheart.report.document import Section, Table
 from redheart.report.numbers import fmt
 
@@ -20,7 +20,7 @@ def build(ctx: Context, title: str) -> Section:
         )
     test_report = run.calibration_report("test")
     # The test report is written by the read of the test split; stale test results make it stale too.
-    if test_report.exists() and run.test_results.exists() and stale_test_results(run) is None:
+    if test_report.exists() and run.test_results.exists() and ctx.stale_test_results is None:
         report, split = read_json(test_report), "test"
         section.sources.append(ctx.rel(test_report))
     else:

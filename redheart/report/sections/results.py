@@ -8,7 +8,7 @@ from typing import Any
 
 from redheart.architecture import VERDICTS
 from redheart.core.atomic import read_json
-from redheart.report.context import Context, stale_test_results
+from redheart.report.context import Context
 from redheart.report.document import Section, Table
 from redheart.report.numbers import fmt, fmt_ci
 from redheart.scoring.metrics import COMPARED, HEADLINE, METRICS, direction_words
@@ -17,7 +17,7 @@ from redheart.scoring.metrics import COMPARED, HEADLINE, METRICS, direction_word
 def build(ctx: Context, title: str) -> Section:
     run = ctx.run
     test_path, candidates_path = run.test_results, run.crossover_candidates
-    stale = stale_test_results(run) if test_path.exists() else None
+    stale = ctx.stale_test_results if test_path.exists() else None
     if test_path.exists() and stale is None:
         results = read_json(test_path)
         section = Section(title, [ctx.rel(test_path)])
