@@ -9,10 +9,10 @@ import json
 import shlex
 import sys
 import time
-from contextlib import ExitStack
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, cast
+from typing import Any, ParamSpec, cast
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
@@ -54,22 +54,11 @@ class TrainResult:
     out_of_memory_events: tuple[dict[str, Any], ...] = ()
 
 
-def train(
-    run: RunDir,
-    config: RunConfig,
-    *,
-    lr: float | None = None,
-    epochs: int | None = None,
-    seed: int | None = None,
-    output: RunDir | None = None,
-    save_checkpoints: bool = True,
-    progress: bool = True,
-    resume_every: int = 0,
-    faults: Faults = NO_FAULTS,
-    distributed: Distributed | None = None,
-    save_resume_state: bool = True,
-) -> TrainResult:
-    """Train on `run`'s data; outputs go to the run folder `output` (a sweep trial's, a study point's) or to `run`.
+class TrainingRecipe:
+    """One call of the training run: `train()` runs the stages in order, each leaving its results on `self` for
+    the next, in the order the attributes below are listed.
+
+    Train on `run`'s data; outputs go to the run folder `output` (a sweep trial's, a study point's) or to `run`.
 
     A resume state in the output folder is continued from; one from another config or split is refused.
     The state is saved at every epoch end and, with `resume_every` N > 0, every N micro-steps. SIGINT
@@ -83,26 +72,6 @@ def train(
     `save_resume_state` False writes no resume state at all (a measurement that is never resumed: the full
     preset's state is about 23 GB a save); a signal then stops without one.
     """
-    recipe = TrainingRecipe(
-        run,
-        config,
-        lr=lr,
-        epochs=epochs,
-        seed=seed,
-        output=output,
-        save_checkpoints=save_checkpoints,
-        progress=progress,
-        resume_every=resume_every,
-        faults=faults,
-        distributed=distributed,
-        save_resume_state=save_resume_state,
-    )
-    return recipe.train()
-
-
-class TrainingRecipe:
-    """One call of the training run (see `train`). `train()` runs the stages in order; each stage leaves its
-    results on `self` for the next, in the order the attributes below are listed."""
 
     # load_data
     train_split: SplitTensors
@@ -199,36 +168,33 @@ class TrainingRecipe:
             self.start_epoch, self.micro_done = info["epoch"], info["micro_step"]
             self.tally = EpochTally.from_json(info["tally"])
             self.start_sample = info.get("sample", 0)
-            if (
-                not self.main
-            ):  # a window begun by one process: its gradients count once (FSDP shards already split them)
+            # A window begun by one process: its gradients count once (FSDP shards already split them).
+            if not self.main:
                 drop_summed_grads(self.model)
 
     def run_epochs(self) -> None:
         """The epoch loop: train, validate, checkpoint, save the resume state; SIGINT/SIGTERM stop it cleanly."""
-        signals = ExitStack()
-        self.stop = signals.enter_context(stop_on_signals())
-        self.open_epoch_loop()
-        try:
-            for epoch in range(self.start_epoch, self.epochs):
-                seconds, samples = self.train_epoch(epoch)
-                self.validate(epoch, seconds, samples)
-                self.save_epoch_checkpoint(epoch)
-                self.start_sample, self.micro_done, self.tally = 0, 0, EpochTally()
-                self.save_state(epoch + 1, 0, 0, self.tally)
-        finally:
-            signals.close()
-            self.bar.close()
-            if self.writer is not None:
-                self.writer.close()
+        # The handlers are restored however this ends, also when opening the loop fails.
+        with stop_on_signals() as self.stop:
+            self.open_epoch_loop()
+            try:
+                for epoch in range(self.start_epoch, self.epochs):
+                    seconds, samples = self.train_epoch(epoch)
+                    self.validate(epoch, seconds, samples)
+                    self.save_epoch_checkpoint(epoch)
+                    self.start_sample, self.micro_done, self.tally = 0, 0, EpochTally()
+                    self.save_state(epoch + 1, 0, 0, self.tally)
+            finally:
+                self.bar.close()
+                if self.writer is not None:
+                    self.writer.close()
 
     def open_epoch_loop(self) -> None:
         """The training data on the device, TensorBoard, telemetry, the progress bar, and the record so far."""
         tc, main = self.tc, self.main
         per_epoch_micro = len(micro_batches(len(self.train_split), tc.micro_batch, self.seed, 0))
-        self.train_data = self.train_split.to(
-            self.device
-        )  # on a GPU: batches gathered there, no pageable copy per step
+        # On a GPU: batches gathered there, no pageable copy per step.
+        self.train_data = self.train_split.to(self.device)
         self.writer = SummaryWriter(str(self.output.tensorboard)) if main else None
         self.telemetry = RunTelemetry(
             self.output,
@@ -409,3 +375,20 @@ def epoch_record(
         predictions = with_halving_batches(ema, EVAL_BATCH, device, f"the EMA validation of epoch {epoch}", retry)
         record["ema_headline"] = headline(metrics_of(predictions, val)["fused"])
     return record
+
+
+P = ParamSpec("P")
+
+
+def _run_to_the_end(recipe: Callable[P, TrainingRecipe]) -> Callable[P, TrainResult]:
+    """The recipe built and run in one call, with its constructor's typed keywords (checked by mypy at callers)."""
+
+    def train(*args: P.args, **kwargs: P.kwargs) -> TrainResult:
+        return recipe(*args, **kwargs).train()
+
+    return train
+
+
+# Train on a run's data: TrainingRecipe(run, config, lr=..., output=..., ...).train(), as one call.
+train = _run_to_the_end(TrainingRecipe)
+train.__doc__ = TrainingRecipe.__doc__

@@ -22,12 +22,11 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import torch
 from torch import nn
 
-from redheart.architecture import module_names
 from redheart.config import RunConfig
 from redheart.core.atomic import write_json
 from redheart.model.groups import GROUPS
@@ -184,7 +183,7 @@ def footprints(model: nn.Module, config: RunConfig, activations: dict[bool, Acti
 
 
 def fsdp_footprint(
-    model: nn.Module, config: RunConfig, act: ActivationBytes, processes: int, accumulate_unsharded: bool
+    model: RedHeartModel, config: RunConfig, act: ActivationBytes, processes: int, accumulate_unsharded: bool
 ) -> Footprint:
     """Per process under FSDP (parallel/fsdp.py, the standard strategy): 1/N of the weights, gradients, AdamW
     state and EMA, plus one module gathered whole at a time; with `accumulate_unsharded`, where a process runs
@@ -193,7 +192,7 @@ def fsdp_footprint(
     params = list(model.parameters())
     weights = _nbytes(params)
     ema = weights if config.train.ema_decay > 0 else 0
-    largest = max(_nbytes(_params(model, [name])) for name in module_names())
+    largest = max(_nbytes(_params(model, [name])) for name in model.module_names)
     accumulates = accumulate_unsharded and config.train.accumulation > processes
     device = {
         "weights": weights // processes + largest,
@@ -212,7 +211,7 @@ def fsdp_footprint(
 
 
 def fsdp_choice(
-    model: nn.Module, config: RunConfig, act: ActivationBytes, processes: int, budget: int | None
+    model: RedHeartModel, config: RunConfig, act: ActivationBytes, processes: int, budget: int | None
 ) -> tuple[Footprint, bool]:
     """The FSDP footprint training takes, and whether it syncs gradients once per window (the least
     communication; where that fits `budget`, None meaning host memory, not planned) rather than after every
@@ -226,12 +225,12 @@ def fsdp_choice(
     ), False
 
 
-def fsdp_accumulates_unsharded(model: nn.Module, config: RunConfig, device: torch.device, processes: int) -> bool:
+def fsdp_accumulates_unsharded(model: RedHeartModel, config: RunConfig, device: torch.device, processes: int) -> bool:
     """Whether FSDP training on `device` accumulates a window's gradients unsharded and syncs once per window."""
     vram = device_memory(device)
     if vram is None:
         return True
-    act = measure_activation_bytes(cast(RedHeartModel, model), _rows(config), config.train.amp)
+    act = measure_activation_bytes(model, _rows(config), config.train.amp)
     return fsdp_choice(model, config, act, processes, vram - DEFAULT_RESERVE)[1]
 
 
