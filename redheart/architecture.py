@@ -50,6 +50,7 @@ TARGETS: tuple[Target, ...] = (
 )
 TARGET_DIMS: dict[str, int] = {target.name: target.dim for target in TARGETS}
 DISTRIBUTION_TARGETS: tuple[str, ...] = tuple(target.name for target in TARGETS if target.kind == DISTRIBUTION)
+REGRESSION_TARGETS: tuple[str, ...] = tuple(target.name for target in TARGETS if target.kind == REGRESSION)
 
 
 def target(name: str) -> Target:
@@ -144,8 +145,10 @@ def full_budgets(modules: Sequence[ModuleSpec] = MODULES) -> dict[str, int]:
 def fusion_sources(modules: Sequence[ModuleSpec] = MODULES) -> dict[str, tuple[str, ...]]:
     """The fused modules of each target in build order; the distribution targets first, then the regressions,
     each in TARGETS order (the order of the fusion's parameter dictionaries)."""
-    order = [t.name for t in TARGETS if t.kind == DISTRIBUTION] + [t.name for t in TARGETS if t.kind == REGRESSION]
-    sources = {name: tuple(s.name for s in modules if s.fused and s.target == name) for name in order}
+    sources = {
+        name: tuple(s.name for s in modules if s.fused and s.target == name)
+        for name in (*DISTRIBUTION_TARGETS, *REGRESSION_TARGETS)
+    }
     return {name: members for name, members in sources.items() if members}
 
 

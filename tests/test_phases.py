@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from redheart.cli import LOCKED, build_parser
-from redheart.core.phases import PHASES, producer, run_first
+from redheart.core.phases import PHASE, PHASES, producer, run_first
 from redheart.core.rundir import RunDir
 from redheart.report.sections.registry import SECTIONS
 
@@ -50,3 +50,12 @@ def test_the_phases_that_write_a_run_folder_hold_its_lock() -> None:
         "pipeline",
         "prune",
     }
+
+
+def test_a_phase_reads_declared_phases_and_the_pipeline_runs_them_first() -> None:
+    order = [phase.name for phase in PHASES]
+    for phase in PHASES:
+        for name in phase.inputs:
+            assert name in PHASE, (phase.name, name)
+            if phase.pipeline and PHASE[name].pipeline:
+                assert order.index(name) < order.index(phase.name), (phase.name, name)

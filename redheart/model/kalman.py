@@ -27,8 +27,6 @@ from torch import Tensor, nn
 from redheart.architecture import DISTRIBUTION_TARGETS, fusion_sources
 from redheart.model.losses import target_loss
 
-# Distributions are fused as log-probabilities.
-_LOG_SPACE = DISTRIBUTION_TARGETS
 _EPS = 1e-4
 
 
@@ -44,7 +42,7 @@ class KalmanFusion(nn.Module):
         # Distribution noise adapts per source; the small regression targets adapt per source and dimension.
         self.dynamic = nn.ModuleDict(
             {
-                t: nn.Linear(len(s) * target_dims[t], len(s) * (1 if t in _LOG_SPACE else target_dims[t]))
+                t: nn.Linear(len(s) * target_dims[t], len(s) * (1 if t in DISTRIBUTION_TARGETS else target_dims[t]))
                 for t, s in self.sources.items()
             }
         )
@@ -61,7 +59,7 @@ class KalmanFusion(nn.Module):
     def measurements(self, out: dict[str, dict[str, Tensor]], target: str) -> Tensor:
         """(B, n_sources, k) detached: log-probabilities for emotions, values in [0,1] for regression targets."""
         stacked = torch.stack([out[s][target].detach() for s in self.sources[target]], dim=1)
-        return F.log_softmax(stacked, dim=-1) if target in _LOG_SPACE else stacked
+        return F.log_softmax(stacked, dim=-1) if target in DISTRIBUTION_TARGETS else stacked
 
     def forward(self, out: dict[str, dict[str, Tensor]]) -> dict[str, Tensor]:
         fused = {}
@@ -69,11 +67,11 @@ class KalmanFusion(nn.Module):
             if not all(source in out for source in sources):
                 continue
             m = self.measurements(out, target)
-            features = m.exp() if target in _LOG_SPACE else m
+            features = m.exp() if target in DISTRIBUTION_TARGETS else m
             dynamic = self.dynamic[target](features.flatten(1)).view(m.shape[0], m.shape[1], -1)
             weights = torch.softmax(-(self.log_var[target] + dynamic), dim=1)
             estimate = (weights * m).sum(1)
-            if target in _LOG_SPACE:
+            if target in DISTRIBUTION_TARGETS:
                 fused[target] = F.log_softmax(self.gain[target] * estimate + self.bias[target], dim=-1)
             else:
                 logit = torch.logit(estimate.clamp(_EPS, 1 - _EPS))
@@ -97,7 +95,7 @@ class KalmanFusion(nn.Module):
                 continue
             m = self.measurements(out, target)[present]
             truth = batch[target][present].to(m.dtype).unsqueeze(1)
-            values = m.exp() if target in _LOG_SPACE else m
+            values = m.exp() if target in DISTRIBUTION_TARGETS else m
             mse = (values - truth).square().mean(0)
             self.log_var[target].copy_(mse.clamp_min(1e-6).log())
             self.gain[target].fill_(1.0)

@@ -25,7 +25,6 @@ from redheart.architecture import (
     TARGET_DIMS,
     ModuleSpec,
     fusion_sources,
-    group_of,
     heads,
     module_groups,
     module_names,
@@ -165,13 +164,14 @@ def parameter_table(
     """Rows (module, group, parameters, budget, ratio, width) of the model built on the meta device (no weights)."""
     with torch.device("meta"):
         model = RedHeartModel(model_config, input_dim, max_segments, modules)
+    group = {module: name for name, members in model.groups.items() for module in members}
     rows = []
     for name, count in module_parameters(model).items():
         budget = model_config.budgets[name]
         rows.append(
             {
                 "module": name,
-                "group": group_of(name, model.specs),
+                "group": group[name],
                 "parameters": count,
                 "budget": budget,
                 "ratio": count / budget,

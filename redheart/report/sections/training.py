@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 from redheart.core.atomic import read_json
 from redheart.report.context import Context
 from redheart.report.document import Section, Table
@@ -15,7 +17,8 @@ def build(ctx: Context, title: str) -> Section:
     run = ctx.run
     records = read_metrics(run.metrics_log)
     if not records:
-        raise FileNotFoundError(f"{ctx.rel(run.metrics_log)} not found or empty")
+        # With the file named, the report says "metrics.jsonl not found (made by redheart train)".
+        raise FileNotFoundError(errno.ENOENT, "not found or empty", str(run.metrics_log))
     section = Section(title, [ctx.rel(run.metrics_log)])
     rows = []
     for r in records:

@@ -95,10 +95,10 @@ def save_checkpoint(
     files = []
     for group, full in group_states(model).items():
         state = stored(full, torch_dtype)
-        name = group_weights(folder, group).name
+        weights = group_weights(folder, group)
         metadata = {"group": group, "preset": preset}
-        write_state_file(folder / name, partial(save_tensors, state, metadata=metadata), faults)
-        files.append(name)
+        write_state_file(weights, partial(save_tensors, state, metadata=metadata), faults)
+        files.append(weights.name)
     _write_json(folder / METRICS, metrics, faults)
     files.append(METRICS)
     for name, obj in (extra or {}).items():
